@@ -1,0 +1,34 @@
+# promptserve: `make test` and `make serve` set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test lint format serve clean
+
+setup: $(STAMP)
+
+# Re-install only when the project metadata changes; a fresh clone gets a fresh venv.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check models training service tests bench
+	$(BIN)/ruff format --check models training service tests bench
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format models training service tests bench
+	$(BIN)/ruff check --fix models training service tests bench
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+serve: setup
+	@echo "make serve arrives with the service; see README.md" && exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""promptserve models: backbones, the shared prompted encoders, methods, classifier artifacts."""

@@ -1,0 +1,354 @@
+"""Frozen CLIP backbones: loading, identity, preprocessing, and the tower internals.
+
+This is the only module that touches open_clip internals. Everything the prompting code needs
+from a tower is exposed through the small `TextTower` / `VisionTower` adapters below, so an
+open_clip upgrade is absorbed here (the version is pinned in pyproject.toml).
+
+A backbone spec is one of:
+  ``mini``                     the embedded backbone shipped with the package (default)
+  ``ARCH``                     an open_clip architecture with random initial weights (seeded)
+  ``ARCH:TAG``                 an open_clip architecture with pretrained weights (``ViT-B-16:openai``)
+  ``ARCH@/path/to/ckpt``       an architecture loaded from a local checkpoint file
+  ``/path/to/ckpt.safetensors`` a checkpoint with a ``*.json`` sidecar naming its architecture
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import open_clip
+import torch
+from open_clip.transformer import text_global_pool
+from torch import Tensor, nn
+
+from models.errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_BACKBONE = "mini"
+RANDOM_INIT_SEED = 0  # random-init backbones are reproducible, so artifacts can be re-created
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    """How pixels are prepared for the vision tower (from open_clip's config)."""
+
+    size: int  # square input side in pixels
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"  # resize filter
+    resize_mode: str = "shortest"  # resize the short side, then centre-crop
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneId:
+    """Identifies the frozen weights an artifact was built on."""
+
+    spec: str  # what the user asked for, e.g. "ViT-B-16:openai" or "mini"
+    architecture: str  # open_clip model name
+    pretrained: str | None  # pretrained tag or checkpoint file name; None for random init
+    weights_sha256: str  # hash of the weights actually loaded
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A frozen open_clip CLIP plus what is needed to use it."""
+
+    model: nn.Module  # open_clip CLIP, eval mode, requires_grad False
+    tokenizer: Any  # open_clip tokenizer: list[str] -> LongTensor [N, T]
+    preprocess: PreprocessConfig
+    id: BackboneId
+
+    @property
+    def logit_scale(self) -> float:
+        return float(cast(Tensor, self.model.logit_scale).exp().item())
+
+    def text_tower(self) -> TextTower:
+        return TextTower(self.model)
+
+    def vision_tower(self) -> VisionTower:
+        return VisionTower(self.model.visual)
+
+    def tokenize(self, texts: list[str]) -> Tensor:
+        return cast(Tensor, self.tokenizer(texts))
+
+
+class TextTower(nn.Module):
+    """The text transformer of a CLIP, seen as embeddings -> blocks -> pooled feature."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(clip, "token_embedding") or not hasattr(clip, "transformer"):
+            raise BackboneError(f"{type(clip).__name__} has no open_clip CLIP text tower")
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = cast(Tensor, clip.positional_embedding)
+        self.blocks = cast(nn.ModuleList, clip.transformer.resblocks)
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.pool_type: str = clip.text_pool_type
+        self.width: int = clip.transformer.width
+        self.heads: int = self.blocks[0].attn.num_heads
+        self.context_length: int = clip.context_length
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return cast(torch.dtype, self.blocks[0].mlp.c_fc.weight.dtype)
+
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        """[N, T] token ids -> [N, T, Dt] token embeddings (no positional embedding)."""
+        return cast(Tensor, self.token_embedding(ids)).to(self.dtype)
+
+    def mask(self, length: int) -> Tensor | None:
+        """The causal mask for a sequence of `length` tokens (a prefix of the full one)."""
+        mask = cast(Tensor | None, self.attn_mask)
+        return None if mask is None else mask[:length, :length]
+
+    def pool(self, x: Tensor, eot_index: Tensor) -> Tensor:
+        """[N, T, Dt] last-block output -> [N, D] projected feature, pooled at `eot_index`."""
+        x = self.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        if isinstance(self.text_projection, nn.Linear):
+            return cast(Tensor, self.text_projection(pooled))
+        if self.text_projection is not None:
+            return pooled @ self.text_projection
+        return pooled
+
+    def eot_index(self, ids: Tensor) -> Tensor:
+        """Where open_clip pools a tokenised sequence (its highest id, the EOT token)."""
+        if self.pool_type != "argmax":
+            raise BackboneError(f"text pooling {self.pool_type!r} is not supported (argmax only)")
+        return ids.argmax(dim=-1)
+
+    def reference_encode(self, ids: Tensor) -> Tensor:
+        """open_clip's own pooled feature, for parity checks."""
+        x = self.embed_tokens(ids) + self.positional_embedding.to(self.dtype)
+        for block in self.blocks:
+            x = block(x, attn_mask=self.mask(x.shape[1]))
+        x = self.ln_final(x)
+        x = text_global_pool(x, ids, self.pool_type)
+        return x @ self.text_projection if self.text_projection is not None else x
+
+
+class VisionTower(nn.Module):
+    """The ViT of a CLIP, seen as pixels -> tokens -> blocks -> pooled feature."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise BackboneError(
+                f"prompt learning needs a ViT vision tower, got {type(visual).__name__}"
+            )
+        if visual.attn_pool is not None or visual.pool_type != "tok":
+            raise BackboneError("only class-token pooled ViTs are supported")
+        self.visual = visual
+        self.blocks = cast(nn.ModuleList, visual.transformer.resblocks)
+        self.width: int = visual.transformer.width
+        self.heads: int = self.blocks[0].attn.num_heads
+        self.patch_size: int = int(visual.patch_size[0])
+        self.image_size: int = int(visual.image_size[0])
+        self.num_patches: int = (self.image_size // self.patch_size) ** 2
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return cast(torch.dtype, self.visual.conv1.weight.dtype)
+
+    def embed_patches(self, pixels: Tensor) -> Tensor:
+        """[B, 3, S, S] -> [B, 1 + N, Dv]: CLS + patch tokens with positional embedding.
+
+        Stops before `ln_pre` so a method can choose whether its prompts pass through it.
+        """
+        v = self.visual
+        x = v.conv1(pixels.to(self.dtype))  # [B, Dv, g, g]
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)  # [B, N, Dv]
+        cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat([cls, x], dim=1)
+        x = x + v.positional_embedding.to(x.dtype)
+        return cast(Tensor, v.patch_dropout(x))
+
+    def ln_pre(self, x: Tensor) -> Tensor:
+        return cast(Tensor, self.visual.ln_pre(x))
+
+    def pool(self, x: Tensor) -> Tensor:
+        """[B, L, Dv] last-block output -> [B, D] projected CLS feature."""
+        v = self.visual
+        if v.final_ln_after_pool:
+            pooled = v.ln_post(x[:, 0])
+        else:
+            pooled = v.ln_post(x)[:, 0]
+        return pooled @ v.proj if v.proj is not None else pooled
+
+    def reference_encode(self, pixels: Tensor) -> Tensor:
+        """open_clip's own pooled feature, for parity checks."""
+        return cast(Tensor, self.visual(pixels))
+
+
+def register_project_configs() -> list[str]:
+    """Make the project's own architectures (``mini``, test configs) known to open_clip."""
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    if names and names[0] not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+    return names
+
+
+def parse_backbone_spec(spec: str) -> tuple[str, str | None, Path | None]:
+    """Split a spec into (architecture, pretrained tag, checkpoint path)."""
+    if "@" in spec:
+        arch, _, path = spec.partition("@")
+        return arch, None, Path(path)
+    candidate = Path(spec)
+    if candidate.suffix in {".safetensors", ".pt", ".pth", ".bin"}:
+        return _architecture_from_sidecar(candidate), None, candidate
+    arch, _, tag = spec.partition(":")
+    return arch, (tag or None), None
+
+
+def _architecture_from_sidecar(checkpoint: Path) -> str:
+    sidecar = checkpoint.with_suffix(".json")
+    if not sidecar.is_file():
+        raise BackboneError(
+            f"cannot tell the architecture of {checkpoint}: name it as ARCH@{checkpoint} "
+            f"or put a {sidecar.name} with an 'architecture' field beside it"
+        )
+    return str(json.loads(sidecar.read_text())["architecture"])
+
+
+def load_backbone(
+    spec: str = DEFAULT_BACKBONE, *, device: str | torch.device = "cpu", allow_download: bool = True
+) -> Backbone:
+    """Load a frozen backbone from a spec (see the module docstring)."""
+    register_project_configs()
+    arch, tag, checkpoint = parse_backbone_spec(spec)
+    if arch not in open_clip.list_models():
+        raise BackboneError(f"unknown architecture {arch!r}; known: {', '.join(list_architectures())}")
+    if checkpoint is None and tag is None and arch in _embedded_weights():
+        checkpoint = _embedded_weights()[arch]
+    if checkpoint is None and tag is not None:
+        checkpoint = _resolve_pretrained(arch, tag, allow_download=allow_download)
+
+    if checkpoint is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = open_clip.create_model(arch, pretrained=None)
+    else:
+        if not checkpoint.is_file():
+            raise BackboneError(f"checkpoint {checkpoint} does not exist")
+        model = open_clip.create_model(arch, pretrained=None)
+        _load_weights(model, checkpoint)
+
+    model = model.to(device).eval().requires_grad_(False)
+    backbone_id = BackboneId(
+        spec=spec,
+        architecture=arch,
+        pretrained=tag if tag is not None else (checkpoint.name if checkpoint else None),
+        weights_sha256=hash_state_dict(model.state_dict()),
+    )
+    return Backbone(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(arch),
+        preprocess=_preprocess_config(model),
+        id=backbone_id,
+    )
+
+
+def _load_weights(model: nn.Module, checkpoint: Path) -> None:
+    if checkpoint.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = {k: v.float() for k, v in load_file(str(checkpoint)).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # open_clip keeps the causal mask as a non-persistent buffer; nothing else may be absent
+        if missing or unexpected:
+            raise BackboneError(
+                f"{checkpoint} does not match the architecture: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+    else:
+        open_clip.load_checkpoint(model, str(checkpoint))
+
+
+def _preprocess_config(model: nn.Module) -> PreprocessConfig:
+    cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = model.visual.image_size
+    return PreprocessConfig(
+        size=int(size[0] if isinstance(size, tuple | list) else size),
+        mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),  # type: ignore[arg-type]
+        std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),  # type: ignore[arg-type]
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        resize_mode=str(cfg.get("resize_mode", "shortest")),
+    )
+
+
+def _embedded_weights() -> dict[str, Path]:
+    return {p.stem: p for p in WEIGHTS_DIR.glob("*.safetensors")}
+
+
+def list_architectures() -> list[str]:
+    register_project_configs()
+    return list(open_clip.list_models())
+
+
+def _resolve_pretrained(arch: str, tag: str, *, allow_download: bool) -> Path:
+    """Find pretrained weights in the local caches; download only if the hub is reachable."""
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise BackboneError(f"no pretrained weights {tag!r} for {arch}; known tags: {tags}")
+    cached = _cached_pretrained(cfg)
+    if cached is not None:
+        return cached
+    how = (
+        f"Pretrained weights {arch}:{tag} are not in the local cache and cannot be downloaded "
+        f"here. Download them on a machine with network access (open_clip caches them under "
+        f"~/.cache/huggingface), or point at a local file with --backbone {arch}@/path/to/"
+        f"checkpoint (open_clip .pt/.bin/.safetensors)."
+    )
+    if not allow_download or os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable():
+        raise BackboneError(how)
+    try:
+        return Path(open_clip.download_pretrained(cfg))
+    except Exception as exc:  # the hub's own errors vary by transport; report them as ours
+        raise BackboneError(f"{how} (download failed: {exc})") from exc
+
+
+def _cached_pretrained(cfg: dict[str, Any]) -> Path | None:
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        for name in (filename or "open_clip_pytorch_model.bin", "open_clip_model.safetensors"):
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str):
+                return Path(hit)
+    if cfg.get("url"):
+        path = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        if path.is_file():
+            return path
+    return None
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hash_state_dict(state: dict[str, Tensor]) -> str:
+    """sha256 over names, shapes, dtypes and bytes of a state dict, in key order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,28 @@
+"""Prompt-learning methods. Each module registers itself; importing them here is the only
+registration path, so `list_methods()` is complete as soon as this package is imported."""
+
+from models.methods import coop, zeroshot  # noqa: F401  (registration)
+from models.methods.base import Batch, Learner
+from models.methods.config import MethodConfig, build_config, parse_overrides
+from models.methods.registry import (
+    MethodSpec,
+    create_method,
+    get_method,
+    list_methods,
+    make_config,
+    register_method,
+)
+
+__all__ = [
+    "Batch",
+    "Learner",
+    "MethodConfig",
+    "MethodSpec",
+    "build_config",
+    "create_method",
+    "get_method",
+    "list_methods",
+    "make_config",
+    "parse_overrides",
+    "register_method",
+]

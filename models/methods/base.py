@@ -1,0 +1,124 @@
+"""The learner interface every method implements, and what the loop and exporter rely on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.backbone import Backbone, BackboneId, PreprocessConfig
+from models.errors import ArtifactError
+from models.methods.config import MethodConfig
+from models.prompting import PromptedTextEncoder, PromptedVisionEncoder
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training step's input."""
+
+    pixels: Tensor  # [B, 3, S, S], already normalised
+    labels: Tensor  # [B] indices into class_names
+    class_names: list[str]  # the label set the labels index
+
+
+class Learner(nn.Module):
+    """A prompt-learning method on a frozen backbone.
+
+    Subclasses override `encode_classes`, `encode_images` and, if the method adds terms,
+    `loss`. The backbone is frozen by construction: its towers are wrapped here with
+    `requires_grad_(False)`, so the learner's trainable parameters are exactly the method's.
+    """
+
+    method_name: ClassVar[str] = ""
+
+    def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
+        super().__init__()
+        backbone.model.requires_grad_(False)
+        self.config = config
+        self.backbone_id: BackboneId = backbone.id
+        self.preprocess: PreprocessConfig = backbone.preprocess
+        self.tokenizer = backbone.tokenizer
+        self.logit_scale: float = backbone.logit_scale
+        self.text = PromptedTextEncoder(backbone.text_tower())
+        self.vision = PromptedVisionEncoder(backbone.vision_tower())
+
+    # --- what every method provides -------------------------------------------------------
+
+    def encode_classes(self, names: list[str]) -> Tensor:
+        """[C] class names -> [C, D] L2-normalised class embeddings (image-independent)."""
+        raise NotImplementedError
+
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """[B, 3, S, S] -> [B, D] L2-normalised image embeddings (batch-independent)."""
+        return F.normalize(self.vision(pixels), dim=-1)
+
+    def logits(self, image_embeds: Tensor, class_embeds: Tensor) -> Tensor:
+        return self.logit_scale * image_embeds @ class_embeds.t()
+
+    def loss(self, batch: Batch) -> Tensor:
+        """Cross-entropy on ``s * cos``; methods with regularisers extend it."""
+        logits = self.logits(self.encode_images(batch.pixels), self.encode_classes(batch.class_names))
+        return F.cross_entropy(logits, batch.labels)
+
+    def prepare_training(self, class_names: list[str], train_pixels: Tensor | None) -> None:
+        """Called once before the first step (a method may initialise heads from the data)."""
+
+    def visual_graph(self) -> nn.Module:
+        """The module exported as ``visual.onnx``: pixels -> normalised image embeddings.
+
+        Methods whose visual prompts are fixed after training may fold them into constants here.
+        """
+        return VisualGraph(self)
+
+    # --- state ----------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def learned_state_dict(self) -> dict[str, Tensor]:
+        """The method's own parameters and persistent buffers, without the frozen backbone."""
+        frozen = {id(t) for t in self.text.state_dict(keep_vars=True).values()}
+        frozen |= {id(t) for t in self.vision.state_dict(keep_vars=True).values()}
+        return {
+            name: tensor.detach()
+            for name, tensor in self.state_dict(keep_vars=True).items()
+            if id(tensor) not in frozen
+        }
+
+    def load_learned_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Strict: every learned tensor must be present, with the same shape, and nothing else."""
+        own = self.learned_state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ArtifactError(
+                f"learner weights do not match {type(self).__name__}: "
+                f"missing {missing}, unexpected {unexpected}"
+            )
+        for name, tensor in state.items():
+            if tensor.shape != own[name].shape:
+                raise ArtifactError(
+                    f"{name}: stored shape {tuple(tensor.shape)} != {tuple(own[name].shape)}"
+                )
+        self.load_state_dict(state, strict=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Counts for reports: learnable parameters and tokens per image."""
+        return {"learnable_parameters": sum(p.numel() for p in self.trainable_parameters())}
+
+    @property
+    def device(self) -> torch.device:
+        return self.text.tower.positional_embedding.device
+
+
+class VisualGraph(nn.Module):
+    """pixels [B, 3, S, S] -> normalised embeddings [B, D]; what the artifact exports."""
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        self.learner = learner
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.learner.encode_images(pixels)

@@ -1,0 +1,74 @@
+"""The recipe fields every method config shares, and validation of user overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from models.errors import ConfigError
+
+C = TypeVar("C", bound="MethodConfig")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Optimisation recipe; each method's config extends it with the paper's defaults."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.002  # peak learning rate after warm-up
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    adam_eps: float = 1e-8  # Adam/AdamW only
+    batch_size: int = 32
+    epochs: int = 50
+    warmup_epochs: int = 1  # epochs at the constant `warmup_lr` before the cosine schedule
+    warmup_lr: float = 1e-5  # CoOp lineage: a constant low rate, not a linear ramp
+
+
+def config_fields(config_cls: type[MethodConfig]) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_cls)]
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "ctx_init=a photo of a"]`` -> {"lr": 0.01, "ctx_init": "a photo of a"}.
+
+    Values are read as JSON when they parse (numbers, lists, null, true), else as strings.
+    """
+    overrides: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--set expects field=value, got {item!r}")
+        try:
+            overrides[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name.strip()] = raw
+    return overrides
+
+
+def build_config(config_cls: type[C], overrides: dict[str, Any] | None = None) -> C:
+    """The config class's defaults with `overrides` applied, type-checked by pydantic."""
+    overrides = dict(overrides or {})
+    known = config_fields(config_cls)
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {', '.join(unknown)} for {config_cls.__name__}; "
+            f"valid fields: {', '.join(known)}"
+        )
+    values = {**dataclasses.asdict(config_cls()), **overrides}
+    try:
+        return TypeAdapter(config_cls).validate_python(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid {config_cls.__name__}: {problems}") from exc
+
+
+def config_to_dict(config: MethodConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

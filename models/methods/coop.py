@@ -1,0 +1,56 @@
+"""coop: a learned context shared by all classes (Zhou et al., "Learning to Prompt for
+Vision-Language Models", IJCV 2022, arXiv 2109.01134).
+
+Text input per class: ``[SOS, C_1..C_M, name, '.', EOT]``; the frozen text tower pools at the
+shifted EOT. Vision is the plain tower. Loss: cross-entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.backbone import Backbone
+from models.errors import ConfigError
+from models.methods.base import Learner
+from models.methods.config import MethodConfig
+from models.methods.registry import register_method
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoOpConfig(MethodConfig):
+    n_ctx: int = 16  # context tokens M; ignored when ctx_init is set (its token count wins)
+    ctx_init: str | None = None  # e.g. "a photo of a" (M=4); None draws N(0, ctx_std^2)
+    ctx_std: float = 0.02
+    lr: float = 0.002
+    batch_size: int = 32
+    epochs: int = 50
+
+
+def init_context(learner: Learner, n_ctx: int, init: str | None, std: float) -> nn.Parameter:
+    """[M, Dt] context: the token embeddings of `init`, or N(0, std^2) when `init` is None."""
+    if init is None:
+        if n_ctx < 1:
+            raise ConfigError("n_ctx must be at least 1")
+        return nn.Parameter(torch.randn(n_ctx, learner.text.width) * std)
+    ids = learner.text.tokenize([init], learner.tokenizer)  # [1, T]
+    n_words = int(learner.text.tower.eot_index(ids)[0]) - 1
+    with torch.no_grad():
+        embeds = learner.text.tower.embed_tokens(ids)[0, 1 : 1 + n_words]  # [M, Dt]
+    return nn.Parameter(embeds.float().clone())
+
+
+@register_method("coop", CoOpConfig)
+class CoOpLearner(Learner):
+    config: CoOpConfig
+
+    def __init__(self, backbone: Backbone, config: CoOpConfig) -> None:
+        super().__init__(backbone, config)
+        self.ctx = init_context(self, config.n_ctx, config.ctx_init, config.ctx_std)  # [M, Dt]
+
+    def encode_classes(self, names: list[str]) -> Tensor:
+        tokens = self.text.class_tokens(names, self.ctx.shape[0], self.tokenizer)
+        return F.normalize(self.text(tokens.with_context(self.ctx), tokens.eot_index), dim=-1)
