@@ -7,9 +7,9 @@ open_clip upgrade is absorbed here (the version is pinned in pyproject.toml).
 A backbone spec is one of:
   ``mini``                     the embedded backbone shipped with the package (default)
   ``ARCH``                     an open_clip architecture with random initial weights (seeded)
-  ``ARCH:TAG``                 an open_clip architecture with pretrained weights (``ViT-B-16:openai``)
+  ``ARCH:TAG``                 open_clip pretrained weights, e.g. ``ViT-B-16:openai``
   ``ARCH@/path/to/ckpt``       an architecture loaded from a local checkpoint file
-  ``/path/to/ckpt.safetensors`` a checkpoint with a ``*.json`` sidecar naming its architecture
+  ``/path/ckpt.safetensors``     a checkpoint whose ``.json`` sidecar names its architecture
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Backbone:
         return TextTower(self.model)
 
     def vision_tower(self) -> VisionTower:
-        return VisionTower(self.model.visual)
+        return VisionTower(cast(Any, self.model).visual)
 
     def tokenize(self, texts: list[str]) -> Tensor:
         return cast(Tensor, self.tokenizer(texts))
@@ -85,7 +85,7 @@ class Backbone:
 class TextTower(nn.Module):
     """The text transformer of a CLIP, seen as embeddings -> blocks -> pooled feature."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: Any) -> None:
         super().__init__()
         if not hasattr(clip, "token_embedding") or not hasattr(clip, "transformer"):
             raise BackboneError(f"{type(clip).__name__} has no open_clip CLIP text tower")
@@ -97,12 +97,12 @@ class TextTower(nn.Module):
         self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
         self.pool_type: str = clip.text_pool_type
         self.width: int = clip.transformer.width
-        self.heads: int = self.blocks[0].attn.num_heads
+        self.heads: int = clip.transformer.resblocks[0].attn.num_heads
         self.context_length: int = clip.context_length
 
     @property
     def dtype(self) -> torch.dtype:
-        return cast(torch.dtype, self.blocks[0].mlp.c_fc.weight.dtype)
+        return cast(torch.dtype, cast(Any, self.blocks[0]).mlp.c_fc.weight.dtype)
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
         """[N, T] token ids -> [N, T, Dt] token embeddings (no positional embedding)."""
@@ -142,7 +142,7 @@ class TextTower(nn.Module):
 class VisionTower(nn.Module):
     """The ViT of a CLIP, seen as pixels -> tokens -> blocks -> pooled feature."""
 
-    def __init__(self, visual: nn.Module) -> None:
+    def __init__(self, visual: Any) -> None:
         super().__init__()
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise BackboneError(
@@ -153,7 +153,7 @@ class VisionTower(nn.Module):
         self.visual = visual
         self.blocks = cast(nn.ModuleList, visual.transformer.resblocks)
         self.width: int = visual.transformer.width
-        self.heads: int = self.blocks[0].attn.num_heads
+        self.heads: int = visual.transformer.resblocks[0].attn.num_heads
         self.patch_size: int = int(visual.patch_size[0])
         self.image_size: int = int(visual.image_size[0])
         self.num_patches: int = (self.image_size // self.patch_size) ** 2
@@ -181,10 +181,8 @@ class VisionTower(nn.Module):
     def pool(self, x: Tensor) -> Tensor:
         """[B, L, Dv] last-block output -> [B, D] projected CLS feature."""
         v = self.visual
-        if v.final_ln_after_pool:
-            pooled = v.ln_post(x[:, 0])
-        else:
-            pooled = v.ln_post(x)[:, 0]
+        # ln_post is per token, so normalising only CLS equals open_clip's full-sequence norm
+        pooled = v.ln_post(x[:, 0])
         return pooled @ v.proj if v.proj is not None else pooled
 
     def reference_encode(self, pixels: Tensor) -> Tensor:
@@ -229,7 +227,9 @@ def load_backbone(
     register_project_configs()
     arch, tag, checkpoint = parse_backbone_spec(spec)
     if arch not in open_clip.list_models():
-        raise BackboneError(f"unknown architecture {arch!r}; known: {', '.join(list_architectures())}")
+        raise BackboneError(
+            f"unknown architecture {arch!r}; known: {', '.join(list_architectures())}"
+        )
     if checkpoint is None and tag is None and arch in _embedded_weights():
         checkpoint = _embedded_weights()[arch]
     if checkpoint is None and tag is not None:
@@ -276,7 +276,7 @@ def _load_weights(model: nn.Module, checkpoint: Path) -> None:
         open_clip.load_checkpoint(model, str(checkpoint))
 
 
-def _preprocess_config(model: nn.Module) -> PreprocessConfig:
+def _preprocess_config(model: Any) -> PreprocessConfig:
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     return PreprocessConfig(

@@ -45,12 +45,16 @@ def eval_transform(cfg: PreprocessConfig) -> ImageTransform:
     )
 
 
-def train_transform(cfg: PreprocessConfig, scale: tuple[float, float] = (0.5, 1.0)) -> ImageTransform:
+def train_transform(
+    cfg: PreprocessConfig, scale: tuple[float, float] = (0.5, 1.0)
+) -> ImageTransform:
     """CoOp's few-shot augmentation: random resized crop and horizontal flip."""
     return T.Compose(
         [
             T.Lambda(_to_rgb),
-            T.RandomResizedCrop(cfg.size, scale=scale, interpolation=_interpolation(cfg), antialias=True),
+            T.RandomResizedCrop(
+                cfg.size, scale=scale, interpolation=_interpolation(cfg), antialias=True
+            ),
             T.RandomHorizontalFlip(),
             *_to_normalised_tensor(cfg),
         ]

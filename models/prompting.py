@@ -201,7 +201,9 @@ class PromptedVisionEncoder(nn.Module):
         """[B, 3, S, S] -> last-block output [B, 1 + N (+ M), Dv]."""
         x = self.tower.embed_patches(pixels)  # [B, 1 + N, Dv]
         if prompts is None:
-            return run_blocks(self.tower.blocks, self.tower.ln_pre(x), slots=slice(0, 0), record=record)
+            return run_blocks(
+                self.tower.blocks, self.tower.ln_pre(x), slots=slice(0, 0), record=record
+            )
         slots = self.prompt_slots(prompts)
         insert_at = slice(slots.start, slots.start)  # an empty slice: insertion, not replacement
         if prompts.through_ln_pre:

@@ -60,7 +60,9 @@ class Learner(nn.Module):
 
     def loss(self, batch: Batch) -> Tensor:
         """Cross-entropy on ``s * cos``; methods with regularisers extend it."""
-        logits = self.logits(self.encode_images(batch.pixels), self.encode_classes(batch.class_names))
+        logits = self.logits(
+            self.encode_images(batch.pixels), self.encode_classes(batch.class_names)
+        )
         return F.cross_entropy(logits, batch.labels)
 
     def prepare_training(self, class_names: list[str], train_pixels: Tensor | None) -> None:
@@ -72,6 +74,13 @@ class Learner(nn.Module):
         Methods whose visual prompts are fixed after training may fold them into constants here.
         """
         return VisualGraph(self)
+
+    def train(self, mode: bool = True) -> Learner:
+        """Train the method's own modules; the frozen towers stay in eval mode."""
+        super().train(mode)
+        self.text.eval()
+        self.vision.eval()
+        return self
 
     # --- state ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from models.backbone import Backbone
-from models.errors import DuplicateMethodError, UnknownMethodError
+from models.errors import ConfigError, DuplicateMethodError, UnknownMethodError
 from models.methods.base import Learner
 from models.methods.config import MethodConfig, build_config
 
@@ -82,5 +82,5 @@ def create_method(
     if not isinstance(config, MethodConfig):
         config = build_config(spec.config_cls, config)
     elif not isinstance(config, spec.config_cls):
-        raise TypeError(f"{name} needs a {spec.config_cls.__name__}, got {type(config).__name__}")
+        raise ConfigError(f"{name} needs a {spec.config_cls.__name__}, got {type(config).__name__}")
     return spec.learner_cls(backbone, config)

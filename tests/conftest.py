@@ -1,0 +1,18 @@
+"""Shared fixtures: tiny random-init backbones only; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: no test may reach a hub
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():  # type: ignore[no-untyped-def]
+    from models.backbone import load_backbone
+
+    return load_backbone("tiny")

@@ -1,0 +1,127 @@
+"""The `promptserve` command line: train, eval (and, as they arrive, serve, pretrain-mini).
+
+`main(argv)` returns an exit code and never calls sys.exit itself, so tests run it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.backbone import DEFAULT_BACKBONE
+from models.errors import PromptserveError
+from models.methods import list_methods, parse_overrides
+from training.loop import Progress
+from training.run import TrainRequest, evaluate_classifier, train_classifier
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptserve", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="learn prompts and publish a classifier version")
+    train.add_argument("--method", required=True, choices=list_methods())
+    train.add_argument("--data", required=True, help="image folder, CSV/JSONL manifest, ...")
+    train.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--epochs", type=int, default=None, help="default: the method's recipe")
+    train.add_argument("--store", type=Path, required=True, help="classifier store directory")
+    train.add_argument("--name", required=True, help="classifier name")
+    train.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help="mini (default), ARCH (random init), ARCH:TAG (pretrained), ARCH@FILE or FILE",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the method's config (repeatable)",
+    )
+    train.add_argument("--preset", default=None, help="a named recipe preset of the method")
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+
+    evaluate = commands.add_parser("eval", help="top-1 accuracy of a stored classifier")
+    evaluate.add_argument("--store", type=Path, required=True)
+    evaluate.add_argument("--name", required=True)
+    evaluate.add_argument("--version", default=None, help="default: the newest")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--engine", choices=["onnx", "torchscript"], default="onnx")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the result here")
+    return parser
+
+
+def _print_progress(progress: Progress) -> None:
+    end = "\n" if progress.step == progress.total_steps else "\r"
+    print(
+        f"epoch {progress.epoch}/{progress.epochs} step {progress.step}/{progress.total_steps} "
+        f"loss {progress.loss:.4f} lr {progress.lr:.2e} eta {progress.eta_s:.0f}s",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    request = TrainRequest(
+        method=args.method,
+        data=args.data,
+        store=args.store,
+        name=args.name,
+        backbone=args.backbone,
+        shots=args.shots,
+        seed=args.seed,
+        epochs=args.epochs,
+        overrides=parse_overrides(args.overrides),
+        preset=args.preset,
+        device=args.device,
+    )
+    outcome = train_classifier(request, progress=_print_progress)
+    loss = outcome.summary["final_loss"]
+    loss_text = "n/a" if loss is None else f"{loss:.4f}"
+    print(f"published {args.name} version {outcome.version} at {outcome.artifact}")
+    print(
+        f"steps {outcome.summary['steps']}, final loss {loss_text}, {outcome.summary['seconds']}s"
+    )
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    result = evaluate_classifier(
+        args.store, args.name, args.data, version=args.version, engine=args.engine
+    )
+    print(
+        f"{result.classifier} v{result.version}: top-1 {result.accuracy:.2f}% "
+        f"on {result.images} images, {len(result.classes)} classes"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+COMMANDS = {"train": run_train, "eval": run_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except PromptserveError as exc:
+        print(f"promptserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
