@@ -1,0 +1,372 @@
+"""The classifier artifact: publish, list, verify and load ``<store>/<name>/<version>/``.
+
+An artifact is written into a hidden temporary directory beside its versions, checked (the
+exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
+reader never sees a half-written version. Layout and manifest fields: DESIGN.md, "The
+classifier artifact". The ONNX / TorchScript half lives in `models.export`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+from torch import Tensor
+
+from models.backbone import PreprocessConfig, load_backbone
+from models.errors import ArtifactError
+from models.export import (
+    CLASSES_FILE,
+    LEARNER_FILE,
+    ONNX_FILE,
+    ONNX_OPSET,
+    TORCHSCRIPT_FILE,
+    Engine,
+    VisualEngine,
+    open_engine,
+    write_files,
+)
+from models.methods import Learner, create_method
+from models.preprocess import eval_transform
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ARTIFACT_FILES = (CLASSES_FILE, ONNX_FILE, TORCHSCRIPT_FILE, LEARNER_FILE)  # hashed in manifest
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one safe path component
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
+TEMP_PREFIX = ".tmp-"
+PUBLISH_ATTEMPTS = 100  # versions tried when concurrent exporters race for the next number
+
+
+# --- names, versions, hashes ----------------------------------------------------------------
+
+
+def check_name(name: str) -> str:
+    """`name` if it is a safe classifier name (letters, digits, ``._-``; not a path)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ArtifactError(
+            f"invalid classifier name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def list_versions(store: Path, name: str) -> list[str]:
+    """Published versions of classifier `name`, oldest first (numeric order)."""
+    directory = Path(store) / check_name(name)
+    if not directory.is_dir():
+        return []
+    found = [
+        p.name for p in directory.iterdir() if p.is_dir() and VERSION_PATTERN.fullmatch(p.name)
+    ]
+    return sorted(found, key=int)
+
+
+def resolve_version(store: Path, name: str, version: str | None = None) -> Path:
+    """The directory of `version` of classifier `name`, or of its newest version when None."""
+    versions = list_versions(store, name)
+    if version is None:
+        if not versions:
+            raise ArtifactError(f"classifier {name!r} has no published version in {store}")
+        version = versions[-1]
+    version = str(version)
+    if version not in versions:
+        known = ", ".join(versions) or "none"
+        raise ArtifactError(f"classifier {name!r} has no version {version!r}; versions: {known}")
+    return Path(store) / name / version
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- reading and verifying ------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the artifact directory `path` (or of the manifest file itself)."""
+    path = Path(path)
+    file = path if path.name == MANIFEST_FILE else path / MANIFEST_FILE
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is not a classifier artifact: no {MANIFEST_FILE}") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {file}: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(
+            f"{file}: unsupported artifact format {found!r} (need {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def verify_artifact(path: Path) -> dict[str, Any]:
+    """Check every file the manifest lists against its sha256; returns the manifest.
+
+    Raises:
+        ArtifactError: naming the first file that is missing, unlisted, or altered.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    files: dict[str, str] = manifest.get("files") or {}
+    for required in ARTIFACT_FILES:
+        if required not in files:
+            raise ArtifactError(f"{path}: the manifest does not list {required}")
+    for filename, expected in files.items():
+        if Path(filename).name != filename:  # a tampered manifest must not point elsewhere
+            raise ArtifactError(f"{path}: manifest lists a path, not a file name: {filename!r}")
+        if not (path / filename).is_file():
+            raise ArtifactError(f"{path}: {filename} is missing")
+        if sha256_file(path / filename) != expected:
+            raise ArtifactError(f"{path}: {filename} does not match its sha256 in the manifest")
+    return manifest
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+def export_classifier(
+    learner: Learner,
+    class_names: list[str],
+    store: Path,
+    name: str,
+    *,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    tolerance: float = 1e-4,
+) -> Path:
+    """Publish `learner` on `class_names` as the next version of classifier `name`.
+
+    Args:
+        learner: the tuned method (any device; the graphs are exported and checked on the CPU).
+        class_names: the label set, in logit order.
+        store: the classifier store root.
+        name: classifier name (see `check_name`).
+        training: JSON-serialisable training summary for the manifest.
+        metrics: JSON-serialisable evaluation metrics for the manifest.
+        tolerance: largest max-abs difference between exported and eager embeddings.
+
+    Returns:
+        The published version directory ``<store>/<name>/<version>``.
+
+    Raises:
+        ArtifactError: bad name, class names or metadata; export failure.
+        ExportParityError: an exported graph disagrees with eager; nothing is published.
+    """
+    check_name(name)
+    _check_class_names(class_names)
+    extra = {"training": dict(training or {}), "metrics": dict(metrics or {})}
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"training summary and metrics must be JSON-serialisable: {exc}"
+        ) from exc
+
+    directory = Path(store) / name
+    staging = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        parity = write_files(learner, class_names, staging, tolerance)
+        manifest = _manifest(learner, name, class_names, staging, parity) | extra
+        return _publish(staging, directory, manifest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a name with no version must not be left listed
+            directory.rmdir()
+        raise
+
+
+def _check_class_names(class_names: list[str]) -> None:
+    if not class_names or not all(isinstance(n, str) and n.strip() for n in class_names):
+        raise ArtifactError("a classifier needs at least one non-empty class name")
+    if len(set(class_names)) != len(class_names):
+        raise ArtifactError("class names must be unique")
+
+
+def _manifest(
+    learner: Learner, name: str, class_names: list[str], staging: Path, parity: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": None,  # set by _publish once a number is won
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "method": learner.method_name,
+        "config": dataclasses.asdict(learner.config),
+        "backbone": dataclasses.asdict(learner.backbone_id),
+        "preprocessing": dataclasses.asdict(learner.preprocess),
+        "class_names": list(class_names),
+        "logit_scale": float(learner.logit_scale),
+        "onnx_opset": ONNX_OPSET,
+        "files": {f: sha256_file(staging / f) for f in ARTIFACT_FILES},
+        "parity": parity,
+        "open_clip_version": open_clip.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def _next_version(directory: Path) -> int:
+    versions = [int(p.name) for p in directory.iterdir() if VERSION_PATTERN.fullmatch(p.name)]
+    return max(versions, default=0) + 1
+
+
+def _publish(staging: Path, directory: Path, manifest: dict[str, Any]) -> Path:
+    """Rename `staging` to the next free version; retry if another exporter won that number."""
+    version = _next_version(directory)
+    for _ in range(PUBLISH_ATTEMPTS):
+        manifest["version"] = str(version)
+        (staging / MANIFEST_FILE).write_text(
+            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
+        )
+        for file in staging.iterdir():
+            _fsync(file)
+        target = directory / str(version)
+        try:
+            os.rename(staging, target)  # atomic; fails when the target exists and is not empty
+        except OSError:
+            if not target.exists():
+                raise
+            log.info(
+                "version %s of %s appeared meanwhile; trying the next", version, directory.name
+            )
+            version = max(version + 1, _next_version(directory))
+            continue
+        _fsync(directory)  # makes the rename durable
+        log.info("published classifier %s version %s at %s", manifest["name"], version, target)
+        return target
+    raise ArtifactError(f"could not claim a version for {directory} after {PUBLISH_ATTEMPTS} tries")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries (POSIX; Windows cannot open directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+@dataclass
+class Classifier:
+    """A loaded artifact: the visual engine plus the class embeddings it is scored against."""
+
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    class_names: list[str]
+    class_embeddings: Tensor  # [C, D] L2-normalised, on `device`
+    logit_scale: float
+    preprocess: PreprocessConfig
+    engine: VisualEngine
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        self.transform = eval_transform(self.preprocess)
+
+    def embed(self, pixels: Tensor) -> Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, D] normalised image embeddings."""
+        return self.engine(pixels).to(self.device)
+
+    def logits(self, embeddings: Tensor, class_embeddings: Tensor | None = None) -> Tensor:
+        """[B, D] image embeddings -> [B, C] scaled cosine scores (own classes by default)."""
+        classes = self.class_embeddings if class_embeddings is None else class_embeddings
+        return self.logit_scale * embeddings @ classes.t()
+
+    def classify(self, images: list[Image.Image], top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Per image, the `top_k` most probable class names with their probabilities."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if not images:
+            raise ValueError("classify needs at least one image")
+        pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
+        probs = F.softmax(self.logits(self.embed(pixels)), dim=-1)  # [B, C]
+        values, indices = probs.topk(min(top_k, len(self.class_names)), dim=-1)
+        return [
+            [
+                (self.class_names[i], float(p))
+                for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
+            ]
+            for row_p, row_i in zip(values, indices, strict=True)
+        ]
+
+
+def load_classifier(path: Path, *, engine: Engine = "onnx", device: str = "cpu") -> Classifier:
+    """Verify the artifact at `path` and load it for inference on `device`."""
+    path = Path(path)
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ArtifactError(f"device {device!r} requested but CUDA is not available")
+    manifest = verify_artifact(path)
+    classes = load_file(str(path / CLASSES_FILE))["embeddings"].to(target)  # [C, D]
+    if classes.shape[0] != len(manifest["class_names"]):
+        raise ArtifactError(
+            f"{path}: {classes.shape[0]} class embeddings for "
+            f"{len(manifest['class_names'])} class names"
+        )
+    return Classifier(
+        name=manifest["name"],
+        version=str(manifest["version"]),
+        manifest=manifest,
+        class_names=list(manifest["class_names"]),
+        class_embeddings=classes,
+        logit_scale=float(manifest["logit_scale"]),
+        preprocess=preprocess_from_manifest(manifest),
+        engine=open_engine(path, engine, device),
+        device=target,
+    )
+
+
+def preprocess_from_manifest(manifest: dict[str, Any]) -> PreprocessConfig:
+    cfg = dict(manifest["preprocessing"])
+    return PreprocessConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
+
+
+def load_learner(path: Path, *, device: str = "cpu") -> Learner:
+    """Rebuild the eager learner of the artifact at `path` (re-encode classes, resume training).
+
+    Raises:
+        ArtifactError: the files fail verification, or the backbone loaded now is not the one the
+            artifact was built on (its weights hash differs).
+    """
+    path = Path(path)
+    manifest = verify_artifact(path)
+    recorded = manifest["backbone"]
+    backbone = load_backbone(recorded["spec"], device=device)
+    if backbone.id.weights_sha256 != recorded["weights_sha256"]:
+        raise ArtifactError(
+            f"backbone {recorded['spec']!r} now has weights {backbone.id.weights_sha256[:12]}, "
+            f"but {path} was built on {recorded['weights_sha256'][:12]}"
+        )
+    learner = create_method(manifest["method"], backbone, manifest["config"]).to(device)
+    learner.load_learned_state_dict(load_file(str(path / LEARNER_FILE), device=str(device)))
+    return learner.eval()

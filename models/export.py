@@ -1,0 +1,266 @@
+"""A learner as artifact files: class embeddings, learned weights, and the visual graph as ONNX
+and TorchScript, opened as engines and checked against eager PyTorch.
+
+`write_files` fills a staging directory; `models.artifact` hashes it, writes the manifest and
+publishes it. Both graph formats are written from the same module (`Learner.visual_graph()`:
+pixels [B, 3, S, S] -> normalised embeddings [B, D]) and must agree with it at more than one
+batch size before an artifact is published. The example batch used for export (2) is neither
+of the parity batches (1 and 7), so a graph that baked in its example's batch size fails the
+check instead of shipping.
+
+ONNX goes through torch's dynamo exporter (`torch.export` + onnxscript), the default in torch
+2.9+. The legacy TorchScript-based exporter cannot export this graph: in eval mode PyTorch's
+`nn.MultiheadAttention` takes its fused fast path (`aten::_native_multi_head_attention`), which
+the legacy exporter has no symbolic for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from models.errors import ArtifactError, ExportParityError
+from models.methods import Learner
+
+log = logging.getLogger(__name__)
+
+CLASSES_FILE = "classes.safetensors"
+LEARNER_FILE = "learner.safetensors"
+ONNX_FILE = "visual.onnx"
+TORCHSCRIPT_FILE = "visual.torchscript.pt"
+ONNX_OPSET = 18  # the opset torch's ONNX function library is written in; no version conversion
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "embeddings"
+EXAMPLE_BATCH = 2  # export example; deliberately not a parity batch (see module docstring)
+PARITY_BATCHES = (1, 7)
+PARITY_SEED = 0
+
+Engine = Literal["onnx", "torchscript"]
+
+
+class VisualEngine(Protocol):
+    """A loaded visual graph: pixels [B, 3, S, S] -> normalised embeddings [B, D]."""
+
+    def __call__(self, pixels: Tensor) -> Tensor: ...
+
+
+@contextmanager
+def _quiet_jit_deprecation() -> Iterator[None]:
+    # torch 2.14 deprecates torch.jit.*; the artifact still ships TorchScript by design
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
+        yield
+
+
+def export_onnx(graph: nn.Module, path: Path, example: Tensor) -> None:
+    """Write `graph` as one self-contained ONNX file with a dynamic batch axis.
+
+    Args:
+        graph: eval-mode module, pixels [B, 3, S, S] -> embeddings [B, D].
+        path: destination ``.onnx`` file; the weights are embedded (no external data file).
+        example: example pixels with a batch of at least 2 (torch.export specialises 0 and 1).
+    """
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=ONNX_OPSET,
+            dynamic_shapes={"pixels": {0: batch}},
+            dynamo=True,
+            verbose=False,
+        )
+    except Exception as exc:  # the exporter's failures have no common type; report as ours
+        raise ArtifactError(f"could not export the visual graph to ONNX: {exc}") from exc
+    if program is None:  # only the legacy exporter returns None
+        raise ArtifactError("the ONNX exporter returned no program")
+    # external_data defaults to True when torch.onnx.export writes a file itself; models under
+    # protobuf's 2 GB limit (ViT-L included) fit in one file, which keeps the artifact atomic
+    program.save(str(path), external_data=False)
+
+
+def export_torchscript(graph: nn.Module, path: Path, example: Tensor) -> None:
+    """Trace `graph` on `example`, freeze it, and save it with `torch.jit.save`.
+
+    A trace keeps every submodule of `graph`, used or not; `VisualGraph` holds the whole
+    learner, text tower included (ViT-B-16: 600 MB instead of 350 MB). Freezing inlines the
+    weights the graph uses as constants and drops the rest. `optimize_numerics=False` keeps the
+    arithmetic exactly eager's.
+    """
+    with _quiet_jit_deprecation(), torch.no_grad():
+        traced = torch.jit.trace(graph, (example,), check_trace=False)
+        frozen = torch.jit.freeze(traced, optimize_numerics=False)
+        torch.jit.save(frozen, str(path))
+
+
+class OnnxEngine:
+    """An ONNX Runtime session over ``visual.onnx``; CUDA first when asked for and present."""
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+        options.log_severity_level = 3  # errors only; ORT warns about every unused initializer
+        self.device = torch.device(device)
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=onnx_providers(self.device)
+        )
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        array = np.ascontiguousarray(pixels.detach().to("cpu", torch.float32).numpy())
+        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
+        return torch.from_numpy(out).to(self.device)
+
+
+def onnx_providers(device: torch.device) -> list[str]:
+    """Execution providers for `device`; CPU always last, as ONNX Runtime's fallback."""
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class TorchScriptEngine:
+    """``visual.torchscript.pt`` loaded onto `device`."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        with _quiet_jit_deprecation():
+            self.module = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.module(pixels.to(self.device, torch.float32))  # type: ignore[no-any-return]
+
+
+def open_engine(directory: Path, engine: Engine, device: str = "cpu") -> VisualEngine:
+    """The artifact's visual graph in `directory` as a callable engine."""
+    if engine == "onnx":
+        return OnnxEngine(directory / ONNX_FILE, device)
+    if engine == "torchscript":
+        return TorchScriptEngine(directory / TORCHSCRIPT_FILE, device)
+    raise ValueError(f"unknown engine {engine!r}; choose 'onnx' or 'torchscript'")
+
+
+def parity_pixels(batch: int, size: int, seed: int = PARITY_SEED) -> Tensor:
+    """Seeded standard-normal pixels [batch, 3, size, size] (normalised images are ~N(0, 1))."""
+    generator = torch.Generator().manual_seed(seed + batch)
+    return torch.randn(batch, 3, size, size, generator=generator)
+
+
+def max_abs_difference(
+    reference: Callable[[Tensor], Tensor], engine: VisualEngine, pixels: Tensor
+) -> float:
+    """max |reference(pixels) - engine(pixels)|; inf when the shapes disagree."""
+    with torch.no_grad():
+        expected = reference(pixels).float().cpu()
+    actual = engine(pixels).float().cpu()
+    if actual.shape != expected.shape:
+        log.error(
+            "exported graph gave shape %s, eager %s", tuple(actual.shape), tuple(expected.shape)
+        )
+        return float("inf")
+    return float((actual - expected).abs().max())
+
+
+def export_visual_graph(
+    graph: nn.Module, directory: Path, image_size: int, tolerance: float
+) -> dict[str, dict[str, float] | float]:
+    """Write ``visual.onnx`` and ``visual.torchscript.pt`` and check both against eager `graph`.
+
+    Args:
+        graph: eval-mode module on the CPU, pixels [B, 3, S, S] -> normalised embeddings [B, D].
+        directory: where the two files are written.
+        image_size: S.
+        tolerance: the largest max-abs difference accepted at every parity batch.
+
+    Returns:
+        The parity figures for the manifest:
+        ``{"onnx": {"batch_1": d, "batch_7": d}, "torchscript": {...}, "tolerance": t}``.
+
+    Raises:
+        ExportParityError: an exported graph differs from eager by more than `tolerance` (or
+            gives NaN); the caller must not publish the files.
+    """
+    example = parity_pixels(EXAMPLE_BATCH, image_size)
+    export_onnx(graph, directory / ONNX_FILE, example)
+    export_torchscript(graph, directory / TORCHSCRIPT_FILE, example)
+
+    figures: dict[str, dict[str, float] | float] = {}
+    failures = []
+    engines: tuple[Engine, ...] = ("onnx", "torchscript")
+    for engine_name in engines:
+        engine = open_engine(directory, engine_name)
+        per_batch = {}
+        for batch in PARITY_BATCHES:
+            diff = max_abs_difference(graph, engine, parity_pixels(batch, image_size))
+            per_batch[f"batch_{batch}"] = diff
+            if not diff <= tolerance:  # written so that NaN fails too
+                failures.append(f"{engine_name} batch {batch}: {diff:.3g}")
+        figures[engine_name] = per_batch
+    figures["tolerance"] = tolerance
+    log.info("export parity (max abs difference vs eager): %s", figures)
+    if failures:
+        raise ExportParityError(
+            f"exported visual graph disagrees with eager PyTorch beyond {tolerance:g}: "
+            + "; ".join(failures)
+        )
+    return figures
+
+
+def write_files(
+    learner: Learner, class_names: list[str], directory: Path, tolerance: float
+) -> dict[str, Any]:
+    """Write the four artifact files for `learner` on `class_names` into `directory`.
+
+    The learner is in eval mode throughout and its previous mode is restored afterwards.
+    Class embeddings are computed on the learner's device; the visual graph is exported and
+    checked on the CPU. Returns the parity figures (see `export_visual_graph`), which raises
+    `ExportParityError` when they exceed `tolerance`.
+    """
+    with _eval_mode(learner):
+        with torch.no_grad():
+            classes = learner.encode_classes(list(class_names)).float().cpu().contiguous()  # [C, D]
+        save_file({"embeddings": classes}, str(directory / CLASSES_FILE), metadata={"format": "pt"})
+        # a method with nothing learned (zeroshot) writes an empty state: safetensors stores {}
+        learned = {
+            k: v.detach().cpu().contiguous().clone()
+            for k, v in learner.learned_state_dict().items()
+        }
+        save_file(learned, str(directory / LEARNER_FILE), metadata={"format": "pt"})
+        with _on_cpu(learner):
+            graph = learner.visual_graph().eval()
+            return export_visual_graph(graph, directory, learner.preprocess.size, tolerance)
+
+
+@contextmanager
+def _eval_mode(learner: Learner) -> Iterator[None]:
+    was_training = learner.training
+    learner.eval()
+    try:
+        yield
+    finally:
+        learner.train(was_training)
+
+
+@contextmanager
+def _on_cpu(learner: Learner) -> Iterator[None]:
+    # Exporting on the CPU keeps the graphs device-neutral (a trace records the device of any
+    # tensor created in forward) and the parity check free of TF32 and kernel differences.
+    device = learner.device
+    learner.to("cpu")
+    try:
+        yield
+    finally:
+        learner.to(device)

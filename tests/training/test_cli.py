@@ -1,0 +1,136 @@
+"""The CLI end to end, in-process: train -> artifact -> eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.artifact import verify_artifact
+from tests.helpers import make_image_folder
+from training.cli import main
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    train = make_image_folder(root / "train", COLOURS, per_class=6, seed=1)
+    test = make_image_folder(root / "test", COLOURS, per_class=4, seed=2)
+    return train, test
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "coop"])
+def test_train_then_eval(method: str, folders: tuple[Path, Path], tmp_path: Path) -> None:
+    train, test = folders
+    store = tmp_path / "store"
+    args = [
+        "train",
+        "--method",
+        method,
+        "--data",
+        str(train),
+        "--shots",
+        "4",
+        "--seed",
+        "1",
+        "--epochs",
+        "2",
+        "--store",
+        str(store),
+        "--name",
+        "colours",
+        "--backbone",
+        "tiny",
+        "--set",
+        "batch_size=4",
+    ]
+    assert main(args) == 0
+    manifest = verify_artifact(store / "colours" / "1")
+    assert manifest["method"] == method
+    assert manifest["class_names"] == ["blue", "green", "red"]
+    assert manifest["training"]["steps"] == (0 if method == "zeroshot" else 2 * 3)
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--store",
+                str(store),
+                "--name",
+                "colours",
+                "--data",
+                str(test),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(out.read_text())
+    assert result["images"] == 12
+    assert 0.0 <= result["accuracy"] <= 100.0
+    assert main(args) == 0  # a second run publishes version 2 beside the first
+    assert sorted(p.name for p in (store / "colours").iterdir()) == ["1", "2"]
+
+
+def test_unknown_config_field_is_a_clear_error(
+    folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "train",
+            "--method",
+            "coop",
+            "--data",
+            str(folders[0]),
+            "--store",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--backbone",
+            "tiny",
+            "--set",
+            "n_context=4",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "n_context" in err
+    assert "n_ctx" in err  # the message lists the valid fields
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        [
+            "train",
+            "--method",
+            "coop",
+            "--data",
+            str(tmp_path / "nowhere"),
+            "--store",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--backbone",
+            "tiny",
+        ]
+    )
+    assert code == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_eval_of_an_unknown_classifier_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["eval", "--store", str(tmp_path), "--name", "ghost", "--data", str(tmp_path)]) == 2
+    assert "ghost" in capsys.readouterr().err
+
+
+def test_unknown_method_exits_nonzero() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--method", "nope", "--data", "x", "--store", "s", "--name", "n"])
+    assert exc.value.code != 0

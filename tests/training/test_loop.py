@@ -1,0 +1,84 @@
+"""The training loop: schedule, cancellation, and a real learning check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.backbone import Backbone
+from models.methods import create_method, make_config
+from models.preprocess import eval_transform
+from tests.helpers import make_image_folder
+from training.data import ImageDataset, make_loader, open_dataset
+from training.errors import TrainingCancelled
+from training.loop import FitOptions, Progress, evaluate, fit, learning_rate
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 220),
+    "yellow": (230, 210, 20),
+}
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("colours"), COLOURS, per_class=8, seed=0)
+
+
+def loader_for(folder: Path, backbone: Backbone, batch_size: int = 8):  # type: ignore[no-untyped-def]
+    source = open_dataset(str(folder))
+    dataset = ImageDataset(source, eval_transform(backbone.preprocess), list(source.class_names))
+    return make_loader(dataset, batch_size, shuffle=True, seed=0), list(source.class_names)
+
+
+def test_schedule_warms_up_then_decays_to_zero() -> None:
+    config = make_config("coop", {"lr": 0.1, "warmup_lr": 1e-5})
+    rates = [learning_rate(step, 100, 10, config) for step in range(100)]
+    assert rates[:10] == [1e-5] * 10
+    assert rates[10] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
+    assert rates[-1] < 1e-3
+
+
+def test_coop_halves_its_training_loss(colour_folder: Path, tiny_backbone: Backbone) -> None:
+    """A learning check on a random-init backbone: the context alone must fit the data."""
+    loader, names = loader_for(colour_folder, tiny_backbone)
+    torch.manual_seed(0)
+    config = make_config("coop", {"n_ctx": 16, "optimizer": "adam", "lr": 0.02, "epochs": 25})
+    learner = create_method("coop", tiny_backbone, config)
+    steps: list[Progress] = []
+    result = fit(learner, loader, names, FitOptions(seed=0, progress=steps.append))
+    assert result.steps == 25 * len(loader) == len(steps)
+    assert steps[-1].eta_s == 0
+    assert result.losses[-1] <= 0.5 * result.losses[0]
+    assert evaluate(learner, loader, names) > 50.0
+
+
+def test_zeroshot_fits_nothing(colour_folder: Path, tiny_backbone: Backbone) -> None:
+    loader, names = loader_for(colour_folder, tiny_backbone)
+    result = fit(create_method("zeroshot", tiny_backbone), loader, names)
+    assert (result.steps, result.losses) == (0, [])
+
+
+def test_cancellation_stops_the_run(colour_folder: Path, tiny_backbone: Backbone) -> None:
+    loader, names = loader_for(colour_folder, tiny_backbone)
+    learner = create_method("coop", tiny_backbone, {"epochs": 5})
+    calls = iter(range(1000))
+    with pytest.raises(TrainingCancelled):
+        fit(learner, loader, names, FitOptions(should_stop=lambda: next(calls) >= 3))
+    assert not learner.training
+
+
+def test_the_same_seed_gives_the_same_weights(colour_folder: Path, tiny_backbone: Backbone) -> None:
+    loader, names = loader_for(colour_folder, tiny_backbone)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        learner = create_method("coop", tiny_backbone, {"epochs": 2, "n_ctx": 2})
+        loader, names = loader_for(colour_folder, tiny_backbone)
+        fit(learner, loader, names, FitOptions(seed=3))
+        runs.append(learner.ctx.detach().clone())  # type: ignore[union-attr]
+    assert torch.equal(runs[0], runs[1])

@@ -1,0 +1,1 @@
+"""promptserve training: datasets, few-shot sampling, the training loop, evaluation, the CLI."""

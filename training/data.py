@@ -1,0 +1,205 @@
+"""Datasets for training and evaluation: open a data spec, sample few shots, load batches.
+
+`open_dataset` turns a spec string (what the CLI and the service receive) into an
+`ImageSource`; `sample_few_shot`, `restrict_classes` and `split_base_novel` derive the sources the
+paper protocols need; `ImageDataset` and `make_loader` turn a source into tensors for the loop.
+The readers themselves live in `training.sources`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import cast
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from models.preprocess import ImageTransform
+from training.errors import DataError
+from training.sources import (
+    SPLITS,
+    ImageSource,
+    LabeledImage,
+    find_dassl_split,
+    from_memory,
+    read_dassl_split,
+    read_image_folder,
+    read_manifest,
+)
+
+__all__ = [
+    "ImageDataset",
+    "ImageSource",
+    "LabeledImage",
+    "from_memory",
+    "make_loader",
+    "open_dataset",
+    "restrict_classes",
+    "sample_few_shot",
+    "split_base_novel",
+]
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_PREFIX = "synthetic:"
+ACCEPTED_SPECS = (
+    "an image folder DIR/<class name>/*.jpg (optionally with DIR/train and DIR/test)",
+    "a CSV manifest FILE.csv with the header 'path,label'",
+    'a JSONL manifest FILE.jsonl with one {"path": ..., "label": ...} per line',
+    "a CoOp/Dassl dataset root holding split_zhou_<Name>.json (or that file itself)",
+    "synthetic:<task> for the synthetic shapes world",
+)
+
+
+def open_dataset(spec: str, *, split: str = "train") -> ImageSource:
+    """Open the `split` ("train", "val" or "test") of the dataset a spec names.
+
+    Image folders without `train/` and `test/` subfolders and manifests have a single split, so
+    `split` does not apply to them. Specs starting with ``synthetic:`` are delegated to
+    `training.synthetic.open_synthetic(spec, split)` when that module provides it.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if spec.startswith(SYNTHETIC_PREFIX):
+        return _open_synthetic(spec, split)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _open_directory(path, split)
+    if path.suffix.lower() in {".csv", ".jsonl"}:
+        return read_manifest(path)
+    if path.name.startswith("split_zhou_") and path.suffix == ".json" and path.is_file():
+        return read_dassl_split(path, split)
+    reason = "no such file or directory" if not path.exists() else "not a dataset this reads"
+    forms = "".join(f"\n  - {form}" for form in ACCEPTED_SPECS)
+    raise DataError(f"cannot open dataset {spec!r} ({reason}); expected one of:{forms}")
+
+
+def _open_directory(path: Path, split: str) -> ImageSource:
+    split_file = find_dassl_split(path)
+    if split_file is not None:
+        return read_dassl_split(split_file, split)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        if not (path / split).is_dir():
+            raise DataError(f"{path} has train/ and test/ folders but no {split}/ folder")
+        return read_image_folder(path / split)
+    return read_image_folder(path)
+
+
+def _open_synthetic(spec: str, split: str) -> ImageSource:
+    """The hook for the synthetic shapes world.
+
+    Contract: `training.synthetic` exposes ``open_synthetic(spec: str, split: str) ->
+    ImageSource``, receiving the full spec (``synthetic:...``) and the split name, and returning
+    images as `LabeledImage`s with picklable loaders. It is imported lazily so the data readers do
+    not depend on it.
+    """
+    try:
+        module = importlib.import_module("training.synthetic")
+    except ModuleNotFoundError as exc:
+        if exc.name != "training.synthetic":
+            raise  # the module exists but one of its own imports is missing
+        module = None
+    opener = getattr(module, "open_synthetic", None)
+    if opener is None:
+        raise DataError("synthetic datasets arrive with training/synthetic.py")
+    return cast(Callable[[str, str], ImageSource], opener)(spec, split)
+
+
+def sample_few_shot(source: ImageSource, shots: int, seed: int) -> ImageSource:
+    """`shots` images per class, chosen by `random.Random(seed)` from each class's sorted images.
+
+    A class with fewer images keeps all of them (with a warning), as CoOp does.
+    """
+    if shots <= 0:
+        raise DataError(f"shots must be a positive number of images per class, got {shots}")
+    rng = random.Random(seed)
+    chosen: list[LabeledImage] = []
+    for name, items in source.by_class().items():
+        if len(items) < shots:
+            log.warning(
+                "class %r has %d images, fewer than %d shots: using all", name, len(items), shots
+            )
+            chosen.extend(items)
+        else:
+            chosen.extend(rng.sample(items, shots))
+    description = f"{source.description}, {shots} shots (seed {seed})"
+    return replace(source, items=chosen, description=description)
+
+
+def split_base_novel(class_names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Base-to-novel protocol: sorted names, base = the first ceil(n / 2), novel = the rest."""
+    names = sorted(set(class_names))
+    cut = math.ceil(len(names) / 2)
+    return names[:cut], names[cut:]
+
+
+def restrict_classes(source: ImageSource, names: Iterable[str]) -> ImageSource:
+    """Keep only the images of `names`; labels stay names, class names become `sorted(names)`."""
+    keep = sorted(set(names))
+    unknown = [name for name in keep if name not in source.class_names]
+    if unknown:
+        raise DataError(f"classes not in {source.description or 'the dataset'}: {unknown[:10]}")
+    wanted = set(keep)
+    items = [item for item in source.items if item.label in wanted]
+    return replace(source, class_names=keep, items=items)
+
+
+class ImageDataset(Dataset[tuple[Tensor, int]]):
+    """An `ImageSource` as (pixels [3, S, S], label index into `class_names`) pairs."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        transform: ImageTransform,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.items = list(source.items)
+        self.transform = transform
+        self.class_names = list(source.class_names if class_names is None else class_names)
+        index = {name: i for i, name in enumerate(self.class_names)}
+        if len(index) != len(self.class_names):
+            raise DataError("class names of a dataset must be unique")
+        unknown = sorted({item.label for item in self.items} - index.keys())
+        if unknown:
+            raise DataError(f"images labelled with classes outside the label set: {unknown[:10]}")
+        self.targets = [index[item.label] for item in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.transform(self.items[i].open_rgb()), self.targets[i]
+
+
+def make_loader(
+    dataset: Dataset[tuple[Tensor, int]],
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+) -> DataLoader[tuple[Tensor, int]]:
+    """Batches of (pixels [B, 3, S, S], labels [B]) in an order fixed by `seed`.
+
+    The shuffle order comes from the loader's own generator. Random augmentations draw from the
+    global torch RNG in the main process (seeded by the training loop) or, with workers, from
+    per-worker seeds that DataLoader derives from the same generator.
+    """
+    if batch_size <= 0:
+        raise DataError(f"batch size must be positive, got {batch_size}")
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
