@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from models.artifact import export_classifier, load_classifier, resolve_version
+from models.artifact import export_classifier, resolve_version
 from models.backbone import DEFAULT_BACKBONE, load_backbone
+from models.classifier import load_classifier
 from models.methods import create_method, make_config
 from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot

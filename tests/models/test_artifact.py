@@ -26,12 +26,11 @@ from models import artifact
 from models.artifact import (
     export_classifier,
     list_versions,
-    load_classifier,
-    load_learner,
     read_manifest,
     resolve_version,
     verify_artifact,
 )
+from models.classifier import load_classifier, load_learner
 from models.errors import ArtifactError, ExportParityError
 from models.export import export_visual_graph
 from models.methods import Learner, create_method, list_methods
