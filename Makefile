@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SOURCES := $(wildcard models training service tests bench)
 
 .PHONY: setup test lint format serve clean
 
@@ -16,13 +17,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check models training service tests bench
-	$(BIN)/ruff format --check models training service tests bench
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
 
 format: setup
-	$(BIN)/ruff format models training service tests bench
-	$(BIN)/ruff check --fix models training service tests bench
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
 
 test: setup lint
 	$(BIN)/python -m pytest -q

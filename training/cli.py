@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from models.backbone import DEFAULT_BACKBONE
-from models.errors import PromptserveError
+from models.errors import ConfigError, PromptserveError
 from models.methods import list_methods, parse_overrides
 from training.loop import Progress
+from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
 from training.run import TrainRequest, evaluate_classifier, train_classifier
 
 
@@ -48,13 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default=None, help="a named recipe preset of the method")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
 
-    evaluate = commands.add_parser("eval", help="top-1 accuracy of a stored classifier")
-    evaluate.add_argument("--store", type=Path, required=True)
-    evaluate.add_argument("--name", required=True)
+    evaluate = commands.add_parser(
+        "eval",
+        help="top-1 accuracy of a stored classifier, or a paper protocol (--protocol)",
+        description="Either score a stored classifier (--store, --name, --data) or run a "
+        "protocol end to end (--protocol, --method; synthetic world by default).",
+    )
+    evaluate.add_argument("--store", type=Path, default=None)
+    evaluate.add_argument("--name", default=None)
     evaluate.add_argument("--version", default=None, help="default: the newest")
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--data", default=None, help="default for protocols: synthetic")
     evaluate.add_argument("--engine", choices=["onnx", "torchscript"], default="onnx")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the result here")
+    evaluate.add_argument("--protocol", choices=PROTOCOLS, default=None)
+    evaluate.add_argument("--method", choices=list_methods(), default=None)
+    evaluate.add_argument("--shots", type=int, default=16)
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    evaluate.add_argument("--epochs", type=int, default=None)
+    evaluate.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    evaluate.add_argument("--target", action="append", default=[], help="domain/cross test set")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[])
+    evaluate.add_argument("--preset", default=None)
+    evaluate.add_argument("--device", default="cpu")
     return parser
 
 
@@ -94,6 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.protocol is not None:
+        return run_protocol_eval(args)
+    missing = [flag for flag in ("store", "name", "data") if getattr(args, flag) is None]
+    if missing:
+        raise ConfigError("eval needs --" + ", --".join(missing) + " (or --protocol and --method)")
     result = evaluate_classifier(
         args.store, args.name, args.data, version=args.version, engine=args.engine
     )
@@ -103,6 +124,29 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     if args.json is not None:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+def run_protocol_eval(args: argparse.Namespace) -> int:
+    if args.method is None:
+        raise ConfigError("--protocol needs --method")
+    request = ProtocolRequest(
+        protocol=args.protocol,
+        method=args.method,
+        shots=args.shots,
+        seeds=tuple(args.seeds),
+        epochs=args.epochs,
+        backbone=args.backbone,
+        data=args.data or SYNTHETIC,
+        targets=tuple(args.target),
+        overrides=parse_overrides(args.overrides),
+        preset=args.preset,
+        device=args.device,
+    )
+    report = run_protocol(request, progress=lambda line: print(line, file=sys.stderr))
+    print(format_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 

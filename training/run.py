@@ -17,11 +17,11 @@ import torch
 from models.artifact import export_classifier, resolve_version
 from models.backbone import DEFAULT_BACKBONE, load_backbone
 from models.classifier import load_classifier
-from models.methods import create_method, make_config
+from models.methods import Learner, create_method, make_config
 from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
 from training.errors import DataError
-from training.loop import FitOptions, Progress, fit
+from training.loop import FitOptions, FitResult, Progress, fit
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,24 @@ class TrainOutcome:
     summary: dict[str, Any]
 
 
-def train_classifier(
+@dataclass
+class FittedLearner:
+    learner: Learner
+    class_names: list[str]
+    result: FitResult
+    images: int  # training images seen per epoch
+
+
+def fit_learner(
     request: TrainRequest,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> TrainOutcome:
-    """Load data and backbone, fit the method, export and publish a classifier version."""
-    source = open_dataset(request.data, split="train")
+    *,
+    source: ImageSource | None = None,
+) -> FittedLearner:
+    """Load data (or use `source`) and the backbone, build the method and fit it."""
+    if source is None:
+        source = open_dataset(request.data, split="train")
     if request.shots is not None and request.method != "zeroshot":
         source = sample_few_shot(source, request.shots, request.seed)
     class_names = list(source.class_names)
@@ -70,26 +81,36 @@ def train_classifier(
     learner = create_method(request.method, backbone, config).to(request.device)
     dataset = ImageDataset(source, train_transform(backbone.preprocess), class_names)
     loader = make_loader(dataset, config.batch_size, shuffle=True, seed=request.seed)
-    learner.prepare_training(class_names, None)
+    learner.prepare_training(class_names, loader)
     options = FitOptions(
         device=request.device, seed=request.seed, progress=progress, should_stop=should_stop
     )
     result = fit(learner, loader, class_names, options)
+    return FittedLearner(learner, class_names, result, len(dataset))
 
+
+def train_classifier(
+    request: TrainRequest,
+    progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutcome:
+    """Fit the method on the request's data, then export and publish a classifier version."""
+    fitted = fit_learner(request, progress, should_stop)
+    result = fitted.result
     summary = {
         "data": request.data,
         "shots": request.shots,
         "seed": request.seed,
-        "images": len(dataset),
+        "images": fitted.images,
         "epochs": result.epochs,
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "final_loss": result.final_loss,
         "epoch_losses": [round(x, 5) for x in result.losses],
-        **learner.describe(),
+        **fitted.learner.describe(),
     }
     artifact = export_classifier(
-        learner.cpu(), class_names, request.store, request.name, training=summary
+        fitted.learner.cpu(), fitted.class_names, request.store, request.name, training=summary
     )
     log.info("published %s", artifact)
     return TrainOutcome(artifact=artifact, version=artifact.name, summary=summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -65,8 +66,11 @@ class Learner(nn.Module):
         )
         return F.cross_entropy(logits, batch.labels)
 
-    def prepare_training(self, class_names: list[str], train_pixels: Tensor | None) -> None:
-        """Called once before the first step (a method may initialise heads from the data)."""
+    def prepare_training(
+        self, class_names: list[str], batches: Iterable[tuple[Tensor, Tensor]] | None
+    ) -> None:
+        """Called once before the first step with the training data as (pixels [B, 3, S, S],
+        label index [B]) batches, so a method may initialise heads from it (SEP does)."""
 
     def visual_graph(self) -> nn.Module:
         """The module exported as ``visual.onnx``: pixels -> normalised image embeddings.
