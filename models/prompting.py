@@ -80,10 +80,8 @@ class ClassTokens:
         return torch.cat([self.prefix, context, self.suffix], dim=1)
 
 
-class PromptedTextEncoder(nn.Module):
-    """Frozen text tower over token embeddings with context slots."""
-
-    def __init__(self, tower: TextTower) -> None:
+class _PromptedTower(nn.Module):
+    def __init__(self, tower: TextTower | VisionTower) -> None:
         super().__init__()
         self.tower = tower
 
@@ -94,6 +92,15 @@ class PromptedTextEncoder(nn.Module):
     @property
     def num_blocks(self) -> int:
         return len(self.tower.blocks)
+
+
+class PromptedTextEncoder(_PromptedTower):
+    """Frozen text tower over token embeddings with context slots."""
+
+    tower: TextTower
+
+    def __init__(self, tower: TextTower) -> None:
+        super().__init__(tower)
 
     def tokenize(self, texts: list[str], tokenizer: Callable[[list[str]], Tensor]) -> Tensor:
         return tokenizer(texts).to(self.tower.positional_embedding.device)
@@ -167,20 +174,13 @@ class VisionPrompts:
     hook: BlockHook | None = None  # rewrites the slots before blocks 1..L-1; None carries them
 
 
-class PromptedVisionEncoder(nn.Module):
+class PromptedVisionEncoder(_PromptedTower):
     """Frozen ViT that inserts, replaces or carries prompt slots block by block."""
 
+    tower: VisionTower
+
     def __init__(self, tower: VisionTower) -> None:
-        super().__init__()
-        self.tower = tower
-
-    @property
-    def width(self) -> int:
-        return self.tower.width
-
-    @property
-    def num_blocks(self) -> int:
-        return len(self.tower.blocks)
+        super().__init__(tower)
 
     def prompt_slots(self, prompts: VisionPrompts) -> slice:
         """Sequence positions the prompts occupy."""

@@ -14,6 +14,13 @@ from training.cli import main
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 
 
+def train_args(method: str, data: Path, store: Path, *extra: str) -> list[str]:
+    return [
+        *("train", "--method", method, "--data", str(data), "--store", str(store)),
+        *("--name", "colours", "--backbone", "tiny", *extra),
+    ]
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("data")
@@ -26,49 +33,27 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_train_then_eval(method: str, folders: tuple[Path, Path], tmp_path: Path) -> None:
     train, test = folders
     store = tmp_path / "store"
-    args = [
-        "train",
-        "--method",
+    args = train_args(
         method,
-        "--data",
-        str(train),
+        train,
+        store,
         "--shots",
         "4",
         "--seed",
         "1",
         "--epochs",
         "2",
-        "--store",
-        str(store),
-        "--name",
-        "colours",
-        "--backbone",
-        "tiny",
         "--set",
         "batch_size=4",
-    ]
+    )
     assert main(args) == 0
     manifest = verify_artifact(store / "colours" / "1")
     assert manifest["method"] == method
     assert manifest["class_names"] == ["blue", "green", "red"]
     assert manifest["training"]["steps"] == (0 if method == "zeroshot" else 2 * 3)
     out = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--store",
-                str(store),
-                "--name",
-                "colours",
-                "--data",
-                str(test),
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    eval_args = ["eval", "--store", str(store), "--name", "colours", "--data", str(test)]
+    assert main([*eval_args, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["images"] == 12
     assert 0.0 <= result["accuracy"] <= 100.0
@@ -79,47 +64,15 @@ def test_train_then_eval(method: str, folders: tuple[Path, Path], tmp_path: Path
 def test_unknown_config_field_is_a_clear_error(
     folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "train",
-            "--method",
-            "coop",
-            "--data",
-            str(folders[0]),
-            "--store",
-            str(tmp_path),
-            "--name",
-            "x",
-            "--backbone",
-            "tiny",
-            "--set",
-            "n_context=4",
-        ]
-    )
-    assert code == 2
+    assert main(train_args("coop", folders[0], tmp_path, "--set", "n_context=4")) == 2
     err = capsys.readouterr().err
     assert "n_context" in err
     assert "n_ctx" in err  # the message lists the valid fields
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "colours").exists()
 
 
 def test_missing_data_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "train",
-            "--method",
-            "coop",
-            "--data",
-            str(tmp_path / "nowhere"),
-            "--store",
-            str(tmp_path),
-            "--name",
-            "x",
-            "--backbone",
-            "tiny",
-        ]
-    )
-    assert code == 2
+    assert main(train_args("coop", tmp_path / "nowhere", tmp_path)) == 2
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -128,6 +81,11 @@ def test_eval_of_an_unknown_classifier_fails(
 ) -> None:
     assert main(["eval", "--store", str(tmp_path), "--name", "ghost", "--data", str(tmp_path)]) == 2
     assert "ghost" in capsys.readouterr().err
+
+
+def test_eval_without_a_target_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--name", "x"]) == 2
+    assert "--store" in capsys.readouterr().err
 
 
 def test_unknown_method_exits_nonzero() -> None:
