@@ -1,4 +1,4 @@
-"""The `promptserve` command line: train, eval (and, as they arrive, serve, pretrain-mini).
+"""The `promptserve` command line: train, eval, pretrain-mini (serve is added by the service).
 
 `main(argv)` returns an exit code and never calls sys.exit itself, so tests run it in-process.
 """
@@ -9,21 +9,28 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from models.backbone import DEFAULT_BACKBONE
 from models.errors import ConfigError, PromptserveError
 from models.methods import list_methods, parse_overrides
 from training.loop import Progress
+from training.pretrain import add_arguments as add_pretrain_arguments
+from training.pretrain import run as run_pretrain
 from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
 from training.run import TrainRequest, evaluate_classifier, train_classifier
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; `add_commands(subparsers)` lets a caller add its own
+    (the service adds ``serve``, since imports flow service -> training only)."""
     parser = argparse.ArgumentParser(prog="promptserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
+    if add_commands is not None:
+        add_commands(commands)
 
     train = commands.add_parser("train", help="learn prompts and publish a classifier version")
     train.add_argument("--method", required=True, choices=list_methods())
@@ -71,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", dest="overrides", action="append", default=[])
     evaluate.add_argument("--preset", default=None)
     evaluate.add_argument("--device", default="cpu")
+    pretrain = commands.add_parser(
+        "pretrain-mini",
+        help="pretrain the embedded mini CLIP on the synthetic world (deterministic)",
+    )
+    add_pretrain_arguments(pretrain)
     return parser
 
 
@@ -150,7 +162,7 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval}
+COMMANDS = {"train": run_train, "eval": run_eval, "pretrain-mini": run_pretrain}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""promptserve service: the FastAPI application that serves classifier artifacts."""

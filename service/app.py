@@ -1,0 +1,48 @@
+"""The application factory: `create_app(settings)`, with a lifespan that owns the runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.handlers import install_error_handlers
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.routes import classifiers, classify, health, metrics
+from service.runtime import Runtime
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Classify images with prompt-tuned CLIP classifiers from a classifier store.
+
+Every error answers `{"error": {"code": ..., "message": ...}}`. When `PROMPTSERVE_API_KEY` is
+set, every route except `/health/*` needs `Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new application over `settings` (the environment's when None)."""
+    settings = settings if settings is not None else get_settings()
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("serving store %s on %s with %s", settings.store, runtime.device, settings.engine)
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title="promptserve", description=DESCRIPTION, lifespan=lifespan)
+    app.state.runtime = runtime
+    for module in (classify, classifiers, health, metrics):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    # added last = outermost: the metrics see every request, 413s from the body limit included
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
+    return app

@@ -1,0 +1,85 @@
+"""The `promptserve` command line: training's commands plus ``serve``.
+
+``serve`` lives here because imports flow service -> training -> models; every other command is
+handed to `training.cli.main` unchanged. `main(argv)` returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from training.cli import build_parser as build_training_parser
+from training.cli import main as training_main
+
+OWN_PACKAGES = ("service", "models", "training")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_training_parser(add_commands=add_serve_command)
+
+
+def add_serve_command(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve the classifier store over HTTP",
+        description="Run the HTTP API with uvicorn. Settings come from PROMPTSERVE_* environment "
+        "variables; these flags override them.",
+    )
+    serve.add_argument("--store", type=Path, default=None, help="classifier store directory")
+    serve.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+
+
+def configure_logging(level: str) -> None:
+    """Our packages at `level`; everything else (exporters, ONNX passes) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in OWN_PACKAGES:
+        logging.getLogger(package).setLevel(level.upper())
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    # imported here so that `promptserve train` and friends never load the web stack
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in (("store", args.store), ("host", args.host), ("port", args.port))
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        sys.stderr.write(f"promptserve serve: invalid settings:\n{exc}\n")
+        return 2
+    if args.verbose:
+        settings = settings.model_copy(update={"log_level": "debug"})
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
+    return training_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

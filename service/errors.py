@@ -1,0 +1,102 @@
+"""Domain exceptions of the service. Each carries its HTTP status and error code, but this
+module imports no web framework: `service.handlers` turns them into responses."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base of the errors the service raises on purpose; each knows its HTTP status."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers
+
+
+class InvalidBodyError(ServiceError):
+    """A body that cannot be parsed at all (malformed JSON)."""
+
+    status, code = 400, "invalid_body"
+
+
+class InvalidImageError(ServiceError):
+    """Bytes that are not an image, a truncated image, or bad base64."""
+
+    status, code = 400, "invalid_image"
+
+
+class UnauthorizedError(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class UnknownClassifierError(ServiceError):
+    status, code = 404, "unknown_classifier"
+
+
+class UnknownVersionError(ServiceError):
+    status, code = 404, "unknown_version"
+
+
+class DeleteRefusedError(ServiceError):
+    """Deleting this version would leave the service without its default classifier."""
+
+    status, code = 409, "conflict"
+
+
+class ImageTooLargeError(ServiceError):
+    """An image that declares more pixels than allowed (a decompression bomb)."""
+
+    status, code = 413, "image_too_large"
+
+
+class BodyTooLargeError(ServiceError):
+    status, code = 413, "body_too_large"
+
+
+class TooManyImagesError(ServiceError):
+    status, code = 413, "too_many_images"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidRequestError(ServiceError):
+    """A request that parses but asks for something impossible (no images, bad names, ...)."""
+
+    status, code = 422, "invalid_request"
+
+
+class UnknownLabelError(ServiceError):
+    status, code = 422, "unknown_label"
+
+
+class QueueFullError(ServiceError):
+    """The batcher's queue is full: the client should retry later."""
+
+    status, code = 429, "queue_full"
+
+
+class NotReadyError(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class EngineError(ServiceError):
+    status, code = 500, "engine_error"
+
+
+def validation_message(errors: object) -> str:
+    """One readable line from pydantic's error list: ``top_k: must be >= 1; ...``."""
+    if not isinstance(errors, list | tuple):
+        return str(errors)
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more

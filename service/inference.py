@@ -1,0 +1,75 @@
+"""The classify pipeline, in LitServe's steps: decode -> batch -> predict -> unbatch -> encode.
+
+Checks run cheapest first (image count, classifier, labels) so a bad request costs nothing
+before it is refused; decoding runs on the decode pool, the engine call in the batcher, and the
+scoring (a [B, D] x [D, L] matmul and a softmax) back on the event loop, where it takes
+microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from models.classifier import Classifier
+from service.batcher import MicroBatcher
+from service.errors import InvalidRequestError, TooManyImagesError
+from service.images import ImagePreparer
+from service.scoring import Prediction, rank, resolve_labels
+from service.settings import Settings
+from service.store import ClassifierStore
+
+
+@dataclass(frozen=True)
+class ClassifyQuery:
+    """One classify request, whatever shape it arrived in; images are still encoded bytes."""
+
+    images: list[bytes]
+    classifier: str | None = None  # None: the default classifier
+    version: str | None = None  # None: the newest version
+    top_k: int | None = None  # None: the configured default; "all" is len(labels)
+    labels: list[str] | None = None  # None: all of the classifier's classes
+
+
+@dataclass(frozen=True)
+class Classification:
+    classifier: str
+    version: str
+    predictions: list[list[Prediction]]  # per image, best first
+
+
+def check_image_count(count: int, limit: int) -> None:
+    if count == 0:
+        raise InvalidRequestError("no images: send at least one image")
+    if count > limit:
+        raise TooManyImagesError(f"{count} images in one request; at most {limit} allowed")
+
+
+class ClassifyPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ClassifierStore,
+        batcher: MicroBatcher,
+        preparer: ImagePreparer,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.batcher = batcher
+        self.preparer = preparer
+
+    async def load(self, name: str, version: str | None = None) -> Classifier:
+        """The classifier version (loading it on first use); file access off the loop."""
+        return await asyncio.to_thread(self.store.get, name, version)
+
+    async def __call__(self, query: ClassifyQuery) -> Classification:
+        check_image_count(len(query.images), self.settings.max_images_per_request)
+        name = query.classifier or self.settings.default_classifier
+        classifier = await self.load(name, query.version)
+        labels = resolve_labels(classifier, query.labels, self.settings.max_labels)
+        top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
+        pixels = await self.preparer.prepare(query.images, classifier.transform)  # [n, 3, S, S]
+        key = (name, classifier.version)
+        embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
+        predictions = rank(classifier, embeddings, labels, top_k)
+        return Classification(name, classifier.version, predictions)

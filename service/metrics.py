@@ -1,0 +1,148 @@
+"""Prometheus metrics, written in the text exposition format (version 0.0.4) by hand.
+
+Four families are enough for a dashboard: requests by route, method and status; request latency
+by route; engine batch sizes; and the batcher's queue depth plus the number of loaded
+classifiers, read when scraped. Routes are labelled by their template (``/classifiers/{name}``),
+never by the raw path, so label cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _format_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
+    pairs = [*labels, extra] if extra is not None else list(labels)
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+@dataclass
+class Counter:
+    name: str
+    help: str
+    values: dict[Labels, float] = field(default_factory=dict)
+
+    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    def expose(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for labels, value in sorted(self.values.items()):
+            lines.append(f"{self.name}{_format_labels(labels)} {_number(value)}")
+        return lines
+
+
+@dataclass
+class _Series:
+    counts: list[int]  # per bucket, not cumulative; the last one is +Inf
+    total: float = 0.0
+    count: int = 0
+
+
+@dataclass
+class Histogram:
+    name: str
+    help: str
+    buckets: Sequence[float]
+    series: dict[Labels, _Series] = field(default_factory=dict)
+
+    def observe(self, value: float, labels: Labels = ()) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = _Series([0] * (len(self.buckets) + 1))
+        series.counts[bisect.bisect_left(self.buckets, value)] += 1
+        series.total += value
+        series.count += 1
+
+    def expose(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for labels, series in sorted(self.series.items()):
+            cumulative = 0
+            for bound, count in zip([*self.buckets, float("inf")], series.counts, strict=True):
+                cumulative += count
+                le = _format_labels(labels, ("le", _number(bound)))
+                lines.append(f"{self.name}_bucket{le} {cumulative}")
+            lines.append(f"{self.name}_sum{_format_labels(labels)} {_number(series.total)}")
+            lines.append(f"{self.name}_count{_format_labels(labels)} {series.count}")
+        return lines
+
+
+@dataclass
+class Gauge:
+    name: str
+    help: str
+    read: Callable[[], float]
+
+    def expose(self) -> list[str]:
+        return [
+            f"# HELP {self.name} {self.help}",
+            f"# TYPE {self.name} gauge",
+            f"{self.name} {_number(self.read())}",
+        ]
+
+
+class Metrics:
+    """The service's metric families; updated from the event loop and the engine thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = Counter(
+            "promptserve_http_requests_total", "HTTP requests by route, method and status."
+        )
+        self.latency = Histogram(
+            "promptserve_http_request_duration_seconds",
+            "HTTP request latency by route, in seconds.",
+            LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "promptserve_batch_size", "Images per engine call.", BATCH_BUCKETS
+        )
+        self.images = Counter("promptserve_images_total", "Images classified.")
+        self.images.inc(amount=0)  # exposed as 0 before the first batch
+        self.gauges: list[Gauge] = []
+
+    def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
+        self.gauges.append(Gauge(name, help, read))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests.inc((("route", route), ("method", method), ("status", str(status))))
+            self.latency.observe(seconds, (("route", route),))
+
+    def observe_batch(self, size: int) -> None:
+        with self._lock:
+            self.batch_size.observe(size)
+            self.images.inc(amount=size)
+
+    def expose(self) -> str:
+        with self._lock:
+            families: list[Counter | Histogram | Gauge] = [
+                self.requests,
+                self.latency,
+                self.batch_size,
+                self.images,
+                *self.gauges,
+            ]
+            lines = [line for family in families for line in family.expose()]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,116 @@
+"""Pure ASGI middleware: the request body limit and the request metrics.
+
+The body limit acts before anything parses the body (Starlette spools multipart uploads to disk
+before a route runs): a declared Content-Length over the limit is answered 413 at once, and a
+streamed body (chunked, or lying about its length) is cut off as soon as it passes the limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import BodyTooLargeError
+from service.handlers import error_response
+from service.metrics import Metrics
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_body_bytes:
+            await self._refuse(scope, receive, send, f"{declared} bytes declared")
+            return
+
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLargeError(self._message(f"at least {received} bytes sent"))
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError as exc:  # raised where no handler caught it (outside a route)
+            if started:
+                raise
+            await error_response(413, exc.code, exc.message)(scope, receive, send)
+
+    def _message(self, what: str) -> str:
+        return f"request body too large ({what}); the limit is {self.max_body_bytes} bytes"
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
+        response = error_response(413, BodyTooLargeError.code, self._message(what))
+        response.headers["Connection"] = "close"  # the unread body must not be parsed as a request
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template, method and status, and times it."""
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[BaseRoute]]
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client sees when the app raises before responding
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            route = self._route(scope)
+            seconds = time.perf_counter() - start
+            self.metrics.observe_request(route, scope["method"], status, seconds)
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")  # set by the router when it matched
+        if route is not None and hasattr(route, "path"):
+            return str(route.path)
+        for candidate in self.routes():  # answered before routing (e.g. the body limit)
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL and hasattr(candidate, "path"):
+                return str(candidate.path)
+        return "unmatched"

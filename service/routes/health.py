@@ -1,0 +1,29 @@
+"""Liveness and readiness; never behind the API key (orchestrators probe them)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import RuntimeDep
+from service.errors import NotReadyError, ServiceError
+from service.schemas import HealthPublic, error_responses
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+@router.get("/live", response_model_exclude_none=True)
+async def live() -> HealthPublic:
+    """The process is up and answering."""
+    return HealthPublic(status="live")
+
+
+@router.get("/ready", responses=error_responses(503))
+async def ready(runtime: RuntimeDep) -> HealthPublic:
+    """200 once the default classifier is loaded and warm (and still published), else 503."""
+    runtime.check_ready()
+    name = runtime.settings.default_classifier
+    try:
+        version = runtime.store.resolve(name)
+    except ServiceError as exc:  # the default was removed from the store since start-up
+        raise NotReadyError(f"the default classifier is not available: {exc.message}") from None
+    return HealthPublic(status="ready", default_classifier=name, version=version)

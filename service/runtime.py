@@ -1,0 +1,155 @@
+"""Everything a running service holds, started and stopped by the app's lifespan.
+
+Start-up returns at once: the batcher runs, and a background task makes sure the default
+classifier exists (creating it on first start: an export takes seconds), loads it and warms the
+engine with one batch. Until that task finishes, `/health/live` answers and `/health/ready` is
+503; requests naming another, already published classifier are served meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Literal
+
+import torch
+
+from service.batcher import MicroBatcher
+from service.errors import NotReadyError, ServiceError
+from service.images import ImagePreparer
+from service.inference import Classification, ClassifyPipeline, ClassifyQuery
+from service.metrics import Metrics
+from service.settings import Settings
+from service.store import ClassifierStore
+
+log = logging.getLogger(__name__)
+
+State = Literal["starting", "ready", "failed"]
+RETRY_S = 5.0  # a failed start-up is tried again at most this often (on readiness checks)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.store = ClassifierStore(
+            settings.store,
+            engine=settings.engine,
+            device=self.device,
+            onnx_threads=settings.onnx_threads,
+            max_loaded=settings.max_loaded_classifiers,
+        )
+        self.metrics = Metrics()
+        self.batcher = MicroBatcher(
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            queue_size=settings.queue_size,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.preparer = ImagePreparer(settings.decode_threads, settings.max_image_pixels)
+        self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
+        self.state: State = "starting"
+        self.failure: str | None = None
+        self._startup: asyncio.Task[None] | None = None
+        self._retry_at = 0.0  # monotonic time before which a failed start-up is not retried
+        self._ready = asyncio.Event()
+        self.metrics.add_gauge(
+            "promptserve_queue_depth", "Images waiting for the engine.", self._queue_depth
+        )
+        self.metrics.add_gauge(
+            "promptserve_loaded_classifiers",
+            "Classifier versions loaded in memory.",
+            lambda: len(self.store.loaded()),
+        )
+        self.metrics.add_gauge(
+            "promptserve_ready", "1 when the default classifier is loaded and warm.", self._up
+        )
+
+    def _queue_depth(self) -> float:
+        return float(self.batcher.queue_depth)
+
+    def _up(self) -> float:
+        return 1.0 if self.state == "ready" else 0.0
+
+    async def start(self) -> None:
+        self._ready = asyncio.Event()  # bound to the running loop
+        await self.batcher.start()
+        self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
+        if self.settings.api_key is None:
+            log.warning(
+                "PROMPTSERVE_API_KEY is not set: the API is open to anyone who can reach it"
+            )
+
+    async def stop(self) -> None:
+        if self._startup is not None and not self._startup.done():
+            self._startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._startup
+        await self.batcher.stop()
+        self.preparer.close()
+
+    async def wait_ready(self, timeout: float | None = None) -> State:
+        """Wait until start-up has finished (either way); returns the state."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.state
+
+    async def _prepare_default(self) -> None:
+        name = self.settings.default_classifier
+        try:
+            if self.settings.create_default:
+                await asyncio.to_thread(
+                    self.store.ensure_default, name, self.settings.default_backbone
+                )
+            classifier = await self.pipeline.load(name)
+            size = classifier.preprocess.size
+            # one call outside the batcher, so warm-up shows in no request metric
+            await asyncio.to_thread(classifier.embed, torch.zeros(1, 3, size, size))
+        except Exception as exc:  # reported by /health/ready; the process stays up
+            log.exception("could not prepare the default classifier %r", name)
+            # /health/ready is public: name the problem, keep paths and internals in the log
+            self.failure = (
+                exc.message
+                if isinstance(exc, ServiceError)
+                else f"{type(exc).__name__} (see the server log)"
+            )
+            self.state = "failed"
+        else:
+            self.state, self.failure = "ready", None
+            log.info("ready: default classifier %s version %s", name, classifier.version)
+        finally:
+            self._ready.set()
+
+    def check_ready(self) -> None:
+        """Raise NotReadyError (503) unless the default classifier is loaded and warm.
+
+        After a failed start-up the preparation is retried (at most every RETRY_S seconds)
+        when readiness is asked for, so a default classifier published later, by a training
+        job or by hand, makes the service ready without a restart.
+        """
+        if self.state == "starting":
+            raise NotReadyError("the service is starting: the default classifier is being prepared")
+        if self.state == "failed":
+            self._retry_default()
+            raise NotReadyError(f"the default classifier could not be prepared: {self.failure}")
+
+    def _retry_default(self) -> None:
+        now = time.monotonic()
+        if (self._startup is not None and not self._startup.done()) or now < self._retry_at:
+            return
+        self._retry_at = now + RETRY_S
+        self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
+
+    async def classify(self, query: ClassifyQuery) -> Classification:
+        name = query.classifier or self.settings.default_classifier
+        if name == self.settings.default_classifier:
+            self.check_ready()
+        return await self.pipeline(query)

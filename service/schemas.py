@@ -1,0 +1,131 @@
+"""Request and response bodies. ``XCreate``: what a client sends; ``XPublic``: what it gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ClassifyOptions(BaseModel):
+    """The fields of a classify request other than the images (JSON or multipart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classifier: str | None = Field(default=None, description="default classifier when omitted")
+    version: str | None = Field(default=None, description="newest version when omitted")
+    top_k: int | None = Field(default=None, ge=1, description="labels returned per image")
+    labels: list[str] | None = Field(
+        default=None, description="score only these classes (a subset of the classifier's)"
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class ClassifyCreate(ClassifyOptions):
+    """JSON classify request: base64 images (a ``data:`` URL prefix is accepted)."""
+
+    images: list[str] = Field(description="base64-encoded image files (PNG, JPEG, ...)")
+
+
+class HFZeroShotParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    candidate_labels: list[str] = Field(min_length=1)
+    hypothesis_template: str | None = Field(
+        default=None, description="accepted for compatibility; class embeddings are pre-built"
+    )
+
+
+class HFZeroShotCreate(BaseModel):
+    """The Hugging Face zero-shot-image-classification request (``InferenceClient``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str = Field(description="one base64-encoded image")
+    parameters: HFZeroShotParameters
+
+
+class PredictionPublic(BaseModel):
+    label: str
+    score: float = Field(description="softmax probability over the label set used")
+
+
+class ClassifyPublic(BaseModel):
+    classifier: str
+    version: str
+    predictions: list[list[PredictionPublic]] = Field(description="per image, best first")
+
+
+class ClassifierSummaryPublic(BaseModel):
+    name: str
+    versions: list[str]
+    latest: str
+    default: bool
+
+
+class ClassifierListPublic(BaseModel):
+    default: str
+    classifiers: list[ClassifierSummaryPublic]
+
+
+class ClassifierVersionPublic(BaseModel):
+    version: str
+    created_at: str | None
+    method: str | None
+    config: dict[str, Any]
+    backbone: dict[str, Any]
+    class_names: list[str]
+    num_classes: int
+    metrics: dict[str, Any]
+    training: dict[str, Any]
+    parity: dict[str, Any]
+    loaded: bool
+
+
+class ClassifierPublic(BaseModel):
+    name: str
+    default: bool
+    latest: str
+    versions: list[ClassifierVersionPublic]
+
+
+class HealthPublic(BaseModel):
+    status: str
+    default_classifier: str | None = None
+    version: str | None = None
+
+
+class ErrorDetailPublic(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorPublic(BaseModel):
+    error: ErrorDetailPublic
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for error statuses, all with the `ErrorPublic` body."""
+    return {status: {"model": ErrorPublic} for status in statuses}
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema with its ``$defs`` substituted in place (for ``openapi_extra``)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def substitute(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return substitute(defs[ref.removeprefix("#/$defs/")])
+            return {k: substitute(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [substitute(v) for v in node]
+        return node
+
+    return dict(substitute(schema))

@@ -1,0 +1,76 @@
+"""Service settings, read from ``PROMPTSERVE_*`` environment variables (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.artifact import check_name
+from models.errors import ArtifactError
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; each field is ``PROMPTSERVE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTSERVE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    store: Path = Path("store")  # the classifier store directory
+    default_classifier: str = "default"  # served when a request names no classifier
+    default_backbone: str = "mini"  # backbone of the default classifier created on first start
+    create_default: bool = True  # create the default classifier when the store lacks it
+    engine: Literal["onnx", "torchscript"] = "onnx"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    onnx_threads: int | None = Field(default=None, ge=1)  # None: min(4, CPU count)
+    # threads decoding and preprocessing images; default min(4, CPU count)
+    decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
+    max_batch_size: int = Field(default=32, ge=1)  # images per engine call
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)  # how long a batch waits to fill
+    queue_size: int = Field(default=512, ge=1)  # images waiting for the engine; then 429
+    max_loaded_classifiers: int = Field(default=8, ge=1)  # loaded versions kept (LRU)
+    max_images_per_request: int = Field(default=16, ge=1)
+    max_image_pixels: int = Field(default=25_000_000, ge=1)  # declared width x height
+    max_body_bytes: int = Field(default=20 * MiB, ge=1)
+    max_labels: int = Field(default=1000, ge=1)  # labels named in one request
+    default_top_k: int = Field(default=5, ge=1)
+    api_key: SecretStr | None = None  # when set, every route but /health/* needs it
+    host: str = "127.0.0.1"  # for `promptserve serve`
+    port: int = Field(default=8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("default_classifier")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        try:
+            return check_name(value)
+        except ArtifactError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.queue_size < self.max_images_per_request:
+            raise ValueError(
+                f"queue_size ({self.queue_size}) must be at least max_images_per_request "
+                f"({self.max_images_per_request}), or a full-size request could never be queued"
+            )
+        return self
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # PROMPTSERVE_API_KEY= (empty, as compose writes an unset host variable) means no auth
+        return value if value is not None and value.get_secret_value() else None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings of this process, read once from the environment."""
+    return Settings()

@@ -1,0 +1,142 @@
+"""The micro-batcher on its own, LitServe-style: a fixed fake engine that records its calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+from torch import Tensor
+
+from service.batcher import MicroBatcher
+from service.errors import EngineError, NotReadyError, QueueFullError
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeEngine:
+    """Embeds a [B, 3, S, S] batch as its per-image pixel sums [B, 1]; records batch sizes."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[int] = []
+        self.delay = delay
+        self.fail = fail
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        self.release.wait(timeout=10)
+        self.calls.append(int(pixels.shape[0]))
+        if self.fail:
+            raise RuntimeError("engine exploded")
+        return pixels.sum(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def pixels(n: int, value: float) -> Tensor:
+    return torch.full((n, 3, 2, 2), value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_batch_size": 0},
+        {"max_batch_size": 2.5},
+        {"max_wait_ms": -1},
+        {"max_wait_ms": float("inf")},
+        {"max_wait_ms": float("nan")},
+        {"queue_size": 0},
+    ],
+)
+async def test_constructor_validates(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        MicroBatcher(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_two_concurrent_requests_run_as_one_batch() -> None:
+    engine = FakeEngine()
+    sizes: list[int] = []
+    batcher = MicroBatcher(max_batch_size=8, max_wait_ms=200, on_batch=sizes.append)
+    await batcher.start()
+    try:
+        first, second = await asyncio.gather(
+            batcher.submit("clf", pixels(1, 1.0), engine),
+            batcher.submit("clf", pixels(2, 2.0), engine),
+        )
+    finally:
+        await batcher.stop()
+    assert engine.calls == [3]
+    assert batcher.batches_run == 1
+    assert sizes == [3]
+    # each request gets back exactly its own rows
+    assert first.flatten().tolist() == [12.0]
+    assert second.flatten().tolist() == [24.0, 24.0]
+
+
+async def test_full_batch_does_not_wait_and_big_requests_are_chunked() -> None:
+    engine = FakeEngine()
+    batcher = MicroBatcher(max_batch_size=4, max_wait_ms=5_000)
+    await batcher.start()
+    try:
+        out = await asyncio.wait_for(batcher.submit("clf", pixels(10, 1.0), engine), timeout=5)
+    finally:
+        await batcher.stop()
+    assert engine.calls == [4, 4, 2]  # max_batch_size reached: no 5 s wait
+    assert out.shape == (10, 1)
+
+
+async def test_requests_are_grouped_by_key() -> None:
+    a, b = FakeEngine(), FakeEngine()
+    batcher = MicroBatcher(max_batch_size=8, max_wait_ms=200)
+    await batcher.start()
+    try:
+        results = await asyncio.gather(
+            batcher.submit("a", pixels(1, 1.0), a),
+            batcher.submit("b", pixels(1, 2.0), b),
+            batcher.submit("a", pixels(1, 3.0), a),
+        )
+    finally:
+        await batcher.stop()
+    assert a.calls == [2]
+    assert b.calls == [1]
+    assert [r.item() for r in results] == [12.0, 24.0, 36.0]
+
+
+async def test_queue_full_is_refused_and_the_batcher_recovers() -> None:
+    engine = FakeEngine()
+    engine.release.clear()  # hold the engine so requests pile up
+    batcher = MicroBatcher(max_batch_size=2, max_wait_ms=0, queue_size=3)
+    await batcher.start()
+    try:
+        running = asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine))
+        await asyncio.sleep(0.05)  # the worker takes it and blocks in the engine
+        waiting = asyncio.create_task(batcher.submit("clf", pixels(3, 1.0), engine))
+        await asyncio.sleep(0.05)
+        assert batcher.queue_depth == 3
+        with pytest.raises(QueueFullError):
+            await batcher.submit("clf", pixels(1, 1.0), engine)
+        engine.release.set()
+        await asyncio.wait_for(asyncio.gather(running, waiting), timeout=5)
+        assert batcher.queue_depth == 0
+        ok = await batcher.submit("clf", pixels(1, 1.0), engine)
+    finally:
+        await batcher.stop()
+    assert ok.shape == (1, 1)
+
+
+async def test_engine_failure_fails_the_batch_not_the_worker() -> None:
+    batcher = MicroBatcher(max_batch_size=4, max_wait_ms=0)
+    await batcher.start()
+    try:
+        with pytest.raises(EngineError, match="RuntimeError"):
+            await batcher.submit("bad", pixels(1, 1.0), FakeEngine(fail=True))
+        good = await batcher.submit("good", pixels(1, 1.0), FakeEngine())
+    finally:
+        await batcher.stop()
+    assert good.item() == 12.0
+
+
+async def test_submit_needs_a_running_batcher() -> None:
+    batcher = MicroBatcher()
+    with pytest.raises(NotReadyError):
+        await batcher.submit("clf", pixels(1, 1.0), FakeEngine())

@@ -1,0 +1,162 @@
+"""POST /classify in every shape it accepts, and cross-request batching through the app."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+from typing import Any
+
+import pytest
+
+from tests.service.conftest import CLASS_NAMES, ClientFactory, jpeg_bytes, png_bytes
+
+pytestmark = pytest.mark.anyio
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def check_ranked(row: list[dict[str, Any]], labels: list[str], top_k: int) -> None:
+    assert len(row) == min(top_k, len(labels))
+    assert {p["label"] for p in row} <= set(labels)
+    scores = [p["score"] for p in row]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+async def test_multipart_files_and_fields(client_factory: ClientFactory) -> None:
+    async with client_factory() as (client, _):
+        files = [("images", ("a.png", png_bytes(), "image/png"))]
+        files.append(("images", ("b.jpg", jpeg_bytes(), "image/jpeg")))
+        data = {"classifier": "shapes", "version": "1", "top_k": "2"}
+        response = await client.post("/classify", files=files, data=data)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["classifier"] == "shapes"
+    assert body["version"] == "1"
+    assert len(body["predictions"]) == 2
+    for row in body["predictions"]:
+        check_ranked(row, CLASS_NAMES, 2)
+
+
+async def test_json_base64_with_defaults(client_factory: ClientFactory) -> None:
+    async with client_factory(default_top_k=3) as (client, _):
+        response = await client.post("/classify", json={"images": [b64(png_bytes())]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["classifier"] == "default"
+    assert body["version"] == "1"
+    check_ranked(body["predictions"][0], CLASS_NAMES, 3)
+
+
+async def test_full_label_set_probabilities_sum_to_one(client_factory: ClientFactory) -> None:
+    async with client_factory() as (client, _):
+        payload = {"images": [f"data:image/png;base64,{b64(png_bytes())}"], "top_k": 99}
+        response = await client.post("/classify", json=payload)
+    row = response.json()["predictions"][0]
+    assert len(row) == len(CLASS_NAMES)
+    assert math.isclose(sum(p["score"] for p in row), 1.0, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["repeated", "comma"])
+async def test_label_subset_multipart(client_factory: ClientFactory, form: str) -> None:
+    labels = ["blue square", "green star"]
+    async with client_factory() as (client, _):
+        files = [("images", ("a.png", png_bytes(), "image/png"))]
+        data = {"labels": labels if form == "repeated" else ",".join(labels), "top_k": "5"}
+        response = await client.post("/classify", files=files, data=data)
+    assert response.status_code == 200, response.text
+    row = response.json()["predictions"][0]
+    assert {p["label"] for p in row} == set(labels)
+    assert math.isclose(sum(p["score"] for p in row), 1.0, rel_tol=1e-5)
+
+
+async def test_subset_scores_are_a_renormalised_softmax(client_factory: ClientFactory) -> None:
+    image = [b64(jpeg_bytes())]
+    async with client_factory() as (client, _):
+        full = await client.post("/classify", json={"images": image, "top_k": 99})
+        part = await client.post(
+            "/classify", json={"images": image, "labels": CLASS_NAMES[:2], "top_k": 99}
+        )
+    everything = {p["label"]: p["score"] for p in full.json()["predictions"][0]}
+    subset = {p["label"]: p["score"] for p in part.json()["predictions"][0]}
+    total = everything[CLASS_NAMES[0]] + everything[CLASS_NAMES[1]]
+    for label in CLASS_NAMES[:2]:
+        assert math.isclose(subset[label], everything[label] / total, rel_tol=1e-4)
+
+
+async def test_raw_image_body_with_query_parameters(client_factory: ClientFactory) -> None:
+    async with client_factory() as (client, _):
+        response = await client.post(
+            "/classify?classifier=shapes&top_k=1",
+            content=png_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["classifier"] == "shapes"
+    assert len(response.json()["predictions"][0]) == 1
+
+
+async def test_hugging_face_zero_shot_shape(client_factory: ClientFactory) -> None:
+    candidates = ["yellow heart", "red circle", "purple ring"]
+    payload = {
+        "inputs": b64(png_bytes()),
+        "parameters": {"candidate_labels": candidates, "hypothesis_template": "a photo of {}."},
+    }
+    async with client_factory() as (client, _):
+        response = await client.post("/classify?classifier=shapes", json=payload)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body, list)
+    assert sorted(p["label"] for p in body) == sorted(candidates)
+    assert [p["score"] for p in body] == sorted((p["score"] for p in body), reverse=True)
+    assert math.isclose(sum(p["score"] for p in body), 1.0, rel_tol=1e-5)
+
+
+async def test_concurrent_requests_share_one_engine_batch(client_factory: ClientFactory) -> None:
+    """LitServe's batching test through the whole app: N requests, one engine call."""
+    n = 4
+    async with client_factory(max_wait_ms=1500, max_batch_size=32) as (client, runtime):
+        before = runtime.batcher.batches_run
+        payload = {"images": [b64(png_bytes())], "classifier": "shapes"}
+        responses = await asyncio.gather(
+            *(client.post("/classify", json=payload) for _ in range(n))
+        )
+        after = runtime.batcher.batches_run
+    assert [r.status_code for r in responses] == [200] * n
+    assert after - before == 1
+    assert runtime.batcher.images_run >= n
+
+
+async def test_batched_results_equal_unbatched(client_factory: ClientFactory) -> None:
+    images = [png_bytes((200, 40, 40)), png_bytes((40, 40, 200)), jpeg_bytes()]
+    async with client_factory(max_wait_ms=200) as (client, _):
+        alone = [
+            (await client.post("/classify", json={"images": [b64(i)], "top_k": 99})).json()
+            for i in images
+        ]
+        together = await asyncio.gather(
+            *(client.post("/classify", json={"images": [b64(i)], "top_k": 99}) for i in images)
+        )
+    for single, batched in zip(alone, together, strict=True):
+        a = {p["label"]: p["score"] for p in single["predictions"][0]}
+        b = {p["label"]: p["score"] for p in batched.json()["predictions"][0]}
+        assert a.keys() == b.keys()
+        assert all(math.isclose(a[k], b[k], abs_tol=1e-5) for k in a)
+
+
+async def test_torchscript_engine(client_factory: ClientFactory) -> None:
+    async with client_factory(engine="torchscript") as (client, _):
+        response = await client.post("/classify", json={"images": [b64(png_bytes())]})
+    assert response.status_code == 200, response.text
+
+
+async def test_openapi_documents_the_classify_bodies(client_factory: ClientFactory) -> None:
+    async with client_factory() as (client, _):
+        schema = (await client.get("/openapi.json")).json()
+        docs = await client.get("/docs")
+    content = schema["paths"]["/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "image/*"} <= set(content)
+    assert docs.status_code == 200

@@ -1,0 +1,232 @@
+"""Classification tasks built from the synthetic shapes world, and the ``synthetic:`` data spec.
+
+A spec names a task and options, anywhere a data set path is accepted::
+
+    synthetic:<task>[?key=value&key=value...]
+
+tasks
+  ``color-shape``         64 classes "red star", "blue ring", ... (colour x shape)
+  ``color-shape-base``    the first half of the sorted colour-shape names (base = first ceil(n/2))
+  ``color-shape-novel``   the second half
+  ``shape``               8 classes "circle", "cross", ... (colour drawn at random)
+  ``color``               8 classes "blue", "cyan", ... (shape drawn at random)
+options
+  ``n``           images per class (default 16)
+  ``seed``        world seed (default 0); the train and test splits of one seed never share images
+  ``style``       ``filled`` (default), ``outline`` or ``any``
+  ``background``  ``clean`` (plain or stripes; default), ``plain``, ``noise``, ``stripes``, ``any``
+  ``size``        image side in pixels (default 64, the mini backbone's input)
+
+Domain-shift test sets are the same task with another style or background, e.g.
+``synthetic:color-shape?style=outline`` or ``synthetic:color-shape?background=noise``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Literal, cast, get_args
+from urllib.parse import parse_qsl
+
+import numpy as np
+from PIL import Image
+
+from training.errors import DataError
+from training.sources import ImageSource, LabeledImage
+from training.synthetic import (
+    BACKGROUNDS,
+    COLOURS,
+    DEFAULT_SIZE,
+    SHAPES,
+    STYLES,
+    Background,
+    Style,
+    render,
+    sample_scene,
+)
+
+SPEC_PREFIX = "synthetic:"
+TaskName = Literal["color-shape", "color-shape-base", "color-shape-novel", "shape", "color"]
+TASKS: tuple[TaskName, ...] = get_args(TaskName)
+STYLE_CHOICES = ("filled", "outline", "any")
+BACKGROUND_CHOICES = ("clean", "plain", "noise", "stripes", "any")
+SPLITS = ("train", "test", "val")  # the index seeds the split: never reorder
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyntheticSpec:
+    """A parsed ``synthetic:`` data spec."""
+
+    task: TaskName
+    n: int = 16  # images per class
+    seed: int = 0
+    style: str = "filled"  # one of STYLE_CHOICES
+    background: str = "clean"  # one of BACKGROUND_CHOICES
+    size: int = DEFAULT_SIZE
+
+
+@dataclass(frozen=True)
+class SyntheticTask:
+    """Generated images with integer labels into `classnames`."""
+
+    classnames: list[str]
+    images: list[Image.Image]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pairs(self) -> list[tuple[Image.Image, int]]:
+        return list(zip(self.images, self.labels, strict=True))
+
+
+def color_shape_classes() -> list[str]:
+    """All 64 "colour shape" names, sorted."""
+    return sorted(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
+
+
+def base_novel_split(classnames: list[str]) -> tuple[list[str], list[str]]:
+    """Sorted names; base = the first ceil(n/2), novel = the rest."""
+    names = sorted(classnames)
+    cut = math.ceil(len(names) / 2)
+    return names[:cut], names[cut:]
+
+
+def task_classes(task: str) -> list[str]:
+    if task == "color-shape":
+        return color_shape_classes()
+    if task == "color-shape-base":
+        return base_novel_split(color_shape_classes())[0]
+    if task == "color-shape-novel":
+        return base_novel_split(color_shape_classes())[1]
+    if task == "shape":
+        return sorted(SHAPES)
+    if task == "color":
+        return sorted(COLOURS)
+    raise DataError(f"unknown synthetic task {task!r}; known: {', '.join(TASKS)}")
+
+
+def is_synthetic_spec(text: str) -> bool:
+    return text.startswith(SPEC_PREFIX)
+
+
+def parse_synthetic_spec(text: str) -> SyntheticSpec:
+    """Parse ``synthetic:<task>[?key=value&...]``; raise DataError with the valid choices."""
+    if not is_synthetic_spec(text):
+        raise DataError(f"not a synthetic data spec: {text!r} (expected {SPEC_PREFIX}<task>)")
+    task, _, query = text[len(SPEC_PREFIX) :].partition("?")
+    task_classes(task)  # validates the name
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+        if key in options:
+            raise DataError(f"option {key!r} given twice in {text!r}")
+        options[key] = value
+    unknown = set(options) - {"n", "seed", "style", "background", "size"}
+    if unknown:
+        raise DataError(
+            f"unknown option(s) {sorted(unknown)} in {text!r}; "
+            "known: n, seed, style, background, size"
+        )
+    style = options.get("style", "filled")
+    background = options.get("background", "clean")
+    if style not in STYLE_CHOICES:
+        raise DataError(f"style must be one of {STYLE_CHOICES}, got {style!r}")
+    if background not in BACKGROUND_CHOICES:
+        raise DataError(f"background must be one of {BACKGROUND_CHOICES}, got {background!r}")
+    return SyntheticSpec(
+        task=task,  # type: ignore[arg-type]  # checked by task_classes above
+        n=_positive_int(options, "n", 16),
+        seed=_int(options, "seed", 0),
+        style=style,
+        background=background,
+        size=_positive_int(options, "size", DEFAULT_SIZE),
+    )
+
+
+def _int(options: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(options.get(key, default))
+    except ValueError:
+        raise DataError(f"option {key} must be an integer, got {options[key]!r}") from None
+
+
+def _positive_int(options: dict[str, str], key: str, default: int) -> int:
+    value = _int(options, key, default)
+    if value < 1:
+        raise DataError(f"option {key} must be at least 1, got {value}")
+    return value
+
+
+def build_task(spec: SyntheticSpec | str, split: str = "train") -> SyntheticTask:
+    """Generate a task's images: `n` per class, class by class, deterministic in (seed, split)."""
+    if isinstance(spec, str):
+        spec = parse_synthetic_spec(spec)
+    _check_split(split)
+    classnames = task_classes(spec.task)
+    images: list[Image.Image] = []
+    labels: list[int] = []
+    for label, name in enumerate(classnames):
+        for index in range(spec.n):
+            images.append(render_item(spec, split, name, index))
+            labels.append(label)
+    return SyntheticTask(classnames=classnames, images=images, labels=labels)
+
+
+def open_synthetic(spec: str, split: str) -> ImageSource:
+    """A ``synthetic:`` spec as an `ImageSource` whose images are rendered when first opened."""
+    parsed = parse_synthetic_spec(spec)
+    _check_split(split)
+    items = [
+        LabeledImage(
+            label=name,
+            loader=functools.partial(render_item, parsed, split, name, index),
+            name=f"{spec}#{split}/{name}/{index:06d}",
+        )
+        for name in task_classes(parsed.task)
+        for index in range(parsed.n)
+    ]
+    description = f"{spec} ({split}): {len(items)} generated images"
+    return ImageSource(task_classes(parsed.task), items, description)
+
+
+def render_item(spec: SyntheticSpec, split: str, name: str, index: int) -> Image.Image:
+    """Image `index` of class `name`; module-level so that loaders pickle."""
+    # one generator per image, keyed by its class name: the same "red star" image comes out of
+    # color-shape and color-shape-base, and n only decides how many are drawn
+    rng = np.random.default_rng([spec.seed, SPLITS.index(split), _name_key(name), index])
+    constraints = _constraints(spec.task, name)
+    style = cast(Style, _pick(rng, spec.style, STYLES))
+    background = cast(Background, _pick(rng, spec.background, BACKGROUNDS))
+    scene = sample_scene(rng, **constraints, style=style, background=background)
+    return render(scene, spec.size)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _constraints(task: str, name: str) -> dict[str, str]:
+    if task == "shape":
+        return {"shape": name}
+    if task == "color":
+        return {"colour": name}
+    colour, shape = name.split(" ")
+    return {"colour": colour, "shape": shape}
+
+
+def _pick(rng: np.random.Generator, choice: str, values: tuple[str, ...]) -> str:
+    if choice == "any":
+        pool = values
+    elif choice == "clean":
+        pool = ("plain", "stripes")
+    else:
+        pool = (choice,)
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _name_key(name: str) -> int:
+    """A stable integer for a class name (Python's hash() is salted per process)."""
+    return zlib.crc32(name.encode())
