@@ -8,14 +8,12 @@ The readers themselves live in `training.sources`.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 import torch
 from torch import Tensor
@@ -33,6 +31,7 @@ from training.sources import (
     read_image_folder,
     read_manifest,
 )
+from training.synthetic_tasks import open_synthetic
 
 __all__ = [
     "ImageDataset",
@@ -68,7 +67,7 @@ def open_dataset(spec: str, *, split: str = "train") -> ImageSource:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if spec.startswith(SYNTHETIC_PREFIX):
-        return _open_synthetic(spec, split)
+        return open_synthetic(spec, split)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _open_directory(path, split)
@@ -90,26 +89,6 @@ def _open_directory(path: Path, split: str) -> ImageSource:
             raise DataError(f"{path} has train/ and test/ folders but no {split}/ folder")
         return read_image_folder(path / split)
     return read_image_folder(path)
-
-
-def _open_synthetic(spec: str, split: str) -> ImageSource:
-    """The hook for the synthetic shapes world.
-
-    Contract: `training.synthetic` exposes ``open_synthetic(spec: str, split: str) ->
-    ImageSource``, receiving the full spec (``synthetic:...``) and the split name, and returning
-    images as `LabeledImage`s with picklable loaders. It is imported lazily so the data readers do
-    not depend on it.
-    """
-    try:
-        module = importlib.import_module("training.synthetic")
-    except ModuleNotFoundError as exc:
-        if exc.name != "training.synthetic":
-            raise  # the module exists but one of its own imports is missing
-        module = None
-    opener = getattr(module, "open_synthetic", None)
-    if opener is None:
-        raise DataError("synthetic datasets arrive with training/synthetic.py")
-    return cast(Callable[[str, str], ImageSource], opener)(spec, split)
 
 
 def sample_few_shot(source: ImageSource, shots: int, seed: int) -> ImageSource:

@@ -11,13 +11,10 @@ Backgrounds are grey on purpose, so a colour word always names the shape's colou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageDraw
-
-if TYPE_CHECKING:
-    from training.sources import ImageSource
 
 Style = Literal["filled", "outline"]
 Background = Literal["plain", "noise", "stripes"]
@@ -311,10 +308,3 @@ def fill_template(template: str, scene: Scene) -> Caption:
 
 def article(following: str) -> str:
     return "an" if following[:1].lower() in set("aeiou") else "a"
-
-
-def open_synthetic(spec: str, split: str) -> ImageSource:
-    """The data-spec hook ``training.data.open_dataset`` calls; see `training.synthetic_tasks`."""
-    from training.synthetic_tasks import open_synthetic as open_task  # it builds on this module
-
-    return open_task(spec, split)
