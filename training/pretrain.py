@@ -241,6 +241,7 @@ def _write(
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out))
+    out.chmod(0o644)  # a packaged data file, not a private one
     tail = losses[-20:]
     record: dict[str, object] = {
         "architecture": config.architecture,
