@@ -28,8 +28,9 @@ format: setup
 test: setup lint
 	$(BIN)/python -m pytest -q
 
+# Serves ./store on 127.0.0.1:8000; the first start creates the default zero-shot classifier.
 serve: setup
-	@echo "make serve arrives with the service; see README.md" && exit 1
+	$(BIN)/promptserve serve --host 127.0.0.1 --port 8000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
