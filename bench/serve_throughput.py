@@ -1,0 +1,236 @@
+"""Serving throughput: the raw engine against the whole HTTP path (not a test; prints a table).
+
+For each backbone (default: the embedded ``mini`` and ``ViT-B-16`` with seeded random weights,
+since no real weights can be downloaded here) it publishes zero-shot classifiers with 10 and
+1000 classes into a scratch store, then measures
+
+  (a) raw engine throughput: ``Classifier.embed`` on preprocessed batches of 32;
+  (b) end-to-end throughput: ``promptserve serve`` as a real uvicorn process, concurrent clients
+      posting one JPEG each to ``POST /classify`` (decode, preprocess, batch, engine, score);
+  (c) b / a;
+  (d) p50 / p99 latency of single-image requests from one client at a time (low load);
+  (e) end-to-end throughput of the 1000-class classifier relative to the 10-class one.
+
+    python bench/serve_throughput.py                      # both backbones, ~10 minutes on 2 cores
+    python bench/serve_throughput.py --backbones mini --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from models.artifact import export_classifier
+from models.backbone import load_backbone
+from models.classifier import load_classifier
+from models.export import ONNX_FILE, OnnxEngine
+from models.methods import create_method
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    backbone: str
+    raw: float  # images/s
+    http: float  # images/s, 10 classes
+    http_1000: float  # images/s, 1000 classes
+    p50_ms: float
+    p99_ms: float
+
+
+def publish(store: Path, backbone: str, classes: int) -> str:
+    name = f"{backbone.lower().replace('-', '')}-{classes}"
+    learner = create_method("zeroshot", load_backbone(backbone))
+    names = [f"class {i}" for i in range(classes)]
+    export_classifier(learner, names, store, name, training={"data": "bench"})
+    return name
+
+
+def raw_throughput(store: Path, name: str, threads: int, batch: int, seconds: float) -> float:
+    torch.set_num_threads(threads)
+    version = sorted((store / name).iterdir())[-1]
+    classifier = load_classifier(version, engine="onnx")
+    classifier.engine = OnnxEngine(version / ONNX_FILE, "cpu", threads)  # as the service does
+    size = classifier.preprocess.size
+    pixels = torch.randn(batch, 3, size, size)
+    classifier.embed(pixels)  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        embeddings = classifier.embed(pixels)
+        classifier.logits(embeddings)
+        done += batch
+    return done / (time.perf_counter() - started)
+
+
+def jpeg_images(count: int, size: int, seed: int = 0) -> list[bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        array = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """`promptserve serve` on a free port, stopped on exit."""
+
+    def __init__(self, store: Path, default: str, threads: int, max_batch: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
+        env |= {
+            "HF_HUB_OFFLINE": "1",
+            "PROMPTSERVE_CREATE_DEFAULT": "false",
+            "PROMPTSERVE_DEFAULT_CLASSIFIER": default,
+            "PROMPTSERVE_DEVICE": "cpu",
+            "PROMPTSERVE_ONNX_THREADS": str(threads),
+            "PROMPTSERVE_MAX_BATCH_SIZE": str(max_batch),
+            "PROMPTSERVE_MAX_WAIT_MS": "5",
+            "PROMPTSERVE_LOG_LEVEL": "warning",
+        }
+        command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
+        command += ["--port", str(self.port)]
+        self.process = subprocess.Popen(command, cwd=REPO, env=env)
+
+    def __enter__(self) -> Server:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("the server exited during start-up")
+            try:
+                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the server did not start in 120 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+async def _post(client: httpx.AsyncClient, url: str, name: str, image: bytes) -> None:
+    response = await client.post(
+        url,
+        files=[("images", ("image.jpg", image, "image/jpeg"))],
+        data={"classifier": name, "top_k": "5"},
+    )
+    response.raise_for_status()
+
+
+async def http_throughput(
+    url: str, name: str, images: list[bytes], clients: int, seconds: float
+) -> float:
+    endpoint = f"{url}/classify"
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await _post(client, endpoint, name, images[0])  # load and warm the classifier
+        done = 0
+        deadline = time.perf_counter() + seconds
+
+        async def worker(offset: int) -> None:
+            nonlocal done
+            i = offset
+            while time.perf_counter() < deadline:
+                await _post(client, endpoint, name, images[i % len(images)])
+                done += 1
+                i += clients
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        return done / (time.perf_counter() - started)
+
+
+async def latencies(url: str, name: str, images: list[bytes], requests: int) -> list[float]:
+    endpoint = f"{url}/classify"
+    async with httpx.AsyncClient(timeout=120) as client:
+        await _post(client, endpoint, name, images[0])
+        times = []
+        for i in range(requests):
+            started = time.perf_counter()
+            await _post(client, endpoint, name, images[i % len(images)])
+            times.append(1000 * (time.perf_counter() - started))
+            await asyncio.sleep(0.02)  # low load: one request at a time, with gaps
+        return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def measure(backbone: str, store: Path, args: argparse.Namespace) -> Row:
+    small = publish(store, backbone, 10)
+    large = publish(store, backbone, 1000)
+    raw = raw_throughput(store, small, args.threads, args.batch, args.seconds)
+    size = load_backbone(backbone).preprocess.size
+    images = jpeg_images(64, size)
+    with Server(store, small, args.threads, args.batch) as server:
+        http = asyncio.run(http_throughput(server.url, small, images, args.clients, args.seconds))
+        http_1000 = asyncio.run(
+            http_throughput(server.url, large, images, args.clients, args.seconds)
+        )
+        times = asyncio.run(latencies(server.url, small, images, args.latency_requests))
+    return Row(backbone, raw, http, http_1000, statistics.median(times), percentile(times, 99))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=["mini", "ViT-B-16"])
+    parser.add_argument("--seconds", type=float, default=30.0, help="per throughput phase")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
+    parser.add_argument("--batch", type=int, default=32, help="raw batch = service max batch")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX threads")
+    parser.add_argument("--latency-requests", type=int, default=100)
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for backbone in args.backbones:
+            rows.append(measure(backbone, Path(scratch) / "store", args))
+            print(f"measured {backbone}", file=sys.stderr)
+
+    print(
+        f"\ncpu threads {args.threads}, batch {args.batch}, {args.clients} clients, "
+        f"{args.seconds:.0f} s per phase, device cpu"
+    )
+    header = (
+        f"{'backbone':<10} {'raw img/s':>10} {'http img/s':>11} {'b/a':>6} "
+        f"{'p50 ms':>8} {'p99 ms':>8} {'1000-cls img/s':>15} {'1000/10':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.backbone:<10} {r.raw:>10.1f} {r.http:>11.1f} {r.http / r.raw:>6.2f} "
+            f"{r.p50_ms:>8.1f} {r.p99_ms:>8.1f} {r.http_1000:>15.1f} {r.http_1000 / r.http:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The Dockerfile and docker-compose.yml say what a GPU deployment needs (no Docker engine here,
+so the files are parsed and their fields checked)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dockerfile_stages(text: str) -> list[list[tuple[str, str]]]:
+    """Instructions (KEYWORD, arguments) per build stage, with continuations joined."""
+    joined = re.sub(r"\\\n", " ", text)
+    stages: list[list[tuple[str, str]]] = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword, rest.strip()))
+    return stages
+
+
+def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, rest in stage:
+        if keyword == "ENV":
+            for item in shlex.split(rest):
+                name, _, value = item.partition("=")
+                env[name] = value
+    return env
+
+
+@pytest.fixture(scope="module")
+def final_stage() -> list[tuple[str, str]]:
+    return dockerfile_stages((ROOT / "Dockerfile").read_text())[-1]
+
+
+@pytest.fixture(scope="module")
+def api() -> dict[str, Any]:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return compose["services"]["api"]
+
+
+def test_image_is_cuda_python311_and_runs_the_service_as_a_non_root_user(
+    final_stage: list[tuple[str, str]],
+) -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"ARG CUDA_IMAGE=(\S+)", text)
+    assert base is not None
+    assert base.group(1).startswith("nvidia/cuda:")
+    assert "runtime" in base.group(1)
+    assert final_stage[0] == ("FROM", "${CUDA_IMAGE}")
+    assert "python3.11" in text
+    users = [rest for keyword, rest in final_stage if keyword == "USER"]
+    assert users
+    assert users[-1] not in ("root", "0")
+    assert ("EXPOSE", "8000") in final_stage
+    cmd = [rest for keyword, rest in final_stage if keyword == "CMD"]
+    assert cmd == ['["promptserve", "serve"]']
+
+
+def test_image_listens_on_all_interfaces_and_checks_readiness(
+    final_stage: list[tuple[str, str]],
+) -> None:
+    env = env_of(final_stage)
+    assert env["PROMPTSERVE_HOST"] == "0.0.0.0"
+    healthchecks = [rest for keyword, rest in final_stage if keyword == "HEALTHCHECK"]
+    assert len(healthchecks) == 1
+    assert "/health/ready" in healthchecks[0]
+    assert f":{env['PROMPTSERVE_PORT']}/" in healthchecks[0]
+
+
+def test_image_installs_the_gpu_onnx_runtime() -> None:
+    # the image installs the project, whose Linux x86-64 dependency is onnxruntime-gpu
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"onnxruntime-gpu[^"]*platform_machine == .x86_64.', pyproject)
+    assert "pip install ." in (ROOT / "Dockerfile").read_text()
+
+
+def test_image_environment_names_real_settings(final_stage: list[tuple[str, str]]) -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in env_of(final_stage):
+        if name.startswith("PROMPTSERVE_"):
+            assert name.removeprefix("PROMPTSERVE_") in fields, name
+
+
+def test_compose_reserves_an_nvidia_gpu(api: dict[str, Any]) -> None:
+    devices = api["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+
+
+def test_compose_mounts_the_store_and_the_weight_cache(api: dict[str, Any]) -> None:
+    env = api["environment"]
+    targets = {volume.split(":")[1] for volume in api["volumes"]}
+    assert env["PROMPTSERVE_STORE"] in targets
+    assert any(env["HF_HOME"].startswith(target) for target in targets)
+
+
+def test_compose_takes_the_api_key_from_the_host(api: dict[str, Any]) -> None:
+    env = api["environment"]
+    assert re.fullmatch(r"\$\{PROMPTSERVE_API_KEY(:-)?\}", env["PROMPTSERVE_API_KEY"])
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in env:
+        if name.startswith("PROMPTSERVE_"):
+            assert name.removeprefix("PROMPTSERVE_") in fields, name
+
+
+def test_compose_checks_readiness_and_publishes_the_port(api: dict[str, Any]) -> None:
+    assert any("/health/ready" in part for part in api["healthcheck"]["test"])
+    assert any(str(port).endswith(":8000") for port in api["ports"])
+    assert api["build"] == "."
