@@ -1,11 +1,15 @@
-"""Test helpers: small, deterministic image datasets written to disk."""
+"""Test helpers: small, deterministic image datasets and short training runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+from torch import Tensor
+
+from models.backbone import PreprocessConfig
 
 
 def make_image_folder(
@@ -47,3 +51,42 @@ def _draw_shape(
     pixels = np.asarray(image, dtype=np.float32)
     pixels += rng.normal(0.0, 6.0, size=pixels.shape)  # sensor-like noise
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def synthetic_tensors(
+    preprocess: PreprocessConfig, shots: int = 4
+) -> tuple[Tensor, Tensor, list[str]]:
+    """`shots` images per base class of the colour-shape task at the backbone's size, as one
+    eval-transformed batch [N, 3, S, S] with labels [N] and the class names."""
+    from models.preprocess import eval_transform
+    from training.data import ImageDataset, open_dataset, sample_few_shot
+
+    spec = f"synthetic:color-shape-base?n={shots}&size={preprocess.size}"
+    source = sample_few_shot(open_dataset(spec, split="train"), shots, 1)
+    dataset = ImageDataset(source, eval_transform(preprocess), list(source.class_names))
+    items = [dataset[i] for i in range(len(dataset))]
+    images = torch.stack([image for image, _ in items])
+    return images, torch.tensor([label for _, label in items]), list(source.class_names)
+
+
+def tiny_run_losses(method: str, store: Path, epochs: int = 3) -> list[float]:
+    """Per-epoch losses of `method` trained on 4 shots of the synthetic base task, tiny backbone."""
+    from training.run import TrainRequest, fit_learner
+
+    request = TrainRequest(
+        method=method,
+        data="synthetic:color-shape-base?n=4&seed=1&size=32",
+        store=store,
+        name=method,
+        backbone="tiny",
+        shots=4,
+        seed=1,
+        overrides={
+            "epochs": epochs,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "lr": 0.01,
+            "warmup_epochs": 0,
+        },
+    )
+    return fit_learner(request).result.losses

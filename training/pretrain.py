@@ -30,7 +30,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from models.backbone import hash_state_dict, register_project_configs
@@ -62,6 +62,7 @@ class PretrainConfig:
     threads: int = 2  # torch intra-op threads
     eval_per_class: int = 16  # held-out images per class (64 classes -> 1024 per test set)
     eval_every: int = 500  # steps between interim evaluations; 0 evaluates only at the end
+    init: str = ""  # weights (.safetensors) to continue from; "" starts from scratch
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,9 @@ def _pretrain(
 ) -> dict[str, object]:
     register_project_configs()
     model = cast(CLIP, open_clip.create_model(config.architecture, pretrained=None))
+    if config.init:
+        state = load_file(config.init)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
     tokenizer = open_clip.get_tokenizer(config.architecture)
     size = int(model.visual.image_size[0])
     embed_dim = int(model.text_projection.shape[1])
@@ -258,6 +262,9 @@ def _write(
         "weights_dtype": "float16",
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__},
     }
+    if config.init:  # a continued run: keep the record of what it continued from
+        parent = Path(config.init).with_suffix(".json")
+        record["continued_from"] = json.loads(parent.read_text()) if parent.exists() else None
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote %s and %s", out, out.with_suffix(".json").name)
     return record

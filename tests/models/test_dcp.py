@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +12,10 @@ from torch import Tensor
 from models.backbone import Backbone, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.dcp import DCPLearner
-from models.preprocess import eval_transform
-from training.data import ImageDataset, open_dataset, sample_few_shot
+from tests.helpers import synthetic_tensors
 from training.loop import fit
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]
-MINI_WEIGHTS = Path("models/weights/mini.safetensors")
 
 
 def make(backbone: Backbone, **overrides: object) -> DCPLearner:
@@ -153,21 +150,11 @@ def test_an_image_is_unchanged_when_its_batch_mates_change(tiny_backbone: Backbo
     assert (first - second).abs().max() <= 1e-5
 
 
-def synthetic_tensors(backbone: Backbone) -> tuple[Tensor, Tensor, list[str]]:
-    """The colour-shape base task, 4 shots, as one tensor batch at the backbone's size."""
-    spec = f"synthetic:color-shape-base?n=4&size={backbone.preprocess.size}"
-    source = sample_few_shot(open_dataset(spec, split="train"), 4, 1)
-    dataset = ImageDataset(source, eval_transform(backbone.preprocess), list(source.class_names))
-    items = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([image for image, _ in items])
-    return images, torch.tensor([label for _, label in items]), list(source.class_names)
-
-
 def test_a_short_run_on_the_synthetic_base_task_lowers_the_loss(tiny_backbone: Backbone) -> None:
     # A random-init tiny backbone barely separates the synthetic classes (coop too stays near
     # log C here), so this only checks that training moves the loss down, deterministically
-    # (fixed seed and order, no augmentation); beating zeroshot is checked on mini below.
-    images, labels, names = synthetic_tensors(tiny_backbone)
+    # (fixed seed and order, no augmentation); the mini preset is checked in test_learning.py.
+    images, labels, names = synthetic_tensors(tiny_backbone.preprocess)
     learner = make(tiny_backbone, optimizer="adam", lr=0.005, epochs=3, warmup_epochs=0)
     whole = Batch(images, labels, names)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from models.export import export_visual_graph
 from models.methods import create_method
 from models.methods.coop import CoOpLearner
 from models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
-from training.run import TrainRequest, fit_learner
+from tests.helpers import tiny_run_losses
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]
 
@@ -194,22 +194,6 @@ def test_export_folds_the_visual_prompts_into_constants(
 
 
 def test_a_short_run_on_the_synthetic_task_lowers_the_loss(tmp_path: Path) -> None:
-    request = TrainRequest(
-        method="pmpo",
-        data="synthetic:color-shape-base?n=4&seed=1&size=32",
-        store=tmp_path,
-        name="pmpo",
-        backbone="tiny",
-        shots=4,
-        seed=1,
-        overrides={
-            "epochs": 3,
-            "batch_size": 32,
-            "optimizer": "adam",
-            "lr": 0.01,
-            "warmup_epochs": 0,
-        },
-    )
-    losses = fit_learner(request).result.losses
+    losses = tiny_run_losses("pmpo", tmp_path, epochs=3)
     assert len(losses) == 3
     assert losses[-1] < losses[0]

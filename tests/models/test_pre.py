@@ -14,18 +14,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from models.artifact import export_classifier
-from models.backbone import Backbone, load_backbone
+from models.backbone import Backbone
 from models.classifier import load_learner
 from models.methods import create_method
 from models.methods.coop import CoOpLearner
 from models.methods.pre import PRELearner
-from models.preprocess import eval_transform
-from training.data import ImageDataset, make_loader, open_dataset
-from training.loop import evaluate
-from training.run import TrainRequest, fit_learner
+from tests.helpers import tiny_run_losses
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]
-MINI_WEIGHTS = Path(__file__).parents[2] / "models" / "weights" / "mini.safetensors"
 
 
 def make_pre(backbone: Backbone, seed: int = 0) -> PRELearner:
@@ -115,47 +111,7 @@ def test_artifact_fuses_the_context_and_keeps_the_encoder(
     assert (torch.from_numpy(out) - unprompted).abs().max() <= 1e-5
 
 
-def test_a_short_run_on_the_synthetic_task_lowers_the_loss(
-    tiny_backbone: Backbone, tmp_path: Path
-) -> None:
-    request = TrainRequest(
-        method="pre",
-        data="synthetic:color-shape-base?n=4&seed=1&size=32",
-        store=tmp_path,
-        name="pre",
-        backbone="tiny",
-        shots=4,
-        seed=1,
-        overrides={
-            "epochs": 3,
-            "batch_size": 32,
-            "optimizer": "adam",
-            "lr": 0.01,
-            "warmup_epochs": 0,
-        },
-    )
-    fitted = fit_learner(request)
-    losses = fitted.result.losses
+def test_a_short_run_on_the_synthetic_task_lowers_the_loss(tmp_path: Path) -> None:
+    losses = tiny_run_losses("pre", tmp_path, epochs=3)
     assert len(losses) == 3
     assert losses[-1] < losses[0]
-
-
-def mini_accuracy(method: str, preset: str | None, epochs: int) -> float:
-    """Train `method` on 4 shots of the synthetic base task, then top-1 on its test split."""
-    request = TrainRequest(
-        method=method,
-        data="synthetic:color-shape-base",
-        store=Path("unused"),
-        name=method,
-        backbone="mini",
-        shots=4,
-        seed=1,
-        epochs=None if method == "zeroshot" else epochs,
-        preset=preset,
-    )
-    fitted = fit_learner(request)
-    backbone = load_backbone("mini")
-    test = open_dataset("synthetic:color-shape-base", split="test")
-    dataset = ImageDataset(test, eval_transform(backbone.preprocess), fitted.class_names)
-    loader = make_loader(dataset, 64, shuffle=False, seed=0)
-    return evaluate(fitted.learner, loader, fitted.class_names)

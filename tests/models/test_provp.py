@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +13,10 @@ from torch import Tensor
 from models.backbone import Backbone, hash_state_dict, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.provp import ProVPLearner
-from models.preprocess import eval_transform
-from training.data import ImageDataset, open_dataset, sample_few_shot
+from tests.helpers import synthetic_tensors
 from training.loop import fit
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]
-MINI_WEIGHTS = Path("models/weights/mini.safetensors")
 
 
 def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
@@ -143,21 +140,11 @@ def test_the_frozen_pass_runs_only_in_the_loss(tiny_backbone: Backbone) -> None:
     assert {x.shape[1] for x in seen} == {1 + patches + learner.config.n_prompts, 1 + patches}
 
 
-def synthetic_tensors(backbone: Backbone) -> tuple[Tensor, Tensor, list[str]]:
-    """The colour-shape base task, 4 shots, as one tensor batch at the backbone's size."""
-    spec = f"synthetic:color-shape-base?n=4&size={backbone.preprocess.size}"
-    source = sample_few_shot(open_dataset(spec, split="train"), 4, 1)
-    dataset = ImageDataset(source, eval_transform(backbone.preprocess), list(source.class_names))
-    items = [dataset[i] for i in range(len(dataset))]
-    images = torch.stack([image for image, _ in items])
-    return images, torch.tensor([label for _, label in items]), list(source.class_names)
-
-
 def test_a_short_run_on_the_synthetic_base_task_lowers_the_loss(tiny_backbone: Backbone) -> None:
     # On the random-init tiny backbone the frozen class embeddings are nearly collinear (mean
     # cosine ~0.93), so a visual-only method can move the loss only a little; the run is
     # deterministic (fixed seed and order, no augmentation), so a small margin is a real check.
-    images, labels, names = synthetic_tensors(tiny_backbone)
+    images, labels, names = synthetic_tensors(tiny_backbone.preprocess)
     learner = make(tiny_backbone, optimizer="adam", lr=0.1, epochs=4, warmup_epochs=0)
 
     def terms() -> tuple[float, float]:

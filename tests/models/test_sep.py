@@ -23,7 +23,6 @@ from models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_
 from models.prompting import VisionPrompts
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]
-MINI_WEIGHTS = Path("models/weights/mini.safetensors")
 
 
 def make(backbone: Backbone, seed: int = 0, **overrides: Any) -> SEPLearner:

@@ -197,6 +197,21 @@ def test_pretrain_smoke_writes_loadable_weights_and_record(tmp_path: Path) -> No
     assert backbone.id.weights_sha256 == saved["weights_sha256"]
 
 
+def test_pretrain_continues_from_weights_and_keeps_the_parent_record(tmp_path: Path) -> None:
+    first = tmp_path / "first.safetensors"
+    small = {"batch_size": 8, "threads": 1, "eval_per_class": 1, "eval_every": 0}
+    parent = pretrain_mini(first, PretrainConfig(steps=1, **small))
+    second = tmp_path / "second.safetensors"
+    zero_steps = PretrainConfig(steps=0, init=str(first), **small)
+    record = pretrain_mini(second, zero_steps)
+    assert record["weights_sha256"] == parent["weights_sha256"]  # started from `first`
+    assert record["continued_from"] == json.loads(json.dumps(parent))
+    moved = pretrain_mini(
+        tmp_path / "third.safetensors", PretrainConfig(steps=1, **{**small, "init": str(first)})
+    )
+    assert moved["weights_sha256"] != parent["weights_sha256"]
+
+
 def test_pretrain_cli_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
