@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from models.artifact import verify_artifact
-from models.backbone import PreprocessConfig, load_backbone
+from models.backbone import Backbone, PreprocessConfig, load_backbone
 from models.errors import ArtifactError
 from models.export import CLASSES_FILE, LEARNER_FILE, Engine, VisualEngine, open_engine
 from models.methods import Learner, create_method
@@ -34,9 +34,34 @@ class Classifier:
     preprocess: PreprocessConfig
     engine: VisualEngine
     device: torch.device
+    path: Path | None = None  # the artifact directory; needed to encode new labels
 
     def __post_init__(self) -> None:
         self.transform = eval_transform(self.preprocess)
+        self._learner: Learner | None = None  # loaded on the first label it lacks
+
+    def text_learner(self) -> Learner:
+        """The eager learner of this artifact (loaded once), for encoding labels it lacks."""
+        if self._learner is None:
+            if self.path is None:
+                raise ArtifactError(f"{self.name} version {self.version}: no artifact path")
+            self._learner = load_learner(self.path, device=str(self.device))
+        return self._learner
+
+    def label_embeddings(self, labels: list[str], learner: Learner | None = None) -> Tensor:
+        """[L] label names -> [L, D]: stored rows for own classes, the rest encoded by the
+        method's learned text path (`learner`, default `text_learner()`) in one batch."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        new = [name for name in labels if name not in index]
+        rows = torch.empty(len(labels), self.class_embeddings.shape[1], device=self.device)
+        known = [i for i, name in enumerate(labels) if name in index]
+        if known:
+            stored = torch.tensor([index[labels[i]] for i in known], device=self.device)
+            rows[known] = self.class_embeddings.index_select(0, stored)
+        if new:
+            encoded = encode_labels(learner or self.text_learner(), new)  # [N, D]
+            rows[[i for i, name in enumerate(labels) if name not in index]] = encoded.to(rows)
+        return rows
 
     def embed(self, pixels: Tensor) -> Tensor:
         """[B, 3, S, S] normalised pixels -> [B, D] normalised image embeddings."""
@@ -47,20 +72,27 @@ class Classifier:
         classes = self.class_embeddings if class_embeddings is None else class_embeddings
         return self.logit_scale * embeddings @ classes.t()
 
-    def classify(self, images: list[Image.Image], top_k: int = 5) -> list[list[tuple[str, float]]]:
-        """Per image, the `top_k` most probable class names with their probabilities."""
+    def classify(
+        self, images: list[Image.Image], top_k: int = 5, labels: list[str] | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Per image, the `top_k` most probable labels with their probabilities.
+
+        `labels` (default: the classifier's classes) may name classes it was not trained on;
+        those are encoded through its learned text path (see `label_embeddings`).
+        """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if not images:
             raise ValueError("classify needs at least one image")
+        names = list(self.class_names) if labels is None else list(labels)
+        if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
+            raise ValueError("labels must be distinct, non-empty names")
+        classes = None if labels is None else self.label_embeddings(names)  # [L, D]
         pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
-        probs = F.softmax(self.logits(self.embed(pixels)), dim=-1)  # [B, C]
-        values, indices = probs.topk(min(top_k, len(self.class_names)), dim=-1)
+        probs = F.softmax(self.logits(self.embed(pixels), classes), dim=-1)  # [B, L]
+        values, indices = probs.topk(min(top_k, len(names)), dim=-1)
         return [
-            [
-                (self.class_names[i], float(p))
-                for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
-            ]
+            [(names[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
             for row_p, row_i in zip(values, indices, strict=True)
         ]
 
@@ -88,6 +120,7 @@ def load_classifier(path: Path, *, engine: Engine = "onnx", device: str = "cpu")
         preprocess=preprocess_from_manifest(manifest),
         engine=open_engine(path, engine, device),
         device=target,
+        path=path,
     )
 
 
@@ -96,8 +129,11 @@ def preprocess_from_manifest(manifest: dict[str, Any]) -> PreprocessConfig:
     return PreprocessConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
 
 
-def load_learner(path: Path, *, device: str = "cpu") -> Learner:
+def load_learner(path: Path, *, device: str = "cpu", backbone: Backbone | None = None) -> Learner:
     """Rebuild the eager learner of the artifact at `path` (re-encode classes, resume training).
+
+    `backbone` (loaded from the manifest's spec when None) may be shared by many learners: the
+    towers are frozen and a learner only wraps them.
 
     Raises:
         ArtifactError: the files fail verification, or the backbone loaded now is not the one the
@@ -106,7 +142,8 @@ def load_learner(path: Path, *, device: str = "cpu") -> Learner:
     path = Path(path)
     manifest = verify_artifact(path)
     recorded = manifest["backbone"]
-    backbone = load_backbone(recorded["spec"], device=device)
+    if backbone is None:
+        backbone = load_backbone(recorded["spec"], device=device)
     if backbone.id.weights_sha256 != recorded["weights_sha256"]:
         raise ArtifactError(
             f"backbone {recorded['spec']!r} now has weights {backbone.id.weights_sha256[:12]}, "
@@ -115,3 +152,23 @@ def load_learner(path: Path, *, device: str = "cpu") -> Learner:
     learner = create_method(manifest["method"], backbone, manifest["config"]).to(device)
     learner.load_learned_state_dict(load_file(str(path / LEARNER_FILE), device=str(device)))
     return learner.eval()
+
+
+def encode_labels(learner: Learner, names: list[str]) -> Tensor:
+    """[N] names -> [N, D] normalised embeddings from `learner`'s text path, in eval mode."""
+    was_training = learner.training
+    learner.eval()
+    try:
+        with torch.inference_mode():
+            return learner.encode_classes(list(names)).float()
+    finally:
+        learner.train(was_training)
+
+
+def label_token_count(tokenizer: Any, name: str) -> int:
+    """Tokens `name` takes in a prompt (without start/end tokens)."""
+    encode = getattr(tokenizer, "encode", None)
+    if callable(encode):
+        return len(encode(name))
+    ids = tokenizer([name])[0]  # [T], padded with 0 after the end token
+    return int((ids != 0).sum()) - 2

@@ -76,6 +76,12 @@ class UnknownLabelError(ServiceError):
     status, code = 422, "unknown_label"
 
 
+class InvalidLabelError(ServiceError):
+    """An empty, duplicate or too long label, or too many new labels in one request."""
+
+    status, code = 422, "invalid_label"
+
+
 class QueueFullError(ServiceError):
     """The batcher's queue is full: the client should retry later."""
 

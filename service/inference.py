@@ -3,19 +3,23 @@
 Checks run cheapest first (image count, classifier, labels) so a bad request costs nothing
 before it is refused; decoding runs on the decode pool, the engine call in the batcher, and the
 scoring (a [B, D] x [D, L] matmul and a softmax) back on the event loop, where it takes
-microseconds.
+microseconds. Labels the classifier lacks are encoded in a thread (see `service.labels`) before
+the images are decoded, so a refused label costs no decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from torch import Tensor
 
 from models.classifier import Classifier
 from service.batcher import MicroBatcher
 from service.errors import InvalidRequestError, TooManyImagesError
 from service.images import ImagePreparer
-from service.scoring import Prediction, rank, resolve_labels
+from service.labels import LabelEncoder
+from service.scoring import LabelSet, Prediction, check_labels, rank, resolve_labels
 from service.settings import Settings
 from service.store import ClassifierStore
 
@@ -36,6 +40,7 @@ class Classification:
     classifier: str
     version: str
     predictions: list[list[Prediction]]  # per image, best first
+    encoded_labels: list[str] = field(default_factory=list)  # labels encoded on the fly
 
 
 def check_image_count(count: int, limit: int) -> None:
@@ -52,11 +57,17 @@ class ClassifyPipeline:
         store: ClassifierStore,
         batcher: MicroBatcher,
         preparer: ImagePreparer,
+        labels: LabelEncoder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.batcher = batcher
         self.preparer = preparer
+        self.labels = labels or LabelEncoder(
+            device=store.device,
+            max_cached_labels=settings.max_cached_labels,
+            max_learners=settings.max_loaded_classifiers,
+        )
 
     async def load(self, name: str, version: str | None = None) -> Classifier:
         """The classifier version (loading it on first use); file access off the loop."""
@@ -66,10 +77,26 @@ class ClassifyPipeline:
         check_image_count(len(query.images), self.settings.max_images_per_request)
         name = query.classifier or self.settings.default_classifier
         classifier = await self.load(name, query.version)
-        labels = resolve_labels(classifier, query.labels, self.settings.max_labels)
+        labels = await self.resolve(classifier, query.labels)
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         pixels = await self.preparer.prepare(query.images, classifier.transform)  # [n, 3, S, S]
         key = (name, classifier.version)
         embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
         predictions = rank(classifier, embeddings, labels, top_k)
-        return Classification(name, classifier.version, predictions)
+        return Classification(name, classifier.version, predictions, labels.encoded)
+
+    async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
+        """The label set of a request; names the classifier lacks are encoded off the loop,
+        all in one batch (cached ones come from the encoder's LRU)."""
+        if names is None:
+            return resolve_labels(classifier, None)
+        s = self.settings
+        request = check_labels(classifier, names, s.max_labels, s.max_new_labels)
+        if not request.new:
+            return resolve_labels(classifier, request)
+        encoded = await asyncio.to_thread(self._encode, classifier, request.new)  # [N, D]
+        return resolve_labels(classifier, request, encoded)
+
+    def _encode(self, classifier: Classifier, names: list[str]) -> Tensor:
+        self.labels.check_lengths(classifier, names, self.settings.max_label_tokens)
+        return self.labels.encode(classifier, names)

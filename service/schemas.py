@@ -16,7 +16,8 @@ class ClassifyOptions(BaseModel):
     version: str | None = Field(default=None, description="newest version when omitted")
     top_k: int | None = Field(default=None, ge=1, description="labels returned per image")
     labels: list[str] | None = Field(
-        default=None, description="score only these classes (a subset of the classifier's)"
+        default=None,
+        description="score only these labels; names the classifier lacks are encoded on the fly",
     )
 
     @field_validator("version", mode="before")
@@ -58,6 +59,10 @@ class ClassifyPublic(BaseModel):
     classifier: str
     version: str
     predictions: list[list[PredictionPublic]] = Field(description="per image, best first")
+    encoded_labels: list[str] = Field(
+        default_factory=list,
+        description="requested labels the classifier was not trained on, encoded on the fly",
+    )
 
 
 class ClassifierSummaryPublic(BaseModel):
@@ -84,6 +89,9 @@ class ClassifierVersionPublic(BaseModel):
     training: dict[str, Any]
     parity: dict[str, Any]
     loaded: bool
+    open_vocabulary: bool = Field(
+        default=False, description="labels outside class_names can be requested (encoded)"
+    )
 
 
 class ClassifierPublic(BaseModel):

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=25_000_000, ge=1)  # declared width x height
     max_body_bytes: int = Field(default=20 * MiB, ge=1)
     max_labels: int = Field(default=1000, ge=1)  # labels named in one request
+    max_new_labels: int = Field(default=100, ge=0)  # labels a classifier lacks, per request
+    max_label_tokens: int = Field(default=32, ge=1)  # tokens in one label name
+    max_cached_labels: int = Field(default=10_000, ge=1)  # encoded labels kept (LRU)
     default_top_k: int = Field(default=5, ge=1)
     api_key: SecretStr | None = None  # when set, every route but /health/* needs it
     host: str = "127.0.0.1"  # for `promptserve serve`

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 
+from models.methods import list_methods
 from service.deps import RuntimeDep, require_api_key
 from service.schemas import (
     ClassifierListPublic,
@@ -94,6 +95,7 @@ def _version(store: ClassifierStore, name: str, version: str) -> ClassifierVersi
         training=_dict(manifest, "training"),
         parity=_dict(manifest, "parity"),
         loaded=(name, version) in store.loaded(),
+        open_vocabulary=manifest.get("method") in list_methods(),
     )
 
 

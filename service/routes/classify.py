@@ -89,7 +89,9 @@ async def classify(
     classifier: Annotated[str | None, Query(description="default classifier if omitted")] = None,
     version: Annotated[str | None, Query(description="newest version if omitted")] = None,
     top_k: Annotated[int | None, Query(ge=1)] = None,
-    labels: Annotated[list[str] | None, Query(description="class subset")] = None,
+    labels: Annotated[
+        list[str] | None, Query(description="label set; names it lacks are encoded")
+    ] = None,
 ) -> ClassifyPublic | list[PredictionPublic]:
     """Per image, the `top_k` most probable labels (softmax over the label set used).
 
@@ -122,6 +124,7 @@ async def classify(
             [PredictionPublic(label=p.label, score=p.score) for p in row]
             for row in result.predictions
         ],
+        encoded_labels=result.encoded_labels,
     )
 
 

@@ -26,7 +26,12 @@ from tests.service.conftest import (
 
 pytestmark = pytest.mark.anyio
 
-LIMITS = {"max_images_per_request": 3, "max_body_bytes": 200_000, "max_image_pixels": 1_000_000}
+LIMITS = {
+    "max_images_per_request": 3,
+    "max_body_bytes": 200_000,
+    "max_image_pixels": 1_000_000,
+    "max_new_labels": 0,  # open vocabulary off: a label the classifier lacks is unknown
+}
 
 
 def b64(data: bytes) -> str:

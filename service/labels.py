@@ -1,0 +1,104 @@
+"""Open-vocabulary labels: encoding names a classifier was not trained on, at request time.
+
+A new label goes through the classifier's own learned text path (its method's
+`encode_classes` with the learner weights stored in the artifact), so a CoOp classifier scores
+"teal kite" with its learned context, not with a hand-written prompt. The backbone (the text
+tower is most of its weight) is loaded once per spec and shared by every classifier on it; a
+learner per classifier version only adds the method's few parameters. Encoded labels are kept in
+a bounded LRU keyed by (classifier, version, label). Everything here blocks: the pipeline calls
+`encode` in a thread, and one lock serialises encoding, as it is CPU/GPU-bound anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from models.backbone import Backbone, load_backbone
+from models.classifier import Classifier, encode_labels, label_token_count, load_learner
+from models.errors import ArtifactError
+from models.methods import Learner
+from service.errors import InvalidLabelError
+
+log = logging.getLogger(__name__)
+
+LabelKey = tuple[str, str, str]  # (classifier, version, label)
+
+
+class LabelEncoder:
+    """Encodes labels a classifier lacks; caches backbones, learners and embeddings."""
+
+    def __init__(
+        self, *, device: str = "cpu", max_cached_labels: int = 10_000, max_learners: int = 8
+    ) -> None:
+        self.device = device
+        self.max_cached_labels = max_cached_labels
+        self.max_learners = max_learners
+        self.encode_calls = 0  # encode_classes calls made (one per request with new labels)
+        self._backbones: dict[str, Backbone] = {}  # by spec
+        # by (classifier, version); the Classifier object tells a republished version apart
+        self._learners: OrderedDict[tuple[str, str], tuple[Classifier, Learner]] = OrderedDict()
+        self._labels: OrderedDict[LabelKey, Tensor] = OrderedDict()  # [D] on the CPU
+        self._lock = threading.Lock()
+
+    def check_lengths(self, classifier: Classifier, names: list[str], max_tokens: int) -> None:
+        """422 for a name longer than `max_tokens` tokens of the classifier's tokenizer."""
+        with self._lock:
+            tokenizer = self._learner(classifier).tokenizer
+        for name in names:
+            count = label_token_count(tokenizer, name)
+            if count > max_tokens:
+                raise InvalidLabelError(
+                    f"label {name[:40]!r} is {count} tokens long; at most {max_tokens} allowed"
+                )
+
+    def encode(self, classifier: Classifier, names: list[str]) -> Tensor:
+        """[N] names the classifier lacks -> [N, D] normalised, on the classifier's device.
+
+        Cached names are served from the LRU; the others are encoded in one batch.
+        """
+        with self._lock:
+            learner = self._learner(classifier)
+            keys = [(classifier.name, classifier.version, name) for name in names]
+            missing = [key[2] for key in keys if key not in self._labels]
+            if missing:
+                self.encode_calls += 1
+                for name, row in zip(missing, encode_labels(learner, missing).cpu(), strict=True):
+                    self._labels[(classifier.name, classifier.version, name)] = row
+            rows = []
+            for key in keys:
+                self._labels.move_to_end(key)
+                rows.append(self._labels[key])
+            while len(self._labels) > self.max_cached_labels:
+                self._labels.popitem(last=False)
+        return torch.stack(rows).to(classifier.device)  # [N, D]
+
+    def cached_labels(self) -> int:
+        with self._lock:
+            return len(self._labels)
+
+    def _learner(self, classifier: Classifier) -> Learner:
+        key = (classifier.name, classifier.version)
+        entry = self._learners.get(key)
+        if entry is not None and entry[0] is classifier:
+            self._learners.move_to_end(key)
+            return entry[1]
+        if entry is not None:  # the version was deleted and published again: drop its labels
+            for label_key in [k for k in self._labels if k[:2] == key]:
+                del self._labels[label_key]
+        if classifier.path is None:
+            raise ArtifactError(f"{key[0]} version {key[1]} has no artifact path to load from")
+        spec = classifier.manifest["backbone"]["spec"]
+        if spec not in self._backbones:
+            log.info("loading backbone %s for open-vocabulary labels", spec)
+            self._backbones[spec] = load_backbone(spec, device=self.device)
+        learner = load_learner(classifier.path, device=self.device, backbone=self._backbones[spec])
+        log.info("loaded the text path of %s version %s", *key)
+        self._learners[key] = (classifier, learner)
+        while len(self._learners) > self.max_learners:
+            self._learners.popitem(last=False)
+        return learner
