@@ -1,4 +1,4 @@
-"""The `promptserve` command line: train, eval, pretrain-mini (serve is added by the service).
+"""The `promptserve` command line: train, eval, classify, pretrain-mini (serve: the service).
 
 `main(argv)` returns an exit code and never calls sys.exit itself, so tests run it in-process.
 """
@@ -83,7 +83,26 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
         help="pretrain the embedded mini CLIP on the synthetic world (deterministic)",
     )
     add_pretrain_arguments(pretrain)
+    add_classify_command(commands)
     return parser
+
+
+def add_classify_command(commands: Any) -> None:
+    classify = commands.add_parser(
+        "classify",
+        help="classify image files with a stored classifier (labels it lacks are encoded)",
+        description="Print one JSON line per image: the top-k labels with probabilities. "
+        "--labels may name classes the classifier was not trained on; they are encoded "
+        "through its learned text path.",
+    )
+    classify.add_argument("images", nargs="+", type=Path, help="image files")
+    classify.add_argument("--classifier", required=True, help="classifier name")
+    classify.add_argument("--store", type=Path, required=True, help="classifier store directory")
+    classify.add_argument("--version", default=None, help="default: the newest")
+    classify.add_argument("--labels", nargs="+", default=None, help="default: its classes")
+    classify.add_argument("--top-k", type=int, default=5)
+    classify.add_argument("--engine", choices=["onnx", "torchscript"], default="onnx")
+    classify.add_argument("--device", default="cpu")
 
 
 def _print_progress(progress: Progress) -> None:
@@ -162,7 +181,37 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "eval": run_eval, "pretrain-mini": run_pretrain}
+def run_classify(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from models.artifact import resolve_version
+    from models.classifier import load_classifier
+
+    path = resolve_version(args.store, args.classifier, args.version)
+    classifier = load_classifier(path, engine=args.engine, device=args.device)
+    try:
+        images = [Image.open(file).convert("RGB") for file in args.images]
+    except OSError as exc:
+        raise ConfigError(f"cannot read image: {exc}") from None
+    try:
+        rows = classifier.classify(images, top_k=args.top_k, labels=args.labels)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    known = set(classifier.class_names)
+    encoded = [label for label in args.labels or () if label not in known]
+    for file, row in zip(args.images, rows, strict=True):
+        predictions = [{"label": label, "score": round(score, 6)} for label, score in row]
+        line = {"image": str(file), "predictions": predictions, "encoded_labels": encoded}
+        print(json.dumps(line))
+    return 0
+
+
+COMMANDS = {
+    "train": run_train,
+    "eval": run_eval,
+    "pretrain-mini": run_pretrain,
+    "classify": run_classify,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 from pathlib import Path
 
@@ -203,3 +204,19 @@ def test_python_api_classifies_with_new_labels(tiny_artifact: Path) -> None:
     assert torch.equal(rows[0], classifier.class_embeddings[1])
     with pytest.raises(ValueError, match="distinct"):
         classifier.classify([image], labels=["owl", "owl"])
+
+
+def test_cli_classify_with_new_labels(
+    template_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    image = tmp_path / "red.png"
+    image.write_bytes(png_bytes())
+    argv = ["classify", "--classifier", "shapes", "--store", str(template_store)]
+    argv += ["--labels", CLASS_NAMES[0], "teal kite", "--top-k", "2", str(image)]
+    assert main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["image"] == str(image)
+    assert {p["label"] for p in line["predictions"]} == {CLASS_NAMES[0], "teal kite"}
+    assert line["encoded_labels"] == ["teal kite"]
