@@ -24,6 +24,12 @@ class InvalidBodyError(ServiceError):
     status, code = 400, "invalid_body"
 
 
+class BadRequestError(ServiceError):
+    """A request the service refuses as such (a dataset path outside the data root)."""
+
+    status, code = 400, "bad_request"
+
+
 class InvalidImageError(ServiceError):
     """Bytes that are not an image, a truncated image, or bad base64."""
 
@@ -40,6 +46,16 @@ class UnknownClassifierError(ServiceError):
 
 class UnknownVersionError(ServiceError):
     status, code = 404, "unknown_version"
+
+
+class UnknownJobError(ServiceError):
+    status, code = 404, "unknown_job"
+
+
+class JobFinishedError(ServiceError):
+    """Cancelling a job that has already ended."""
+
+    status, code = 409, "job_finished"
 
 
 class DeleteRefusedError(ServiceError):
@@ -70,6 +86,12 @@ class InvalidRequestError(ServiceError):
     """A request that parses but asks for something impossible (no images, bad names, ...)."""
 
     status, code = 422, "invalid_request"
+
+
+class IdempotencyConflictError(ServiceError):
+    """An Idempotency-Key reused with a different request."""
+
+    status, code = 422, "idempotency_conflict"
 
 
 class UnknownLabelError(ServiceError):

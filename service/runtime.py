@@ -20,6 +20,8 @@ from service.batcher import MicroBatcher
 from service.errors import NotReadyError, ServiceError
 from service.images import ImagePreparer
 from service.inference import Classification, ClassifyPipeline, ClassifyQuery
+from service.jobrunner import JobRunner
+from service.jobstore import JobStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import ClassifierStore
@@ -56,6 +58,19 @@ class Runtime:
         )
         self.preparer = ImagePreparer(settings.decode_threads, settings.max_image_pixels)
         self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
+        self.jobs = JobStore(settings.job_root / "jobs.db")
+        self.runner = JobRunner(
+            self.jobs,
+            jobs_dir=settings.job_root,
+            store_root=settings.store,
+            device=resolve_device(settings.job_device),
+            max_concurrent=settings.max_concurrent_jobs,
+            threads=settings.job_threads,
+            niceness=settings.job_niceness,
+            cancel_grace_s=settings.cancel_grace_s,
+            keep_uploads=settings.keep_job_uploads,
+            log_level=settings.log_level,
+        )
         self.state: State = "starting"
         self.failure: str | None = None
         self._startup: asyncio.Task[None] | None = None
@@ -72,6 +87,14 @@ class Runtime:
         self.metrics.add_gauge(
             "promptserve_ready", "1 when the default classifier is loaded and warm.", self._up
         )
+        self.metrics.add_gauge(
+            "promptserve_jobs_running", "Tuning jobs running.", lambda: self.runner.running
+        )
+        self.metrics.add_gauge(
+            "promptserve_jobs_queued",
+            "Tuning jobs waiting for a worker.",
+            lambda: self.runner.queued,
+        )
 
     def _queue_depth(self) -> float:
         return float(self.batcher.queue_depth)
@@ -82,6 +105,7 @@ class Runtime:
     async def start(self) -> None:
         self._ready = asyncio.Event()  # bound to the running loop
         await self.batcher.start()
+        await self.runner.start()
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
         if self.settings.api_key is None:
             log.warning(
@@ -93,6 +117,7 @@ class Runtime:
             self._startup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._startup
+        await self.runner.stop()
         await self.batcher.stop()
         self.preparer.close()
 

@@ -101,6 +101,94 @@ class ClassifierPublic(BaseModel):
     versions: list[ClassifierVersionPublic]
 
 
+class AdaptOptions(BaseModel):
+    """The fields of an adapt request other than the images (JSON or multipart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the classifier to create, or to add a version to")
+    method: str = Field(default="coop", description="a registered method; a 422 lists them")
+    backbone: str | None = Field(
+        default=None, description="ARCH or ARCH:TAG; default: the default classifier's"
+    )
+    preset: str | None = Field(
+        default=None, description="a named recipe of the method; default: `mini` on mini"
+    )
+    shots: int = Field(default=16, ge=1, le=1024, description="training images per class")
+    epochs: int | None = Field(default=None, ge=1, description="default: the method's")
+    seed: int = Field(default=1, ge=0, le=2**31 - 1)
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the method's config fields"
+    )
+    dataset: str | None = Field(
+        default=None, description="a folder or manifest under the data root, instead of images"
+    )
+
+
+class AdaptImageCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="base64-encoded image file (a data: URL prefix is accepted)")
+    label: str = Field(description="its class name")
+
+
+class AdaptCreate(AdaptOptions):
+    """JSON adapt request: labelled base64 images, or a `dataset` reference."""
+
+    images: list[AdaptImageCreate] | None = None
+
+
+class JobErrorPublic(BaseModel):
+    reason: str = Field(description="error, interrupted or worker_died")
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    state: str = Field(description="queued, running, succeeded, failed or cancelled")
+    name: str = Field(description="the classifier the job publishes a version of")
+    method: str
+    backbone: str
+    preset: str | None
+    shots: int
+    epochs: int | None
+    seed: int
+    config: dict[str, Any]
+    data: str = Field(description="'upload' or the dataset reference")
+    classes: list[str]
+    images: int = Field(description="images received (or found in the dataset)")
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    progress: dict[str, Any] | None = Field(
+        description="epoch, epochs, step, total_steps, loss, lr, eta_s; while running and after"
+    )
+    result: dict[str, Any] | None = Field(
+        description="classifier, version, accuracies (train, held-out, zero-shot held-out)"
+    )
+    error: JobErrorPublic | None
+    cancel_requested: bool
+
+
+class JobListPublic(BaseModel):
+    data: list[JobPublic] = Field(description="newest first")
+    has_more: bool
+    next_after: str | None = Field(description="pass as `after` for the next page")
+
+
+class JobEventPublic(BaseModel):
+    seq: int = Field(description="pass as `after` to get only later events")
+    at: str
+    level: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class JobEventListPublic(BaseModel):
+    data: list[JobEventPublic]
+    has_more: bool
+
+
 class HealthPublic(BaseModel):
     status: str
     default_classifier: str | None = None

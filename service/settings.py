@@ -45,9 +45,28 @@ class Settings(BaseSettings):
     max_cached_labels: int = Field(default=10_000, ge=1)  # encoded labels kept (LRU)
     default_top_k: int = Field(default=5, ge=1)
     api_key: SecretStr | None = None  # when set, every route but /health/* needs it
+    # --- tuning jobs (POST /adapt) ---
+    jobs_dir: Path | None = None  # job database and uploads; None: <store>/.jobs
+    max_concurrent_jobs: int = Field(default=1, ge=0)  # worker processes at once; 0 queues only
+    # torch threads of a job's worker; default half the CPUs, so classification keeps the rest
+    job_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
+    job_niceness: int = Field(default=10, ge=0, le=19)  # CPU priority drop of the worker process
+    job_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    cancel_grace_s: float = Field(
+        default=10.0, gt=0
+    )  # then a worker that has not stopped is killed
+    max_job_images: int = Field(default=1024, ge=2)  # uploaded images per job
+    max_job_epochs: int = Field(default=200, ge=1)
+    data_root: Path | None = None  # `dataset` references resolve under it; None: refused
+    keep_job_uploads: bool = False  # keep a job's uploaded images after it ends
     host: str = "127.0.0.1"  # for `promptserve serve`
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def job_root(self) -> Path:
+        """Where the job database and each job's files live."""
+        return self.jobs_dir if self.jobs_dir is not None else self.store / ".jobs"
 
     @field_validator("default_classifier")
     @classmethod

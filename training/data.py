@@ -91,10 +91,12 @@ def _open_directory(path: Path, split: str) -> ImageSource:
     return read_image_folder(path)
 
 
-def sample_few_shot(source: ImageSource, shots: int, seed: int) -> ImageSource:
+def sample_few_shot(
+    source: ImageSource, shots: int, seed: int, *, quiet: bool = False
+) -> ImageSource:
     """`shots` images per class, chosen by `random.Random(seed)` from each class's sorted images.
 
-    A class with fewer images keeps all of them (with a warning), as CoOp does.
+    A class with fewer images keeps all of them (with a warning unless `quiet`), as CoOp does.
     """
     if shots <= 0:
         raise DataError(f"shots must be a positive number of images per class, got {shots}")
@@ -102,9 +104,13 @@ def sample_few_shot(source: ImageSource, shots: int, seed: int) -> ImageSource:
     chosen: list[LabeledImage] = []
     for name, items in source.by_class().items():
         if len(items) < shots:
-            log.warning(
-                "class %r has %d images, fewer than %d shots: using all", name, len(items), shots
-            )
+            if not quiet:
+                log.warning(
+                    "class %r has %d images, fewer than %d shots: using all",
+                    name,
+                    len(items),
+                    shots,
+                )
             chosen.extend(items)
         else:
             chosen.extend(rng.sample(items, shots))

@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.artifact import export_classifier, resolve_version
-from models.backbone import DEFAULT_BACKBONE, load_backbone
+from models.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from models.classifier import load_classifier
 from models.methods import Learner, create_method, make_config
 from models.preprocess import eval_transform, train_transform
-from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
-from training.errors import DataError
-from training.loop import FitOptions, FitResult, Progress, fit
+from training.data import (
+    ImageDataset,
+    ImageSource,
+    make_loader,
+    open_dataset,
+    sample_few_shot,
+)
+from training.errors import DataError, TrainingCancelled
+from training.loop import FitOptions, FitResult, Progress, evaluate, fit
 
 log = logging.getLogger(__name__)
+
+HELDOUT_PER_CLASS = 50  # held-out images scored per class, at most (a sample, seeded)
+EVAL_BATCH = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +48,8 @@ class TrainRequest:
     overrides: dict[str, Any] = field(default_factory=dict)  # method config fields
     preset: str | None = None  # a named method preset, applied before overrides
     device: str = "cpu"
+    # score the images left out by the few-shot sample (tuned and zero-shot); needs `shots`
+    heldout: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class TrainOutcome:
     artifact: Path
     version: str
     summary: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)  # accuracies (see score_fitted)
 
 
 @dataclass
@@ -54,6 +66,9 @@ class FittedLearner:
     class_names: list[str]
     result: FitResult
     images: int  # training images seen per epoch
+    train: ImageSource  # the images trained on
+    heldout: ImageSource | None = None  # images of the same classes left out of training
+    backbone: Backbone | None = None  # the frozen backbone under the learner
 
 
 def fit_learner(
@@ -66,8 +81,12 @@ def fit_learner(
     """Load data (or use `source`) and the backbone, build the method and fit it."""
     if source is None:
         source = open_dataset(request.data, split="train")
+    heldout = None
     if request.shots is not None and request.method != "zeroshot":
-        source = sample_few_shot(source, request.shots, request.seed)
+        sampled = sample_few_shot(source, request.shots, request.seed)
+        if request.heldout:
+            heldout = _left_out(source, sampled, request.seed)
+        source = sampled
     class_names = list(source.class_names)
     if len(class_names) < 2:
         raise DataError(f"need at least 2 classes to train a classifier, found {class_names}")
@@ -86,7 +105,39 @@ def fit_learner(
         device=request.device, seed=request.seed, progress=progress, should_stop=should_stop
     )
     result = fit(learner, loader, class_names, options)
-    return FittedLearner(learner, class_names, result, len(dataset))
+    return FittedLearner(learner, class_names, result, len(dataset), source, heldout, backbone)
+
+
+def _left_out(source: ImageSource, sampled: ImageSource, seed: int) -> ImageSource | None:
+    """The images of `source` not in `sampled`, at most HELDOUT_PER_CLASS per class."""
+    chosen = {item.key for item in sampled.items}
+    rest = replace(source, items=[item for item in source.items if item.key not in chosen])
+    if not rest.items:
+        return None
+    return sample_few_shot(rest, HELDOUT_PER_CLASS, seed, quiet=True)
+
+
+def score_fitted(fitted: FittedLearner, device: str = "cpu") -> dict[str, Any]:
+    """Top-1 accuracy (percent) of the tuned learner on its training images and, when there
+    are held-out images, on those next to the zero-shot classifier of the same backbone."""
+    learner, names = fitted.learner, fitted.class_names
+    transform = eval_transform(learner.preprocess)
+
+    def accuracy(model: Learner, source: ImageSource) -> float:
+        loader = make_loader(
+            ImageDataset(source, transform, names), EVAL_BATCH, shuffle=False, seed=0
+        )
+        return round(evaluate(model, loader, names, device), 2)
+
+    metrics: dict[str, Any] = {"train_accuracy": accuracy(learner, fitted.train)}
+    if fitted.heldout is not None and fitted.backbone is not None:
+        zeroshot = create_method("zeroshot", fitted.backbone).to(device)
+        metrics |= {
+            "heldout_images": len(fitted.heldout),
+            "heldout_accuracy": accuracy(learner, fitted.heldout),
+            "heldout_zeroshot_accuracy": accuracy(zeroshot, fitted.heldout),
+        }
+    return metrics
 
 
 def train_classifier(
@@ -94,8 +145,15 @@ def train_classifier(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainOutcome:
-    """Fit the method on the request's data, then export and publish a classifier version."""
+    """Fit the method on the request's data, score it, then export and publish a version.
+
+    `should_stop` is also asked between the stages after training, so a cancelled run never
+    publishes (once the export has begun, the version is published).
+    """
     fitted = fit_learner(request, progress, should_stop)
+    _check_stop(should_stop, "after training")
+    metrics = score_fitted(fitted, request.device)
+    _check_stop(should_stop, "before export")
     result = fitted.result
     summary = {
         "data": request.data,
@@ -110,10 +168,20 @@ def train_classifier(
         **fitted.learner.describe(),
     }
     artifact = export_classifier(
-        fitted.learner.cpu(), fitted.class_names, request.store, request.name, training=summary
+        fitted.learner.cpu(),
+        fitted.class_names,
+        request.store,
+        request.name,
+        training=summary,
+        metrics=metrics,
     )
     log.info("published %s", artifact)
-    return TrainOutcome(artifact=artifact, version=artifact.name, summary=summary)
+    return TrainOutcome(artifact=artifact, version=artifact.name, summary=summary, metrics=metrics)
+
+
+def _check_stop(should_stop: Callable[[], bool] | None, when: str) -> None:
+    if should_stop is not None and should_stop():
+        raise TrainingCancelled(f"cancelled {when}")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,33 @@ def test_the_same_seed_gives_the_same_weights(colour_folder: Path, tiny_backbone
         fit(learner, loader, names, FitOptions(seed=3))
         runs.append(learner.ctx.detach().clone())  # type: ignore[union-attr]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_heldout_images_are_the_ones_not_trained_on(tmp_path: Path) -> None:
+    from training.run import HELDOUT_PER_CLASS, TrainRequest, fit_learner, score_fitted
+
+    request = TrainRequest(
+        method="coop",
+        data="synthetic:color-shape-base?n=5&seed=1&size=32",
+        store=tmp_path,
+        name="held",
+        backbone="tiny",
+        shots=2,
+        overrides={"epochs": 1, "batch_size": 64},
+        heldout=True,
+    )
+    fitted = fit_learner(request)
+    assert fitted.heldout is not None
+    trained = {item.key for item in fitted.train.items}
+    held = {item.key for item in fitted.heldout.items}
+    assert not trained & held
+    assert fitted.heldout.counts() == dict.fromkeys(fitted.class_names, 3)
+    assert HELDOUT_PER_CLASS >= 3
+    metrics = score_fitted(fitted)
+    assert metrics["heldout_images"] == 3 * len(fitted.class_names)
+    for key in ("train_accuracy", "heldout_accuracy", "heldout_zeroshot_accuracy"):
+        assert 0.0 <= metrics[key] <= 100.0
+    # without the flag nothing is held out, and only the training accuracy is scored
+    plain = fit_learner(dataclasses.replace(request, heldout=False))
+    assert plain.heldout is None
+    assert set(score_fitted(plain)) == {"train_accuracy"}

@@ -1,0 +1,258 @@
+"""From an adapt request to a queued job: validate everything, save the uploads, queue.
+
+Everything that can be checked before training is checked here, so a job that is accepted
+(202) fails only for reasons that need training to show: the method is registered, the config
+overrides fit the method's typed config, the backbone is a name (never a server path), the images
+decode within the pixel limit, there are at least two classes, a dataset reference stays under
+the data root. Uploaded images are written under the job's directory, with a JSONL manifest the
+training code reads like any other, before the job row exists: a worker never sees a job whose
+files are missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.artifact import check_name, list_versions, read_manifest
+from models.backbone import list_architectures, parse_backbone_spec
+from models.errors import ArtifactError, BackboneError
+from models.methods import get_method, make_config
+from service.errors import (
+    BadRequestError,
+    IdempotencyConflictError,
+    InvalidRequestError,
+    TooManyImagesError,
+)
+from service.images import decode_image
+from service.jobrunner import UPLOADS_DIR
+from service.jobstore import IdempotencyMismatchError, Job, JobStore, new_job_id
+from service.schemas import AdaptOptions
+from service.settings import Settings
+from training.data import open_dataset
+from training.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MAX_LABEL_CHARS = 200
+MANIFEST = "manifest.jsonl"
+SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
+
+
+@dataclass
+class JobPlan:
+    """A validated adapt request, ready to be written and queued."""
+
+    spec: dict[str, Any]  # what the worker trains (see service.jobworker)
+    fingerprint: str
+    uploads: list[tuple[bytes, str, str]] = field(default_factory=list)  # (data, label, suffix)
+
+
+def plan_job(
+    options: AdaptOptions, uploads: list[tuple[bytes, str]] | None, settings: Settings
+) -> JobPlan:
+    """Validate an adapt request; blocking (decodes images, lists a dataset): call off the loop."""
+    name = _check_name(options.name)
+    spec_method = get_method(options.method)  # unknown -> 422 listing the registered ones
+    backbone = options.backbone or default_backbone(settings)
+    if options.backbone is not None:
+        check_backbone_name(options.backbone)
+    preset = options.preset
+    if (
+        preset is None
+        and parse_backbone_spec(backbone)[0] == "mini"
+        and "mini" in spec_method.presets
+    ):
+        preset = "mini"
+    if options.epochs is not None and options.epochs > settings.max_job_epochs:
+        raise InvalidRequestError(
+            f"epochs must be at most {settings.max_job_epochs}, got {options.epochs}"
+        )
+    config = make_config(  # unknown fields or bad values -> ConfigError -> 422
+        options.method,
+        options.config | ({"epochs": options.epochs} if options.epochs is not None else {}),
+        preset=preset,
+    )
+    if config.epochs > settings.max_job_epochs:
+        raise InvalidRequestError(
+            f"epochs must be at most {settings.max_job_epochs}, the config asks for {config.epochs}"
+        )
+    if (uploads is None) == (options.dataset is None):
+        raise InvalidRequestError("send either images with labels, or a dataset reference")
+    spec: dict[str, Any] = {
+        "name": name,
+        "method": options.method,
+        "backbone": backbone,
+        "preset": preset,
+        "shots": options.shots,
+        "epochs": options.epochs,
+        "seed": options.seed,
+        "config": options.config,
+    }
+    if uploads is not None:
+        plan = _plan_uploads(spec, uploads, settings)
+    else:
+        assert options.dataset is not None  # checked above
+        plan = _plan_dataset(spec, options.dataset, settings)
+    return plan
+
+
+def _check_name(name: str) -> str:
+    try:
+        return check_name(name)
+    except ArtifactError as exc:
+        raise InvalidRequestError(str(exc)) from None
+
+
+def check_backbone_name(spec: str) -> None:
+    """A backbone a request may ask for: ARCH or ARCH:TAG of a known architecture, no paths."""
+    arch, _, _ = spec.partition(":")
+    if "@" in spec or "/" in spec or "\\" in spec or Path(spec).suffix in {".safetensors", ".pt"}:
+        raise InvalidRequestError(
+            f"backbone {spec!r} is not allowed: name an architecture (ARCH or ARCH:TAG), "
+            "not a file; checkpoints on the server are for the default classifier's settings"
+        )
+    known = list_architectures()
+    if arch not in known:
+        raise InvalidRequestError(
+            f"unknown backbone architecture {arch!r}; known: {', '.join(known)}"
+        )
+
+
+def default_backbone(settings: Settings) -> str:
+    """The backbone spec of the default classifier's newest version (the setting if none)."""
+    try:
+        versions = list_versions(settings.store, settings.default_classifier)
+        if versions:
+            manifest = read_manifest(settings.store / settings.default_classifier / versions[-1])
+            return str(manifest["backbone"]["spec"])
+    except (ArtifactError, BackboneError, KeyError, TypeError):
+        log.warning("cannot read the default classifier's backbone; using the setting")
+    return settings.default_backbone
+
+
+def _plan_uploads(
+    spec: dict[str, Any], uploads: list[tuple[bytes, str]], settings: Settings
+) -> JobPlan:
+    if not uploads:
+        raise InvalidRequestError("no images: send at least one image per class")
+    if len(uploads) > settings.max_job_images:
+        raise TooManyImagesError(
+            f"{len(uploads)} images; a job takes at most {settings.max_job_images}"
+        )
+    files = []
+    digest = hashlib.sha256()
+    for index, (data, label) in enumerate(uploads):
+        label = label.strip() if isinstance(label, str) else ""
+        if not label:
+            raise InvalidRequestError(f"image {index} has no label")
+        if len(label) > MAX_LABEL_CHARS:
+            raise InvalidRequestError(
+                f"label of image {index} is over {MAX_LABEL_CHARS} characters"
+            )
+        image = decode_image(data, settings.max_image_pixels, index)  # 400 / 413 when bad
+        suffix = SUFFIXES.get(image.format or "", ".img")
+        image.close()
+        files.append((data, label, suffix))
+        digest.update(hashlib.sha256(data).digest() + label.encode() + b"\0")
+    classes = sorted({label for _, label, _ in files})
+    if len(classes) < 2:
+        raise InvalidRequestError(f"a classifier needs at least 2 classes; got only {classes}")
+    spec = spec | {"data": "upload", "classes": classes, "images": len(files)}
+    return JobPlan(spec, _fingerprint(spec, digest.hexdigest()), files)
+
+
+def _plan_dataset(spec: dict[str, Any], reference: str, settings: Settings) -> JobPlan:
+    if settings.data_root is None:
+        raise BadRequestError(
+            "dataset references are disabled: the service has no data root "
+            "(set PROMPTSERVE_DATA_ROOT), so upload the images instead"
+        )
+    root = settings.data_root.resolve()
+    path = (root / reference).resolve()
+    if not path.is_relative_to(root):
+        raise BadRequestError(f"dataset {reference!r} is outside the data root")
+    try:
+        source = open_dataset(str(path), split="train")
+    except DataError as exc:
+        raise InvalidRequestError(
+            f"cannot open dataset {reference!r}: {str(exc).replace(str(root), '<data root>')}"
+        ) from None
+    if len(source.class_names) < 2:
+        raise InvalidRequestError(f"dataset {reference!r} has fewer than 2 classes")
+    spec = spec | {
+        "data": reference,
+        "data_path": str(path),
+        "classes": source.class_names,
+        "images": len(source),
+    }
+    return JobPlan(spec, _fingerprint(spec, ""))
+
+
+def _fingerprint(spec: dict[str, Any], images: str) -> str:
+    text = json.dumps({"spec": spec, "images": images}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def submit_job(
+    plan: JobPlan, jobs: JobStore, job_root: Path, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Write the job's files, then queue it; returns (job, created).
+
+    A repeated Idempotency-Key returns the first job (created False) without writing anything;
+    the same key with a different request is a 422.
+    """
+    if idempotency_key is not None:
+        existing = jobs.find_by_key(idempotency_key)
+        if existing is not None:
+            return _same_request(existing, plan), False
+    job_id = new_job_id()
+    directory = job_root / job_id
+    spec = dict(plan.spec)
+    try:
+        if plan.uploads:
+            spec["data_path"] = str(_write_uploads(directory / UPLOADS_DIR, plan.uploads))
+        job, created = jobs.create(
+            spec, fingerprint=plan.fingerprint, idempotency_key=idempotency_key, job_id=job_id
+        )
+    except IdempotencyMismatchError as exc:  # a concurrent request with the same key won
+        shutil.rmtree(directory, ignore_errors=True)
+        raise _conflict(exc.job) from None
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if not created:
+        shutil.rmtree(directory, ignore_errors=True)
+        return _same_request(job, plan), False
+    return job, True
+
+
+def _same_request(job: Job, plan: JobPlan) -> Job:
+    if job.fingerprint != plan.fingerprint:
+        raise _conflict(job)
+    return job
+
+
+def _conflict(job: Job) -> IdempotencyConflictError:
+    return IdempotencyConflictError(
+        f"this Idempotency-Key was used for job {job.id} with a different request; "
+        "use a new key for a new job"
+    )
+
+
+def _write_uploads(directory: Path, uploads: list[tuple[bytes, str, str]]) -> Path:
+    """Images as ``<n><suffix>`` plus a JSONL manifest (path, label); returns the manifest."""
+    directory.mkdir(parents=True)
+    lines = []
+    for index, (data, label, suffix) in enumerate(uploads):
+        file = f"{index:06d}{suffix}"
+        (directory / file).write_bytes(data)
+        lines.append(json.dumps({"path": file, "label": label}))
+    manifest = directory / MANIFEST
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return manifest

@@ -1,0 +1,174 @@
+"""The job worker: what runs inside the separate process of one tuning job.
+
+`run_job` is the process's target (started with ``spawn``: CUDA does not survive ``fork``, and
+a fresh interpreter holds none of the service's threads or sockets). It lowers its own priority
+and bounds its threads first, so classification in the service stays responsive, then runs the
+same entry point as ``promptserve train`` (`training.run.train_classifier`) and ends the job in
+the job store itself: ``succeeded`` with the published version and its accuracies, ``failed``
+with the error, or ``cancelled``.
+
+It stops (between two training steps, or before export) when the job's cancel flag is set, or
+when the service that started it is gone (its parent process changed: a crashed service must
+not leave a worker publishing behind the back of its successor). SIGTERM raises SystemExit, so
+an export in progress removes its staging directory on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from service.jobstore import JobStore
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 0.5  # progress writes and cancel checks, at most this often
+
+
+def run_job(
+    db_path: str,
+    job_id: str,
+    store_root: str,
+    device: str,
+    threads: int,
+    niceness: int,
+    parent_pid: int,
+    log_level: str = "info",
+) -> None:
+    """Run job `job_id` to the end; every outcome is written to the job store."""
+    logging.basicConfig(
+        level=log_level.upper(), format=f"%(asctime)s {job_id} %(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if niceness > 0:
+        os.nice(niceness)
+    import torch  # after the niceness: imports are the slow part of the start
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    jobs = JobStore(Path(db_path))
+    job = jobs.get(job_id)
+    if job is None or job.state != "running":
+        log.warning("job %s is not running (%s); nothing to do", job_id, job and job.state)
+        return
+    jobs.set_pid(job_id, os.getpid())
+    monitor = Monitor(jobs, job_id, parent_pid)
+    try:
+        outcome = _train(job.spec, Path(store_root), device, monitor)
+    except BaseException as exc:  # every way out is recorded; SystemExit included
+        _record_failure(jobs, job_id, exc, monitor)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    result = {
+        "classifier": job.spec["name"],
+        "version": outcome.version,
+        "seconds": outcome.summary["seconds"],
+        "steps": outcome.summary["steps"],
+        "final_loss": outcome.summary["final_loss"],
+        **outcome.metrics,
+    }
+    message = f"published {job.spec['name']} version {outcome.version}"
+    if not jobs.finish(job_id, "succeeded", result=result, message=message):
+        log.warning("job %s was ended by the service while it published", job_id)
+
+
+def _train(spec: dict[str, Any], store_root: Path, device: str, monitor: Monitor) -> Any:
+    from training.run import TrainRequest, train_classifier
+
+    request = TrainRequest(
+        method=spec["method"],
+        data=spec["data_path"],
+        store=store_root,
+        name=spec["name"],
+        backbone=spec["backbone"],
+        shots=spec["shots"],
+        seed=spec["seed"],
+        epochs=spec["epochs"],
+        overrides=spec["config"],
+        preset=spec["preset"],
+        device=device,
+        heldout=True,
+    )
+    return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
+
+
+def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
+    from training.errors import TrainingCancelled
+
+    if isinstance(exc, TrainingCancelled) and monitor.orphaned:
+        error = {"reason": "interrupted", "message": "the service that ran the job stopped"}
+        jobs.finish(job_id, "failed", error=error, message="job interrupted")
+    elif isinstance(exc, TrainingCancelled):
+        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})")
+    elif isinstance(exc, SystemExit | KeyboardInterrupt):
+        error = {"reason": "interrupted", "message": "the worker process was stopped"}
+        jobs.finish(job_id, "failed", error=error, message="job interrupted")
+    else:
+        log.exception("job %s failed", job_id)
+        error = {"reason": "error", "message": f"{type(exc).__name__}: {exc}"}
+        jobs.finish(job_id, "failed", error=error, message=f"job failed: {error['message']}")
+
+
+class Monitor:
+    """The training loop's progress callback and cancellation check for one job."""
+
+    def __init__(self, jobs: JobStore, job_id: str, parent_pid: int) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.parent_pid = parent_pid
+        self.orphaned = False
+        self._last_write = 0.0
+        self._last_check = 0.0
+        self._epoch = 0
+        self._losses: list[float] = []
+        self._cancel = False
+
+    def progress(self, p: Any) -> None:  # a training.loop.Progress
+        if p.epoch != self._epoch:
+            self._end_epoch(p.epochs)
+            self._epoch = p.epoch
+        self._losses.append(p.loss)
+        last = p.step == p.total_steps
+        if last:
+            self._end_epoch(p.epochs)
+            self.jobs.add_event(self.job_id, "training done; scoring and exporting")
+        now = time.monotonic()
+        if not last and now - self._last_write < PROGRESS_EVERY_S:
+            return
+        self._last_write = now
+        fields = ("epoch", "epochs", "step", "total_steps", "lr")
+        state = {name: getattr(p, name) for name in fields}
+        state |= {"loss": round(p.loss, 5), "eta_s": round(p.eta_s, 1)}
+        self.jobs.set_progress(self.job_id, state)
+
+    def _end_epoch(self, epochs: int) -> None:
+        if not self._losses:
+            return
+        loss = sum(self._losses) / len(self._losses)
+        self.jobs.add_event(
+            self.job_id,
+            f"epoch {self._epoch}/{epochs} done, mean loss {loss:.4f}",
+            data={"epoch": self._epoch, "loss": round(loss, 5)},
+        )
+        self._losses = []
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if self._cancel or now - self._last_check < PROGRESS_EVERY_S:
+            return self._cancel
+        self._last_check = now
+        if os.getppid() != self.parent_pid:
+            self.orphaned = self._cancel = True
+        elif self.jobs.cancel_requested(self.job_id):
+            self._cancel = True
+        return self._cancel
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)

@@ -1,0 +1,285 @@
+"""Tuning jobs end to end: a real `promptserve serve` process on the mini backbone, real HTTP,
+real worker processes.
+
+The uploaded classes are colour-shape images named with part numbers ("part 17"): on mini,
+zero-shot with the real names ("red circle") is already as good as any linear classifier on
+the frozen features (README, "The mini backbone"), so the case where tuning must win is the one
+users bring it for, names the backbone has never seen.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service.test_e2e import MINI_WEIGHTS, Server, start_server, stop_server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"),
+]
+
+KEY = "e2e-secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PARTS = {
+    "red circle": "part 17",
+    "blue square": "part 42",
+    "green star": "part 88",
+    "yellow heart": "part 95",
+}
+JOB_ENV = {
+    "PROMPTSERVE_API_KEY": KEY,
+    "PROMPTSERVE_JOB_THREADS": "1",
+    "PROMPTSERVE_CANCEL_GRACE_S": "20",
+}
+
+
+def png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def shapes(split: str, per_class: int, seed: int = 3) -> list[tuple[bytes, str]]:
+    """Colour-shape images of the four PARTS classes, labelled with their part numbers."""
+    from training.synthetic_tasks import SyntheticSpec, render_item
+
+    spec = SyntheticSpec(task="color-shape", seed=seed)
+    return [
+        (png(render_item(spec, split, name, i)), part)
+        for name, part in PARTS.items()
+        for i in range(per_class)
+    ]
+
+
+def submit(client: httpx.Client, images: list[tuple[bytes, str]], **fields: Any) -> dict[str, Any]:
+    files = [("images", (f"{i}.png", data, "image/png")) for i, (data, _) in enumerate(images)]
+    data = {"labels": [label for _, label in images]} | {k: str(v) for k, v in fields.items()}
+    response = client.post("/adapt", files=files, data=data)
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def wait_for(
+    client: httpx.Client, job_id: str, states: set[str], timeout: float = 300
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in states:
+            return dict(job)
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job}")
+
+
+def wait_running_with_progress(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["state"] == "running" and job["progress"]:
+            return dict(job)
+        assert job["state"] in ("queued", "running"), job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not start training")
+
+
+def accuracy(client: httpx.Client, images: list[tuple[bytes, str]], **fields: Any) -> float:
+    correct = 0
+    for start in range(0, len(images), 4):
+        chunk = images[start : start + 4]
+        files = [("images", (f"{i}.png", data, "image/png")) for i, (data, _) in enumerate(chunk)]
+        response = client.post("/classify", files=files, data=fields)
+        assert response.status_code == 200, response.text
+        for row, (_, label) in zip(response.json()["predictions"], chunk, strict=True):
+            correct += row[0]["label"] == label
+    return 100.0 * correct / len(images)
+
+
+def versions(client: httpx.Client, name: str) -> list[str]:
+    response = client.get(f"/classifiers/{name}")
+    if response.status_code == 404:
+        return []
+    return [v["version"] for v in response.json()["versions"]]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("jobs-e2e")
+    data_root = root / "data"
+    (data_root / "broken" / "good").mkdir(parents=True)
+    (data_root / "broken" / "bad").mkdir(parents=True)
+    for i, (image, _) in enumerate(shapes("train", 2)[:2]):
+        (data_root / "broken" / "good" / f"{i}.png").write_bytes(image)
+        (data_root / "broken" / "bad" / f"{i}.png").write_bytes(image[: len(image) // 3])
+    running = start_server(
+        root / "store",
+        root / "server.log",
+        timeout=600,
+        PROMPTSERVE_DATA_ROOT=str(data_root),
+        **JOB_ENV,
+    )
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=60) as http:
+        yield http
+
+
+def test_a_job_publishes_a_classifier_that_beats_zero_shot(
+    server: Server, client: httpx.Client
+) -> None:
+    job = submit(client, shapes("train", 16), name="parts", method="coop", shots=12)
+    assert job["state"] == "queued"
+    assert job["classes"] == sorted(PARTS.values())
+    running = wait_running_with_progress(client, job["id"])
+    assert running["progress"]["total_steps"] >= running["progress"]["step"] >= 1
+    # classification keeps answering while the job trains
+    assert client.post(
+        "/classify", files=[("images", ("x.png", shapes("test", 1)[0][0]))]
+    ).is_success
+    done = wait_for(client, job["id"], {"succeeded", "failed", "cancelled"})
+    assert done["state"] == "succeeded", done
+    result = done["result"]
+    assert result["classifier"] == "parts"
+    assert result["version"] == "1"
+    assert result["heldout_images"] == 16  # 16 uploaded - 12 shots, per class
+    assert result["heldout_accuracy"] > result["heldout_zeroshot_accuracy"]
+    assert result["train_accuracy"] >= 90
+    # the manifest records the same numbers, and the service serves the version at once
+    described = client.get("/classifiers/parts").json()["versions"][-1]
+    assert described["metrics"]["heldout_accuracy"] == result["heldout_accuracy"]
+    assert described["method"] == "coop"
+    held_out = shapes("test", 10)
+    tuned = accuracy(client, held_out, classifier="parts")
+    zero_shot = accuracy(client, held_out, labels=",".join(sorted(PARTS.values())))
+    assert tuned >= 90, (tuned, zero_shot)
+    assert tuned > zero_shot + 20, (tuned, zero_shot)
+    messages = [e["message"] for e in client.get(f"/jobs/{job['id']}/events").json()["data"]]
+    assert messages[:2] == ["job created", "job started"]
+    assert any(m.startswith("epoch 1/") for m in messages)
+    assert messages[-1] == "published parts version 1"
+
+
+def test_cancelling_a_running_job_stops_it_and_publishes_nothing(
+    server: Server, client: httpx.Client, tmp_path: Path
+) -> None:
+    job = submit(client, shapes("train", 8), name="cancelled", method="coop", epochs=200)
+    wait_running_with_progress(client, job["id"])
+    started = time.monotonic()
+    response = client.post(f"/jobs/{job['id']}/cancel")
+    assert response.status_code == 200, response.text
+    job = wait_for(client, job["id"], {"cancelled", "succeeded", "failed"}, timeout=30)
+    assert job["state"] == "cancelled"
+    assert time.monotonic() - started < 10
+    assert job["progress"]["step"] < job["progress"]["total_steps"]
+    assert versions(client, "cancelled") == []
+    leftovers = _store_of(server) / "cancelled"
+    assert not leftovers.exists() or not any(leftovers.iterdir())  # no staging directory
+    again = client.post(f"/jobs/{job['id']}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "job_finished"
+
+
+def test_a_failing_job_is_reported_and_leaves_classifiers_alone(
+    server: Server, client: httpx.Client
+) -> None:
+    before = client.get("/classifiers/default").json()["versions"]
+    # a dataset whose images are listed fine but one cannot be decoded: training raises
+    response = client.post("/adapt", json={"name": "default", "dataset": "broken", "shots": 2})
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["id"], {"succeeded", "failed", "cancelled"})
+    assert job["state"] == "failed"
+    assert job["error"]["reason"] == "error"
+    assert "cannot read image" in job["error"]["message"]
+    assert client.get("/classifiers/default").json()["versions"] == before
+    good = client.post("/classify", files=[("images", ("x.png", shapes("test", 1)[0][0]))])
+    assert good.status_code == 200
+    events = client.get(f"/jobs/{job['id']}/events").json()["data"]
+    assert events[-1]["level"] == "error"
+    assert "cannot read image" in events[-1]["message"]
+
+
+def test_a_worker_that_dies_fails_its_job(server: Server, client: httpx.Client) -> None:
+    job = submit(client, shapes("train", 8), name="killed", method="coop", epochs=200)
+    wait_running_with_progress(client, job["id"])
+    pid = _worker_pid(server, job["id"])
+    os.kill(pid, signal.SIGKILL)
+    job = wait_for(client, job["id"], {"failed", "succeeded", "cancelled"}, timeout=30)
+    assert job["state"] == "failed"
+    assert job["error"]["reason"] == "worker_died"
+    assert "SIGKILL" in job["error"]["message"]
+    assert versions(client, "killed") == []
+
+
+def test_job_routes_need_the_key_over_http(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        for method, path in [("GET", "/jobs"), ("POST", "/adapt"), ("GET", "/jobs/x/events")]:
+            response = anonymous.request(method, path)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "unauthorized"
+
+
+def test_restart_interrupts_the_running_job_and_runs_the_queued_one(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    first = start_server(store, tmp_path / "first.log", timeout=600, **JOB_ENV)
+    try:
+        with httpx.Client(base_url=first.url, headers=AUTH, timeout=60) as client:
+            long = submit(client, shapes("train", 8), name="long", method="coop", epochs=200)
+            short = submit(client, shapes("train", 4), name="short", method="coop", epochs=2)
+            wait_running_with_progress(client, long["id"])
+            assert client.get(f"/jobs/{short['id']}").json()["state"] == "queued"
+    finally:
+        first.process.kill()  # a crash: no shutdown, no chance to mark anything
+        first.process.wait()
+    second = start_server(store, tmp_path / "second.log", timeout=600, **JOB_ENV)
+    try:
+        with httpx.Client(base_url=second.url, headers=AUTH, timeout=60) as client:
+            long_after = wait_for(client, long["id"], {"failed", "succeeded", "cancelled"}, 30)
+            assert long_after["state"] == "failed"
+            assert long_after["error"]["reason"] == "interrupted"
+            short_after = wait_for(client, short["id"], {"failed", "succeeded", "cancelled"})
+            assert short_after["state"] == "succeeded", short_after
+            assert versions(client, "short") == ["1"]
+            assert versions(client, "long") == []
+    finally:
+        stop_server(second)
+
+
+def _worker_pid(server: Server, job_id: str) -> int:
+    database = _store_of(server) / ".jobs" / "jobs.db"
+    with sqlite3.connect(database) as db:
+        (pid,) = db.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    assert pid
+    assert pid != server.process.pid
+    return int(pid)
+
+
+def _store_of(server: Server) -> Path:
+    args = server.process.args
+    assert isinstance(args, list)
+    return Path(str(args[args.index("--store") + 1]))
+
+
+def test_events_and_listing_over_http(server: Server, client: httpx.Client) -> None:
+    listing = client.get("/jobs", params={"limit": 2}).json()
+    assert len(listing["data"]) == 2
+    assert listing["has_more"]
+    rest = client.get("/jobs", params={"after": listing["next_after"], "limit": 100}).json()
+    ids = [j["id"] for j in listing["data"] + rest["data"]]
+    assert len(ids) == len(set(ids)) >= 4
+    created = [j["created_at"] for j in listing["data"] + rest["data"]]
+    assert created == sorted(created, reverse=True)
+    assert json.dumps(listing)  # plain JSON all the way down
