@@ -99,7 +99,14 @@ def free_port() -> int:
 class Server:
     """`promptserve serve` on a free port, stopped on exit."""
 
-    def __init__(self, store: Path, default: str, threads: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        store: Path,
+        default: str,
+        threads: int,
+        max_batch: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
@@ -112,7 +119,7 @@ class Server:
             "PROMPTSERVE_MAX_BATCH_SIZE": str(max_batch),
             "PROMPTSERVE_MAX_WAIT_MS": "5",
             "PROMPTSERVE_LOG_LEVEL": "warning",
-        }
+        } | (extra_env or {})
         command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
         command += ["--port", str(self.port)]
         self.process = subprocess.Popen(command, cwd=REPO, env=env)

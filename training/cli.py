@@ -55,6 +55,11 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     )
     train.add_argument("--preset", default=None, help="a named recipe preset of the method")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument(
+        "--heldout",
+        action="store_true",
+        help="score the images left out by --shots, tuned and zero-shot (as POST /adapt does)",
+    )
 
     evaluate = commands.add_parser(
         "eval",
@@ -129,6 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
         preset=args.preset,
         device=args.device,
+        heldout=args.heldout,
     )
     outcome = train_classifier(request, progress=_print_progress)
     loss = outcome.summary["final_loss"]
@@ -137,6 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"steps {outcome.summary['steps']}, final loss {loss_text}, {outcome.summary['seconds']}s"
     )
+    print(", ".join(f"{key} {value}" for key, value in outcome.metrics.items()))
     return 0
 
 

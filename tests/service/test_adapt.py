@@ -6,6 +6,7 @@ test's business (tests/service/test_jobs_e2e.py).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -275,6 +276,14 @@ async def test_jobs_list_pages_newest_first(client_factory: ClientFactory) -> No
         assert not rest["has_more"]
         assert_error(await client.get("/jobs", params={"after": "job-x"}), 422, "invalid_request")
         assert_error(await client.get("/jobs", params={"limit": 0}), 422, "invalid_request")
+        # the queue shows in the metrics once the runner has polled
+        for _ in range(50):
+            metrics = (await client.get("/metrics")).text
+            if "promptserve_jobs_queued 3" in metrics:
+                break
+            await asyncio.sleep(0.1)
+        assert "promptserve_jobs_queued 3" in metrics
+        assert "promptserve_jobs_running 0" in metrics
 
 
 async def test_cancel_a_queued_job_then_cancel_again_is_409(client_factory: ClientFactory) -> None:

@@ -61,6 +61,17 @@ def test_train_then_eval(method: str, folders: tuple[Path, Path], tmp_path: Path
     assert sorted(p.name for p in (store / "colours").iterdir()) == ["1", "2"]
 
 
+def test_train_heldout_scores_the_left_out_images(
+    folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ("--shots", "4", "--epochs", "1", "--heldout")
+    assert main(train_args("coop", folders[0], tmp_path, *extra)) == 0
+    metrics = verify_artifact(tmp_path / "colours" / "1")["metrics"]
+    assert metrics["heldout_images"] == 3 * 2  # 6 per class, 4 trained on
+    assert {"train_accuracy", "heldout_accuracy", "heldout_zeroshot_accuracy"} <= set(metrics)
+    assert f"heldout_accuracy {metrics['heldout_accuracy']}" in capsys.readouterr().out
+
+
 def test_unknown_config_field_is_a_clear_error(
     folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
