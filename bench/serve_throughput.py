@@ -125,17 +125,19 @@ class Server:
         self.process = subprocess.Popen(command, cwd=REPO, env=env)
 
     def __enter__(self) -> Server:
-        deadline = time.monotonic() + 120
+        # ready, not just live: a large default classifier takes a while to load and warm
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError("the server exited during start-up")
             try:
-                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("the server did not start in 120 s")
+        self.__exit__()
+        raise RuntimeError("the server was not ready in 600 s")
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
@@ -220,7 +222,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for backbone in args.backbones:
             rows.append(measure(backbone, Path(scratch) / "store", args))
-            print(f"measured {backbone}", file=sys.stderr)
+            print(f"measured {rows[-1]}", file=sys.stderr)
 
     print(
         f"\ncpu threads {args.threads}, batch {args.batch}, {args.clients} clients, "

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import ArtifactError, ConfigError, PromptserveError, UnknownMethodError
-from service.errors import ServiceError, validation_message
+from service.errors import NotReadyError, ServiceError, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def error_response(
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    if exc.status >= 500:
+    if exc.status >= 500 and not isinstance(exc, NotReadyError):  # starting up is no failure
         log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
