@@ -109,7 +109,7 @@ class JobRunner:
             }
             if self.jobs.finish(job.id, "failed", error=error, message="job interrupted"):
                 interrupted.append(job.id)
-                self._drop_uploads(job.id)
+                self.drop_uploads(job.id)
         if interrupted:
             log.warning(
                 "marked %d job(s) left running as interrupted: %s",
@@ -155,7 +155,7 @@ class JobRunner:
             }
             if self.jobs.finish(job_id, "failed", error=error, message="worker process died"):
                 log.error("job %s: %s", job_id, error["message"])
-            self._drop_uploads(job_id)
+            self.drop_uploads(job_id)
 
     def _enforce_cancels(self) -> None:
         now = time.monotonic()
@@ -231,7 +231,8 @@ class JobRunner:
             process.kill()
             process.join()
 
-    def _drop_uploads(self, job_id: str) -> None:
+    def drop_uploads(self, job_id: str) -> None:
+        """Remove an ended job's uploaded images (unless they are to be kept)."""
         if not self.keep_uploads:
             shutil.rmtree(self.jobs_dir / job_id / UPLOADS_DIR, ignore_errors=True)
 

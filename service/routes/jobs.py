@@ -162,6 +162,8 @@ async def cancel_job(job_id: str, runtime: RuntimeDep) -> JobPublic:
         raise JobFinishedError(f"job {job_id} has already ended ({job.state})")
     flagged = await asyncio.to_thread(runtime.jobs.request_cancel, job_id)
     job = flagged if flagged is not None else job
+    if job.state == "cancelled":  # cancelled while queued: no worker will clean up after it
+        await asyncio.to_thread(runtime.runner.drop_uploads, job_id)
     runtime.runner.wake()
     deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_S
     while not job.finished and asyncio.get_running_loop().time() < deadline:

@@ -289,7 +289,10 @@ async def test_jobs_list_pages_newest_first(client_factory: ClientFactory) -> No
 async def test_cancel_a_queued_job_then_cancel_again_is_409(client_factory: ClientFactory) -> None:
     async with client_factory(max_concurrent_jobs=0) as (client, runtime):
         job = (await post_json(client, json_body())).json()
+        uploads = runtime.settings.job_root / job["id"] / "images"
+        assert uploads.is_dir()
         response = await client.post(f"/jobs/{job['id']}/cancel")
+        assert not uploads.exists()  # an ended job's images are not kept by default
         assert response.status_code == 200
         assert response.json()["state"] == "cancelled"
         assert_error(await client.post(f"/jobs/{job['id']}/cancel"), 409, "job_finished")
