@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.artifact import check_name, list_versions, read_manifest
+from models.artifact import list_versions, read_manifest
 from models.backbone import list_architectures, parse_backbone_spec
 from models.errors import ArtifactError, BackboneError
 from models.methods import get_method, make_config
@@ -34,6 +34,7 @@ from service.jobrunner import UPLOADS_DIR
 from service.jobstore import IdempotencyMismatchError, Job, JobStore, new_job_id
 from service.schemas import AdaptOptions
 from service.settings import Settings
+from service.store import valid_name
 from training.data import open_dataset
 from training.errors import DataError
 
@@ -57,7 +58,7 @@ def plan_job(
     options: AdaptOptions, uploads: list[tuple[bytes, str]] | None, settings: Settings
 ) -> JobPlan:
     """Validate an adapt request; blocking (decodes images, lists a dataset): call off the loop."""
-    name = _check_name(options.name)
+    name = valid_name(options.name)
     spec_method = get_method(options.method)  # unknown -> 422 listing the registered ones
     backbone = options.backbone or default_backbone(settings)
     if options.backbone is not None:
@@ -69,10 +70,6 @@ def plan_job(
         and "mini" in spec_method.presets
     ):
         preset = "mini"
-    if options.epochs is not None and options.epochs > settings.max_job_epochs:
-        raise InvalidRequestError(
-            f"epochs must be at most {settings.max_job_epochs}, got {options.epochs}"
-        )
     config = make_config(  # unknown fields or bad values -> ConfigError -> 422
         options.method,
         options.config | ({"epochs": options.epochs} if options.epochs is not None else {}),
@@ -100,13 +97,6 @@ def plan_job(
         assert options.dataset is not None  # checked above
         plan = _plan_dataset(spec, options.dataset, settings)
     return plan
-
-
-def _check_name(name: str) -> str:
-    try:
-        return check_name(name)
-    except ArtifactError as exc:
-        raise InvalidRequestError(str(exc)) from None
 
 
 def check_backbone_name(spec: str) -> None:

@@ -158,6 +158,8 @@ class JobRunner:
             self.drop_uploads(job_id)
 
     def _enforce_cancels(self) -> None:
+        if not self._procs:
+            return
         now = time.monotonic()
         for job in self.jobs.in_state("running"):
             if not job.cancel_requested or job.id not in self._procs:

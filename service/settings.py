@@ -52,9 +52,8 @@ class Settings(BaseSettings):
     job_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
     job_niceness: int = Field(default=10, ge=0, le=19)  # CPU priority drop of the worker process
     job_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    cancel_grace_s: float = Field(
-        default=10.0, gt=0
-    )  # then a worker that has not stopped is killed
+    # how long a cancelled worker gets to stop by itself before it is killed
+    cancel_grace_s: float = Field(default=10.0, gt=0)
     max_job_images: int = Field(default=1024, ge=2)  # uploaded images per job
     max_job_epochs: int = Field(default=200, ge=1)
     data_root: Path | None = None  # `dataset` references resolve under it; None: refused

@@ -19,13 +19,7 @@ from models.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from models.classifier import load_classifier
 from models.methods import Learner, create_method, make_config
 from models.preprocess import eval_transform, train_transform
-from training.data import (
-    ImageDataset,
-    ImageSource,
-    make_loader,
-    open_dataset,
-    sample_few_shot,
-)
+from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
 from training.errors import DataError, TrainingCancelled
 from training.loop import FitOptions, FitResult, Progress, evaluate, fit
 

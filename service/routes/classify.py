@@ -9,22 +9,18 @@ in the body wins.
 
 from __future__ import annotations
 
-import asyncio
-import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from service.deps import RuntimeDep, require_api_key
 from service.errors import (
-    InvalidBodyError,
     InvalidRequestError,
     UnsupportedMediaTypeError,
-    validation_message,
 )
 from service.inference import ClassifyQuery, check_image_count
+from service.routes.bodies import read_json, validate_body
 from service.runtime import Runtime
 from service.schemas import (
     ClassifyCreate,
@@ -36,7 +32,6 @@ from service.schemas import (
     inline_schema,
 )
 
-M = TypeVar("M", bound=BaseModel)
 FORM_FIELDS = ("images", "classifier", "version", "top_k", "labels")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 RAW_TYPES = ("application/octet-stream",)
@@ -105,7 +100,7 @@ async def classify(
     if media in FORM_TYPES:
         query = await _from_multipart(request, runtime, defaults)
     elif media == "application/json" or media.endswith("+json"):
-        payload = await _read_json(request)
+        payload = await read_json(request)
         if isinstance(payload, dict) and "inputs" in payload:
             return await _classify_hf(payload, runtime, defaults)
         query = await _from_json(payload, runtime, defaults)
@@ -134,13 +129,6 @@ def split_labels(values: list[str] | None) -> list[str] | None:
     return [name for name in names if name] or None
 
 
-def _validate(model: type[M], data: Any) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidRequestError(validation_message(exc.errors())) from None
-
-
 def _query(images: list[bytes], body: ClassifyOptions, defaults: ClassifyOptions) -> ClassifyQuery:
     return ClassifyQuery(
         images=images,
@@ -151,18 +139,8 @@ def _query(images: list[bytes], body: ClassifyOptions, defaults: ClassifyOptions
     )
 
 
-async def _read_json(request: Request) -> Any:
-    body = await request.body()
-    if not body:
-        raise InvalidBodyError("empty JSON body")
-    try:
-        return await asyncio.to_thread(json.loads, body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidBodyError(f"malformed JSON: {exc}") from None
-
-
 async def _from_json(payload: Any, runtime: Runtime, defaults: ClassifyOptions) -> ClassifyQuery:
-    create = _validate(ClassifyCreate, payload)
+    create = validate_body(ClassifyCreate, payload)
     check_image_count(len(create.images), runtime.settings.max_images_per_request)
     images = await runtime.preparer.decode_base64(create.images)
     return _query(images, create, defaults)
@@ -187,7 +165,7 @@ async def _from_multipart(
             images.append(await item.read())
         fields: dict[str, Any] = {k: form.get(k) for k in ("classifier", "version", "top_k")}
         labels = split_labels([str(v) for v in form.getlist("labels")])
-    options = _validate(
+    options = validate_body(
         ClassifyOptions, {k: v for k, v in fields.items() if v} | {"labels": labels}
     )
     return _query(images, options, defaults)
@@ -196,7 +174,7 @@ async def _from_multipart(
 async def _classify_hf(
     payload: dict[str, Any], runtime: Runtime, defaults: ClassifyOptions
 ) -> list[PredictionPublic]:
-    create = _validate(HFZeroShotCreate, payload)
+    create = validate_body(HFZeroShotCreate, payload)
     images = await runtime.preparer.decode_base64([create.inputs])
     labels = create.parameters.candidate_labels
     query = ClassifyQuery(

@@ -10,21 +10,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from service.adapt import plan_job, submit_job
 from service.deps import RuntimeDep, require_api_key
 from service.errors import (
-    InvalidBodyError,
     InvalidRequestError,
     JobFinishedError,
     UnknownJobError,
     UnsupportedMediaTypeError,
-    validation_message,
 )
-from service.images import decode_base64
 from service.jobstore import Event, Job
+from service.routes.bodies import read_json, validate_body
 from service.runtime import Runtime
 from service.schemas import (
     AdaptCreate,
@@ -107,7 +104,7 @@ async def adapt(
     if media == "multipart/form-data":
         options, uploads = await _from_multipart(request)
     elif media == "application/json" or media.endswith("+json"):
-        options, uploads = await _from_json(request)
+        options, uploads = await _from_json(request, runtime)
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
@@ -223,34 +220,15 @@ def _iso(timestamp: float | None) -> Any:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
-def _options(data: dict[str, Any]) -> AdaptOptions:
-    try:
-        return AdaptOptions.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidRequestError(validation_message(exc.errors())) from None
-
-
-async def _from_json(request: Request) -> tuple[AdaptOptions, list[tuple[bytes, str]] | None]:
-    body = await request.body()
-    if not body:
-        raise InvalidBodyError("empty JSON body")
-    try:
-        payload = await asyncio.to_thread(json.loads, body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidBodyError(f"malformed JSON: {exc}") from None
-    try:
-        create = AdaptCreate.model_validate(payload)
-    except ValidationError as exc:
-        raise InvalidRequestError(validation_message(exc.errors())) from None
+async def _from_json(
+    request: Request, runtime: Runtime
+) -> tuple[AdaptOptions, list[tuple[bytes, str]] | None]:
+    create = validate_body(AdaptCreate, await read_json(request))
     options = AdaptOptions.model_validate(create.model_dump(exclude={"images"}))
     if create.images is None:
         return options, None
-    images = create.images
-
-    def decode() -> list[tuple[bytes, str]]:
-        return [(decode_base64(item.data, i), item.label) for i, item in enumerate(images)]
-
-    return options, await asyncio.to_thread(decode)
+    images = await runtime.preparer.decode_base64([item.data for item in create.images])
+    return options, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
 
 
 async def _from_multipart(request: Request) -> tuple[AdaptOptions, list[tuple[bytes, str]] | None]:
@@ -268,7 +246,7 @@ async def _from_multipart(request: Request) -> tuple[AdaptOptions, list[tuple[by
         if "config" in data:
             data["config"] = _json_object(str(data["config"]))
         if not files and not labels:
-            return _options(data), None
+            return validate_body(AdaptOptions, data), None
         if len(files) != len(labels):
             raise InvalidRequestError(
                 f"{len(files)} images and {len(labels)} labels: send one labels field per image"
@@ -278,7 +256,7 @@ async def _from_multipart(request: Request) -> tuple[AdaptOptions, list[tuple[by
             if not isinstance(item, UploadFile):
                 raise InvalidRequestError(f"images[{index}] must be a file part, not a text field")
             uploads.append((await item.read(), label))
-    return _options(data), uploads
+    return validate_body(AdaptOptions, data), uploads
 
 
 def _json_object(text: str) -> dict[str, Any]:
