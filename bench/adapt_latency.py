@@ -32,7 +32,7 @@ import httpx
 from serve_throughput import Server, latencies, percentile
 
 from service.store import create_default_classifier
-from training.synthetic_tasks import SyntheticSpec, render_item
+from training.synthetic.tasks import SyntheticSpec, render_item
 
 CLASSES = {
     "red circle": "part-17",

@@ -23,10 +23,10 @@ import torch
 from models.export import ONNX_FILE, OnnxEngine, export_visual_graph
 from models.methods import Learner, get_method, list_methods
 from models.preprocess import eval_transform
+from training.api import TrainRequest, fit_learner
 from training.data import ImageDataset, make_loader
 from training.loop import evaluate
 from training.protocols import ProtocolRequest, harmonic_mean, make_plan
-from training.run import TrainRequest, fit_learner
 
 
 def graph_throughput(learner: Learner, seconds: float, threads: int) -> float:

@@ -22,8 +22,8 @@ from models.artifact import export_classifier
 from models.backbone import load_backbone
 from models.classifier import load_classifier
 from models.methods import create_method
-from service.labels import LabelEncoder
-from training.synthetic_tasks import task_classes
+from service.classify.labels import LabelEncoder
+from training.synthetic.tasks import task_classes
 
 COUNTS = (1, 10, 100)
 

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.handlers import install_error_handlers
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import classifiers, classify, health, jobs, metrics
+from service.api.handlers import install_error_handlers
+from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.api.routes import classifiers, classify, health, jobs, metrics
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 

@@ -1,5 +1,5 @@
 """Domain exceptions of the service. Each carries its HTTP status and error code, but this
-module imports no web framework: `service.handlers` turns them into responses."""
+module imports no web framework: `service.api.handlers` turns them into responses."""
 
 from __future__ import annotations
 

@@ -16,12 +16,12 @@ from typing import Literal
 
 import torch
 
-from service.batcher import MicroBatcher
+from service.classify.batcher import MicroBatcher
+from service.classify.images import ImagePreparer
+from service.classify.pipeline import Classification, ClassifyPipeline, ClassifyQuery
 from service.errors import NotReadyError, ServiceError
-from service.images import ImagePreparer
-from service.inference import Classification, ClassifyPipeline, ClassifyQuery
-from service.jobrunner import JobRunner
-from service.jobstore import JobStore
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.settings import Settings
 from service.store import ClassifierStore

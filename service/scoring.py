@@ -2,7 +2,7 @@
 
 The exported graph stops at embeddings, so a label subset is only a row selection of the class
 matrix: ``s * emb @ classes[subset]^T``, softmax over the subset. `check_labels` validates the
-requested names and says which the classifier lacks (those are encoded by `service.labels`);
+requested names and says which the classifier lacks (those are encoded by `service.classify.labels`);
 `resolve_labels` turns the names into the [L, D] matrix scored against.
 """
 

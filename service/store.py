@@ -204,7 +204,7 @@ def create_default_classifier(root: Path, name: str, backbone: str) -> Path:
     """Publish zeroshot over the synthetic world's 64 colour-shape classes as `name`."""
     from models.backbone import load_backbone
     from models.methods import create_method
-    from training.synthetic_tasks import color_shape_classes
+    from training.synthetic.tasks import color_shape_classes
 
     learner = create_method("zeroshot", load_backbone(backbone))
     summary = {"data": "synthetic:color-shape", "created_by": "service start-up"}

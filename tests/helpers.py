@@ -71,7 +71,7 @@ def synthetic_tensors(
 
 def tiny_run_losses(method: str, store: Path, epochs: int = 3) -> list[float]:
     """Per-epoch losses of `method` trained on 4 shots of the synthetic base task, tiny backbone."""
-    from training.run import TrainRequest, fit_learner
+    from training.api import TrainRequest, fit_learner
 
     request = TrainRequest(
         method=method,

@@ -16,11 +16,11 @@ from typing import Any
 from models.backbone import DEFAULT_BACKBONE
 from models.errors import ConfigError, PromptserveError
 from models.methods import list_methods, parse_overrides
+from training.api import TrainRequest, evaluate_classifier, train_classifier
 from training.loop import Progress
-from training.pretrain import add_arguments as add_pretrain_arguments
-from training.pretrain import run as run_pretrain
 from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
-from training.run import TrainRequest, evaluate_classifier, train_classifier
+from training.synthetic.pretrain import add_arguments as add_pretrain_arguments
+from training.synthetic.pretrain import run as run_pretrain
 
 
 def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:

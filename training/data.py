@@ -31,7 +31,7 @@ from training.sources import (
     read_image_folder,
     read_manifest,
 )
-from training.synthetic_tasks import open_synthetic
+from training.synthetic.tasks import open_synthetic
 
 __all__ = [
     "ImageDataset",

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from models.backbone import DEFAULT_BACKBONE
 from models.preprocess import eval_transform
+from training.api import TrainRequest, fit_learner
 from training.data import (
     ImageDataset,
     ImageSource,
@@ -33,7 +34,6 @@ from training.data import (
 )
 from training.errors import DataError
 from training.loop import evaluate
-from training.run import TrainRequest, fit_learner
 
 log = logging.getLogger(__name__)
 

@@ -299,7 +299,7 @@ def test_artifact_holds_both_passes_with_a_top_k_per_fusion_and_no_head(
 
 
 def _train(backbone: str, data: str, tmp_path: Path, shots: int, **overrides: Any) -> Any:
-    from training.run import TrainRequest, fit_learner
+    from training.api import TrainRequest, fit_learner
 
     request = TrainRequest(
         method="sep",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from service.batcher import MicroBatcher
+from service.classify.batcher import MicroBatcher
 from service.errors import EngineError, NotReadyError, QueueFullError
 
 pytestmark = pytest.mark.anyio

@@ -193,7 +193,7 @@ def test_hugging_face_inference_client(server: Server) -> None:
     reason=f"needs the pretrained mini backbone ({MINI_WEIGHTS} is not there yet)",
 )
 def test_default_classifier_is_right_on_easy_images(tmp_path: Path) -> None:
-    from training.synthetic_tasks import SyntheticSpec, color_shape_classes, render_item
+    from training.synthetic.tasks import SyntheticSpec, color_shape_classes, render_item
 
     running = start_server(tmp_path / "store", tmp_path / "server.log", timeout=600)
     spec = SyntheticSpec(task="color-shape", style="filled", background="plain")

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from torch import Tensor
 
+from service.classify.images import decode_image
 from service.errors import ImageTooLargeError, InvalidImageError
-from service.images import decode_image
 from tests.service.conftest import (
     ClientFactory,
     bomb_png,

@@ -52,7 +52,7 @@ def png(image: Any) -> bytes:
 
 def shapes(split: str, per_class: int, seed: int = 3) -> list[tuple[bytes, str]]:
     """Colour-shape images of the four PARTS classes, labelled with their part numbers."""
-    from training.synthetic_tasks import SyntheticSpec, render_item
+    from training.synthetic.tasks import SyntheticSpec, render_item
 
     spec = SyntheticSpec(task="color-shape", seed=seed)
     return [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.jobstore import IdempotencyMismatchError, JobStore
+from service.jobs.store import IdempotencyMismatchError, JobStore
 
 SPEC = {"name": "demo", "method": "coop"}
 

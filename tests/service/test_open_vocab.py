@@ -20,10 +20,10 @@ from PIL import Image
 
 from models.classifier import encode_labels, load_classifier, load_learner
 from models.methods import list_methods
-from service.labels import LabelEncoder
+from service.classify.labels import LabelEncoder
 from service.settings import Settings
 from tests.service.conftest import CLASS_NAMES, ClientFactory, make_settings, png_bytes, serve
-from training.synthetic_tasks import task_classes
+from training.synthetic.tasks import task_classes
 
 NOVEL = task_classes("color-shape-novel")
 BASE = task_classes("color-shape-base")
@@ -37,7 +37,7 @@ def b64(data: bytes) -> str:
 @pytest.fixture(scope="session")
 def method_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every method trained briefly on the base classes, published under its own name."""
-    from training.run import TrainRequest, train_classifier
+    from training.api import TrainRequest, train_classifier
 
     store = tmp_path_factory.mktemp("open-vocab-store")
     for method in list_methods():

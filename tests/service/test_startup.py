@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.service.conftest import make_settings, png_bytes, serve
-from training.synthetic_tasks import color_shape_classes
+from training.synthetic.tasks import color_shape_classes
 
 pytestmark = pytest.mark.anyio
 

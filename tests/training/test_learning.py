@@ -19,9 +19,9 @@ from torch import Tensor
 from models.backbone import load_backbone
 from models.methods import create_method, get_method, list_methods
 from models.preprocess import eval_transform
+from training.api import TrainRequest, fit_learner
 from training.data import ImageDataset, make_loader, open_dataset
 from training.loop import evaluate
-from training.run import TrainRequest, fit_learner
 
 BASE = "synthetic:color-shape-base"
 Batches = list[tuple[Tensor, Tensor]]

@@ -86,7 +86,7 @@ def test_the_same_seed_gives_the_same_weights(colour_folder: Path, tiny_backbone
 
 
 def test_heldout_images_are_the_ones_not_trained_on(tmp_path: Path) -> None:
-    from training.run import HELDOUT_PER_CLASS, TrainRequest, fit_learner, score_fitted
+    from training.api import HELDOUT_PER_CLASS, TrainRequest, fit_learner, score_fitted
 
     request = TrainRequest(
         method="coop",

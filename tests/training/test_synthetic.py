@@ -14,8 +14,16 @@ from PIL import Image
 from models.backbone import load_backbone
 from training.data import open_dataset
 from training.errors import DataError
-from training.pretrain import PretrainConfig, add_arguments, pretrain_mini, run
-from training.synthetic import (
+from training.synthetic.pretrain import PretrainConfig, add_arguments, pretrain_mini, run
+from training.synthetic.tasks import (
+    TASKS,
+    base_novel_split,
+    build_task,
+    color_shape_classes,
+    parse_synthetic_spec,
+    task_classes,
+)
+from training.synthetic.world import (
     COLOURS,
     SHAPES,
     Scene,
@@ -23,14 +31,6 @@ from training.synthetic import (
     fill_template,
     render,
     sample_scene,
-)
-from training.synthetic_tasks import (
-    TASKS,
-    base_novel_split,
-    build_task,
-    color_shape_classes,
-    parse_synthetic_spec,
-    task_classes,
 )
 
 

@@ -12,18 +12,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from starlette.datastructures import UploadFile
 
-from service.adapt import plan_job, submit_job
-from service.deps import RuntimeDep, require_api_key
-from service.errors import (
-    InvalidRequestError,
-    JobFinishedError,
-    UnknownJobError,
-    UnsupportedMediaTypeError,
-)
-from service.jobstore import Event, Job
-from service.routes.bodies import read_json, validate_body
-from service.runtime import Runtime
-from service.schemas import (
+from service.api.bodies import read_json, validate_body
+from service.api.deps import RuntimeDep, require_api_key
+from service.api.schemas import (
     AdaptCreate,
     AdaptOptions,
     JobEventListPublic,
@@ -33,9 +24,18 @@ from service.schemas import (
     error_responses,
     inline_schema,
 )
+from service.errors import (
+    InvalidRequestError,
+    JobFinishedError,
+    UnknownJobError,
+    UnsupportedMediaTypeError,
+)
+from service.jobs.plan import plan_job, submit_job
+from service.jobs.store import Event, Job
+from service.runtime import Runtime
 
 OPTION_FIELDS = tuple(AdaptOptions.model_fields)
-# the job fields that come from the request as validated by service.adapt.plan_job
+# the job fields that come from the request as validated by service.jobs.plan.plan_job
 SPEC_FIELDS = (
     "name",
     "method",

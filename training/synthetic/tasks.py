@@ -35,7 +35,7 @@ from PIL import Image
 
 from training.errors import DataError
 from training.sources import ImageSource, LabeledImage
-from training.synthetic import (
+from training.synthetic.world import (
     BACKGROUNDS,
     COLOURS,
     DEFAULT_SIZE,

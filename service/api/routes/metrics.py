@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
-from service.deps import RuntimeDep, require_api_key
+from service.api.deps import RuntimeDep, require_api_key
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])

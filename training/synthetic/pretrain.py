@@ -35,8 +35,16 @@ from torch import Tensor, nn
 
 from models.backbone import hash_state_dict, register_project_configs
 from training.loop import Progress
-from training.pretrain_eval import evaluate_zero_shot, images_to_tensor
-from training.synthetic import COLOURS, SHAPES, Caption, Scene, caption_for, render, sample_scene
+from training.synthetic.pretrain_eval import evaluate_zero_shot, images_to_tensor
+from training.synthetic.world import (
+    COLOURS,
+    SHAPES,
+    Caption,
+    Scene,
+    caption_for,
+    render,
+    sample_scene,
+)
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +323,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m training.pretrain --out models/weights/mini.safetensors
+# python -m training.synthetic.pretrain --out models/weights/mini.safetensors
+if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cli = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__)
+    cli = argparse.ArgumentParser(prog="python -m training.synthetic.pretrain", description=__doc__)
     add_arguments(cli)
     sys.exit(run(cli.parse_args()))

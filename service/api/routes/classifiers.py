@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from models.methods import list_methods
-from service.deps import RuntimeDep, require_api_key
-from service.schemas import (
+from service.api.deps import RuntimeDep, require_api_key
+from service.api.schemas import (
     ClassifierListPublic,
     ClassifierPublic,
     ClassifierSummaryPublic,

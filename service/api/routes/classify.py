@@ -14,15 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
 
-from service.deps import RuntimeDep, require_api_key
-from service.errors import (
-    InvalidRequestError,
-    UnsupportedMediaTypeError,
-)
-from service.inference import ClassifyQuery, check_image_count
-from service.routes.bodies import read_json, validate_body
-from service.runtime import Runtime
-from service.schemas import (
+from service.api.bodies import read_json, validate_body
+from service.api.deps import RuntimeDep, require_api_key
+from service.api.schemas import (
     ClassifyCreate,
     ClassifyOptions,
     ClassifyPublic,
@@ -31,6 +25,12 @@ from service.schemas import (
     error_responses,
     inline_schema,
 )
+from service.classify.pipeline import ClassifyQuery, check_image_count
+from service.errors import (
+    InvalidRequestError,
+    UnsupportedMediaTypeError,
+)
+from service.runtime import Runtime
 
 FORM_FIELDS = ("images", "classifier", "version", "top_k", "labels")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.handlers import error_response
 from service.errors import BodyTooLargeError
-from service.handlers import error_response
 from service.metrics import Metrics
 
 

@@ -3,7 +3,7 @@
 `run_job` is the process's target (started with ``spawn``: CUDA does not survive ``fork``, and
 a fresh interpreter holds none of the service's threads or sockets). It lowers its own priority
 and bounds its threads first, so classification in the service stays responsive, then runs the
-same entry point as ``promptserve train`` (`training.run.train_classifier`) and ends the job in
+same entry point as ``promptserve train`` (`training.api.train_classifier`) and ends the job in
 the job store itself: ``succeeded`` with the published version and its accuracies, ``failed``
 with the error, or ``cancelled``.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from service.jobstore import JobStore
+from service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def run_job(
 
 
 def _train(spec: dict[str, Any], store_root: Path, device: str, monitor: Monitor) -> Any:
-    from training.run import TrainRequest, train_classifier
+    from training.api import TrainRequest, train_classifier
 
     request = TrainRequest(
         method=spec["method"],

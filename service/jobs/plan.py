@@ -23,16 +23,16 @@ from models.artifact import list_versions, read_manifest
 from models.backbone import list_architectures, parse_backbone_spec
 from models.errors import ArtifactError, BackboneError
 from models.methods import get_method, make_config
+from service.api.schemas import AdaptOptions
+from service.classify.images import decode_image
 from service.errors import (
     BadRequestError,
     IdempotencyConflictError,
     InvalidRequestError,
     TooManyImagesError,
 )
-from service.images import decode_image
-from service.jobrunner import UPLOADS_DIR
-from service.jobstore import IdempotencyMismatchError, Job, JobStore, new_job_id
-from service.schemas import AdaptOptions
+from service.jobs.runner import UPLOADS_DIR
+from service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
 from service.settings import Settings
 from service.store import valid_name
 from training.data import open_dataset
@@ -49,7 +49,7 @@ SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF"
 class JobPlan:
     """A validated adapt request, ready to be written and queued."""
 
-    spec: dict[str, Any]  # what the worker trains (see service.jobworker)
+    spec: dict[str, Any]  # what the worker trains (see service.jobs.worker)
     fingerprint: str
     uploads: list[tuple[bytes, str, str]] = field(default_factory=list)  # (data, label, suffix)
 

@@ -11,7 +11,7 @@ cancel request) and, in a thread, does three things in order:
    worker checks the flag between steps, so only a worker stuck in one long operation gets
    here) is ended ``cancelled`` and its process terminated;
 3. start: queued jobs, oldest first, while fewer than ``max_concurrent_jobs`` run, each in its
-   own ``spawn``-ed process (`service.jobworker.run_job`).
+   own ``spawn``-ed process (`service.jobs.worker.run_job`).
 
 At start-up, jobs left ``running`` by a previous service process are marked ``failed`` with
 reason ``interrupted``; queued jobs simply run. At shutdown, running workers get SIGTERM and end
@@ -33,8 +33,8 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from service.jobstore import JobStore
-from service.jobworker import run_job
+from service.jobs.store import JobStore
+from service.jobs.worker import run_job
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Checks run cheapest first (image count, classifier, labels) so a bad request costs nothing
 before it is refused; decoding runs on the decode pool, the engine call in the batcher, and the
 scoring (a [B, D] x [D, L] matmul and a softmax) back on the event loop, where it takes
-microseconds. Labels the classifier lacks are encoded in a thread (see `service.labels`) before
+microseconds. Labels the classifier lacks are encoded in a thread (see `service.classify.labels`) before
 the images are decoded, so a refused label costs no decoding.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from models.classifier import Classifier
-from service.batcher import MicroBatcher
+from service.classify.batcher import MicroBatcher
+from service.classify.images import ImagePreparer
+from service.classify.labels import LabelEncoder
 from service.errors import InvalidRequestError, TooManyImagesError
-from service.images import ImagePreparer
-from service.labels import LabelEncoder
 from service.scoring import LabelSet, Prediction, check_labels, rank, resolve_labels
 from service.settings import Settings
 from service.store import ClassifierStore

@@ -1,0 +1,2 @@
+"""The synthetic shapes world: scenes and captions, tasks built from them, and the `mini`
+backbone's pretraining."""
