@@ -24,7 +24,12 @@ from typing import Any
 import open_clip
 import torch
 
-from models.errors import ArtifactError
+from models.errors import (
+    ArtifactError,
+    InvalidNameError,
+    UnknownClassifierError,
+    UnknownVersionError,
+)
 from models.export import (
     CLASSES_FILE,
     LEARNER_FILE,
@@ -52,7 +57,7 @@ PUBLISH_ATTEMPTS = 100  # versions tried when concurrent exporters race for the 
 def check_name(name: str) -> str:
     """`name` if it is a safe classifier name (letters, digits, ``._-``; not a path)."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise ArtifactError(
+        raise InvalidNameError(
             f"invalid classifier name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
@@ -73,14 +78,15 @@ def list_versions(store: Path, name: str) -> list[str]:
 def resolve_version(store: Path, name: str, version: str | None = None) -> Path:
     """The directory of `version` of classifier `name`, or of its newest version when None."""
     versions = list_versions(store, name)
+    if not versions:
+        raise UnknownClassifierError(f"no classifier named {name!r}: it has no published version")
     if version is None:
-        if not versions:
-            raise ArtifactError(f"classifier {name!r} has no published version in {store}")
         version = versions[-1]
     version = str(version)
     if version not in versions:
-        known = ", ".join(versions) or "none"
-        raise ArtifactError(f"classifier {name!r} has no version {version!r}; versions: {known}")
+        raise UnknownVersionError(
+            f"classifier {name!r} has no version {version!r}; versions: {', '.join(versions)}"
+        )
     return Path(store) / name / version
 
 

@@ -3,9 +3,11 @@ learner (`load_learner`) for resuming training or encoding new class names."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +17,12 @@ from torch import Tensor
 
 from models.artifact import verify_artifact
 from models.backbone import Backbone, PreprocessConfig, load_backbone
-from models.errors import ArtifactError
+from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE, Engine, VisualEngine, open_engine
 from models.methods import Learner, create_method
 from models.preprocess import eval_transform
+
+SHOWN_LABELS = 5  # labels named in an error message
 
 
 @dataclass
@@ -48,20 +52,15 @@ class Classifier:
             self._learner = load_learner(self.path, device=str(self.device))
         return self._learner
 
-    def label_embeddings(self, labels: list[str], learner: Learner | None = None) -> Tensor:
-        """[L] label names -> [L, D]: stored rows for own classes, the rest encoded by the
-        method's learned text path (`learner`, default `text_learner()`) in one batch."""
-        index = {name: i for i, name in enumerate(self.class_names)}
-        new = [name for name in labels if name not in index]
-        rows = torch.empty(len(labels), self.class_embeddings.shape[1], device=self.device)
-        known = [i for i, name in enumerate(labels) if name in index]
-        if known:
-            stored = torch.tensor([index[labels[i]] for i in known], device=self.device)
-            rows[known] = self.class_embeddings.index_select(0, stored)
-        if new:
-            encoded = encode_labels(learner or self.text_learner(), new)  # [N, D]
-            rows[[i for i, name in enumerate(labels) if name not in index]] = encoded.to(rows)
-        return rows
+    def label_set(self, labels: Sequence[str] | None, **limits: int) -> LabelSet:
+        """The labels to score against (all classes when None): names it has come from the
+        stored rows, the rest are encoded by its learned text path (`text_learner()`) in one
+        batch. `limits` go to `check_labels`."""
+        if labels is None:
+            return resolve_labels(self, None)
+        request = check_labels(self, labels, **limits)
+        encoded = encode_labels(self.text_learner(), request.new) if request.new else None
+        return resolve_labels(self, request, encoded)
 
     def embed(self, pixels: Tensor) -> Tensor:
         """[B, 3, S, S] normalised pixels -> [B, D] normalised image embeddings."""
@@ -73,32 +72,136 @@ class Classifier:
         return self.logit_scale * embeddings @ classes.t()
 
     def classify(
-        self, images: list[Image.Image], top_k: int = 5, labels: list[str] | None = None
-    ) -> list[list[tuple[str, float]]]:
+        self, images: list[Image.Image], top_k: int = 5, labels: Sequence[str] | None = None
+    ) -> list[list[Prediction]]:
         """Per image, the `top_k` most probable labels with their probabilities.
 
         `labels` (default: the classifier's classes) may name classes it was not trained on;
-        those are encoded through its learned text path (see `label_embeddings`).
+        those are encoded through its learned text path (see `label_set`).
         """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if not images:
             raise ValueError("classify needs at least one image")
-        names = list(self.class_names) if labels is None else list(labels)
-        if not names or len(set(names)) != len(names) or not all(n.strip() for n in names):
-            raise ValueError("labels must be distinct, non-empty names")
-        classes = None if labels is None else self.label_embeddings(names)  # [L, D]
+        label_set = self.label_set(labels)
         pixels = torch.stack([self.transform(image) for image in images]).to(self.device)
-        probs = F.softmax(self.logits(self.embed(pixels), classes), dim=-1)  # [B, L]
-        values, indices = probs.topk(min(top_k, len(names)), dim=-1)
-        return [
-            [(names[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
-            for row_p, row_i in zip(values, indices, strict=True)
+        return rank(self, self.embed(pixels), label_set, top_k)
+
+
+# --- labels and scores: the one implementation, for the Python API, the CLI and the service ---
+
+
+class Prediction(NamedTuple):
+    label: str
+    score: float  # softmax probability over the label set
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """Checked label names: which the classifier has, and which must be encoded."""
+
+    names: list[str]
+    new: list[str]  # names the classifier lacks, in request order
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    names: list[str]
+    embeddings: Tensor  # [L, D] L2-normalised, on the classifier's device
+    encoded: list[str] = field(default_factory=list)  # names encoded on the fly (not stored)
+
+
+def check_labels(
+    classifier: Classifier,
+    labels: Sequence[str],
+    *,
+    max_labels: int | None = None,
+    max_new: int | None = None,
+    max_chars: int | None = None,
+) -> LabelRequest:
+    """Validate requested names and split them into stored and new ones.
+
+    The count and length limits are checked first, so a huge request costs nothing more than
+    being counted. Raises InvalidLabelError for an empty list or name, a duplicate, too many
+    labels, a name over `max_chars` or too many new ones; UnknownLabelError for a new name when
+    `max_new` is 0 (open vocabulary switched off).
+    """
+    if max_labels is not None and len(labels) > max_labels:
+        raise InvalidLabelError(f"{len(labels)} labels requested; at most {max_labels} allowed")
+    if max_chars is not None:
+        for label in labels:
+            if len(label) > max_chars:
+                raise InvalidLabelError(
+                    f"label {label[:40]!r}... is {len(label)} characters long; "
+                    f"at most {max_chars} allowed"
+                )
+    names = [label.strip() for label in labels]
+    if not names or not all(names):
+        raise InvalidLabelError("labels must be a non-empty list of non-empty class names")
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        shown = ", ".join(map(repr, duplicates[:SHOWN_LABELS]))
+        raise InvalidLabelError(f"labels must be distinct: duplicate label(s) {shown}")
+    known = set(classifier.class_names)
+    new = [name for name in names if name not in known]
+    if new and max_new == 0:
+        shown = ", ".join(repr(u) for u in new[:SHOWN_LABELS])
+        more = f" and {len(new) - SHOWN_LABELS} more" if len(new) > SHOWN_LABELS else ""
+        raise UnknownLabelError(
+            f"classifier {classifier.name!r} version {classifier.version} has no class {shown}"
+            f"{more}; labels must be among its classes (GET /classifiers/{classifier.name})"
+        )
+    if max_new is not None and len(new) > max_new:
+        raise InvalidLabelError(
+            f"{len(new)} labels are not among the classifier's classes; at most {max_new} new "
+            "labels are encoded per request"
+        )
+    return LabelRequest(names, new)
+
+
+def resolve_labels(
+    classifier: Classifier, request: LabelRequest | None, encoded: Tensor | None = None
+) -> LabelSet:
+    """The label set to score against: all classes when `request` is None, else its names,
+    with stored rows for known classes and `encoded` ([N, D], in `request.new` order) for new."""
+    if request is None:
+        return LabelSet(list(classifier.class_names), classifier.class_embeddings)
+    index = {name: i for i, name in enumerate(classifier.class_names)}
+    device = classifier.class_embeddings.device
+    new_row = {name: i for i, name in enumerate(request.new)}
+    if request.new:
+        assert encoded is not None
+        assert encoded.shape[0] == len(request.new)
+        table = torch.cat([classifier.class_embeddings, encoded.to(device)])  # [C + N, D]
+    else:
+        table = classifier.class_embeddings
+    offset = len(classifier.class_names)
+    rows = [index[n] if n in index else offset + new_row[n] for n in request.names]
+    embeddings = table.index_select(0, torch.tensor(rows, device=device))  # [L, D]
+    return LabelSet(list(request.names), embeddings, list(request.new))
+
+
+def rank(
+    classifier: Classifier, embeddings: Tensor, labels: LabelSet, top_k: int
+) -> list[list[Prediction]]:
+    """[B, D] image embeddings -> per image the `top_k` most probable labels, best first."""
+    logits = classifier.logits(embeddings.to(labels.embeddings.device), labels.embeddings)
+    probs = F.softmax(logits.float(), dim=-1)  # [B, L]
+    values, indices = probs.topk(min(top_k, len(labels.names)), dim=-1)
+    return [
+        [
+            Prediction(labels.names[i], float(p))
+            for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
         ]
+        for row_p, row_i in zip(values.cpu(), indices.cpu(), strict=True)
+    ]
 
 
-def load_classifier(path: Path, *, engine: Engine = "onnx", device: str = "cpu") -> Classifier:
-    """Verify the artifact at `path` and load it for inference on `device`."""
+def load_classifier(
+    path: Path, *, engine: Engine = "onnx", device: str = "cpu", threads: int | None = None
+) -> Classifier:
+    """Verify the artifact at `path` and load it for inference on `device` (`threads`: the
+    engine's CPU threads; see `open_engine`)."""
     path = Path(path)
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -118,7 +221,7 @@ def load_classifier(path: Path, *, engine: Engine = "onnx", device: str = "cpu")
         class_embeddings=classes,
         logit_scale=float(manifest["logit_scale"]),
         preprocess=preprocess_from_manifest(manifest),
-        engine=open_engine(path, engine, device),
+        engine=open_engine(path, engine, device, threads),
         device=target,
         path=path,
     )

@@ -28,5 +28,33 @@ class ArtifactError(PromptserveError):
     """A classifier artifact that is missing, corrupt, or fails its checks."""
 
 
+class InvalidNameError(ArtifactError, ValueError):
+    """A classifier or version name that is not one safe path component (a user's mistake)."""
+
+
+class NotFoundError(ArtifactError, LookupError):
+    """Something asked for by name that the store does not hold."""
+
+
+class UnknownClassifierError(NotFoundError):
+    """A classifier name with no published version."""
+
+
+class UnknownVersionError(NotFoundError):
+    """A version that the classifier does not have (or no longer has)."""
+
+
+class LabelError(PromptserveError, ValueError):
+    """Labels asked of a classifier that it cannot score."""
+
+
+class InvalidLabelError(LabelError):
+    """An empty, duplicate or too long label, too many labels, or too many new ones."""
+
+
+class UnknownLabelError(LabelError):
+    """A label the classifier lacks, when new labels may not be encoded."""
+
+
 class ExportParityError(ArtifactError):
     """An exported graph disagrees with eager PyTorch beyond tolerance; nothing is published."""

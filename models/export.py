@@ -144,10 +144,13 @@ class TorchScriptEngine:
             return self.module(pixels.to(self.device, torch.float32))  # type: ignore[no-any-return]
 
 
-def open_engine(directory: Path, engine: Engine, device: str = "cpu") -> VisualEngine:
-    """The artifact's visual graph in `directory` as a callable engine."""
+def open_engine(
+    directory: Path, engine: Engine, device: str = "cpu", threads: int | None = None
+) -> VisualEngine:
+    """The artifact's visual graph in `directory` as a callable engine (`threads`: ONNX
+    Runtime's intra-op threads, min(4, CPUs) when None)."""
     if engine == "onnx":
-        return OnnxEngine(directory / ONNX_FILE, device)
+        return OnnxEngine(directory / ONNX_FILE, device, threads)
     if engine == "torchscript":
         return TorchScriptEngine(directory / TORCHSCRIPT_FILE, device)
     raise ValueError(f"unknown engine {engine!r}; choose 'onnx' or 'torchscript'")

@@ -1,9 +1,15 @@
 """Domain exceptions of the service. Each carries its HTTP status and error code, but this
-module imports no web framework: `service.api.handlers` turns them into responses."""
+module imports no web framework: `service.api.handlers` turns them into responses.
+
+Errors that belong to the model package (bad names, unknown classifiers, versions and labels)
+are raised as `models.errors` types; `HTTP_MEANING` below gives each its status and code.
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from models import errors as model_errors
 
 
 class ServiceError(Exception):
@@ -38,14 +44,6 @@ class InvalidImageError(ServiceError):
 
 class UnauthorizedError(ServiceError):
     status, code = 401, "unauthorized"
-
-
-class UnknownClassifierError(ServiceError):
-    status, code = 404, "unknown_classifier"
-
-
-class UnknownVersionError(ServiceError):
-    status, code = 404, "unknown_version"
 
 
 class UnknownJobError(ServiceError):
@@ -94,16 +92,6 @@ class IdempotencyConflictError(ServiceError):
     status, code = 422, "idempotency_conflict"
 
 
-class UnknownLabelError(ServiceError):
-    status, code = 422, "unknown_label"
-
-
-class InvalidLabelError(ServiceError):
-    """An empty, duplicate or too long label, or too many new labels in one request."""
-
-    status, code = 422, "invalid_label"
-
-
 class QueueFullError(ServiceError):
     """The batcher's queue is full: the client should retry later."""
 
@@ -128,3 +116,24 @@ def validation_message(errors: object) -> str:
         parts.append(f"{where}: {error.get('msg', 'invalid')}")
     more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
     return "; ".join(parts) + more
+
+
+# status and code of the model and training packages' errors that reach a request; the most
+# specific class in an exception's MRO wins (see `http_meaning`)
+HTTP_MEANING: dict[type[Exception], tuple[int, str]] = {
+    model_errors.InvalidNameError: (422, "invalid_request"),
+    model_errors.UnknownClassifierError: (404, "unknown_classifier"),
+    model_errors.UnknownVersionError: (404, "unknown_version"),
+    model_errors.InvalidLabelError: (422, "invalid_label"),
+    model_errors.UnknownLabelError: (422, "unknown_label"),
+    model_errors.ConfigError: (422, "invalid_request"),
+    model_errors.UnknownMethodError: (422, "invalid_request"),
+}
+
+
+def http_meaning(exc: Exception) -> tuple[int, str] | None:
+    """(status, code) of a model-package error that is the user's to fix; None otherwise."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_MEANING:
+            return HTTP_MEANING[cls]
+    return None

@@ -12,30 +12,25 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Literal
 
 import torch
 
 from service.classify.batcher import MicroBatcher
 from service.classify.images import ImagePreparer
-from service.classify.pipeline import Classification, ClassifyPipeline, ClassifyQuery
-from service.errors import NotReadyError, ServiceError
+from service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyResult
+from service.errors import NotReadyError, ServiceError, http_meaning
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, resolve_device
 from service.store import ClassifierStore
 
 log = logging.getLogger(__name__)
 
 State = Literal["starting", "ready", "failed"]
 RETRY_S = 5.0  # a failed start-up is tried again at most this often (on readiness checks)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class Runtime:
@@ -141,11 +136,12 @@ class Runtime:
         except Exception as exc:  # reported by /health/ready; the process stays up
             log.exception("could not prepare the default classifier %r", name)
             # /health/ready is public: name the problem, keep paths and internals in the log
-            self.failure = (
-                exc.message
-                if isinstance(exc, ServiceError)
-                else f"{type(exc).__name__} (see the server log)"
-            )
+            if isinstance(exc, ServiceError):
+                self.failure = exc.message
+            elif http_meaning(exc) is not None:  # a user-facing model error: no paths in it
+                self.failure = str(exc)
+            else:
+                self.failure = f"{type(exc).__name__} (see the server log)"
             self.state = "failed"
         else:
             self.state, self.failure = "ready", None
@@ -173,8 +169,9 @@ class Runtime:
         self._retry_at = now + RETRY_S
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
 
-    async def classify(self, query: ClassifyQuery) -> Classification:
-        name = query.classifier or self.settings.default_classifier
-        if name == self.settings.default_classifier:
+    async def classify(self, query: ClassifyQuery) -> ClassifyResult:
+        """Classify with the named classifier, or the default one (503 until it is ready)."""
+        if query.classifier is None or query.classifier == self.settings.default_classifier:
             self.check_ready()
+            query = replace(query, classifier=self.settings.default_classifier)
         return await self.pipeline(query)

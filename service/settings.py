@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_labels: int = Field(default=1000, ge=1)  # labels named in one request
     max_new_labels: int = Field(default=100, ge=0)  # labels a classifier lacks, per request
     max_label_tokens: int = Field(default=32, ge=1)  # tokens in one label name
+    max_label_chars: int = Field(default=300, ge=1)  # characters in one label, before tokenizing
     max_cached_labels: int = Field(default=10_000, ge=1)  # encoded labels kept (LRU)
     default_top_k: int = Field(default=5, ge=1)
     api_key: SecretStr | None = None  # when set, every route but /health/* needs it
@@ -95,3 +96,12 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The settings of this process, read once from the environment."""
     return Settings()
+
+
+def resolve_device(device: str) -> str:
+    """A device setting as a torch device name: "auto" is CUDA when present, else the CPU."""
+    if device == "auto":
+        import torch  # only here: reading settings needs no torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

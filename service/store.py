@@ -32,16 +32,12 @@ from models.artifact import (
     export_classifier,
     list_versions,
     read_manifest,
+    resolve_version,
 )
 from models.classifier import Classifier, load_classifier
-from models.errors import ArtifactError
-from models.export import ONNX_FILE, Engine, OnnxEngine
-from service.errors import (
-    DeleteRefusedError,
-    InvalidRequestError,
-    UnknownClassifierError,
-    UnknownVersionError,
-)
+from models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
+from models.export import Engine
+from service.errors import DeleteRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +85,15 @@ class ClassifierStore:
         return names
 
     def versions(self, name: str) -> list[str]:
-        """Published versions of `name`, oldest first; 404 when there are none."""
-        versions = list_versions(self.root, valid_name(name))
+        """Published versions of `name`, oldest first; UnknownClassifierError when none."""
+        versions = list_versions(self.root, name)
         if not versions:
             raise UnknownClassifierError(f"no classifier named {name!r}")
         return versions
 
     def resolve(self, name: str, version: str | None = None) -> str:
         """The newest version of `name`, or `version` after checking it is published."""
-        versions = self.versions(name)
-        if version is None:
-            return versions[-1]
-        if str(version) not in versions:
-            raise UnknownVersionError(
-                f"classifier {name!r} has no version {version!r}; versions: {', '.join(versions)}"
-            )
-        return str(version)
+        return resolve_version(self.root, name, version).name
 
     def manifest(self, name: str, version: str) -> dict[str, Any]:
         path = self.root / name / self.resolve(name, version)
@@ -153,10 +142,9 @@ class ClassifierStore:
             return list(self._cache)
 
     def _load(self, path: Path) -> Classifier:
-        classifier = load_classifier(path, engine=self.engine, device=self.device)
-        if self.engine == "onnx" and self.onnx_threads is not None:
-            # load_classifier opens ONNX Runtime with its own thread count; reopen with ours
-            classifier.engine = OnnxEngine(path / ONNX_FILE, self.device, self.onnx_threads)
+        classifier = load_classifier(
+            path, engine=self.engine, device=self.device, threads=self.onnx_threads
+        )
         log.info(
             "loaded classifier %s version %s (%d classes, %s on %s)",
             classifier.name,
@@ -193,7 +181,7 @@ class ClassifierStore:
 
         Returns True when it was created. Blocking (an export takes seconds): call off the loop.
         """
-        if list_versions(self.root, valid_name(name)):
+        if list_versions(self.root, name):
             return False
         log.info("store %s has no %r classifier: creating it on %s", self.root, name, backbone)
         create_default_classifier(self.root, name, backbone)
@@ -204,19 +192,11 @@ def create_default_classifier(root: Path, name: str, backbone: str) -> Path:
     """Publish zeroshot over the synthetic world's 64 colour-shape classes as `name`."""
     from models.backbone import load_backbone
     from models.methods import create_method
-    from training.synthetic.tasks import color_shape_classes
+    from training.api import world_class_names
 
     learner = create_method("zeroshot", load_backbone(backbone))
     summary = {"data": "synthetic:color-shape", "created_by": "service start-up"}
-    return export_classifier(learner, color_shape_classes(), root, name, training=summary)
-
-
-def valid_name(name: str) -> str:
-    """`name` if it is a safe classifier name; a path or anything else is a 422."""
-    try:
-        return check_name(name)
-    except ArtifactError as exc:
-        raise InvalidRequestError(str(exc)) from None
+    return export_classifier(learner, world_class_names(), root, name, training=summary)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -15,35 +15,30 @@ from typing import Any
 import torch
 
 from models.artifact import export_classifier, resolve_version
-from models.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from models.backbone import Backbone, load_backbone
 from models.classifier import load_classifier
 from models.methods import Learner, create_method, make_config
 from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
 from training.errors import DataError, TrainingCancelled
 from training.loop import FitOptions, FitResult, Progress, evaluate, fit
+from training.request import TrainRequest
+from training.synthetic.tasks import color_shape_classes
+
+__all__ = [
+    "DatasetSummary",
+    "TrainRequest",
+    "evaluate_classifier",
+    "fit_learner",
+    "summarize_dataset",
+    "train_classifier",
+    "world_class_names",
+]
 
 log = logging.getLogger(__name__)
 
 HELDOUT_PER_CLASS = 50  # held-out images scored per class, at most (a sample, seeded)
 EVAL_BATCH = 64
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainRequest:
-    method: str
-    data: str  # dataset spec (folder, manifest, split root, synthetic:...)
-    store: Path
-    name: str
-    backbone: str = DEFAULT_BACKBONE
-    shots: int | None = 16  # images per class; None uses every training image
-    seed: int = 1
-    epochs: int | None = None  # None keeps the method config's epochs
-    overrides: dict[str, Any] = field(default_factory=dict)  # method config fields
-    preset: str | None = None  # a named method preset, applied before overrides
-    device: str = "cpu"
-    # score the images left out by the few-shot sample (tuned and zero-shot); needs `shots`
-    heldout: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +171,27 @@ def train_classifier(
 def _check_stop(should_stop: Callable[[], bool] | None, when: str) -> None:
     if should_stop is not None and should_stop():
         raise TrainingCancelled(f"cancelled {when}")
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    class_names: list[str]
+    images: int
+
+
+def summarize_dataset(data: str, split: str = "train") -> DatasetSummary:
+    """The classes and image count of a dataset spec, without loading any image.
+
+    Raises:
+        DataError: the spec cannot be opened (its message may name server paths).
+    """
+    source = open_dataset(data, split=split)
+    return DatasetSummary(list(source.class_names), len(source))
+
+
+def world_class_names() -> list[str]:
+    """The synthetic world's 64 colour-shape class names (the default classifier's classes)."""
+    return color_shape_classes()
 
 
 @dataclass(frozen=True)

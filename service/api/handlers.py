@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import ArtifactError, ConfigError, PromptserveError, UnknownMethodError
-from service.errors import NotReadyError, ServiceError, validation_message
+from models.errors import ArtifactError, PromptserveError
+from service.errors import NotReadyError, ServiceError, http_meaning, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,11 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _package_error(request: Request, exc: Exception) -> JSONResponse:
-    # errors of models/ and training/ that reach a route: bad user configuration is 422, a
+    # errors of models/ and training/ that reach a route: what the user asked for is a 4xx, a
     # broken artifact in the store is the server's fault
-    if isinstance(exc, ConfigError | UnknownMethodError):
-        return error_response(422, "invalid_request", str(exc))
+    meaning = http_meaning(exc)
+    if meaning is not None:
+        return error_response(*meaning, str(exc))
     if isinstance(exc, ArtifactError):  # the detail names server paths: log it, do not send it
         log.error("artifact error on %s: %s", request.url.path, exc)
         message = "a stored classifier artifact failed its checks or could not be loaded"

@@ -7,11 +7,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class ClassifyOptions(BaseModel):
-    """The fields of a classify request other than the images (JSON or multipart)."""
+class ClassifyCreate(BaseModel):
+    """A classify request: base64 images in JSON (a ``data:`` URL prefix is accepted); the
+    other fields also come as multipart form fields or query parameters."""
 
     model_config = ConfigDict(extra="forbid")
 
+    images: list[str] = Field(
+        default_factory=list, description="base64-encoded image files (PNG, JPEG, ...)"
+    )
     classifier: str | None = Field(default=None, description="default classifier when omitted")
     version: str | None = Field(default=None, description="newest version when omitted")
     top_k: int | None = Field(default=None, ge=1, description="labels returned per image")
@@ -24,12 +28,6 @@ class ClassifyOptions(BaseModel):
     @classmethod
     def _version_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-class ClassifyCreate(ClassifyOptions):
-    """JSON classify request: base64 images (a ``data:`` URL prefix is accepted)."""
-
-    images: list[str] = Field(description="base64-encoded image files (PNG, JPEG, ...)")
 
 
 class HFZeroShotParameters(BaseModel):
@@ -101,8 +99,16 @@ class ClassifierPublic(BaseModel):
     versions: list[ClassifierVersionPublic]
 
 
-class AdaptOptions(BaseModel):
-    """The fields of an adapt request other than the images (JSON or multipart)."""
+class AdaptImageCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="base64-encoded image file (a data: URL prefix is accepted)")
+    label: str = Field(description="its class name")
+
+
+class AdaptCreate(BaseModel):
+    """An adapt request: labelled base64 images in JSON, or a `dataset` reference; the fields
+    other than `images` also come as multipart form fields (with image files)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,18 +129,6 @@ class AdaptOptions(BaseModel):
     dataset: str | None = Field(
         default=None, description="a folder or manifest under the data root, instead of images"
     )
-
-
-class AdaptImageCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    data: str = Field(description="base64-encoded image file (a data: URL prefix is accepted)")
-    label: str = Field(description="its class name")
-
-
-class AdaptCreate(AdaptOptions):
-    """JSON adapt request: labelled base64 images, or a `dataset` reference."""
-
     images: list[AdaptImageCreate] | None = None
 
 

@@ -66,9 +66,11 @@ def decode_image(data: bytes, max_pixels: int, index: int = 0) -> Image.Image:
 
 
 def prepare_image(
-    data: bytes, transform: ImageTransform, max_pixels: int, index: int = 0
+    data: bytes | str, transform: ImageTransform, max_pixels: int, index: int = 0
 ) -> Tensor:
-    """Image bytes -> normalised pixels [3, S, S]."""
+    """Image bytes (or their base64 text) -> normalised pixels [3, S, S]."""
+    if isinstance(data, str):
+        data = decode_base64(data, index)
     image = decode_image(data, max_pixels, index)
     try:
         return transform(image)
@@ -85,8 +87,9 @@ class ImagePreparer:
         self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
-    async def prepare(self, images: Sequence[bytes], transform: ImageTransform) -> Tensor:
-        """All images of one request -> pixels [n, 3, S, S]; the first bad image fails it."""
+    async def prepare(self, images: Sequence[bytes | str], transform: ImageTransform) -> Tensor:
+        """All images of one request (bytes or base64 text) -> pixels [n, 3, S, S]; the first
+        bad image fails it."""
         loop = asyncio.get_running_loop()
         tasks = [
             loop.run_in_executor(self._pool, prepare_image, data, transform, self.max_pixels, i)

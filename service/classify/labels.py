@@ -20,9 +20,8 @@ from torch import Tensor
 
 from models.backbone import Backbone, load_backbone
 from models.classifier import Classifier, encode_labels, label_token_count, load_learner
-from models.errors import ArtifactError
+from models.errors import ArtifactError, InvalidLabelError
 from models.methods import Learner
-from service.errors import InvalidLabelError
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +44,20 @@ class LabelEncoder:
         self._labels: OrderedDict[LabelKey, Tensor] = OrderedDict()  # [D] on the CPU
         self._lock = threading.Lock()
 
-    def check_lengths(self, classifier: Classifier, names: list[str], max_tokens: int) -> None:
-        """422 for a name longer than `max_tokens` tokens of the classifier's tokenizer."""
-        with self._lock:
-            tokenizer = self._learner(classifier).tokenizer
-        for name in names:
-            count = label_token_count(tokenizer, name)
-            if count > max_tokens:
-                raise InvalidLabelError(
-                    f"label {name[:40]!r} is {count} tokens long; at most {max_tokens} allowed"
-                )
-
-    def encode(self, classifier: Classifier, names: list[str]) -> Tensor:
+    def encode(
+        self, classifier: Classifier, names: list[str], max_tokens: int | None = None
+    ) -> Tensor:
         """[N] names the classifier lacks -> [N, D] normalised, on the classifier's device.
 
-        Cached names are served from the LRU; the others are encoded in one batch.
+        Cached names are served from the LRU; the others are checked against `max_tokens`
+        (InvalidLabelError) and encoded in one batch.
         """
         with self._lock:
             learner = self._learner(classifier)
             keys = [(classifier.name, classifier.version, name) for name in names]
             missing = [key[2] for key in keys if key not in self._labels]
+            if missing and max_tokens is not None:
+                check_token_counts(learner, missing, max_tokens)
             if missing:
                 self.encode_calls += 1
                 for name, row in zip(missing, encode_labels(learner, missing).cpu(), strict=True):
@@ -102,3 +95,13 @@ class LabelEncoder:
         while len(self._learners) > self.max_learners:
             self._learners.popitem(last=False)
         return learner
+
+
+def check_token_counts(learner: Learner, names: list[str], max_tokens: int) -> None:
+    """InvalidLabelError for a name longer than `max_tokens` tokens of the learner's tokenizer."""
+    for name in names:
+        count = label_token_count(learner.tokenizer, name)
+        if count > max_tokens:
+            raise InvalidLabelError(
+                f"label {name[:40]!r} is {count} tokens long; at most {max_tokens} allowed"
+            )

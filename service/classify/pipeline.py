@@ -1,10 +1,11 @@
 """The classify pipeline, in LitServe's steps: decode -> batch -> predict -> unbatch -> encode.
 
 Checks run cheapest first (image count, classifier, labels) so a bad request costs nothing
-before it is refused; decoding runs on the decode pool, the engine call in the batcher, and the
-scoring (a [B, D] x [D, L] matmul and a softmax) back on the event loop, where it takes
-microseconds. Labels the classifier lacks are encoded in a thread (see `service.classify.labels`) before
-the images are decoded, so a refused label costs no decoding.
+before it is refused; decoding (base64 and image) runs on the decode pool, the engine call in
+the batcher, and the scoring (a [B, D] x [D, L] matmul and a softmax) back on the event loop,
+where it takes microseconds. Labels and scores are `models.classifier`'s, the same code the
+Python API and the CLI use; labels the classifier lacks are encoded in a thread (see
+`service.classify.labels`) before the images are decoded, so a refused label costs no decoding.
 """
 
 from __future__ import annotations
@@ -12,31 +13,29 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from torch import Tensor
-
-from models.classifier import Classifier
+from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
 from service.classify.batcher import MicroBatcher
 from service.classify.images import ImagePreparer
 from service.classify.labels import LabelEncoder
 from service.errors import InvalidRequestError, TooManyImagesError
-from service.scoring import LabelSet, Prediction, check_labels, rank, resolve_labels
 from service.settings import Settings
 from service.store import ClassifierStore
 
 
 @dataclass(frozen=True)
 class ClassifyQuery:
-    """One classify request, whatever shape it arrived in; images are still encoded bytes."""
+    """One classify request, whatever shape it arrived in; images are still encoded (file
+    bytes, or base64 text from a JSON body)."""
 
-    images: list[bytes]
-    classifier: str | None = None  # None: the default classifier
+    images: list[bytes] | list[str]
+    classifier: str | None = None  # None: the default classifier (the runtime fills it in)
     version: str | None = None  # None: the newest version
     top_k: int | None = None  # None: the configured default; "all" is len(labels)
     labels: list[str] | None = None  # None: all of the classifier's classes
 
 
 @dataclass(frozen=True)
-class Classification:
+class ClassifyResult:
     classifier: str
     version: str
     predictions: list[list[Prediction]]  # per image, best first
@@ -73,7 +72,7 @@ class ClassifyPipeline:
         """The classifier version (loading it on first use); file access off the loop."""
         return await asyncio.to_thread(self.store.get, name, version)
 
-    async def __call__(self, query: ClassifyQuery) -> Classification:
+    async def __call__(self, query: ClassifyQuery) -> ClassifyResult:
         check_image_count(len(query.images), self.settings.max_images_per_request)
         name = query.classifier or self.settings.default_classifier
         classifier = await self.load(name, query.version)
@@ -83,7 +82,7 @@ class ClassifyPipeline:
         key = (name, classifier.version)
         embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
         predictions = rank(classifier, embeddings, labels, top_k)
-        return Classification(name, classifier.version, predictions, labels.encoded)
+        return ClassifyResult(name, classifier.version, predictions, labels.encoded)
 
     async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
         """The label set of a request; names the classifier lacks are encoded off the loop,
@@ -91,12 +90,16 @@ class ClassifyPipeline:
         if names is None:
             return resolve_labels(classifier, None)
         s = self.settings
-        request = check_labels(classifier, names, s.max_labels, s.max_new_labels)
+        request = check_labels(
+            classifier,
+            names,
+            max_labels=s.max_labels,
+            max_new=s.max_new_labels,
+            max_chars=s.max_label_chars,
+        )
         if not request.new:
             return resolve_labels(classifier, request)
-        encoded = await asyncio.to_thread(self._encode, classifier, request.new)  # [N, D]
+        encoded = await asyncio.to_thread(
+            self.labels.encode, classifier, request.new, s.max_label_tokens
+        )  # [N, D]
         return resolve_labels(classifier, request, encoded)
-
-    def _encode(self, classifier: Classifier, names: list[str]) -> Tensor:
-        self.labels.check_lengths(classifier, names, self.settings.max_label_tokens)
-        return self.labels.encode(classifier, names)

@@ -15,15 +15,14 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from models.artifact import list_versions, read_manifest
+from models.artifact import check_name, list_versions, read_manifest
 from models.backbone import list_architectures, parse_backbone_spec
 from models.errors import ArtifactError, BackboneError
 from models.methods import get_method, make_config
-from service.api.schemas import AdaptOptions
 from service.classify.images import decode_image
 from service.errors import (
     BadRequestError,
@@ -32,10 +31,10 @@ from service.errors import (
     TooManyImagesError,
 )
 from service.jobs.runner import UPLOADS_DIR
+from service.jobs.spec import UPLOAD, JobSpec, dump_spec
 from service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
-from service.settings import Settings
-from service.store import valid_name
-from training.data import open_dataset
+from service.settings import Settings, resolve_device
+from training.api import TrainRequest, summarize_dataset
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,58 +44,71 @@ MANIFEST = "manifest.jsonl"
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
+class AdaptRequest:
+    """What a client asks of POST /adapt, whatever the body's shape (JSON or multipart)."""
+
+    name: str
+    method: str = "coop"
+    backbone: str | None = None  # None: the default classifier's backbone
+    preset: str | None = None  # None: `mini` on the mini backbone, when the method has one
+    shots: int = 16
+    epochs: int | None = None
+    seed: int = 1
+    config: dict[str, Any] = field(default_factory=dict)  # method config overrides
+    dataset: str | None = None  # a reference under the data root, instead of uploads
+
+
+@dataclass(frozen=True)
 class JobPlan:
     """A validated adapt request, ready to be written and queued."""
 
-    spec: dict[str, Any]  # what the worker trains (see service.jobs.worker)
+    spec: JobSpec  # its train.data is set when the uploads are written (see submit_job)
     fingerprint: str
     uploads: list[tuple[bytes, str, str]] = field(default_factory=list)  # (data, label, suffix)
 
 
 def plan_job(
-    options: AdaptOptions, uploads: list[tuple[bytes, str]] | None, settings: Settings
+    request: AdaptRequest, uploads: list[tuple[bytes, str]] | None, settings: Settings
 ) -> JobPlan:
     """Validate an adapt request; blocking (decodes images, lists a dataset): call off the loop."""
-    name = valid_name(options.name)
-    spec_method = get_method(options.method)  # unknown -> 422 listing the registered ones
-    backbone = options.backbone or default_backbone(settings)
-    if options.backbone is not None:
-        check_backbone_name(options.backbone)
-    preset = options.preset
-    if (
-        preset is None
-        and parse_backbone_spec(backbone)[0] == "mini"
-        and "mini" in spec_method.presets
-    ):
+    check_name(request.name)
+    method = get_method(request.method)  # unknown -> 422 listing the registered ones
+    backbone = request.backbone or default_backbone(settings)
+    if request.backbone is not None:
+        check_backbone_name(request.backbone)
+    preset = request.preset
+    if preset is None and parse_backbone_spec(backbone)[0] == "mini" and "mini" in method.presets:
         preset = "mini"
     config = make_config(  # unknown fields or bad values -> ConfigError -> 422
-        options.method,
-        options.config | ({"epochs": options.epochs} if options.epochs is not None else {}),
+        request.method,
+        request.config | ({"epochs": request.epochs} if request.epochs is not None else {}),
         preset=preset,
     )
     if config.epochs > settings.max_job_epochs:
         raise InvalidRequestError(
             f"epochs must be at most {settings.max_job_epochs}, the config asks for {config.epochs}"
         )
-    if (uploads is None) == (options.dataset is None):
+    if (uploads is None) == (request.dataset is None):
         raise InvalidRequestError("send either images with labels, or a dataset reference")
-    spec: dict[str, Any] = {
-        "name": name,
-        "method": options.method,
-        "backbone": backbone,
-        "preset": preset,
-        "shots": options.shots,
-        "epochs": options.epochs,
-        "seed": options.seed,
-        "config": options.config,
-    }
+    train = TrainRequest(
+        method=request.method,
+        data="",  # set below (a dataset) or when the uploads are written
+        store=settings.store,
+        name=request.name,
+        backbone=backbone,
+        shots=request.shots,
+        seed=request.seed,
+        epochs=request.epochs,
+        overrides=request.config,
+        preset=preset,
+        device=resolve_device(settings.job_device),
+        heldout=True,
+    )
     if uploads is not None:
-        plan = _plan_uploads(spec, uploads, settings)
-    else:
-        assert options.dataset is not None  # checked above
-        plan = _plan_dataset(spec, options.dataset, settings)
-    return plan
+        return _plan_uploads(train, uploads, settings)
+    assert request.dataset is not None  # checked above
+    return _plan_dataset(train, request.dataset, settings)
 
 
 def check_backbone_name(spec: str) -> None:
@@ -127,7 +139,7 @@ def default_backbone(settings: Settings) -> str:
 
 
 def _plan_uploads(
-    spec: dict[str, Any], uploads: list[tuple[bytes, str]], settings: Settings
+    train: TrainRequest, uploads: list[tuple[bytes, str]], settings: Settings
 ) -> JobPlan:
     if not uploads:
         raise InvalidRequestError("no images: send at least one image per class")
@@ -153,11 +165,11 @@ def _plan_uploads(
     classes = sorted({label for _, label, _ in files})
     if len(classes) < 2:
         raise InvalidRequestError(f"a classifier needs at least 2 classes; got only {classes}")
-    spec = spec | {"data": "upload", "classes": classes, "images": len(files)}
+    spec = JobSpec(train=train, data=UPLOAD, classes=classes, images=len(files))
     return JobPlan(spec, _fingerprint(spec, digest.hexdigest()), files)
 
 
-def _plan_dataset(spec: dict[str, Any], reference: str, settings: Settings) -> JobPlan:
+def _plan_dataset(train: TrainRequest, reference: str, settings: Settings) -> JobPlan:
     if settings.data_root is None:
         raise BadRequestError(
             "dataset references are disabled: the service has no data root "
@@ -168,24 +180,26 @@ def _plan_dataset(spec: dict[str, Any], reference: str, settings: Settings) -> J
     if not path.is_relative_to(root):
         raise BadRequestError(f"dataset {reference!r} is outside the data root")
     try:
-        source = open_dataset(str(path), split="train")
+        found = summarize_dataset(str(path))
     except DataError as exc:
         raise InvalidRequestError(
             f"cannot open dataset {reference!r}: {str(exc).replace(str(root), '<data root>')}"
         ) from None
-    if len(source.class_names) < 2:
+    if len(found.class_names) < 2:
         raise InvalidRequestError(f"dataset {reference!r} has fewer than 2 classes")
-    spec = spec | {
-        "data": reference,
-        "data_path": str(path),
-        "classes": source.class_names,
-        "images": len(source),
-    }
+    spec = JobSpec(
+        train=replace(train, data=str(path)),
+        data=reference,
+        classes=found.class_names,
+        images=found.images,
+    )
     return JobPlan(spec, _fingerprint(spec, ""))
 
 
-def _fingerprint(spec: dict[str, Any], images: str) -> str:
-    text = json.dumps({"spec": spec, "images": images}, sort_keys=True)
+def _fingerprint(spec: JobSpec, images: str) -> str:
+    """What makes two requests the same job: the spec and the uploads' content, not where on
+    the server the files would go."""
+    text = json.dumps({"spec": dump_spec(spec), "images": images}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -203,10 +217,10 @@ def submit_job(
             return _same_request(existing, plan), False
     job_id = new_job_id()
     directory = job_root / job_id
-    spec = dict(plan.spec)
+    spec = plan.spec
     try:
         if plan.uploads:
-            spec["data_path"] = str(_write_uploads(directory / UPLOADS_DIR, plan.uploads))
+            spec = spec.with_data_path(_write_uploads(directory / UPLOADS_DIR, plan.uploads))
         job, created = jobs.create(
             spec, fingerprint=plan.fingerprint, idempotency_key=idempotency_key, job_id=job_id
         )

@@ -33,7 +33,8 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from service.jobs.store import JobStore
+from service.errors import JobFinishedError, UnknownJobError
+from service.jobs.store import Job, JobStore
 from service.jobs.worker import run_job
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,37 @@ class JobRunner:
         if process.is_alive():
             process.kill()
             process.join()
+
+    async def cancel(self, job_id: str, *, wait_s: float) -> Job:
+        """Cancel a queued job at once, or flag a running one and wait up to `wait_s` for its
+        worker to stop; returns the job as it then is.
+
+        Raises UnknownJobError, or JobFinishedError when the job had already ended (or
+        published before the flag reached its worker).
+        """
+        job = await self._get(job_id)
+        if job.finished:
+            raise JobFinishedError(f"job {job_id} has already ended ({job.state})")
+        flagged = await asyncio.to_thread(self.jobs.request_cancel, job_id)
+        job = flagged if flagged is not None else job
+        if job.state == "cancelled":  # cancelled while queued: no worker will clean up after it
+            await asyncio.to_thread(self.drop_uploads, job_id)
+        self.wake()
+        deadline = time.monotonic() + wait_s
+        while not job.finished and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            job = await self._get(job_id)
+        if job.state == "succeeded":
+            raise JobFinishedError(
+                f"job {job_id} finished and published before it could be cancelled"
+            )
+        return job
+
+    async def _get(self, job_id: str) -> Job:
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job is None:
+            raise UnknownJobError(f"no job {job_id!r}")
+        return job
 
     def drop_uploads(self, job_id: str) -> None:
         """Remove an ended job's uploaded images (unless they are to be kept)."""

@@ -16,15 +16,24 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
+from service.jobs.records import (
+    TERMINAL,
+    Event,
+    IdempotencyMismatchError,
+    Job,
+    JobState,
+    job_from_row,
+    new_job_id,
+)
+from service.jobs.spec import JobSpec, dump_spec
+
+__all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "new_job_id"]
+
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -32,7 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order, the list cursor
     id TEXT NOT NULL UNIQUE,
     state TEXT NOT NULL,
-    spec TEXT NOT NULL,                      -- JSON: what to train (JobSpec)
+    spec TEXT NOT NULL,                      -- JSON: what to train (a JobSpec)
     idempotency_key TEXT UNIQUE,
     fingerprint TEXT NOT NULL,               -- hash of the request, to compare repeats
     created_at REAL NOT NULL,
@@ -54,48 +63,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 """
-
-
-@dataclass(frozen=True)
-class Job:
-    """One row of the jobs table, decoded."""
-
-    id: str
-    seq: int
-    state: JobState
-    spec: dict[str, Any]
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    progress: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    cancel_requested: bool = False
-    pid: int | None = None
-    idempotency_key: str | None = None
-    fingerprint: str = ""
-
-    @property
-    def finished(self) -> bool:
-        return self.state in TERMINAL
-
-
-@dataclass(frozen=True)
-class Event:
-    seq: int
-    job_id: str
-    at: float
-    level: str
-    message: str
-    data: dict[str, Any] | None = field(default=None)
-
-
-class IdempotencyMismatchError(Exception):
-    """An Idempotency-Key reused for a different request; carries the existing job."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"idempotency key already used by job {job.id} for another request")
-        self.job = job
 
 
 class JobStore:
@@ -133,7 +100,7 @@ class JobStore:
 
     def create(
         self,
-        spec: dict[str, Any],
+        spec: JobSpec,
         *,
         fingerprint: str,
         idempotency_key: str | None = None,
@@ -149,14 +116,14 @@ class JobStore:
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
                 ).fetchone()
                 if row is not None:
-                    existing = _job(row)
+                    existing = job_from_row(row)
                     if existing.fingerprint != fingerprint:
                         raise IdempotencyMismatchError(existing)
                     return existing, False
             db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at) "
                 "VALUES (?, 'queued', ?, ?, ?, ?)",
-                (job_id, json.dumps(spec), idempotency_key, fingerprint, now),
+                (job_id, dump_spec(spec), idempotency_key, fingerprint, now),
             )
             _add_event(db, job_id, "job created", data={"state": "queued"}, at=now)
         job = self.get(job_id)
@@ -166,14 +133,14 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     def find_by_key(self, idempotency_key: str) -> Job | None:
         with self._connect() as db:
             row = db.execute(
                 "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
             ).fetchone()
-        return _job(row) if row is not None else None
+        return job_from_row(row) if row is not None else None
 
     def page(self, *, limit: int = 20, after: str | None = None) -> tuple[list[Job], bool]:
         """Jobs newest first; `after` is the id of the last job of the previous page.
@@ -193,14 +160,14 @@ class JobStore:
                     "SELECT * FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
                     (cursor["seq"], limit + 1),
                 ).fetchall()
-        jobs = [_job(row) for row in rows]
+        jobs = [job_from_row(row) for row in rows]
         return jobs[:limit], len(jobs) > limit
 
     def in_state(self, state: JobState) -> list[Job]:
         """Jobs in `state`, oldest first."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY seq", (state,))
-            return [_job(row) for row in rows.fetchall()]
+            return [job_from_row(row) for row in rows.fetchall()]
 
     def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> list[Event]:
         """A job's events in order; `after` is the `seq` of the last event already seen."""
@@ -314,10 +281,6 @@ class JobStore:
             _add_event(db, job_id, message, level=level, data=data)
 
 
-def new_job_id() -> str:
-    return f"job-{uuid.uuid4().hex[:20]}"
-
-
 def _add_event(
     db: sqlite3.Connection,
     job_id: str,
@@ -336,27 +299,4 @@ def _add_event(
             message,
             json.dumps(data) if data else None,
         ),
-    )
-
-
-def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
-def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        seq=row["seq"],
-        state=cast(JobState, row["state"]),
-        spec=json.loads(row["spec"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        progress=_loads(row["progress"]),
-        result=_loads(row["result"]),
-        error=_loads(row["error"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        pid=row["pid"],
-        idempotency_key=row["idempotency_key"],
-        fingerprint=row["fingerprint"],
     )

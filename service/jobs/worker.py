@@ -19,10 +19,12 @@ import logging
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from service.jobs.spec import JobSpec
 from service.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -66,35 +68,23 @@ def run_job(
             raise
         return
     result = {
-        "classifier": job.spec["name"],
+        "classifier": job.spec.train.name,
         "version": outcome.version,
         "seconds": outcome.summary["seconds"],
         "steps": outcome.summary["steps"],
         "final_loss": outcome.summary["final_loss"],
         **outcome.metrics,
     }
-    message = f"published {job.spec['name']} version {outcome.version}"
+    message = f"published {job.spec.train.name} version {outcome.version}"
     if not jobs.finish(job_id, "succeeded", result=result, message=message):
         log.warning("job %s was ended by the service while it published", job_id)
 
 
-def _train(spec: dict[str, Any], store_root: Path, device: str, monitor: Monitor) -> Any:
-    from training.api import TrainRequest, train_classifier
+def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> Any:
+    """Run the spec's training request on this worker's store and device."""
+    from training.api import train_classifier
 
-    request = TrainRequest(
-        method=spec["method"],
-        data=spec["data_path"],
-        store=store_root,
-        name=spec["name"],
-        backbone=spec["backbone"],
-        shots=spec["shots"],
-        seed=spec["seed"],
-        epochs=spec["epochs"],
-        overrides=spec["config"],
-        preset=spec["preset"],
-        device=device,
-        heldout=True,
-    )
+    request = replace(spec.train, store=store_root, device=device)
     return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
 
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
+from service.jobs.spec import JobSpec, dump_spec, load_spec
 from service.jobs.store import IdempotencyMismatchError, JobStore
+from training.api import TrainRequest
 
-SPEC = {"name": "demo", "method": "coop"}
+SPEC = JobSpec(
+    train=TrainRequest(method="coop", data="/data/demo", store=Path("store"), name="demo"),
+    data="demo",
+    classes=["a", "b"],
+    images=4,
+)
 
 
 @pytest.fixture
@@ -100,7 +108,10 @@ def test_concurrent_creates_with_one_key_make_one_job(jobs: JobStore) -> None:
 
 
 def test_list_is_newest_first_with_a_cursor(jobs: JobStore) -> None:
-    created = [jobs.create(SPEC | {"i": i}, fingerprint=str(i))[0].id for i in range(5)]
+    created = [
+        jobs.create(dataclasses.replace(SPEC, images=i), fingerprint=str(i))[0].id
+        for i in range(5)
+    ]
     page, more = jobs.page(limit=2)
     assert [j.id for j in page] == created[::-1][:2]
     assert more
@@ -136,3 +147,15 @@ def test_another_connection_sees_writes_while_one_is_open(jobs: JobStore) -> Non
     fetched = jobs.get(job.id)
     assert fetched is not None
     assert fetched.state == "running"
+
+
+def test_spec_round_trips_and_old_flat_rows_are_read() -> None:
+    assert load_spec(dump_spec(SPEC)) == SPEC
+    flat = (
+        '{"name": "demo", "method": "coop", "backbone": "mini", "preset": "mini", "shots": 16,'
+        ' "epochs": null, "seed": 1, "config": {}, "data": "upload", "classes": ["a", "b"],'
+        ' "images": 4, "data_path": "/jobs/x/images/manifest.jsonl"}'
+    )
+    spec = load_spec(flat)
+    assert spec.train.data == "/jobs/x/images/manifest.jsonl"
+    assert (spec.data, spec.classes, spec.train.preset) == ("upload", ["a", "b"], "mini")

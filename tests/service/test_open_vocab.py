@@ -115,9 +115,9 @@ async def test_cache_serves_a_repeated_label_without_encoding(
         calls: list[list[str]] = []
         encode = encoder.encode
 
-        def spy(classifier: object, names: list[str]) -> torch.Tensor:
+        def spy(classifier: object, names: list[str], *limits: int) -> torch.Tensor:
             before = encoder.encode_calls
-            result = encode(classifier, names)  # type: ignore[arg-type]
+            result = encode(classifier, names, *limits)  # type: ignore[arg-type]
             if encoder.encode_calls > before:
                 calls.append(list(names))
             return result
@@ -198,7 +198,7 @@ def test_python_api_classifies_with_new_labels(tiny_artifact: Path) -> None:
     labels = [CLASS_NAMES[1], "teal kite", "pink moon"]
     (row,) = classifier.classify([image], top_k=3, labels=labels)
     assert sorted(name for name, _ in row) == sorted(labels)
-    rows = classifier.label_embeddings(labels)  # [3, D]
+    rows = classifier.label_set(labels).embeddings  # [3, D]
     offline = load_learner(tiny_artifact).encode_classes(labels[1:])
     assert torch.allclose(rows[1:], offline, atol=TOL, rtol=0)
     assert torch.equal(rows[0], classifier.class_embeddings[1])

@@ -12,28 +12,29 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.datastructures import UploadFile
 
-from service.api.bodies import read_json, validate_body
+from service.api.bodies import (
+    FORM_TYPES,
+    is_json,
+    media_type,
+    read_form,
+    read_json,
+    validate_body,
+)
 from service.api.deps import RuntimeDep, require_api_key
 from service.api.schemas import (
     ClassifyCreate,
-    ClassifyOptions,
     ClassifyPublic,
     HFZeroShotCreate,
     PredictionPublic,
     error_responses,
     inline_schema,
 )
-from service.classify.pipeline import ClassifyQuery, check_image_count
-from service.errors import (
-    InvalidRequestError,
-    UnsupportedMediaTypeError,
-)
+from service.classify.pipeline import ClassifyQuery, ClassifyResult
+from service.errors import UnsupportedMediaTypeError
 from service.runtime import Runtime
 
-FORM_FIELDS = ("images", "classifier", "version", "top_k", "labels")
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+FORM_FIELDS = ("classifier", "version", "top_k", "labels")
 RAW_TYPES = ("application/octet-stream",)
 
 router = APIRouter(
@@ -93,25 +94,50 @@ async def classify(
     A Hugging Face zero-shot body (``{"inputs": ..., "parameters": {"candidate_labels": ...}}``)
     is answered in that task's shape: a bare list of ``{"label", "score"}`` for every candidate.
     """
-    defaults = ClassifyOptions(
+    defaults = ClassifyCreate(
         classifier=classifier, version=version, top_k=top_k, labels=split_labels(labels)
     )
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    media = media_type(request)
+    images: list[bytes] | list[str]
     if media in FORM_TYPES:
-        query = await _from_multipart(request, runtime, defaults)
-    elif media == "application/json" or media.endswith("+json"):
+        images, body = await _from_form(request, runtime)
+    elif is_json(media):
         payload = await read_json(request)
         if isinstance(payload, dict) and "inputs" in payload:
             return await _classify_hf(payload, runtime, defaults)
-        query = await _from_json(payload, runtime, defaults)
+        body = validate_body(ClassifyCreate, payload)
+        images = body.images
     elif media.startswith("image/") or media in RAW_TYPES:
-        query = _query([await request.body()], defaults, defaults)
+        images, body = [await request.body()], defaults
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data, "
             "application/json or an image/* body"
         )
-    result = await runtime.classify(query)
+    return _public(await runtime.classify(_query(images, body, defaults)))
+
+
+def split_labels(values: list[str] | None) -> list[str] | None:
+    """Repeated and/or comma-separated label fields -> one list (None when none given)."""
+    names = [part.strip() for value in values or () for part in value.split(",")]
+    return [name for name in names if name] or None
+
+
+def _query(
+    images: list[bytes] | list[str], body: ClassifyCreate, defaults: ClassifyCreate
+) -> ClassifyQuery:
+    """The request's images with its fields; a field absent from the body comes from the query
+    string."""
+    return ClassifyQuery(
+        images=images,
+        classifier=body.classifier or defaults.classifier,
+        version=body.version or defaults.version,
+        top_k=body.top_k if body.top_k is not None else defaults.top_k,
+        labels=body.labels if body.labels is not None else defaults.labels,
+    )
+
+
+def _public(result: ClassifyResult) -> ClassifyPublic:
     return ClassifyPublic(
         classifier=result.classifier,
         version=result.version,
@@ -123,62 +149,23 @@ async def classify(
     )
 
 
-def split_labels(values: list[str] | None) -> list[str] | None:
-    """Repeated and/or comma-separated label fields -> one list (None when none given)."""
-    names = [part.strip() for value in values or () for part in value.split(",")]
-    return [name for name in names if name] or None
-
-
-def _query(images: list[bytes], body: ClassifyOptions, defaults: ClassifyOptions) -> ClassifyQuery:
-    return ClassifyQuery(
-        images=images,
-        classifier=body.classifier or defaults.classifier,
-        version=body.version or defaults.version,
-        top_k=body.top_k if body.top_k is not None else defaults.top_k,
-        labels=body.labels if body.labels is not None else defaults.labels,
-    )
-
-
-async def _from_json(payload: Any, runtime: Runtime, defaults: ClassifyOptions) -> ClassifyQuery:
-    create = validate_body(ClassifyCreate, payload)
-    check_image_count(len(create.images), runtime.settings.max_images_per_request)
-    images = await runtime.preparer.decode_base64(create.images)
-    return _query(images, create, defaults)
-
-
-async def _from_multipart(
-    request: Request, runtime: Runtime, defaults: ClassifyOptions
-) -> ClassifyQuery:
+async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], ClassifyCreate]:
     limit = runtime.settings.max_images_per_request
-    async with request.form(max_files=max(limit * 4, 64), max_fields=64) as form:
-        unknown = sorted(set(form.keys()) - set(FORM_FIELDS))
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown form field(s) {unknown}; known: {list(FORM_FIELDS)}"
-            )
-        files = form.getlist("images")
-        check_image_count(len(files), limit)
-        images = []
-        for index, item in enumerate(files):
-            if not isinstance(item, UploadFile):
-                raise InvalidRequestError(f"images[{index}] must be a file part, not a text field")
-            images.append(await item.read())
-        fields: dict[str, Any] = {k: form.get(k) for k in ("classifier", "version", "top_k")}
-        labels = split_labels([str(v) for v in form.getlist("labels")])
-    options = validate_body(
-        ClassifyOptions, {k: v for k, v in fields.items() if v} | {"labels": labels}
-    )
-    return _query(images, options, defaults)
+    form = await read_form(request, fields=FORM_FIELDS, max_files=max(limit * 4, 64))
+    fields: dict[str, Any] = {
+        name: values[0] for name, values in form.fields.items() if name != "labels" and values[0]
+    }
+    labels = split_labels(form.fields.get("labels"))
+    return form.files, validate_body(ClassifyCreate, fields | {"labels": labels})
 
 
 async def _classify_hf(
-    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyOptions
+    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyCreate
 ) -> list[PredictionPublic]:
     create = validate_body(HFZeroShotCreate, payload)
-    images = await runtime.preparer.decode_base64([create.inputs])
     labels = create.parameters.candidate_labels
     query = ClassifyQuery(
-        images=images,
+        images=[create.inputs],
         classifier=defaults.classifier,
         version=defaults.version,
         top_k=len(labels),  # the task answers with every candidate, ranked

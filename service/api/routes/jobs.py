@@ -10,13 +10,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from starlette.datastructures import UploadFile
 
-from service.api.bodies import read_json, validate_body
+from service.api.bodies import is_json, media_type, read_form, read_json, validate_body
 from service.api.deps import RuntimeDep, require_api_key
 from service.api.schemas import (
     AdaptCreate,
-    AdaptOptions,
     JobEventListPublic,
     JobEventPublic,
     JobListPublic,
@@ -26,29 +24,14 @@ from service.api.schemas import (
 )
 from service.errors import (
     InvalidRequestError,
-    JobFinishedError,
     UnknownJobError,
     UnsupportedMediaTypeError,
 )
-from service.jobs.plan import plan_job, submit_job
+from service.jobs.plan import AdaptRequest, plan_job, submit_job
 from service.jobs.store import Event, Job
 from service.runtime import Runtime
 
-OPTION_FIELDS = tuple(AdaptOptions.model_fields)
-# the job fields that come from the request as validated by service.jobs.plan.plan_job
-SPEC_FIELDS = (
-    "name",
-    "method",
-    "backbone",
-    "preset",
-    "shots",
-    "epochs",
-    "seed",
-    "config",
-    "data",
-    "classes",
-    "images",
-)
+FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job to stop
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -65,8 +48,8 @@ _MULTIPART_SCHEMA = {
         },
         **{
             key: value
-            for key, value in inline_schema(AdaptOptions)["properties"].items()
-            if key != "config"
+            for key, value in inline_schema(AdaptCreate)["properties"].items()
+            if key not in ("config", "images")
         },
         "config": {"type": "string", "description": "a JSON object of method config overrides"},
     },
@@ -100,18 +83,19 @@ async def adapt(
     `{"images": [{"data": <base64>, "label": ...}]}`), or a `dataset` under the data root.
     A repeated `Idempotency-Key` returns the job the first request created.
     """
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    media = media_type(request)
     if media == "multipart/form-data":
-        options, uploads = await _from_multipart(request)
-    elif media == "application/json" or media.endswith("+json"):
-        options, uploads = await _from_json(request, runtime)
+        create, uploads = await _from_form(request, runtime)
+    elif is_json(media):
+        create, uploads = await _from_json(request, runtime)
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
             "application/json"
         )
     settings = runtime.settings
-    plan = await asyncio.to_thread(plan_job, options, uploads, settings)
+    adapt_request = AdaptRequest(**create.model_dump(exclude={"images"}))
+    plan = await asyncio.to_thread(plan_job, adapt_request, uploads, settings)
     job, created = await asyncio.to_thread(
         submit_job, plan, runtime.jobs, settings.job_root, idempotency_key
     )
@@ -154,21 +138,7 @@ async def cancel_job(job_id: str, runtime: RuntimeDep) -> JobPublic:
     A running job stops between two training steps and publishes nothing. A job that has
     already ended is a 409.
     """
-    job = await _job(runtime, job_id)
-    if job.finished:
-        raise JobFinishedError(f"job {job_id} has already ended ({job.state})")
-    flagged = await asyncio.to_thread(runtime.jobs.request_cancel, job_id)
-    job = flagged if flagged is not None else job
-    if job.state == "cancelled":  # cancelled while queued: no worker will clean up after it
-        await asyncio.to_thread(runtime.runner.drop_uploads, job_id)
-    runtime.runner.wake()
-    deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_S
-    while not job.finished and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.1)
-        job = await _job(runtime, job_id)
-    if job.state == "succeeded":
-        raise JobFinishedError(f"job {job_id} finished and published before it could be cancelled")
-    return job_public(job)
+    return job_public(await runtime.runner.cancel(job_id, wait_s=CANCEL_WAIT_S))
 
 
 @router.get("/jobs/{job_id}/events", responses=error_responses(401, 404))
@@ -194,10 +164,21 @@ async def _job(runtime: Runtime, job_id: str) -> Job:
 
 
 def job_public(job: Job) -> JobPublic:
+    spec, train = job.spec, job.spec.train
     return JobPublic(
-        **{field: job.spec[field] for field in SPEC_FIELDS},
         id=job.id,
         state=job.state,
+        name=train.name,
+        method=train.method,
+        backbone=train.backbone,
+        preset=train.preset,
+        shots=train.shots or 0,
+        epochs=train.epochs,
+        seed=train.seed,
+        config=train.overrides,
+        data=spec.data,
+        classes=spec.classes,
+        images=spec.images,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
@@ -222,41 +203,31 @@ def _iso(timestamp: float | None) -> Any:
 
 async def _from_json(
     request: Request, runtime: Runtime
-) -> tuple[AdaptOptions, list[tuple[bytes, str]] | None]:
+) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
     create = validate_body(AdaptCreate, await read_json(request))
-    options = AdaptOptions.model_validate(create.model_dump(exclude={"images"}))
     if create.images is None:
-        return options, None
+        return create, None
     images = await runtime.preparer.decode_base64([item.data for item in create.images])
-    return options, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
+    return create, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
 
 
-async def _from_multipart(request: Request) -> tuple[AdaptOptions, list[tuple[bytes, str]] | None]:
-    limit = request.app.state.runtime.settings.max_job_images
-    async with request.form(max_files=limit + 1, max_fields=limit + 32) as form:
-        known = {*OPTION_FIELDS, "images", "labels"}
-        unknown = sorted(set(form.keys()) - known)
-        if unknown:
-            raise InvalidRequestError(f"unknown form field(s) {unknown}; known: {sorted(known)}")
-        files = form.getlist("images")
-        labels = [str(value) for value in form.getlist("labels")]
-        data: dict[str, Any] = {
-            key: form.get(key) for key in OPTION_FIELDS if form.get(key) not in (None, "")
-        }
-        if "config" in data:
-            data["config"] = _json_object(str(data["config"]))
-        if not files and not labels:
-            return validate_body(AdaptOptions, data), None
-        if len(files) != len(labels):
-            raise InvalidRequestError(
-                f"{len(files)} images and {len(labels)} labels: send one labels field per image"
-            )
-        uploads = []
-        for index, (item, label) in enumerate(zip(files, labels, strict=True)):
-            if not isinstance(item, UploadFile):
-                raise InvalidRequestError(f"images[{index}] must be a file part, not a text field")
-            uploads.append((await item.read(), label))
-    return validate_body(AdaptOptions, data), uploads
+async def _from_form(
+    request: Request, runtime: Runtime
+) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
+    limit = runtime.settings.max_job_images
+    form = await read_form(request, fields=FORM_FIELDS, max_files=limit + 1)
+    labels = form.fields.pop("labels", [])
+    data: dict[str, Any] = {name: values[0] for name, values in form.fields.items() if values[0]}
+    if "config" in data:
+        data["config"] = _json_object(str(data["config"]))
+    create = validate_body(AdaptCreate, data)
+    if not form.files and not labels:
+        return create, None
+    if len(form.files) != len(labels):
+        raise InvalidRequestError(
+            f"{len(form.files)} images and {len(labels)} labels: send one labels field per image"
+        )
+    return create, list(zip(form.files, labels, strict=True))
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""The training package's public entry points, as the service uses them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.backbone import DEFAULT_BACKBONE
+from training import request
+from training.api import summarize_dataset, world_class_names
+from training.errors import DataError
+
+
+def test_the_torch_free_request_defaults_to_the_models_backbone() -> None:
+    assert request.DEFAULT_BACKBONE == DEFAULT_BACKBONE
+
+
+def test_summarize_dataset_counts_classes_and_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, count in (("cat", 2), ("dog", 3)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(tmp_path / name / f"{i}.png")
+    found = summarize_dataset(str(tmp_path))
+    assert (found.class_names, found.images) == (["cat", "dog"], 5)
+    with pytest.raises(DataError):
+        summarize_dataset(str(tmp_path / "absent"))
+
+
+def test_world_class_names_are_the_64_colour_shapes() -> None:
+    names = world_class_names()
+    assert len(names) == len(set(names)) == 64
+    assert "red star" in names
