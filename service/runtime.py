@@ -54,18 +54,7 @@ class Runtime:
         self.preparer = ImagePreparer(settings.decode_threads, settings.max_image_pixels)
         self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
         self.jobs = JobStore(settings.job_root / "jobs.db")
-        self.runner = JobRunner(
-            self.jobs,
-            jobs_dir=settings.job_root,
-            store_root=settings.store,
-            device=resolve_device(settings.job_device),
-            max_concurrent=settings.max_concurrent_jobs,
-            threads=settings.job_threads,
-            niceness=settings.job_niceness,
-            cancel_grace_s=settings.cancel_grace_s,
-            keep_uploads=settings.keep_job_uploads,
-            log_level=settings.log_level,
-        )
+        self.runner = JobRunner(self.jobs, settings)
         self.state: State = "starting"
         self.failure: str | None = None
         self._startup: asyncio.Task[None] | None = None

@@ -1,4 +1,5 @@
-"""Request dependencies: the runtime, its settings, and the API key check."""
+"""Request dependencies: one `Annotated` alias per resource a route may need (the runtime, its
+settings, the classifier store, the job store and runner, the metrics), and the API key check."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import UnauthorizedError
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore
+from service.metrics import Metrics
 from service.runtime import Runtime
 from service.settings import Settings
+from service.store import ClassifierStore
 
 _bearer = HTTPBearer(auto_error=False, description="the PROMPTSERVE_API_KEY, when one is set")
 
@@ -29,6 +34,34 @@ def get_app_settings(runtime: RuntimeDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_store(runtime: RuntimeDep) -> ClassifierStore:
+    return runtime.store
+
+
+StoreDep = Annotated[ClassifierStore, Depends(get_store)]
+
+
+def get_jobs(runtime: RuntimeDep) -> JobStore:
+    return runtime.jobs
+
+
+JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
+
+
+def get_runner(runtime: RuntimeDep) -> JobRunner:
+    return runtime.runner
+
+
+JobRunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+
+def get_metrics(runtime: RuntimeDep) -> Metrics:
+    return runtime.metrics
+
+
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def require_api_key(

@@ -144,7 +144,7 @@ class JobPublic(BaseModel):
     method: str
     backbone: str
     preset: str | None
-    shots: int
+    shots: int | None = Field(description="training images per class; None: all")
     epochs: int | None
     seed: int
     config: dict[str, Any]

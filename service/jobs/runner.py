@@ -31,11 +31,11 @@ import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 
 from service.errors import JobFinishedError, UnknownJobError
 from service.jobs.store import Job, JobStore
 from service.jobs.worker import run_job
+from service.settings import Settings, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +45,17 @@ UPLOADS_DIR = "images"
 
 
 class JobRunner:
-    def __init__(
-        self,
-        jobs: JobStore,
-        *,
-        jobs_dir: Path,
-        store_root: Path,
-        device: str,
-        max_concurrent: int = 1,
-        threads: int = 1,
-        niceness: int = 10,
-        cancel_grace_s: float = 10.0,
-        keep_uploads: bool = False,
-        log_level: str = "info",
-    ) -> None:
+    def __init__(self, jobs: JobStore, settings: Settings) -> None:
         self.jobs = jobs
-        self.jobs_dir = jobs_dir
-        self.store_root = store_root
-        self.device = device
-        self.max_concurrent = max_concurrent
-        self.threads = threads
-        self.niceness = niceness
-        self.cancel_grace_s = cancel_grace_s
-        self.keep_uploads = keep_uploads
-        self.log_level = log_level
+        self.jobs_dir = settings.job_root
+        self.store_root = settings.store
+        self.device = resolve_device(settings.job_device)
+        self.max_concurrent = settings.max_concurrent_jobs
+        self.threads = settings.job_threads  # torch threads in a worker
+        self.niceness = settings.job_niceness  # added to a worker's niceness
+        self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled worker is killed
+        self.keep_uploads = settings.keep_job_uploads
+        self.log_level = settings.log_level
         self.queued = 0  # as of the last poll, for the metrics
         self._procs: dict[str, BaseProcess] = {}
         self._cancel_seen: dict[str, float] = {}  # job id -> when its cancel flag was first seen
@@ -241,7 +228,7 @@ class JobRunner:
         Raises UnknownJobError, or JobFinishedError when the job had already ended (or
         published before the flag reached its worker).
         """
-        job = await self._get(job_id)
+        job = await self.get(job_id)
         if job.finished:
             raise JobFinishedError(f"job {job_id} has already ended ({job.state})")
         flagged = await asyncio.to_thread(self.jobs.request_cancel, job_id)
@@ -252,14 +239,15 @@ class JobRunner:
         deadline = time.monotonic() + wait_s
         while not job.finished and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            job = await self._get(job_id)
+            job = await self.get(job_id)
         if job.state == "succeeded":
             raise JobFinishedError(
                 f"job {job_id} finished and published before it could be cancelled"
             )
         return job
 
-    async def _get(self, job_id: str) -> Job:
+    async def get(self, job_id: str) -> Job:
+        """Job `job_id`; UnknownJobError when there is none."""
         job = await asyncio.to_thread(self.jobs.get, job_id)
         if job is None:
             raise UnknownJobError(f"no job {job_id!r}")

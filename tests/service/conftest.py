@@ -8,6 +8,7 @@ name and version rewritten (the manifest is not among the hashed files).
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -121,6 +122,11 @@ def client_factory(store: Path) -> ClientFactory:
 
 
 # --- images ---------------------------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    """Bytes as the base64 text of a JSON body."""
+    return base64.b64encode(data).decode()
 
 
 def png_bytes(colour: tuple[int, int, int] = (220, 30, 30), size: int = 40) -> bytes:

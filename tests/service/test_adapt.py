@@ -7,7 +7,6 @@ test's business (tests/service/test_jobs_e2e.py).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import ClientFactory, bomb_png, jpeg_bytes, png_bytes, truncated_png
+from tests.service.conftest import (
+    ClientFactory,
+    b64,
+    bomb_png,
+    jpeg_bytes,
+    png_bytes,
+    truncated_png,
+)
 
 pytestmark = pytest.mark.anyio
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def json_body(**fields: Any) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from service.store import ClassifierStore
 from tests.service.conftest import (
     CLASS_NAMES,
     ClientFactory,
+    b64,
     make_settings,
     png_bytes,
     publish_copy,
@@ -20,7 +20,7 @@ from tests.service.conftest import (
 
 pytestmark = pytest.mark.anyio
 
-IMAGE = {"images": [base64.b64encode(png_bytes()).decode()]}
+IMAGE = {"images": [b64(png_bytes())]}
 
 
 async def test_list_and_describe(client_factory: ClientFactory) -> None:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 from typing import Any
 
 import pytest
 
-from tests.service.conftest import CLASS_NAMES, ClientFactory, jpeg_bytes, png_bytes
+from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.anyio
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def check_ranked(row: list[dict[str, Any]], labels: list[str], top_k: int) -> None:

@@ -4,7 +4,6 @@ HTTP with httpx, and Hugging Face's own InferenceClient."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import os
 import shutil
@@ -22,6 +21,7 @@ import pytest
 from models.backbone import WEIGHTS_DIR
 from tests.service.conftest import (
     CLASS_NAMES,
+    b64,
     bomb_png,
     jpeg_bytes,
     png_bytes,
@@ -95,10 +95,6 @@ def server(template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     running = start_server(store, root / "server.log", timeout=180)
     yield running
     stop_server(running)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.mark.anyio

@@ -4,7 +4,6 @@ serving: every case is followed by a good request that must succeed. Then the AP
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +17,7 @@ from service.classify.images import decode_image
 from service.errors import ImageTooLargeError, InvalidImageError
 from tests.service.conftest import (
     ClientFactory,
+    b64,
     bomb_png,
     png_bytes,
     publish_copy,
@@ -32,10 +32,6 @@ LIMITS = {
     "max_image_pixels": 1_000_000,
     "max_new_labels": 0,  # open vocabulary off: a label the classifier lacks is unknown
 }
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def files(*blobs: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -109,8 +109,7 @@ def test_concurrent_creates_with_one_key_make_one_job(jobs: JobStore) -> None:
 
 def test_list_is_newest_first_with_a_cursor(jobs: JobStore) -> None:
     created = [
-        jobs.create(dataclasses.replace(SPEC, images=i), fingerprint=str(i))[0].id
-        for i in range(5)
+        jobs.create(dataclasses.replace(SPEC, images=i), fingerprint=str(i))[0].id for i in range(5)
     ]
     page, more = jobs.page(limit=2)
     assert [j.id for j in page] == created[::-1][:2]

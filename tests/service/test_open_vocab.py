@@ -7,7 +7,6 @@ and asked about novel class names.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -22,16 +21,12 @@ from models.classifier import encode_labels, load_classifier, load_learner
 from models.methods import list_methods
 from service.classify.labels import LabelEncoder
 from service.settings import Settings
-from tests.service.conftest import CLASS_NAMES, ClientFactory, make_settings, png_bytes, serve
+from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, make_settings, png_bytes, serve
 from training.synthetic.tasks import task_classes
 
 NOVEL = task_classes("color-shape-novel")
 BASE = task_classes("color-shape-base")
 TOL = 1e-5
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 @pytest.fixture(scope="session")

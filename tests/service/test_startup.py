@@ -3,17 +3,16 @@ backbone (the one slow test of this package: a mini export), then ready; a resta
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import make_settings, png_bytes, serve
+from tests.service.conftest import b64, make_settings, png_bytes, serve
 from training.synthetic.tasks import color_shape_classes
 
 pytestmark = pytest.mark.anyio
 
-IMAGE = {"images": [base64.b64encode(png_bytes()).decode()]}
+IMAGE = {"images": [b64(png_bytes())]}
 
 
 @pytest.mark.slow

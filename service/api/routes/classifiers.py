@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from models.methods import list_methods
-from service.api.deps import RuntimeDep, require_api_key
+from service.api.deps import SettingsDep, StoreDep, require_api_key
 from service.api.schemas import (
     ClassifierListPublic,
     ClassifierPublic,
@@ -27,33 +27,31 @@ router = APIRouter(
 
 
 @router.get("")
-async def list_classifiers(runtime: RuntimeDep) -> ClassifierListPublic:
+async def list_classifiers(store: StoreDep, settings: SettingsDep) -> ClassifierListPublic:
     """Every classifier with a published version."""
-    return await asyncio.to_thread(_list, runtime.store, runtime.settings.default_classifier)
+    return await asyncio.to_thread(_list, store, settings.default_classifier)
 
 
 @router.get("/{name}", responses=error_responses(404, 422))
-async def get_classifier(name: str, runtime: RuntimeDep) -> ClassifierPublic:
+async def get_classifier(name: str, store: StoreDep, settings: SettingsDep) -> ClassifierPublic:
     """All versions of `name`, newest last: method, backbone, classes, metrics, training."""
-    return await asyncio.to_thread(
-        _describe, runtime.store, name, runtime.settings.default_classifier
-    )
+    return await asyncio.to_thread(_describe, store, name, settings.default_classifier)
 
 
 @router.get("/{name}/{version}", responses=error_responses(404, 422))
 async def get_classifier_version(
-    name: str, version: str, runtime: RuntimeDep
+    name: str, version: str, store: StoreDep
 ) -> ClassifierVersionPublic:
     """One version of `name`."""
-    return await asyncio.to_thread(_version, runtime.store, name, version)
+    return await asyncio.to_thread(_version, store, name, version)
 
 
 @router.delete("/{name}/{version}", status_code=204, responses=error_responses(404, 409, 422))
-async def delete_classifier_version(name: str, version: str, runtime: RuntimeDep) -> Response:
+async def delete_classifier_version(
+    name: str, version: str, store: StoreDep, settings: SettingsDep
+) -> Response:
     """Remove one version. The last version of the default classifier cannot be deleted."""
-    await asyncio.to_thread(
-        runtime.store.delete, name, version, protected=runtime.settings.default_classifier
-    )
+    await asyncio.to_thread(store.delete, name, version, protected=settings.default_classifier)
     return Response(status_code=204)
 
 

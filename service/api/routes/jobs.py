@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from service.api.bodies import is_json, media_type, read_form, read_json, validate_body
-from service.api.deps import RuntimeDep, require_api_key
+from service.api.deps import JobRunnerDep, JobStoreDep, RuntimeDep, require_api_key
 from service.api.schemas import (
     AdaptCreate,
     JobEventListPublic,
@@ -24,7 +24,6 @@ from service.api.schemas import (
 )
 from service.errors import (
     InvalidRequestError,
-    UnknownJobError,
     UnsupportedMediaTypeError,
 )
 from service.jobs.plan import AdaptRequest, plan_job, submit_job
@@ -32,6 +31,8 @@ from service.jobs.store import Event, Job
 from service.runtime import Runtime
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
+# the job's public fields that are its training request's own
+TRAIN_FIELDS = ("name", "method", "backbone", "preset", "shots", "epochs", "seed")
 CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job to stop
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
@@ -107,7 +108,7 @@ async def adapt(
 
 @router.get("/jobs", responses=error_responses(401, 422))
 async def list_jobs(
-    runtime: RuntimeDep,
+    jobs: JobStoreDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[
         str | None, Query(description="id of the last job of the previous page")
@@ -115,70 +116,57 @@ async def list_jobs(
 ) -> JobListPublic:
     """Jobs, newest first."""
     try:
-        jobs, has_more = await asyncio.to_thread(runtime.jobs.page, limit=limit, after=after)
+        page, has_more = await asyncio.to_thread(jobs.page, limit=limit, after=after)
     except KeyError:
         raise InvalidRequestError(f"after: no job {after!r}") from None
     return JobListPublic(
-        data=[job_public(job) for job in jobs],
+        data=[job_public(job) for job in page],
         has_more=has_more,
-        next_after=jobs[-1].id if has_more and jobs else None,
+        next_after=page[-1].id if has_more and page else None,
     )
 
 
 @router.get("/jobs/{job_id}", responses=error_responses(401, 404))
-async def get_job(job_id: str, runtime: RuntimeDep) -> JobPublic:
+async def get_job(job_id: str, runner: JobRunnerDep) -> JobPublic:
     """State, progress, and on success the published version with its accuracies."""
-    return job_public(await _job(runtime, job_id))
+    return job_public(await runner.get(job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", responses=error_responses(401, 404, 409))
-async def cancel_job(job_id: str, runtime: RuntimeDep) -> JobPublic:
+async def cancel_job(job_id: str, runner: JobRunnerDep) -> JobPublic:
     """Cancel a queued job at once, or stop a running one (waits up to a few seconds for it).
 
     A running job stops between two training steps and publishes nothing. A job that has
     already ended is a 409.
     """
-    return job_public(await runtime.runner.cancel(job_id, wait_s=CANCEL_WAIT_S))
+    return job_public(await runner.cancel(job_id, wait_s=CANCEL_WAIT_S))
 
 
 @router.get("/jobs/{job_id}/events", responses=error_responses(401, 404))
 async def list_job_events(
     job_id: str,
-    runtime: RuntimeDep,
+    runner: JobRunnerDep,
     after: Annotated[int, Query(ge=0, description="seq of the last event already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobEventListPublic:
     """The job's events in order: created, started, each epoch, published or the error."""
-    await _job(runtime, job_id)
-    events = await asyncio.to_thread(runtime.jobs.events, job_id, after=after, limit=limit + 1)
+    await runner.get(job_id)
+    events = await asyncio.to_thread(runner.jobs.events, job_id, after=after, limit=limit + 1)
     return JobEventListPublic(
         data=[_event_public(event) for event in events[:limit]], has_more=len(events) > limit
     )
 
 
-async def _job(runtime: Runtime, job_id: str) -> Job:
-    job = await asyncio.to_thread(runtime.jobs.get, job_id)
-    if job is None:
-        raise UnknownJobError(f"no job {job_id!r}")
-    return job
-
-
 def job_public(job: Job) -> JobPublic:
-    spec, train = job.spec, job.spec.train
+    train = job.spec.train
     return JobPublic(
+        **{name: getattr(train, name) for name in TRAIN_FIELDS},
+        config=train.overrides,
+        data=job.spec.data,
+        classes=job.spec.classes,
+        images=job.spec.images,
         id=job.id,
         state=job.state,
-        name=train.name,
-        method=train.method,
-        backbone=train.backbone,
-        preset=train.preset,
-        shots=train.shots or 0,
-        epochs=train.epochs,
-        seed=train.seed,
-        config=train.overrides,
-        data=spec.data,
-        classes=spec.classes,
-        images=spec.images,
         created_at=_iso(job.created_at),
         started_at=_iso(job.started_at),
         finished_at=_iso(job.finished_at),
