@@ -48,6 +48,8 @@ ARTIFACT_FILES = (CLASSES_FILE, ONNX_FILE, TORCHSCRIPT_FILE, LEARNER_FILE)  # ha
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one safe path component
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 TEMP_PREFIX = ".tmp-"
+FILE_MODE = 0o644  # published files: the owner writes, the service (any user) reads
+DIR_MODE = 0o755
 PUBLISH_ATTEMPTS = 100  # versions tried when concurrent exporters race for the next number
 
 
@@ -239,7 +241,9 @@ def _publish(staging: Path, directory: Path, manifest: dict[str, Any]) -> Path:
             json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
         )
         for file in staging.iterdir():
+            file.chmod(FILE_MODE)  # one mode for every file, whatever wrote it
             _fsync(file)
+        staging.chmod(DIR_MODE)
         target = directory / str(version)
         try:
             os.rename(staging, target)  # atomic; fails when the target exists and is not empty

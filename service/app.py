@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.handlers import install_error_handlers
-from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.api.routes import classifiers, classify, health, jobs, metrics
+from service.api.middleware import AdmissionMiddleware, BodyLimitMiddleware, MetricsMiddleware
+from service.api.routes import classifiers, classify, docs, health, jobs, metrics
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
@@ -37,12 +37,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    app = FastAPI(title="promptserve", description=DESCRIPTION, lifespan=lifespan)
+    open_docs = settings.api_key is None  # with a key, the docs need it like every route
+    app = FastAPI(
+        title="promptserve",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
+        openapi_url="/openapi.json" if open_docs else None,
+    )
     app.state.runtime = runtime
     for module in (classify, jobs, classifiers, health, metrics):
         app.include_router(module.router)
+    if not open_docs:
+        app.include_router(docs.router)
     install_error_handlers(app)
-    # added last = outermost: the metrics see every request, 413s from the body limit included
+    # added last = outermost: the metrics see every request, 429s from admission and 413s from
+    # the body limit included; admission runs before the body is read
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_requests=settings.max_inflight_requests,
+        max_bytes=settings.max_inflight_bytes,
+        body_limit=settings.max_body_bytes,
+        retry_after_s=settings.retry_after_s,
+    )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
     return app

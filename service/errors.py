@@ -92,6 +92,18 @@ class IdempotencyConflictError(ServiceError):
     status, code = 422, "idempotency_conflict"
 
 
+class ProtectedClassifierError(ServiceError):
+    """A tuning job that would publish a version of the default classifier, not allowed."""
+
+    status, code = 403, "protected_classifier"
+
+
+class TooManyJobsError(ServiceError):
+    """As many jobs are queued as the service takes: the client should retry later."""
+
+    status, code = 429, "too_many_jobs"
+
+
 class QueueFullError(ServiceError):
     """The batcher's queue is full: the client should retry later."""
 

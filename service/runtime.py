@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Literal
 
@@ -30,6 +31,7 @@ from service.store import ClassifierStore
 log = logging.getLogger(__name__)
 
 State = Literal["starting", "ready", "failed"]
+STALE_STAGING_S = 3600.0  # an export's staging folder this old is left from a killed one
 RETRY_S = 5.0  # a failed start-up is tried again at most this often (on readiness checks)
 
 
@@ -53,6 +55,9 @@ class Runtime:
         )
         self.preparer = ImagePreparer(settings.decode_threads, settings.max_image_pixels)
         self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
+        # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
+        # intake cannot starve classification (which decodes on the preparer's pool)
+        self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self.jobs = JobStore(settings.job_root / "jobs.db")
         self.runner = JobRunner(self.jobs, settings)
         self.state: State = "starting"
@@ -89,6 +94,7 @@ class Runtime:
     async def start(self) -> None:
         self._ready = asyncio.Event()  # bound to the running loop
         await self.batcher.start()
+        await asyncio.to_thread(self.store.remove_stale_staging, STALE_STAGING_S)
         await self.runner.start()
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
         if self.settings.api_key is None:
@@ -104,6 +110,8 @@ class Runtime:
         await self.runner.stop()
         await self.batcher.stop()
         self.preparer.close()
+        self.pipeline.labels.close()
+        self.intake.shutdown(wait=False, cancel_futures=True)
 
     async def wait_ready(self, timeout: float | None = None) -> State:
         """Wait until start-up has finished (either way); returns the state."""

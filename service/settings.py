@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(default=16, ge=1)
     max_image_pixels: int = Field(default=25_000_000, ge=1)  # declared width x height
     max_body_bytes: int = Field(default=20 * MiB, ge=1)
+    # admission control: requests (and their declared body bytes) in flight at once; beyond
+    # either, a request is answered 429 with Retry-After before its body is read
+    max_inflight_requests: int = Field(default_factory=lambda: 16 * (os.cpu_count() or 1), ge=1)
+    max_inflight_bytes: int = Field(default=64 * MiB, ge=1)
+    retry_after_s: int = Field(default=1, ge=1)  # the Retry-After of a 429
     max_labels: int = Field(default=1000, ge=1)  # labels named in one request
     max_new_labels: int = Field(default=100, ge=0)  # labels a classifier lacks, per request
     max_label_tokens: int = Field(default=32, ge=1)  # tokens in one label name
@@ -57,6 +62,10 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(default=10.0, gt=0)
     max_job_images: int = Field(default=1024, ge=2)  # uploaded images per job
     max_job_epochs: int = Field(default=200, ge=1)
+    max_queued_jobs: int = Field(default=16, ge=0)  # jobs waiting for a worker; then 429
+    job_retention_days: float = Field(default=30.0, gt=0)  # ended jobs (and events) kept
+    # POST /adapt may publish versions of the default classifier only when this is set
+    allow_adapt_default: bool = False
     data_root: Path | None = None  # `dataset` references resolve under it; None: refused
     keep_job_uploads: bool = False  # keep a job's uploaded images after it ends
     host: str = "127.0.0.1"  # for `promptserve serve`

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -175,6 +176,21 @@ class ClassifierStore:
             with contextlib.suppress(OSError):  # only if nothing else (a staging dir) is there
                 directory.rmdir()
         log.info("deleted classifier %s version %s", name, version)
+
+    def remove_stale_staging(self, older_than_s: float) -> list[Path]:
+        """Remove staging folders (``<name>/.tmp-*``) left by exports that were killed, once
+        they are `older_than_s` old (a younger one may belong to an export still running in
+        another process). Returns what was removed."""
+        removed = []
+        cutoff = time.time() - older_than_s
+        for staging in self.root.glob(f"*/{TEMP_PREFIX}*") if self.root.is_dir() else ():
+            with contextlib.suppress(OSError):
+                if staging.is_dir() and staging.stat().st_mtime < cutoff:
+                    shutil.rmtree(staging)
+                    removed.append(staging)
+        if removed:
+            log.warning("removed %d staging folder(s) left by interrupted exports", len(removed))
+        return removed
 
     def ensure_default(self, name: str, backbone: str) -> bool:
         """Create `name` as zeroshot over the colour-shape classes unless it exists.

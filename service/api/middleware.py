@@ -1,4 +1,9 @@
-"""Pure ASGI middleware: the request body limit and the request metrics.
+"""Pure ASGI middleware: admission control, the request body limit and the request metrics.
+
+Admission acts first, on the headers alone: while the requests (or declared body bytes) in
+flight are at their budget, a new request is answered 429 with ``Retry-After`` before a byte of
+its body is read or decoded, so overload costs the server almost nothing and the requests it has
+accepted keep their latency. Health checks and metrics are never refused.
 
 The body limit acts before anything parses the body (Starlette spools multipart uploads to disk
 before a route runs): a declared Content-Length over the limit is answered 413 at once, and a
@@ -75,6 +80,67 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+class AdmissionMiddleware:
+    """Admits at most `max_requests` requests and `max_bytes` declared body bytes at once."""
+
+    EXEMPT = ("/health/", "/metrics")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_requests: int,
+        max_bytes: int,
+        body_limit: int,
+        retry_after_s: int,
+    ) -> None:
+        self.app = app
+        self.max_requests = max_requests
+        self.max_bytes = max_bytes
+        self.body_limit = body_limit  # what a request without Content-Length may still send
+        self.retry_after_s = retry_after_s
+        self.requests = 0
+        self.bytes = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.EXEMPT):
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        size = min(declared if declared is not None else self._streamed(scope), self.body_limit)
+        # one request is always admitted when nothing else runs, whatever its size
+        if self.requests >= self.max_requests or (
+            self.requests and self.bytes + size > self.max_bytes
+        ):
+            await self._refuse(scope, receive, send)
+            return
+        self.requests += 1
+        self.bytes += size
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.requests -= 1
+            self.bytes -= size
+
+    def _streamed(self, scope: Scope) -> int:
+        """Bytes to reserve for a request without Content-Length: none unless it is chunked."""
+        for name, value in scope.get("headers", ()):
+            if name == b"transfer-encoding" and b"chunked" in value.lower():
+                return self.body_limit
+        return 0
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = (
+            f"the server is at its limit of {self.max_requests} requests or {self.max_bytes} "
+            f"body bytes in flight; retry after {self.retry_after_s} s"
+        )
+        response = error_response(
+            429, "overloaded", message, headers={"Retry-After": str(self.retry_after_s)}
+        )
+        response.headers["Connection"] = "close"  # the unread body must not be parsed
+        await response(scope, receive, send)
+
+
 class MetricsMiddleware:
     """Counts every HTTP request by route template, method and status, and times it."""
 
@@ -103,7 +169,7 @@ class MetricsMiddleware:
         finally:
             route = self._route(scope)
             seconds = time.perf_counter() - start
-            self.metrics.observe_request(route, scope["method"], status, seconds)
+            self.metrics.observe_request(route, _method(scope), status, seconds)
 
     def _route(self, scope: Scope) -> str:
         route = scope.get("route")  # set by the router when it matched
@@ -114,3 +180,13 @@ class MetricsMiddleware:
             if match is Match.FULL and hasattr(candidate, "path"):
                 return str(candidate.path)
         return "unmatched"
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method(scope: Scope) -> str:
+    """The request method as a metric label: anything a client invents is "other", so that
+    clients cannot create new series."""
+    method = str(scope["method"])
+    return method if method in KNOWN_METHODS else "other"

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from models.preprocess import ImageTransform
@@ -39,8 +39,21 @@ def decode_base64(text: str, index: int) -> bytes:
         raise InvalidImageError(f"image {index} is not valid base64") from None
 
 
-def decode_image(data: bytes, max_pixels: int, index: int = 0) -> Image.Image:
-    """Decode untrusted image bytes, refusing bombs before decoding and corrupt data after."""
+def decode_all(texts: Sequence[str]) -> list[bytes]:
+    """Base64 strings -> bytes; the first bad one is a 400 naming its index."""
+    return [decode_base64(text, index) for index, text in enumerate(texts)]
+
+
+def decode_image(
+    data: bytes, max_pixels: int, index: int = 0, resize_to: int | None = None
+) -> Image.Image:
+    """Decode untrusted image bytes, refusing bombs before decoding and corrupt data after.
+
+    `resize_to`: the short side the image will be resized to; the resized image must stay
+    within `max_pixels` too, so a long thin strip (1,000,000 x 16, a few KB) is refused before
+    it is decoded instead of growing into gigabytes on the way to the model. The EXIF
+    orientation of a photo is applied, so a rotated phone JPEG is seen upright.
+    """
     if not data:
         raise InvalidImageError(f"image {index} is empty")
     try:
@@ -56,8 +69,11 @@ def decode_image(data: bytes, max_pixels: int, index: int = 0) -> Image.Image:
             f"image {index} declares {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels}"
         )
+    if resize_to is not None:
+        check_resized_pixels(width, height, resize_to, max_pixels, index)
     try:
         probe.load()  # decodes: a truncated or corrupt stream fails here
+        ImageOps.exif_transpose(probe, in_place=True)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image {index}: {exc}") from None
     except _DECODE_ERRORS:
@@ -65,13 +81,27 @@ def decode_image(data: bytes, max_pixels: int, index: int = 0) -> Image.Image:
     return probe
 
 
+def check_resized_pixels(
+    width: int, height: int, short_side: int, max_pixels: int, index: int
+) -> None:
+    """ImageTooLargeError when resizing the short side to `short_side` exceeds `max_pixels`."""
+    short, long = sorted((max(width, 1), max(height, 1)))
+    resized = max(long * short_side // short, 1) * short_side if short < short_side else 0
+    if resized > max_pixels:
+        raise ImageTooLargeError(
+            f"image {index} is {width}x{height}: scaled to a {short_side} px short side it would "
+            f"be {resized} pixels, over the limit of {max_pixels}; "
+            f"crop it to an aspect ratio of at most {max_pixels // short_side**2}:1"
+        )
+
+
 def prepare_image(
-    data: bytes | str, transform: ImageTransform, max_pixels: int, index: int = 0
+    data: bytes | str, transform: ImageTransform, max_pixels: int, index: int = 0, size: int = 0
 ) -> Tensor:
-    """Image bytes (or their base64 text) -> normalised pixels [3, S, S]."""
+    """Image bytes (or their base64 text) -> normalised pixels [3, S, S] (`size` = S)."""
     if isinstance(data, str):
         data = decode_base64(data, index)
-    image = decode_image(data, max_pixels, index)
+    image = decode_image(data, max_pixels, index, resize_to=size or None)
     try:
         return transform(image)
     except _DECODE_ERRORS as exc:  # e.g. a mode the converter cannot handle
@@ -87,12 +117,21 @@ class ImagePreparer:
         self.max_pixels = max_pixels
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
-    async def prepare(self, images: Sequence[bytes | str], transform: ImageTransform) -> Tensor:
-        """All images of one request (bytes or base64 text) -> pixels [n, 3, S, S]; the first
-        bad image fails it."""
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        """The decode pool (request bodies of classify are parsed on it too)."""
+        return self._pool
+
+    async def prepare(
+        self, images: Sequence[bytes | str], transform: ImageTransform, size: int
+    ) -> Tensor:
+        """All images of one request (bytes or base64 text) -> pixels [n, 3, size, size]; the
+        first bad image fails it."""
         loop = asyncio.get_running_loop()
         tasks = [
-            loop.run_in_executor(self._pool, prepare_image, data, transform, self.max_pixels, i)
+            loop.run_in_executor(
+                self._pool, prepare_image, data, transform, self.max_pixels, i, size
+            )
             for i, data in enumerate(images)
         ]
         results = await asyncio.gather(*tasks, return_exceptions=True)
@@ -100,13 +139,6 @@ class ImagePreparer:
             if isinstance(result, BaseException):
                 raise result
         return torch.stack([r for r in results if isinstance(r, Tensor)])
-
-    async def decode_base64(self, texts: Sequence[str]) -> list[bytes]:
-        """Base64 strings -> bytes, off the event loop (a body holds megabytes of them)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, lambda: [decode_base64(t, i) for i, t in enumerate(texts)]
-        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

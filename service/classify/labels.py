@@ -11,9 +11,11 @@ a bounded LRU keyed by (classifier, version, label). Everything here blocks: the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -26,6 +28,7 @@ from models.methods import Learner
 log = logging.getLogger(__name__)
 
 LabelKey = tuple[str, str, str]  # (classifier, version, label)
+TOKENIZER_CACHE_WORDS = 20_000  # words whose BPE split open_clip's tokenizer may remember
 
 
 class LabelEncoder:
@@ -43,6 +46,18 @@ class LabelEncoder:
         self._learners: OrderedDict[tuple[str, str], tuple[Classifier, Learner]] = OrderedDict()
         self._labels: OrderedDict[LabelKey, Tensor] = OrderedDict()  # [D] on the CPU
         self._lock = threading.Lock()
+        # its own thread: encoding labels never waits behind, or holds up, other blocking work
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labels")
+
+    async def encode_async(
+        self, classifier: Classifier, names: list[str], max_tokens: int | None = None
+    ) -> Tensor:
+        """`encode` on the encoder's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.encode, classifier, names, max_tokens)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def encode(
         self, classifier: Classifier, names: list[str], max_tokens: int | None = None
@@ -89,6 +104,7 @@ class LabelEncoder:
         if spec not in self._backbones:
             log.info("loading backbone %s for open-vocabulary labels", spec)
             self._backbones[spec] = load_backbone(spec, device=self.device)
+            bound_tokenizer_cache(self._backbones[spec].tokenizer, TOKENIZER_CACHE_WORDS)
         learner = load_learner(classifier.path, device=self.device, backbone=self._backbones[spec])
         log.info("loaded the text path of %s version %s", *key)
         self._learners[key] = (classifier, learner)
@@ -105,3 +121,29 @@ def check_token_counts(learner: Learner, names: list[str], max_tokens: int) -> N
             raise InvalidLabelError(
                 f"label {name[:40]!r} is {count} tokens long; at most {max_tokens} allowed"
             )
+
+
+class BoundedCache(dict[str, str]):
+    """A dict that forgets its oldest entries past `max_entries`, keeping `pinned` ones.
+
+    open_clip's BPE tokenizer remembers the split of every word it has seen, forever; labels
+    from clients are unbounded, so the served tokenizers get this cache instead.
+    """
+
+    def __init__(self, entries: dict[str, str], max_entries: int) -> None:
+        super().__init__(entries)
+        self.pinned = frozenset(entries)
+        self.max_entries = max_entries
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.max_entries + len(self.pinned):
+            for old in [k for k in self if k not in self.pinned][: len(self) // 4]:
+                del self[old]
+
+
+def bound_tokenizer_cache(tokenizer: object, max_entries: int) -> None:
+    """Give a tokenizer with a word cache (open_clip's SimpleTokenizer) a bounded one."""
+    cache = getattr(tokenizer, "cache", None)
+    if isinstance(cache, dict) and not isinstance(cache, BoundedCache):
+        tokenizer.cache = BoundedCache(cache, max_entries)  # type: ignore[attr-defined]

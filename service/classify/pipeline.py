@@ -78,7 +78,8 @@ class ClassifyPipeline:
         classifier = await self.load(name, query.version)
         labels = await self.resolve(classifier, query.labels)
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
-        pixels = await self.preparer.prepare(query.images, classifier.transform)  # [n, 3, S, S]
+        size = classifier.preprocess.size
+        pixels = await self.preparer.prepare(query.images, classifier.transform, size)  # [n,3,S,S]
         key = (name, classifier.version)
         embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
         predictions = rank(classifier, embeddings, labels, top_k)
@@ -99,7 +100,7 @@ class ClassifyPipeline:
         )
         if not request.new:
             return resolve_labels(classifier, request)
-        encoded = await asyncio.to_thread(
-            self.labels.encode, classifier, request.new, s.max_label_tokens
+        encoded = await self.labels.encode_async(
+            classifier, request.new, s.max_label_tokens
         )  # [N, D]
         return resolve_labels(classifier, request, encoded)

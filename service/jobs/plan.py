@@ -28,6 +28,7 @@ from service.errors import (
     BadRequestError,
     IdempotencyConflictError,
     InvalidRequestError,
+    ProtectedClassifierError,
     TooManyImagesError,
 )
 from service.jobs.runner import UPLOADS_DIR
@@ -73,6 +74,12 @@ def plan_job(
 ) -> JobPlan:
     """Validate an adapt request; blocking (decodes images, lists a dataset): call off the loop."""
     check_name(request.name)
+    if request.name == settings.default_classifier and not settings.allow_adapt_default:
+        raise ProtectedClassifierError(
+            f"{request.name!r} is the default classifier: tuning jobs may not publish versions "
+            "of it unless the service allows it (PROMPTSERVE_ALLOW_ADAPT_DEFAULT=true); "
+            "choose another name"
+        )
     method = get_method(request.method)  # unknown -> 422 listing the registered ones
     backbone = request.backbone or default_backbone(settings)
     if request.backbone is not None:

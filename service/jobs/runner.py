@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5
 STOP_WAIT_S = 10.0  # how long a terminated worker gets before SIGKILL
 UPLOADS_DIR = "images"
+PRUNE_EVERY_S = 600.0  # ended jobs past their retention are looked for this often
 
 
 class JobRunner:
@@ -56,6 +57,8 @@ class JobRunner:
         self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled worker is killed
         self.keep_uploads = settings.keep_job_uploads
         self.log_level = settings.log_level
+        self.retention_s = settings.job_retention_days * 86_400
+        self._next_prune = 0.0  # monotonic time of the next prune
         self.queued = 0  # as of the last poll, for the metrics
         self._procs: dict[str, BaseProcess] = {}
         self._cancel_seen: dict[str, float] = {}  # job id -> when its cancel flag was first seen
@@ -88,7 +91,9 @@ class JobRunner:
         self._wake.set()
 
     def recover(self) -> list[str]:
-        """Mark jobs a previous service process left running as failed (interrupted)."""
+        """Mark jobs a previous service process left running as failed (interrupted), and
+        remove what earlier processes left behind: files of jobs that have ended or are
+        unknown, and ended jobs past their retention."""
         interrupted = []
         for job in self.jobs.in_state("running"):
             error = {
@@ -104,7 +109,29 @@ class JobRunner:
                 len(interrupted),
                 ", ".join(interrupted),
             )
+        self.prune()
+        self._remove_orphans()
         return interrupted
+
+    def prune(self) -> None:
+        """Forget ended jobs older than the retention, with their events and files."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        for job_id in self.jobs.prune(time.time() - self.retention_s):
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
+    def _remove_orphans(self) -> None:
+        """Job folders whose job has ended (or is gone) lose their uploads; empty ones go."""
+        if not self.jobs_dir.is_dir():
+            return
+        live = {job.id for state in ("queued", "running") for job in self.jobs.in_state(state)}
+        known = self.jobs.ids()
+        for folder in self.jobs_dir.iterdir():
+            if not folder.is_dir() or folder.name in live:
+                continue
+            if folder.name not in known:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                self.drop_uploads(folder.name)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -126,6 +153,8 @@ class JobRunner:
             self._reap()
             self._enforce_cancels()
             self._start_queued()
+            if time.monotonic() >= self._next_prune:
+                self.prune()
 
     # --- the three steps of a poll -------------------------------------------------------
 
@@ -254,9 +283,14 @@ class JobRunner:
         return job
 
     def drop_uploads(self, job_id: str) -> None:
-        """Remove an ended job's uploaded images (unless they are to be kept)."""
-        if not self.keep_uploads:
-            shutil.rmtree(self.jobs_dir / job_id / UPLOADS_DIR, ignore_errors=True)
+        """Remove an ended job's uploaded images (unless they are to be kept), and its folder
+        once that is empty."""
+        if self.keep_uploads:
+            return
+        folder = self.jobs_dir / job_id
+        shutil.rmtree(folder / UPLOADS_DIR, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _describe_exit(code: int | None) -> str:

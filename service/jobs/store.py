@@ -163,6 +163,29 @@ class JobStore:
         jobs = [job_from_row(row) for row in rows]
         return jobs[:limit], len(jobs) > limit
 
+    def count(self, state: JobState) -> int:
+        with self._connect() as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()
+        return int(n)
+
+    def prune(self, ended_before: float) -> list[str]:
+        """Delete the jobs that ended before `ended_before` (a UNIX time), with their events;
+        returns their ids."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (ended_before,),
+            ).fetchall()
+            ids = [row["id"] for row in rows]
+            for job_id in ids:
+                db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+                db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return ids
+
+    def ids(self) -> set[str]:
+        with self._connect() as db:
+            return {row["id"] for row in db.execute("SELECT id FROM jobs").fetchall()}
+
     def in_state(self, state: JobState) -> list[Job]:
         """Jobs in `state`, oldest first."""
         with self._connect() as db:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import replace
@@ -30,6 +31,9 @@ from service.jobs.store import JobStore
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5  # progress writes and cancel checks, at most this often
+# an absolute path: a "/" that does not follow a word, a dot, ":" or another "/" (so "1/2" and
+# "http://" are left alone), then path components
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/:'\"]+/)*[^\s/:'\"]*")
 
 
 def run_job(
@@ -101,7 +105,7 @@ def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Mo
         jobs.finish(job_id, "failed", error=error, message="job interrupted")
     else:
         log.exception("job %s failed", job_id)
-        error = {"reason": "error", "message": f"{type(exc).__name__}: {exc}"}
+        error = {"reason": "error", "message": f"{type(exc).__name__}: {without_paths(str(exc))}"}
         jobs.finish(job_id, "failed", error=error, message=f"job failed: {error['message']}")
 
 
@@ -158,6 +162,13 @@ class Monitor:
         elif self.jobs.cancel_requested(self.job_id):
             self._cancel = True
         return self._cancel
+
+
+def without_paths(message: str) -> str:
+    """`message` with every absolute path cut to its last component: a job's error is shown
+    to API clients, and the server's directories are none of their business (the full
+    message is in the server log)."""
+    return ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:

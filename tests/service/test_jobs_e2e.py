@@ -41,6 +41,7 @@ JOB_ENV = {
     "PROMPTSERVE_API_KEY": KEY,
     "PROMPTSERVE_JOB_THREADS": "1",
     "PROMPTSERVE_CANCEL_GRACE_S": "20",
+    "PROMPTSERVE_ALLOW_ADAPT_DEFAULT": "true",  # a failing job must leave the default alone
 }
 
 
@@ -204,6 +205,7 @@ def test_a_failing_job_is_reported_and_leaves_classifiers_alone(
     assert job["state"] == "failed"
     assert job["error"]["reason"] == "error"
     assert "cannot read image" in job["error"]["message"]
+    assert "/data/" not in job["error"]["message"]  # no server paths in what clients see
     assert client.get("/classifiers/default").json()["versions"] == before
     good = client.post("/classify", files=[("images", ("x.png", shapes("test", 1)[0][0]))])
     assert good.status_code == 200

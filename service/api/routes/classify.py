@@ -102,7 +102,7 @@ async def classify(
     if media in FORM_TYPES:
         images, body = await _from_form(request, runtime)
     elif is_json(media):
-        payload = await read_json(request)
+        payload = await read_json(request, runtime.preparer.pool)
         if isinstance(payload, dict) and "inputs" in payload:
             return await _classify_hf(payload, runtime, defaults)
         body = validate_body(ClassifyCreate, payload)

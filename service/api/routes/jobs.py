@@ -22,8 +22,10 @@ from service.api.schemas import (
     error_responses,
     inline_schema,
 )
+from service.classify.images import decode_all
 from service.errors import (
     InvalidRequestError,
+    TooManyJobsError,
     UnsupportedMediaTypeError,
 )
 from service.jobs.plan import AdaptRequest, plan_job, submit_job
@@ -84,6 +86,14 @@ async def adapt(
     `{"images": [{"data": <base64>, "label": ...}]}`), or a `dataset` under the data root.
     A repeated `Idempotency-Key` returns the job the first request created.
     """
+    settings = runtime.settings
+    loop = asyncio.get_running_loop()
+    queued = await loop.run_in_executor(runtime.intake, runtime.jobs.count, "queued")
+    if queued >= settings.max_queued_jobs:  # before the body is read
+        raise TooManyJobsError(
+            f"{queued} jobs are waiting for a worker, the most this service queues; retry later",
+            headers={"Retry-After": str(settings.retry_after_s * 30)},
+        )
     media = media_type(request)
     if media == "multipart/form-data":
         create, uploads = await _from_form(request, runtime)
@@ -94,11 +104,10 @@ async def adapt(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
             "application/json"
         )
-    settings = runtime.settings
     adapt_request = AdaptRequest(**create.model_dump(exclude={"images"}))
-    plan = await asyncio.to_thread(plan_job, adapt_request, uploads, settings)
-    job, created = await asyncio.to_thread(
-        submit_job, plan, runtime.jobs, settings.job_root, idempotency_key
+    plan = await loop.run_in_executor(runtime.intake, plan_job, adapt_request, uploads, settings)
+    job, created = await loop.run_in_executor(
+        runtime.intake, submit_job, plan, runtime.jobs, settings.job_root, idempotency_key
     )
     if created:
         runtime.runner.wake()
@@ -192,10 +201,11 @@ def _iso(timestamp: float | None) -> Any:
 async def _from_json(
     request: Request, runtime: Runtime
 ) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
-    create = validate_body(AdaptCreate, await read_json(request))
+    create = validate_body(AdaptCreate, await read_json(request, runtime.intake))
     if create.images is None:
         return create, None
-    images = await runtime.preparer.decode_base64([item.data for item in create.images])
+    texts = [item.data for item in create.images]
+    images = await asyncio.get_running_loop().run_in_executor(runtime.intake, decode_all, texts)
     return create, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
 
 

@@ -1,0 +1,296 @@
+"""Hostile and careless input: every limit holds before the work it bounds, nothing stalls the
+server, and nothing grows without bound. In process; the real-server checks are in
+test_overload_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from models.classifier import check_labels, load_classifier
+from models.errors import InvalidLabelError
+from service.api.middleware import AdmissionMiddleware
+from service.classify.images import decode_image
+from service.classify.labels import BoundedCache, LabelEncoder
+from service.errors import ImageTooLargeError
+from service.jobs.worker import without_paths
+from tests.service.conftest import ClientFactory, b64, bomb_png, png_bytes
+
+pytestmark = pytest.mark.anyio
+
+MANY_LABELS = [f"label {i}" for i in range(20_000)]  # ~240 KB of JSON
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["json", "hf", "multipart", "query"])
+async def test_twenty_thousand_labels_are_refused_at_once(
+    client_factory: ClientFactory, shape: str
+) -> None:
+    image = png_bytes()
+    async with client_factory() as (client, _):
+        start = time.perf_counter()
+        if shape == "json":
+            response = await client.post(
+                "/classify", json={"images": [b64(image)], "labels": MANY_LABELS}
+            )
+        elif shape == "hf":
+            body = {"inputs": b64(image), "parameters": {"candidate_labels": MANY_LABELS}}
+            response = await client.post("/classify", json=body)
+        elif shape == "multipart":
+            response = await client.post(
+                "/classify",
+                files=[("images", ("x.png", image))],
+                data={"labels": ",".join(MANY_LABELS)},
+            )
+        else:
+            response = await client.post(
+                "/classify",
+                content=image,
+                headers={"Content-Type": "image/png"},
+                params={"labels": ",".join(MANY_LABELS[:3000])},
+            )
+        elapsed = time.perf_counter() - start
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_label"
+    assert "at most 1000" in response.json()["error"]["message"]
+    assert elapsed < 1.0
+
+
+def test_label_checks_are_linear(tiny_artifact: Path) -> None:
+    classifier = load_classifier(tiny_artifact)
+    names = [f"name {i}" for i in range(200_000)]
+    start = time.perf_counter()
+    request = check_labels(classifier, names)  # no limits: everything is counted and compared
+    assert time.perf_counter() - start < 2.0  # quadratic counting took minutes
+    assert len(request.new) == len(names)
+    with pytest.raises(InvalidLabelError, match="duplicate"):
+        check_labels(classifier, [*names, "name 7"])
+
+
+def test_a_long_label_is_refused_before_tokenizing(tiny_artifact: Path) -> None:
+    classifier = load_classifier(tiny_artifact)
+    with pytest.raises(InvalidLabelError, match="characters"):
+        check_labels(classifier, ["x" * 1_000_000], max_chars=300)
+
+
+def test_the_tokenizer_forgets_old_words(tiny_artifact: Path) -> None:
+    classifier = load_classifier(tiny_artifact)
+    encoder = LabelEncoder()
+    encoder.encode(classifier, ["warm up"])
+    tokenizer = next(iter(encoder._backbones.values())).tokenizer
+    assert isinstance(tokenizer.cache, BoundedCache)
+    tokenizer.cache.max_entries = 50
+    for start in range(0, 400, 100):
+        encoder.encode(classifier, [f"zq{i}x" for i in range(start, start + 100)])
+    assert len(tokenizer.cache) <= 50 + len(tokenizer.cache.pinned)
+    assert all(token in tokenizer.cache for token in tokenizer.cache.pinned)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("width", "height"), [(1_562_500, 16), (25_000_000, 1), (16, 1_562_500)])
+def test_long_thin_images_are_refused_before_decoding(width: int, height: int) -> None:
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match="aspect ratio"):
+        decode_image(bomb_png(width, height), max_pixels=25_000_000, resize_to=64)
+    assert time.perf_counter() - start < 0.1
+
+
+async def test_sixteen_strips_in_one_request_are_a_413(client_factory: ClientFactory) -> None:
+    strips = [("images", (f"{i}.png", bomb_png(1_562_500, 16))) for i in range(16)]
+    async with client_factory(max_images_per_request=16) as (client, _):
+        start = time.perf_counter()
+        response = await client.post("/classify", files=strips)
+        elapsed = time.perf_counter() - start
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "image_too_large"
+    assert elapsed < 2.0
+
+
+def test_exif_orientation_is_applied() -> None:
+    upright = Image.new("RGB", (40, 20), (220, 20, 20))
+    upright.paste((20, 20, 220), (20, 0, 40, 20))  # left red, right blue
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways camera writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    decoded = decode_image(buffer.getvalue(), max_pixels=10_000)
+    assert decoded.size == (40, 20)
+    left, right = decoded.getpixel((5, 10)), decoded.getpixel((35, 10))
+    assert left[0] > 150 > left[2]  # type: ignore[index]
+    assert right[2] > 150 > right[0]  # type: ignore[index]
+
+
+# --- admission ------------------------------------------------------------------------------
+
+
+class _Gate:
+    """An ASGI app that holds every request until released; counts body reads."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.entered = 0
+        self.bodies_read = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.entered += 1
+        await self.release.wait()
+        message = await receive()
+        self.bodies_read += message["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_admission_answers_429_before_reading_the_body() -> None:
+    gate = _Gate()
+    app = AdmissionMiddleware(
+        gate, max_requests=2, max_bytes=1_000_000, body_limit=1_000_000, retry_after_s=3
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        held = [asyncio.create_task(client.post("/classify", content=b"x" * 10)) for _ in range(2)]
+        while gate.entered < 2:
+            await asyncio.sleep(0.01)
+        refused = await client.post("/classify", content=b"x" * 10)
+        health = asyncio.create_task(client.get("/health/live"))  # never refused
+        await asyncio.sleep(0.05)
+        assert gate.entered == 3
+        gate.release.set()
+        assert [r.status_code for r in await asyncio.gather(*held, health)] == [200, 200, 200]
+        bodies_read = gate.bodies_read
+        after = await client.post("/classify", content=b"x")
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "3"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert (
+        bodies_read == 3
+    )  # two held requests and the health check: the refused one was never read
+    assert after.status_code == 200  # the budget came back
+
+
+async def test_admission_budgets_body_bytes() -> None:
+    gate = _Gate()
+    app = AdmissionMiddleware(
+        gate, max_requests=100, max_bytes=1_000, body_limit=10_000, retry_after_s=1
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        big = asyncio.create_task(client.post("/adapt", content=b"x" * 5_000))  # alone: admitted
+        while gate.entered < 1:
+            await asyncio.sleep(0.01)
+        second = await client.post("/adapt", content=b"x" * 10)
+        gate.release.set()
+        assert (await big).status_code == 200
+    assert second.status_code == 429
+
+
+# --- metrics, docs, the default classifier, jobs ---------------------------------------------
+
+
+async def test_invented_http_methods_add_no_metric_series(client_factory: ClientFactory) -> None:
+    async with client_factory() as (client, _):
+        for i in range(50):
+            await client.request(f"BREW{i}", "/classify")
+        text = (await client.get("/metrics")).text
+    assert "BREW" not in text
+    assert 'method="other"' in text
+
+
+async def test_docs_need_the_api_key_when_one_is_set(client_factory: ClientFactory) -> None:
+    async with client_factory(api_key="s3cret") as (client, _):
+        bare = [await client.get(path) for path in ("/docs", "/redoc", "/openapi.json")]
+        auth = {"Authorization": "Bearer s3cret"}
+        keyed = [
+            await client.get(path, headers=auth) for path in ("/docs", "/redoc", "/openapi.json")
+        ]
+    assert [r.status_code for r in bare] == [401, 401, 401]
+    assert [r.status_code for r in keyed] == [200, 200, 200]
+    assert "/classify" in keyed[2].json()["paths"]
+
+
+async def test_adapt_may_not_replace_the_default_classifier(client_factory: ClientFactory) -> None:
+    images = [{"data": b64(png_bytes((200, 0, 0))), "label": "a"}] * 2 + [
+        {"data": b64(png_bytes((0, 0, 200))), "label": "b"}
+    ] * 2
+    async with client_factory(max_concurrent_jobs=0) as (client, _):
+        refused = await client.post("/adapt", json={"name": "default", "images": images})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "protected_classifier"
+    async with client_factory(max_concurrent_jobs=0, allow_adapt_default=True) as (client, _):
+        allowed = await client.post("/adapt", json={"name": "default", "images": images})
+    assert allowed.status_code == 202, allowed.text
+
+
+async def test_queued_jobs_are_bounded(client_factory: ClientFactory) -> None:
+    images = [{"data": b64(png_bytes((200, 0, 0))), "label": "a"}] * 2 + [
+        {"data": b64(png_bytes((0, 0, 200))), "label": "b"}
+    ] * 2
+    async with client_factory(max_concurrent_jobs=0, max_queued_jobs=2) as (client, runtime):
+        first = [
+            await client.post("/adapt", json={"name": f"n{i}", "images": images}) for i in range(2)
+        ]
+        third = await client.post("/adapt", json={"name": "n3", "images": images})
+        jobs = runtime.jobs.count("queued")
+    assert [r.status_code for r in first] == [202, 202]
+    assert third.status_code == 429
+    assert third.json()["error"]["code"] == "too_many_jobs"
+    assert "retry-after" in third.headers
+    assert jobs == 2  # nothing written for the refused one
+
+
+def test_job_messages_show_no_server_paths() -> None:
+    message = "cannot read image /srv/data/set/bad/0.png: cannot identify '/srv/data/set/bad/0.png'"
+    cleaned = without_paths(message)
+    assert "/srv" not in cleaned
+    assert cleaned.count("0.png") == 2
+    assert (
+        without_paths("epoch 1/2, see http://example.org/x")
+        == "epoch 1/2, see http://example.org/x"
+    )
+
+
+async def test_start_up_removes_leftovers(client_factory: ClientFactory, store: Path) -> None:
+    stale = store / "shapes" / ".tmp-killed-export"
+    stale.mkdir()
+    (stale / "visual.onnx").write_bytes(b"half")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    fresh = store / "shapes" / ".tmp-running-export"  # may belong to a live export elsewhere
+    fresh.mkdir()
+    orphan = store / ".jobs" / "job-unknown" / "images"
+    orphan.mkdir(parents=True)
+    (orphan / "0.png").write_bytes(png_bytes())
+    async with client_factory() as (client, _):
+        assert (await client.get("/health/live")).status_code == 200
+    assert not stale.exists()
+    assert fresh.exists()
+    assert not orphan.parent.exists()
+
+
+def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:
+    from service.jobs.store import JobStore
+    from tests.service.test_jobstore import SPEC
+
+    jobs = JobStore(tmp_path / "jobs.db")
+    old, _ = jobs.create(SPEC, fingerprint="a")
+    live, _ = jobs.create(SPEC, fingerprint="b")
+    jobs.add_event(old.id, "something")
+    assert jobs.claim(old.id)
+    jobs.finish(old.id, "succeeded", result={}, message="done")
+    assert jobs.prune(time.time() - 3600) == []  # ended just now: kept
+    assert jobs.prune(time.time() + 1) == [old.id]
+    assert jobs.get(old.id) is None
+    assert jobs.events(old.id) == []
+    assert jobs.get(live.id) is not None  # queued jobs are never pruned
