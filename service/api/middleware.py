@@ -137,7 +137,6 @@ class AdmissionMiddleware:
         response = error_response(
             429, "overloaded", message, headers={"Retry-After": str(self.retry_after_s)}
         )
-        response.headers["Connection"] = "close"  # the unread body must not be parsed
         await response(scope, receive, send)
 
 
