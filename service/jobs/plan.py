@@ -41,6 +41,7 @@ from training.errors import DataError
 log = logging.getLogger(__name__)
 
 MAX_LABEL_CHARS = 200
+MAX_REFERENCE_CHARS = 1024
 MANIFEST = "manifest.jsonl"
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
 
@@ -182,8 +183,16 @@ def _plan_dataset(train: TrainRequest, reference: str, settings: Settings) -> Jo
             "dataset references are disabled: the service has no data root "
             "(set PROMPTSERVE_DATA_ROOT), so upload the images instead"
         )
+    if len(reference) > MAX_REFERENCE_CHARS or "\0" in reference:
+        raise InvalidRequestError(
+            f"dataset must be a relative path of at most {MAX_REFERENCE_CHARS} characters, "
+            "without NUL characters"
+        )
     root = settings.data_root.resolve()
-    path = (root / reference).resolve()
+    try:
+        path = (root / reference).resolve()
+    except (OSError, RuntimeError):  # a symlink loop, a name the OS refuses
+        raise BadRequestError(f"dataset {reference[:80]!r} cannot be resolved") from None
     if not path.is_relative_to(root):
         raise BadRequestError(f"dataset {reference!r} is outside the data root")
     try:

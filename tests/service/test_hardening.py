@@ -294,3 +294,13 @@ def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:
     assert jobs.get(old.id) is None
     assert jobs.events(old.id) == []
     assert jobs.get(live.id) is not None  # queued jobs are never pruned
+
+
+@pytest.mark.parametrize("reference", ["a\0b", "x" * 5000])
+async def test_odd_dataset_names_are_4xx(
+    client_factory: ClientFactory, tmp_path: Path, reference: str
+) -> None:
+    async with client_factory(data_root=tmp_path, max_concurrent_jobs=0) as (client, _):
+        response = await client.post("/adapt", json={"name": "ds", "dataset": reference})
+    assert response.status_code == 422, response.text
+    assert "dataset" in response.json()["error"]["message"]
