@@ -34,8 +34,8 @@ from models.artifact import (
     read_manifest,
 )
 from models.classifier import Classifier, load_classifier
+from models.engines import ONNX_FILE, Engine, OnnxEngine
 from models.errors import ArtifactError
-from models.export import ONNX_FILE, Engine, OnnxEngine
 from service.errors import (
     DeleteRefusedError,
     InvalidRequestError,

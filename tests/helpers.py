@@ -1,4 +1,5 @@
-"""Test helpers: small, deterministic image datasets and short training runs."""
+"""Test helpers: class names, seeded pixels, perturbed learners, small deterministic image
+datasets and short training runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,23 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from models.backbone import PreprocessConfig
+from models.methods import Learner
+
+NAMES = ["red star", "blue circle", "green square", "yellow heart"]  # a label set for learners
+
+
+def pixels(batch: int, size: int = 32, seed: int = 0) -> Tensor:
+    """Seeded standard-normal pixels [batch, 3, size, size] (normalised images are ~N(0, 1))."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def perturb(learner: Learner, seed: int = 1, scale: float = 0.05) -> None:
+    """Move every learned tensor off its initial value, as training would, so that round trips
+    and folded graphs test something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in learner.trainable_parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator).to(param))
 
 
 def make_image_folder(

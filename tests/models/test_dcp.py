@@ -12,10 +12,8 @@ from torch import Tensor
 from models.backbone import Backbone, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.dcp import DCPLearner
-from tests.helpers import synthetic_tensors
+from tests.helpers import NAMES, perturb, pixels, synthetic_tensors
 from training.loop import fit
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
 
 
 def make(backbone: Backbone, **overrides: object) -> DCPLearner:
@@ -23,18 +21,6 @@ def make(backbone: Backbone, **overrides: object) -> DCPLearner:
     learner = create_method("dcp", backbone, make_config("dcp", overrides))
     assert isinstance(learner, DCPLearner)
     return learner.eval()
-
-
-def perturb(learner: DCPLearner, seed: int = 1) -> None:
-    """Move the learned tensors off their initial values, as training would."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in learner.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
-def pixels(batch: int, size: int = 32, seed: int = 0) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +66,7 @@ def test_parameter_count_and_tokens(tiny_backbone: Backbone) -> None:
 def test_context_states_do_not_depend_on_the_class(mini_random: Backbone) -> None:
     learner = make(mini_random)
     perturb(learner)
-    tokens = learner.text.class_tokens(NAMES, 16, learner.tokenizer)
+    tokens = learner.text.class_tokens(NAMES, 16)
     record: list[Tensor] = []
     with torch.no_grad():
         learner.text.run(tokens.with_context(learner.ctx_t), record=record)

@@ -20,9 +20,7 @@ from models.export import export_visual_graph
 from models.methods import create_method
 from models.methods.coop import CoOpLearner
 from models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
-from tests.helpers import tiny_run_losses
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
+from tests.helpers import NAMES, pixels, tiny_run_losses
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +36,6 @@ def make_pmpo(backbone: Backbone, seed: int = 0, **overrides: Any) -> PMPOLearne
         for p in learner.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     return learner
-
-
-def pixels(batch: int, size: int, seed: int = 0) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize(
@@ -182,7 +176,7 @@ def test_export_folds_the_visual_prompts_into_constants(
     assert not any(p.requires_grad for p in graph.parameters())
     images = pixels(7, 64, seed=2)
     with torch.no_grad():
-        torch.testing.assert_close(graph.get_buffer("block_prompts"), learner.block_prompts())
+        torch.testing.assert_close(graph.get_buffer("folded"), learner.block_prompts())
         folded = graph(images)
         assert torch.equal(folded, learner.encode_images(images))
         learner.prompts.add_(0.1)  # the exported graph no longer follows the learner

@@ -13,10 +13,8 @@ from torch import Tensor
 from models.backbone import Backbone, hash_state_dict, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.provp import ProVPLearner
-from tests.helpers import synthetic_tensors
+from tests.helpers import NAMES, pixels, synthetic_tensors
 from training.loop import fit
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
 
 
 def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
@@ -24,10 +22,6 @@ def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
     learner = create_method("provp", backbone, make_config("provp", overrides))
     assert isinstance(learner, ProVPLearner)
     return learner.eval()
-
-
-def pixels(batch: int, seed: int = 0) -> Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 @contextmanager
