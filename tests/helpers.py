@@ -3,6 +3,8 @@ datasets and short training runs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,25 @@ def perturb(learner: Learner, seed: int = 1, scale: float = 0.05) -> None:
     with torch.no_grad():
         for param in learner.trainable_parameters():
             param.add_(scale * torch.randn(param.shape, generator=generator).to(param))
+
+
+@contextmanager
+def vision_block_io(learner: Learner) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """Capture the input and the output of every vision block call, in call order, straight
+    from hooks on the learner's frozen blocks."""
+    inputs: list[Tensor] = []
+    outputs: list[Tensor] = []
+
+    def record(_module: object, args: tuple[Tensor, ...], out: Tensor) -> None:
+        inputs.append(args[0].detach())
+        outputs.append(out.detach())
+
+    handles = [block.register_forward_hook(record) for block in learner.vision.tower.blocks]
+    try:
+        yield inputs, outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def make_image_folder(

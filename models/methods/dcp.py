@@ -37,7 +37,7 @@ from models.backbone import Backbone
 from models.errors import ConfigError
 from models.methods.base import FoldedVisualGraph, Learner
 from models.methods.config import MethodConfig
-from models.methods.layers import QuickGELU
+from models.methods.layers import quick_gelu_mlp
 from models.methods.registry import register_method
 from models.prompting import BlockHook, VisionPrompts
 
@@ -65,8 +65,7 @@ class CrossModalPromptAttention(nn.Module):
         self.ln_a = nn.LayerNorm(width)  # shared by the queries and the keys/values
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_b = nn.LayerNorm(width)
-        hidden = mlp_ratio * width
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), QuickGELU(), nn.Linear(hidden, width))
+        self.mlp = quick_gelu_mlp(width, mlp_ratio * width)
 
     def queries(self, text_states: Tensor) -> Tensor:
         """[..., n, Dt] context states -> [..., n, Dv] queries; constants once trained."""

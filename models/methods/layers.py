@@ -12,3 +12,11 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(1.702 * x)
+
+
+def quick_gelu_mlp(width: int, hidden: int, *, bias: bool = True) -> nn.Sequential:
+    """``Linear(width -> hidden) -> QuickGELU -> Linear(hidden -> width)``, the MLP of those
+    modules (state-dict keys ``0.*`` and ``2.*``)."""
+    return nn.Sequential(
+        nn.Linear(width, hidden, bias=bias), QuickGELU(), nn.Linear(hidden, width, bias=bias)
+    )

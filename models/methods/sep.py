@@ -37,7 +37,7 @@ from models.backbone import Backbone
 from models.errors import ConfigError
 from models.methods.base import Batch, Learner
 from models.methods.config import MethodConfig
-from models.methods.layers import QuickGELU
+from models.methods.layers import quick_gelu_mlp
 from models.methods.registry import register_method
 from models.prompting import VisionPrompts
 
@@ -72,9 +72,7 @@ class TokenFusion(nn.Module):
         self.ln_1 = nn.LayerNorm(width)  # shared by query and key/value, as in the paper
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden, bias=False), QuickGELU(), nn.Linear(hidden, width, bias=False)
-        )
+        self.mlp = quick_gelu_mlp(width, hidden, bias=False)
         self.s1 = nn.Parameter(torch.tensor(gate_init))
         self.s2 = nn.Parameter(torch.tensor(gate_init))
 

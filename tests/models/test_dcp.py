@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import torch
 from torch import Tensor
@@ -12,7 +9,7 @@ from torch import Tensor
 from models.backbone import Backbone, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.dcp import DCPLearner
-from tests.helpers import NAMES, perturb, pixels, synthetic_tensors
+from tests.helpers import NAMES, perturb, pixels, synthetic_tensors, vision_block_io
 from training.loop import fit
 
 
@@ -27,21 +24,6 @@ def make(backbone: Backbone, **overrides: object) -> DCPLearner:
 def mini_random() -> Backbone:
     """The mini architecture (4 blocks), enough depth to see refreshed and carried blocks."""
     return load_backbone("mini")
-
-
-@contextmanager
-def block_io(learner: DCPLearner) -> Iterator[list[tuple[Tensor, Tensor]]]:
-    """Capture (input, output) of every vision block, straight from the frozen blocks."""
-    seen: list[tuple[Tensor, Tensor]] = []
-    handles = [
-        block.register_forward_hook(lambda _m, args, out: seen.append((args[0], out)))
-        for block in learner.vision.tower.blocks
-    ]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_depth_is_clamped_to_the_backbone(tiny_backbone: Backbone, mini_random: Backbone) -> None:
@@ -83,18 +65,18 @@ def test_slots_are_refreshed_per_image_up_to_depth_then_carried(
     learner = make(mini_random, depth=2, prompts_through_ln_pre=through_ln_pre)
     perturb(learner)
     end = slice(-16, None)  # the prompts sit at the end of the sequence
-    with torch.no_grad(), block_io(learner) as seen:
+    with torch.no_grad(), vision_block_io(learner) as (inputs, outputs):
         learner.encode_images(pixels(3, size=64))
         queries = learner.queries()
     ctx_v = learner.ctx_v.detach()
     expected_first = learner.vision.tower.ln_pre(ctx_v) if through_ln_pre else ctx_v
-    torch.testing.assert_close(seen[0][0][:, end], expected_first.expand(3, -1, -1))
+    torch.testing.assert_close(inputs[0][:, end], expected_first.expand(3, -1, -1))
     for level in (1, 2):  # refreshed from each image's own previous prompt outputs
-        previous = seen[level - 1][1][:, end]
+        previous = outputs[level - 1][:, end]
         with torch.no_grad():
             refreshed = torch.cat([learner.cmpa(queries[level - 1], v[None]) for v in previous])
-        torch.testing.assert_close(seen[level][0][:, end], refreshed, atol=1e-5, rtol=0)
-    assert torch.equal(seen[3][0][:, end], seen[2][1][:, end])  # carried after depth
+        torch.testing.assert_close(inputs[level][:, end], refreshed, atol=1e-5, rtol=0)
+    assert torch.equal(inputs[3][:, end], outputs[2][:, end])  # carried after depth
 
 
 def test_folded_graph_equals_the_eager_learner(tiny_backbone: Backbone) -> None:

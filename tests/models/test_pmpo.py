@@ -20,7 +20,7 @@ from models.export import export_visual_graph
 from models.methods import create_method
 from models.methods.coop import CoOpLearner
 from models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
-from tests.helpers import NAMES, pixels, tiny_run_losses
+from tests.helpers import NAMES, pixels, tiny_run_losses, vision_block_io
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +90,8 @@ def test_prompts_without_blocks_have_no_projection(tiny_backbone: Backbone) -> N
 
 def record_blocks(learner: PMPOLearner, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """Each vision block's input and output, seen from hooks on the frozen blocks themselves."""
-    inputs: list[Tensor] = []
-    outputs: list[Tensor] = []
-    handles = []
-    for block in learner.vision.tower.blocks:
-        handles.append(block.register_forward_pre_hook(lambda _, args: inputs.append(args[0])))
-        handles.append(block.register_forward_hook(lambda _, args, out: outputs.append(out)))
-    try:
-        with torch.no_grad():
-            learner.encode_images(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad(), vision_block_io(learner) as (inputs, outputs):
+        learner.encode_images(images)
     return inputs, outputs
 
 
