@@ -9,6 +9,9 @@ A method never loops over transformer blocks itself. It says which tokens go whe
   blocks (returning None carries the block's own output).
 
 With no prompts both encoders compute exactly what open_clip's `encode_text` / `encode_image` do.
+The text encoder also holds the text helpers every method shares: tokenizing with the backbone's
+tokenizer (the tower owns it), a context initialised from words (`init_context`) and the
+hand-crafted template embeddings (`encode_templates`).
 """
 
 from __future__ import annotations
