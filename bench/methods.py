@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from models.export import ONNX_FILE, OnnxEngine, export_visual_graph
+from models.engines import ONNX_FILE, OnnxEngine
+from models.export import export_visual_graph
 from models.methods import Learner, get_method, list_methods
 from models.preprocess import eval_transform
 from training.api import TrainRequest, fit_learner

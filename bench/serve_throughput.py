@@ -37,7 +37,7 @@ import torch
 from models.artifact import export_classifier
 from models.backbone import load_backbone
 from models.classifier import load_classifier
-from models.export import ONNX_FILE, OnnxEngine
+from models.engines import ONNX_FILE, OnnxEngine
 from models.methods import create_method
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,8 @@
 An artifact is written into a hidden temporary directory beside its versions, checked (the
 exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
 reader never sees a half-written version. Layout and manifest fields: DESIGN.md, "The
-classifier artifact". The ONNX / TorchScript half lives in `models.export`.
+classifier artifact". The ONNX / TorchScript half lives in `models.export` (writing and
+checking the graphs) and `models.engines` (running them).
 """
 
 from __future__ import annotations
@@ -24,20 +25,14 @@ from typing import Any
 import open_clip
 import torch
 
+from models.engines import ONNX_FILE, TORCHSCRIPT_FILE
 from models.errors import (
     ArtifactError,
     InvalidNameError,
     UnknownClassifierError,
     UnknownVersionError,
 )
-from models.export import (
-    CLASSES_FILE,
-    LEARNER_FILE,
-    ONNX_FILE,
-    ONNX_OPSET,
-    TORCHSCRIPT_FILE,
-    write_files,
-)
+from models.export import CLASSES_FILE, LEARNER_FILE, ONNX_OPSET, write_files
 from models.methods import Learner
 
 log = logging.getLogger(__name__)

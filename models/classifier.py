@@ -17,8 +17,9 @@ from torch import Tensor
 
 from models.artifact import verify_artifact
 from models.backbone import Backbone, PreprocessConfig, load_backbone
+from models.engines import Engine, VisualEngine, open_engine
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
-from models.export import CLASSES_FILE, LEARNER_FILE, Engine, VisualEngine, open_engine
+from models.export import CLASSES_FILE, LEARNER_FILE
 from models.methods import Learner, create_method
 from models.preprocess import eval_transform
 

@@ -1,5 +1,5 @@
 """A learner as artifact files: class embeddings, learned weights, and the visual graph as ONNX
-and TorchScript, opened as engines and checked against eager PyTorch.
+and TorchScript, checked against eager PyTorch through the engines of `models.engines`.
 
 `write_files` fills a staging directory; `models.artifact` hashes it, writes the manifest and
 publishes it. Both graph formats are written from the same module (`Learner.visual_graph()`:
@@ -17,19 +17,25 @@ the legacy exporter has no symbolic for.
 from __future__ import annotations
 
 import logging
-import os
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from models.engines import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    TORCHSCRIPT_FILE,
+    Engine,
+    VisualEngine,
+    open_engine,
+    quiet_jit_deprecation,
+)
 from models.errors import ArtifactError, ExportParityError
 from models.methods import Learner
 
@@ -37,30 +43,10 @@ log = logging.getLogger(__name__)
 
 CLASSES_FILE = "classes.safetensors"
 LEARNER_FILE = "learner.safetensors"
-ONNX_FILE = "visual.onnx"
-TORCHSCRIPT_FILE = "visual.torchscript.pt"
 ONNX_OPSET = 18  # the opset torch's ONNX function library is written in; no version conversion
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "embeddings"
 EXAMPLE_BATCH = 2  # export example; deliberately not a parity batch (see module docstring)
 PARITY_BATCHES = (1, 7)
 PARITY_SEED = 0
-
-Engine = Literal["onnx", "torchscript"]
-
-
-class VisualEngine(Protocol):
-    """A loaded visual graph: pixels [B, 3, S, S] -> normalised embeddings [B, D]."""
-
-    def __call__(self, pixels: Tensor) -> Tensor: ...
-
-
-@contextmanager
-def _quiet_jit_deprecation() -> Iterator[None]:
-    # torch 2.14 deprecates torch.jit.*; the artifact still ships TorchScript by design
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
-        yield
 
 
 def export_onnx(graph: nn.Module, path: Path, example: Tensor) -> None:
@@ -100,60 +86,10 @@ def export_torchscript(graph: nn.Module, path: Path, example: Tensor) -> None:
     weights the graph uses as constants and drops the rest. `optimize_numerics=False` keeps the
     arithmetic exactly eager's.
     """
-    with _quiet_jit_deprecation(), torch.no_grad():
+    with quiet_jit_deprecation(), torch.no_grad():
         traced = torch.jit.trace(graph, (example,), check_trace=False)
         frozen = torch.jit.freeze(traced, optimize_numerics=False)
         torch.jit.save(frozen, str(path))
-
-
-class OnnxEngine:
-    """An ONNX Runtime session over ``visual.onnx``; CUDA first when asked for and present."""
-
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        options.log_severity_level = 3  # errors only; ORT warns about every unused initializer
-        self.device = torch.device(device)
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=onnx_providers(self.device)
-        )
-
-    def __call__(self, pixels: Tensor) -> Tensor:
-        array = np.ascontiguousarray(pixels.detach().to("cpu", torch.float32).numpy())
-        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
-        return torch.from_numpy(out).to(self.device)
-
-
-def onnx_providers(device: torch.device) -> list[str]:
-    """Execution providers for `device`; CPU always last, as ONNX Runtime's fallback."""
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-class TorchScriptEngine:
-    """``visual.torchscript.pt`` loaded onto `device`."""
-
-    def __init__(self, path: Path, device: str = "cpu") -> None:
-        self.device = torch.device(device)
-        with _quiet_jit_deprecation():
-            self.module = torch.jit.load(str(path), map_location=self.device).eval()
-
-    def __call__(self, pixels: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return self.module(pixels.to(self.device, torch.float32))  # type: ignore[no-any-return]
-
-
-def open_engine(
-    directory: Path, engine: Engine, device: str = "cpu", threads: int | None = None
-) -> VisualEngine:
-    """The artifact's visual graph in `directory` as a callable engine (`threads`: ONNX
-    Runtime's intra-op threads, min(4, CPUs) when None)."""
-    if engine == "onnx":
-        return OnnxEngine(directory / ONNX_FILE, device, threads)
-    if engine == "torchscript":
-        return TorchScriptEngine(directory / TORCHSCRIPT_FILE, device)
-    raise ValueError(f"unknown engine {engine!r}; choose 'onnx' or 'torchscript'")
 
 
 def parity_pixels(batch: int, size: int, seed: int = PARITY_SEED) -> Tensor:

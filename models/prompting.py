@@ -9,6 +9,9 @@ A method never loops over transformer blocks itself. It says which tokens go whe
   blocks (returning None carries the block's own output).
 
 With no prompts both encoders compute exactly what open_clip's `encode_text` / `encode_image` do.
+The text encoder also holds the text helpers every method shares: tokenizing with the backbone's
+tokenizer (the tower owns it), a context initialised from words (`init_context`) and the
+hand-crafted template embeddings (`encode_templates`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import TextTower, VisionTower
+from models.errors import ConfigError
+from models.towers import TextTower, VisionTower
 
 BlockHook = Callable[[int, Tensor, slice], Tensor | None]
 """``hook(l, x, slots)`` runs before block ``l >= 1``; ``x`` is that block's input [B, L, W] (the
@@ -102,16 +107,15 @@ class PromptedTextEncoder(_PromptedTower):
     def __init__(self, tower: TextTower) -> None:
         super().__init__(tower)
 
-    def tokenize(self, texts: list[str], tokenizer: Callable[[list[str]], Tensor]) -> Tensor:
-        return tokenizer(texts).to(self.tower.positional_embedding.device)
+    def tokenize(self, texts: list[str]) -> Tensor:
+        """[N] texts -> [N, T] token ids, by the backbone's tokenizer (the tower owns it)."""
+        return self.tower.tokenize(texts)
 
-    def class_tokens(
-        self, names: list[str], n_ctx: int, tokenizer: Callable[[list[str]], Tensor]
-    ) -> ClassTokens:
+    def class_tokens(self, names: list[str], n_ctx: int) -> ClassTokens:
         """Tokenise ``"X X .. X {name}."`` for each name and embed it (CoOp's layout)."""
         placeholder = " ".join([PLACEHOLDER] * n_ctx)
         texts = [f"{placeholder} {name}." if n_ctx else f"{name}." for name in names]
-        ids = self.tokenize(texts, tokenizer)  # [C, T]
+        ids = self.tokenize(texts)  # [C, T]
         with torch.no_grad():
             embeds = self.tower.embed_tokens(ids)  # [C, T, Dt]
         return ClassTokens(
@@ -162,6 +166,28 @@ class PromptedTextEncoder(_PromptedTower):
     def encode_ids(self, ids: Tensor) -> Tensor:
         """[C, T] token ids -> [C, D] features, exactly open_clip's `encode_text`."""
         return self(self.tower.embed_tokens(ids), self.tower.eot_index(ids))
+
+    def encode_templates(self, names: list[str], templates: tuple[str, ...]) -> Tensor:
+        """[C] names -> [C, D]: the normalised mean of the normalised features of every
+        hand-crafted template (``"a photo of a {}."``) filled with each name."""
+        feats = []
+        for template in templates:
+            ids = self.tokenize([template.format(n) for n in names])  # [C, T]
+            feats.append(F.normalize(self.encode_ids(ids), dim=-1))  # [C, D]
+        return F.normalize(torch.stack(feats).mean(dim=0), dim=-1)
+
+    def init_context(self, n_ctx: int, init: str | None, std: float) -> nn.Parameter:
+        """A learnable [M, Dt] context: the token embeddings of the words of `init` (M is their
+        token count), or M = `n_ctx` tokens drawn from N(0, std^2) when `init` is None."""
+        if init is None:
+            if n_ctx < 1:
+                raise ConfigError("n_ctx must be at least 1")
+            return nn.Parameter(torch.randn(n_ctx, self.width) * std)
+        ids = self.tokenize([init])  # [1, T]
+        n_words = int(self.tower.eot_index(ids)[0]) - 1
+        with torch.no_grad():
+            embeds = self.tower.embed_tokens(ids)[0, 1 : 1 + n_words]  # [M, Dt]
+        return nn.Parameter(embeds.float().clone())
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from models.artifact import (
     resolve_version,
 )
 from models.classifier import Classifier, load_classifier
+from models.engines import Engine
 from models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
-from models.export import Engine
 from service.errors import DeleteRefusedError
 
 log = logging.getLogger(__name__)

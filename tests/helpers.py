@@ -1,7 +1,10 @@
-"""Test helpers: small, deterministic image datasets and short training runs."""
+"""Test helpers: class names, seeded pixels, perturbed learners, small deterministic image
+datasets and short training runs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,42 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from models.backbone import PreprocessConfig
+from models.methods import Learner
+
+NAMES = ["red star", "blue circle", "green square", "yellow heart"]  # a label set for learners
+
+
+def pixels(batch: int, size: int = 32, seed: int = 0) -> Tensor:
+    """Seeded standard-normal pixels [batch, 3, size, size] (normalised images are ~N(0, 1))."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def perturb(learner: Learner, seed: int = 1, scale: float = 0.05) -> None:
+    """Move every learned tensor off its initial value, as training would, so that round trips
+    and folded graphs test something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in learner.trainable_parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator).to(param))
+
+
+@contextmanager
+def vision_block_io(learner: Learner) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """Capture the input and the output of every vision block call, in call order, straight
+    from hooks on the learner's frozen blocks."""
+    inputs: list[Tensor] = []
+    outputs: list[Tensor] = []
+
+    def record(_module: object, args: tuple[Tensor, ...], out: Tensor) -> None:
+        inputs.append(args[0].detach())
+        outputs.append(out.detach())
+
+    handles = [block.register_forward_hook(record) for block in learner.vision.tower.blocks]
+    try:
+        yield inputs, outputs
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def make_image_folder(

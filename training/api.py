@@ -17,7 +17,7 @@ import torch
 from models.artifact import export_classifier, resolve_version
 from models.backbone import Backbone, load_backbone
 from models.classifier import load_classifier
-from models.methods import Learner, create_method, make_config
+from models.methods import Learner, create_method, make_config, method_needs_training
 from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
 from training.errors import DataError, TrainingCancelled
@@ -71,7 +71,7 @@ def fit_learner(
     if source is None:
         source = open_dataset(request.data, split="train")
     heldout = None
-    if request.shots is not None and request.method != "zeroshot":
+    if request.shots is not None and method_needs_training(request.method):
         sampled = sample_few_shot(source, request.shots, request.seed)
         if request.heldout:
             heldout = _left_out(source, sampled, request.seed)
@@ -80,7 +80,7 @@ def fit_learner(
     if len(class_names) < 2:
         raise DataError(f"need at least 2 classes to train a classifier, found {class_names}")
     overrides = dict(request.overrides)
-    if request.epochs is not None and request.method != "zeroshot":
+    if request.epochs is not None and method_needs_training(request.method):
         overrides["epochs"] = request.epochs
     config = make_config(request.method, overrides, preset=request.preset)
 

@@ -10,6 +10,7 @@ from models.methods.registry import (
     get_method,
     list_methods,
     make_config,
+    method_needs_training,
     register_method,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "get_method",
     "list_methods",
     "make_config",
+    "method_needs_training",
     "parse_overrides",
     "register_method",
 ]

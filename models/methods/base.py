@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from models.backbone import Backbone, BackboneId, PreprocessConfig
 from models.errors import ArtifactError
 from models.methods.config import MethodConfig
-from models.prompting import PromptedTextEncoder, PromptedVisionEncoder
+from models.prompting import PromptedTextEncoder, PromptedVisionEncoder, VisionPrompts
+from models.towers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,14 @@ class Learner(nn.Module):
         self.config = config
         self.backbone_id: BackboneId = backbone.id
         self.preprocess: PreprocessConfig = backbone.preprocess
-        self.tokenizer = backbone.tokenizer
         self.logit_scale: float = backbone.logit_scale
         self.text = PromptedTextEncoder(backbone.text_tower())
         self.vision = PromptedVisionEncoder(backbone.vision_tower())
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The backbone's tokenizer; the text tower owns it (see `PromptedTextEncoder.tokenize`)."""
+        return self.text.tower.tokenizer
 
     # --- what every method provides -------------------------------------------------------
 
@@ -135,3 +140,39 @@ class VisualGraph(nn.Module):
 
     def forward(self, pixels: Tensor) -> Tensor:
         return self.learner.encode_images(pixels)
+
+
+class FoldedVisualGraph(nn.Module):
+    """The exported visual path of a method whose visual prompts are a function of one
+    input-independent tensor (dcp's CMPA queries, pmpo's projected prompts).
+
+    That tensor is computed once and held as the constant buffer `folded`, so the graph holds
+    neither the text tower nor whatever produced it. `prompts(folded, **parts)` builds the
+    `VisionPrompts` on each call; `parts` are the modules and parameters it reads, registered
+    here under their own names so that tracing and export see them as this graph's own.
+    """
+
+    folded: Tensor
+
+    def __init__(
+        self,
+        vision: PromptedVisionEncoder,
+        folded: Tensor,
+        prompts: Callable[..., VisionPrompts | None],
+        **parts: nn.Module | nn.Parameter,
+    ) -> None:
+        super().__init__()
+        self.vision = vision
+        self.prompts = prompts
+        self.part_names = tuple(parts)
+        for name, part in parts.items():
+            if isinstance(part, nn.Parameter):
+                self.register_parameter(name, part)
+            else:
+                self.add_module(name, part)
+        with torch.no_grad():
+            self.register_buffer("folded", folded.detach().clone())
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        parts = {name: getattr(self, name) for name in self.part_names}
+        return F.normalize(self.vision(pixels, self.prompts(self.folded, **parts)), dim=-1)

@@ -68,7 +68,3 @@ def build_config(config_cls: type[C], overrides: dict[str, Any] | None = None) -
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid {config_cls.__name__}: {problems}") from exc
-
-
-def config_to_dict(config: MethodConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)

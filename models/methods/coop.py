@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.backbone import Backbone
-from models.errors import ConfigError
 from models.methods.base import Learner
 from models.methods.config import MethodConfig
 from models.methods.registry import register_method
@@ -30,27 +28,14 @@ class CoOpConfig(MethodConfig):
     epochs: int = 50
 
 
-def init_context(learner: Learner, n_ctx: int, init: str | None, std: float) -> nn.Parameter:
-    """[M, Dt] context: the token embeddings of `init`, or N(0, std^2) when `init` is None."""
-    if init is None:
-        if n_ctx < 1:
-            raise ConfigError("n_ctx must be at least 1")
-        return nn.Parameter(torch.randn(n_ctx, learner.text.width) * std)
-    ids = learner.text.tokenize([init], learner.tokenizer)  # [1, T]
-    n_words = int(learner.text.tower.eot_index(ids)[0]) - 1
-    with torch.no_grad():
-        embeds = learner.text.tower.embed_tokens(ids)[0, 1 : 1 + n_words]  # [M, Dt]
-    return nn.Parameter(embeds.float().clone())
-
-
 @register_method("coop", CoOpConfig)
 class CoOpLearner(Learner):
     config: CoOpConfig
 
     def __init__(self, backbone: Backbone, config: CoOpConfig) -> None:
         super().__init__(backbone, config)
-        self.ctx = init_context(self, config.n_ctx, config.ctx_init, config.ctx_std)  # [M, Dt]
+        self.ctx = self.text.init_context(config.n_ctx, config.ctx_init, config.ctx_std)  # [M, Dt]
 
     def encode_classes(self, names: list[str]) -> Tensor:
-        tokens = self.text.class_tokens(names, self.ctx.shape[0], self.tokenizer)
+        tokens = self.text.class_tokens(names, self.ctx.shape[0])
         return F.normalize(self.text(tokens.with_context(self.ctx), tokens.eot_index), dim=-1)

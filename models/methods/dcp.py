@@ -26,6 +26,7 @@ image-independent, and omit the dead text-side CMPA parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,11 +35,11 @@ from torch import Tensor, nn
 
 from models.backbone import Backbone
 from models.errors import ConfigError
-from models.methods.base import Learner
+from models.methods.base import FoldedVisualGraph, Learner
 from models.methods.config import MethodConfig
-from models.methods.coop import init_context
+from models.methods.layers import quick_gelu_mlp
 from models.methods.registry import register_method
-from models.prompting import BlockHook, PromptedVisionEncoder, VisionPrompts
+from models.prompting import BlockHook, VisionPrompts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,11 +56,6 @@ class DCPConfig(MethodConfig):
     epochs: int = 20
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
 class CrossModalPromptAttention(nn.Module):
     """CMPA, text->vision: text-derived queries attend to one image's own prompt tokens."""
 
@@ -69,8 +65,7 @@ class CrossModalPromptAttention(nn.Module):
         self.ln_a = nn.LayerNorm(width)  # shared by the queries and the keys/values
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_b = nn.LayerNorm(width)
-        hidden = mlp_ratio * width
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), QuickGELU(), nn.Linear(hidden, width))
+        self.mlp = quick_gelu_mlp(width, mlp_ratio * width)
 
     def queries(self, text_states: Tensor) -> Tensor:
         """[..., n, Dt] context states -> [..., n, Dv] queries; constants once trained."""
@@ -94,19 +89,14 @@ class CrossModalPromptAttention(nn.Module):
         return refresh
 
 
-def image_embeddings(
-    vision: PromptedVisionEncoder,
-    cmpa: CrossModalPromptAttention,
-    pixels: Tensor,
-    prompts: Tensor,
-    queries: Tensor,
-    through_ln_pre: bool,
-) -> Tensor:
-    """[B, 3, S, S] -> [B, D] normalised; `prompts` is C_v [n, Dv], `queries` [depth, n, Dv]."""
-    spec = VisionPrompts(
-        tokens=prompts, position="end", through_ln_pre=through_ln_pre, hook=cmpa.hook(queries)
+def cmpa_prompts(
+    queries: Tensor, *, ctx_v: Tensor, cmpa: CrossModalPromptAttention, through_ln_pre: bool
+) -> VisionPrompts:
+    """C_v [n, Dv] appended at the end of the sequence, refreshed by `cmpa` before blocks
+    1..depth from `queries` [depth, n, Dv] and carried afterwards."""
+    return VisionPrompts(
+        tokens=ctx_v, position="end", through_ln_pre=through_ln_pre, hook=cmpa.hook(queries)
     )
-    return F.normalize(vision(pixels, spec), dim=-1)
 
 
 @register_method(
@@ -129,12 +119,12 @@ class DCPLearner(Learner):
         if config.n_ctx < 1 or 1 + config.n_ctx >= text.context_length:
             raise ConfigError(f"n_ctx must be in 1..{text.context_length - 2}")
         self.depth = min(config.depth, len(vision.blocks) - 1, len(text.blocks))
-        self.ctx_t = init_context(self, config.n_ctx, None, config.ctx_std)  # [n, Dt]
+        self.ctx_t = self.text.init_context(config.n_ctx, None, config.ctx_std)  # [n, Dt]
         self.ctx_v = nn.Parameter(torch.randn(config.n_ctx, vision.width) * config.ctx_std)
         self.cmpa = CrossModalPromptAttention(
             text.width, vision.width, vision.heads, config.mlp_ratio
         )
-        ids = self.text.tokenize([""], self.tokenizer)  # [1, T]: SOS, EOT, padding
+        ids = self.text.tokenize([""])  # [1, T]: SOS, EOT, padding
         with torch.no_grad():
             self.register_buffer("sos", text.embed_tokens(ids[:, :1]), persistent=False)
 
@@ -156,43 +146,26 @@ class DCPLearner(Learner):
         return self.cmpa.queries(self.context_states())
 
     def encode_classes(self, names: list[str]) -> Tensor:
-        tokens = self.text.class_tokens(names, self.config.n_ctx, self.tokenizer)
+        tokens = self.text.class_tokens(names, self.config.n_ctx)
         return F.normalize(self.text(tokens.with_context(self.ctx_t), tokens.eot_index), dim=-1)
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         # the eager path recomputes the queries from the text prefix, so C_t and t2v train
-        return image_embeddings(
-            self.vision,
-            self.cmpa,
-            pixels,
-            self.ctx_v,
+        prompts = cmpa_prompts(
             self.queries(),
-            self.config.prompts_through_ln_pre,
+            ctx_v=self.ctx_v,
+            cmpa=self.cmpa,
+            through_ln_pre=self.config.prompts_through_ln_pre,
         )
+        return F.normalize(self.vision(pixels, prompts), dim=-1)
 
     def visual_graph(self) -> nn.Module:
-        return FoldedVisualGraph(self)
+        """The queries folded into a constant [depth, n, Dv]: no text tower, no C_t, no t2v."""
+        with torch.no_grad():
+            queries = self.queries()
+        prompts = partial(cmpa_prompts, through_ln_pre=self.config.prompts_through_ln_pre)
+        return FoldedVisualGraph(self.vision, queries, prompts, ctx_v=self.ctx_v, cmpa=self.cmpa)
 
     def describe(self) -> dict[str, Any]:
         tokens = 1 + self.vision.tower.num_patches + self.config.n_ctx
         return {**super().describe(), "tokens_per_image": tokens, "cmpa_blocks": self.depth}
-
-
-class FoldedVisualGraph(nn.Module):
-    """The exported graph: the queries are constant buffers, so no text tower is needed."""
-
-    queries: Tensor
-
-    def __init__(self, learner: DCPLearner) -> None:
-        super().__init__()
-        self.vision = learner.vision
-        self.cmpa = learner.cmpa
-        self.ctx_v = learner.ctx_v
-        self.through_ln_pre = learner.config.prompts_through_ln_pre
-        with torch.no_grad():
-            self.register_buffer("queries", learner.queries().detach().clone())  # [depth, n, Dv]
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        return image_embeddings(
-            self.vision, self.cmpa, pixels, self.ctx_v, self.queries, self.through_ln_pre
-        )

@@ -21,6 +21,7 @@ projected prompts are constants: the visual graph holds them as buffers, not ``F
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -29,11 +30,9 @@ from torch import Tensor, nn
 
 from models.backbone import Backbone
 from models.errors import ConfigError
-from models.methods.base import Learner
+from models.methods.base import FoldedVisualGraph, Learner
 from models.methods.config import MethodConfig
-from models.methods.coop import init_context
 from models.methods.registry import register_method
-from models.methods.zeroshot import encode_templates
 from models.prompting import VisionPrompts
 
 DEPTH_FRACTION = 9 / 12  # the paper's default partitioned depth, relative to ViT-B/16's blocks
@@ -139,7 +138,7 @@ class PMPOLearner(Learner):
         cfg = self.config
         prompts = torch.randn(cfg.n_prompts, cfg.n_ctx, self.text.width) * cfg.ctx_std
         if cfg.ctx_init is not None:
-            first = init_context(self, cfg.n_ctx, cfg.ctx_init, cfg.ctx_std)  # [M', Dt]
+            first = self.text.init_context(cfg.n_ctx, cfg.ctx_init, cfg.ctx_std)  # [M', Dt]
             if first.shape[0] != cfg.n_ctx:
                 raise ConfigError(
                     f"ctx_init {cfg.ctx_init!r} is {first.shape[0]} tokens; n_ctx is {cfg.n_ctx}"
@@ -160,18 +159,22 @@ class PMPOLearner(Learner):
 
     def encode_classes(self, names: list[str]) -> Tensor:
         n, count = self.config.n_prompts, len(names)
-        tokens = self.text.class_tokens(names, self.config.n_ctx, self.tokenizer)
+        tokens = self.text.class_tokens(names, self.config.n_ctx)
         # all N prompts in one text pass: prompt-major, [N * C, T, Dt]
         embeds = torch.cat([tokens.with_context(prompt) for prompt in self.prompts])
         feats = self.text(embeds, tokens.eot_index.repeat(n))  # [N * C, D]
         feats = F.normalize(feats, dim=-1).unflatten(0, (n, count))  # [N, C, D]
         if self.config.use_template:
-            template = encode_templates(self, names, (self.config.template,))  # [C, D]
+            template = self.text.encode_templates(names, (self.config.template,))  # [C, D]
             feats = torch.cat([feats, template.unsqueeze(0)])  # [N + 1, C, D]
         return F.normalize(feats.mean(dim=0), dim=-1)
 
     def visual_graph(self) -> nn.Module:
-        return PMPOVisualGraph(self)
+        """The projected prompts folded into one constant [depth, M, Dv]: no F_k, no P_k."""
+        with torch.no_grad():
+            block_prompts = self.block_prompts()
+        prompts = partial(partition_prompts, depth=len(self.owners), config=self.config)
+        return FoldedVisualGraph(self.vision, block_prompts, prompts)
 
     def describe(self) -> dict[str, Any]:
         slots = self.config.n_ctx if self.owners else 0
@@ -180,19 +183,3 @@ class PMPOLearner(Learner):
             "tokens_per_image": 1 + self.vision.tower.num_patches + slots,
             "partition": list(self.sizes),
         }
-
-
-class PMPOVisualGraph(nn.Module):
-    """The exported visual path: the projected prompts folded into one constant buffer."""
-
-    def __init__(self, learner: PMPOLearner) -> None:
-        super().__init__()
-        self.vision = learner.vision
-        self.config = learner.config
-        self.depth = len(learner.owners)
-        with torch.no_grad():
-            self.register_buffer("block_prompts", learner.block_prompts().detach().clone())
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        prompts = partition_prompts(self.get_buffer("block_prompts"), self.depth, self.config)
-        return F.normalize(self.vision(pixels, prompts), dim=-1)

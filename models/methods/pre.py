@@ -29,7 +29,6 @@ from models.backbone import Backbone
 from models.errors import ConfigError
 from models.methods.base import Learner
 from models.methods.config import MethodConfig
-from models.methods.coop import init_context
 from models.methods.registry import register_method
 
 
@@ -82,7 +81,7 @@ class PRELearner(Learner):
 
     def __init__(self, backbone: Backbone, config: PREConfig) -> None:
         super().__init__(backbone, config)
-        self.ctx = init_context(self, config.n_ctx, config.ctx_init, config.ctx_std)  # [M, Dt]
+        self.ctx = self.text.init_context(config.n_ctx, config.ctx_init, config.ctx_std)  # [M, Dt]
         self.encoder = ReparameterizationEncoder(self.text.width, config.lstm_layers)
 
     def context(self) -> Tensor:
@@ -91,7 +90,7 @@ class PRELearner(Learner):
 
     def encode_classes(self, names: list[str]) -> Tensor:
         context = self.context()  # once for every class: it depends on no input
-        tokens = self.text.class_tokens(names, context.shape[0], self.tokenizer)
+        tokens = self.text.class_tokens(names, context.shape[0])
         return F.normalize(self.text(tokens.with_context(context), tokens.eot_index), dim=-1)
 
     def describe(self) -> dict[str, Any]:

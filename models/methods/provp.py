@@ -33,7 +33,6 @@ from models.errors import ConfigError
 from models.methods.base import Batch, Learner
 from models.methods.config import MethodConfig
 from models.methods.registry import register_method
-from models.methods.zeroshot import encode_templates
 from models.prompting import VisionPrompts
 
 
@@ -92,7 +91,7 @@ class ProVPLearner(Learner):
         return VisionPrompts(tokens=self.bank[0], position="after_cls", hook=self.progressive_link)
 
     def encode_classes(self, names: list[str]) -> Tensor:
-        return encode_templates(self, names, (self.config.template,))
+        return self.text.encode_templates(names, (self.config.template,))
 
     def encode_images(self, pixels: Tensor) -> Tensor:
         return F.normalize(self.vision(pixels, self.prompts()), dim=-1)

@@ -20,20 +20,28 @@ class MethodSpec:
     config_cls: type[MethodConfig]
     learner_cls: type[Learner]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # named config overrides
+    trainable: bool = True  # False: nothing to learn (zeroshot), so no shots are sampled
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, config_cls: type[MethodConfig], presets: dict[str, dict[str, Any]] | None = None
+    name: str,
+    config_cls: type[MethodConfig],
+    presets: dict[str, dict[str, Any]] | None = None,
+    *,
+    trainable: bool = True,
 ) -> Callable[[L], L]:
-    """Class decorator: ``@register_method("coop", CoOpConfig)``."""
+    """Class decorator: ``@register_method("coop", CoOpConfig)``; ``trainable=False`` for a
+    method with nothing to learn."""
 
     def decorate(learner_cls: L) -> L:
         if name in _REGISTRY:
             raise DuplicateMethodError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name, config_cls, learner_cls, dict(presets or {}))
+        _REGISTRY[name] = MethodSpec(
+            name, config_cls, learner_cls, dict(presets or {}), trainable=trainable
+        )
         learner_cls.method_name = name
         return learner_cls
 
@@ -56,6 +64,11 @@ def get_method(name: str) -> MethodSpec:
         raise UnknownMethodError(
             f"unknown method {name!r}; registered methods: {', '.join(list_methods())}"
         ) from None
+
+
+def method_needs_training(name: str) -> bool:
+    """Whether method `name` learns anything (False for zeroshot); unknown names raise."""
+    return get_method(name).trainable
 
 
 def make_config(

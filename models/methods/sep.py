@@ -37,8 +37,8 @@ from models.backbone import Backbone
 from models.errors import ConfigError
 from models.methods.base import Batch, Learner
 from models.methods.config import MethodConfig
+from models.methods.layers import quick_gelu_mlp
 from models.methods.registry import register_method
-from models.methods.zeroshot import encode_templates
 from models.prompting import VisionPrompts
 
 HEAD = "head"  # the training-only cosine classifier W_fc; never part of the learned state
@@ -64,11 +64,6 @@ class SEPConfig(MethodConfig):
     epochs: int = 50  # base-to-novel recipe; the "imagenet" preset is 10 epochs at batch 128
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
 class TokenFusion(nn.Module):
     """TFM(H, R): prompt tokens H attend to the same sample's k representative tokens R."""
 
@@ -77,9 +72,7 @@ class TokenFusion(nn.Module):
         self.ln_1 = nn.LayerNorm(width)  # shared by query and key/value, as in the paper
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden, bias=False), QuickGELU(), nn.Linear(hidden, width, bias=False)
-        )
+        self.mlp = quick_gelu_mlp(width, hidden, bias=False)
         self.s1 = nn.Parameter(torch.tensor(gate_init))
         self.s2 = nn.Parameter(torch.tensor(gate_init))
 
@@ -164,12 +157,12 @@ class SEPLearner(Learner):
 
     def class_features(self, names: list[str]) -> tuple[Tensor, Tensor]:
         """[C] names -> (fused t, frozen template t_0), both [C, D] and normalised."""
-        tokens = self.text.class_tokens(names, self.config.n_ctx_text, self.tokenizer)
+        tokens = self.text.class_tokens(names, self.config.n_ctx_text)
         embeds = tokens.with_context(self.ctx_text)  # [C, T, Dt]
         prompted = self.text(
             embeds, tokens.eot_index, hook=self._fuse_text, slots=tokens.context_slots
         )
-        frozen = encode_templates(self, names, (self.config.template,))  # [C, D]
+        frozen = self.text.encode_templates(names, (self.config.template,))  # [C, D]
         return F.normalize(F.normalize(prompted, dim=-1) + frozen, dim=-1), frozen
 
     def image_features(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,7 +195,9 @@ class SEPLearner(Learner):
         loss = loss + cfg.image_weight * (1 - (images * frozen_images).sum(-1).mean())
         if self.head is not None:
             if tuple(batch.class_names) != self.head_classes:
-                raise ValueError("the batch's label set differs from the one the head was made for")
+                raise ConfigError(
+                    "the batch's label set differs from the one the head was made for"
+                )
             weight = F.normalize(self.head, dim=-1)  # [C, D]
             for features in (images, frozen_images):  # the f_0 term trains only the head
                 head_logits = cfg.head_scale * features @ weight.t()  # [B, C] scaled cosines
@@ -216,7 +211,7 @@ class SEPLearner(Learner):
         feature of each class (one pass over `batches`). Without batches, or for a class with
         no image, it falls back to that class's normalised zero-shot template embedding."""
         with torch.no_grad():
-            weight = encode_templates(self, class_names, (self.config.template,))  # [C, D]
+            weight = self.text.encode_templates(class_names, (self.config.template,))  # [C, D]
             sums = torch.zeros_like(weight)
             counts = weight.new_zeros(len(class_names), 1)  # [C, 1] images per class
             for pixels, labels in batches or ():

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from models.backbone import Backbone
 from models.errors import ConfigError
 from models.methods.base import Learner
 from models.methods.config import MethodConfig
@@ -24,23 +23,14 @@ class ZeroShotConfig(MethodConfig):
     epochs: int = 0  # nothing to train
 
 
-def encode_templates(learner: Learner, names: list[str], templates: tuple[str, ...]) -> Tensor:
-    """[C] names -> [C, D]: the normalised mean of normalised template features."""
-    feats = []
-    for template in templates:
-        ids = learner.text.tokenize([template.format(n) for n in names], learner.tokenizer)
-        feats.append(F.normalize(learner.text.encode_ids(ids), dim=-1))  # [C, D]
-    return F.normalize(torch.stack(feats).mean(dim=0), dim=-1)
-
-
-@register_method("zeroshot", ZeroShotConfig)
+@register_method("zeroshot", ZeroShotConfig, trainable=False)
 class ZeroShotLearner(Learner):
     config: ZeroShotConfig
 
-    def __init__(self, backbone, config: ZeroShotConfig) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, backbone: Backbone, config: ZeroShotConfig) -> None:
         super().__init__(backbone, config)
         if not config.templates or any("{}" not in t for t in config.templates):
             raise ConfigError("every zeroshot template needs a '{}' for the class name")
 
     def encode_classes(self, names: list[str]) -> Tensor:
-        return encode_templates(self, names, self.config.templates)
+        return self.text.encode_templates(names, self.config.templates)

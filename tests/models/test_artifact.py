@@ -34,6 +34,7 @@ from models.classifier import load_classifier, load_learner
 from models.errors import ArtifactError, ExportParityError
 from models.export import export_visual_graph
 from models.methods import Learner, create_method, list_methods
+from tests import helpers
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
 FIVE_FILES = {
@@ -43,18 +44,6 @@ FIVE_FILES = {
     "visual.torchscript.pt",
     "learner.safetensors",
 }
-
-
-def _perturb(learner: Learner, seed: int = 0) -> None:
-    """Move every learned tensor away from its initial value, as training would."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in learner.trainable_parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=generator).to(param))
-
-
-def _pixels(batch: int, size: int, seed: int = 1) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @dataclasses.dataclass
@@ -67,7 +56,7 @@ class Exported:
 @pytest.fixture(scope="module", params=list_methods())
 def exported(request, tiny_backbone, tmp_path_factory) -> Exported:  # type: ignore[no-untyped-def]
     learner = create_method(request.param, tiny_backbone)
-    _perturb(learner)
+    helpers.perturb(learner, seed=0, scale=0.1)
     learner.train()
     store = tmp_path_factory.mktemp(f"store-{request.param}")
     path = export_classifier(
@@ -169,7 +158,7 @@ def test_onnx_matches_eager(exported: Exported, batch: int) -> None:
     session = ort.InferenceSession(
         str(exported.path / "visual.onnx"), providers=["CPUExecutionProvider"]
     )
-    pixels = _pixels(batch, exported.learner.preprocess.size)
+    pixels = helpers.pixels(batch, exported.learner.preprocess.size, seed=1)
     (out,) = session.run(None, {"pixels": pixels.numpy()})
     with torch.no_grad():
         expected = exported.learner.eval().encode_images(pixels).numpy()
@@ -180,7 +169,7 @@ def test_onnx_matches_eager(exported: Exported, batch: int) -> None:
 @pytest.mark.parametrize("batch", [1, 7, 32])
 def test_torchscript_matches_eager(exported: Exported, batch: int) -> None:
     classifier = load_classifier(exported.path, engine="torchscript")
-    pixels = _pixels(batch, exported.learner.preprocess.size)
+    pixels = helpers.pixels(batch, exported.learner.preprocess.size, seed=1)
     with torch.no_grad():
         expected = exported.learner.eval().encode_images(pixels)
     torch.testing.assert_close(classifier.embed(pixels), expected, atol=1e-4, rtol=0)
@@ -189,7 +178,7 @@ def test_torchscript_matches_eager(exported: Exported, batch: int) -> None:
 def test_onnx_and_torchscript_engines_agree(exported: Exported) -> None:
     onnx_engine = load_classifier(exported.path, engine="onnx")
     ts_engine = load_classifier(exported.path, engine="torchscript")
-    pixels = _pixels(5, exported.learner.preprocess.size, seed=3)
+    pixels = helpers.pixels(5, exported.learner.preprocess.size, seed=3)
     torch.testing.assert_close(
         onnx_engine.embed(pixels), ts_engine.embed(pixels), atol=1e-4, rtol=0
     )
@@ -294,7 +283,7 @@ def test_load_learner_round_trip(exported: Exported) -> None:
     assert type(restored) is type(original)
     assert restored.config == original.config
     assert not restored.training
-    pixels = _pixels(3, original.preprocess.size, seed=5)
+    pixels = helpers.pixels(3, original.preprocess.size, seed=5)
     with torch.no_grad():
         assert torch.equal(
             restored.encode_classes(CLASS_NAMES), original.encode_classes(CLASS_NAMES)

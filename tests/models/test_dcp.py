@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 import torch
 from torch import Tensor
@@ -12,10 +9,8 @@ from torch import Tensor
 from models.backbone import Backbone, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.dcp import DCPLearner
-from tests.helpers import synthetic_tensors
+from tests.helpers import NAMES, perturb, pixels, synthetic_tensors, vision_block_io
 from training.loop import fit
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
 
 
 def make(backbone: Backbone, **overrides: object) -> DCPLearner:
@@ -25,37 +20,10 @@ def make(backbone: Backbone, **overrides: object) -> DCPLearner:
     return learner.eval()
 
 
-def perturb(learner: DCPLearner, seed: int = 1) -> None:
-    """Move the learned tensors off their initial values, as training would."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in learner.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-
-
-def pixels(batch: int, size: int = 32, seed: int = 0) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def mini_random() -> Backbone:
     """The mini architecture (4 blocks), enough depth to see refreshed and carried blocks."""
     return load_backbone("mini")
-
-
-@contextmanager
-def block_io(learner: DCPLearner) -> Iterator[list[tuple[Tensor, Tensor]]]:
-    """Capture (input, output) of every vision block, straight from the frozen blocks."""
-    seen: list[tuple[Tensor, Tensor]] = []
-    handles = [
-        block.register_forward_hook(lambda _m, args, out: seen.append((args[0], out)))
-        for block in learner.vision.tower.blocks
-    ]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_depth_is_clamped_to_the_backbone(tiny_backbone: Backbone, mini_random: Backbone) -> None:
@@ -80,7 +48,7 @@ def test_parameter_count_and_tokens(tiny_backbone: Backbone) -> None:
 def test_context_states_do_not_depend_on_the_class(mini_random: Backbone) -> None:
     learner = make(mini_random)
     perturb(learner)
-    tokens = learner.text.class_tokens(NAMES, 16, learner.tokenizer)
+    tokens = learner.text.class_tokens(NAMES, 16)
     record: list[Tensor] = []
     with torch.no_grad():
         learner.text.run(tokens.with_context(learner.ctx_t), record=record)
@@ -97,18 +65,18 @@ def test_slots_are_refreshed_per_image_up_to_depth_then_carried(
     learner = make(mini_random, depth=2, prompts_through_ln_pre=through_ln_pre)
     perturb(learner)
     end = slice(-16, None)  # the prompts sit at the end of the sequence
-    with torch.no_grad(), block_io(learner) as seen:
+    with torch.no_grad(), vision_block_io(learner) as (inputs, outputs):
         learner.encode_images(pixels(3, size=64))
         queries = learner.queries()
     ctx_v = learner.ctx_v.detach()
     expected_first = learner.vision.tower.ln_pre(ctx_v) if through_ln_pre else ctx_v
-    torch.testing.assert_close(seen[0][0][:, end], expected_first.expand(3, -1, -1))
+    torch.testing.assert_close(inputs[0][:, end], expected_first.expand(3, -1, -1))
     for level in (1, 2):  # refreshed from each image's own previous prompt outputs
-        previous = seen[level - 1][1][:, end]
+        previous = outputs[level - 1][:, end]
         with torch.no_grad():
             refreshed = torch.cat([learner.cmpa(queries[level - 1], v[None]) for v in previous])
-        torch.testing.assert_close(seen[level][0][:, end], refreshed, atol=1e-5, rtol=0)
-    assert torch.equal(seen[3][0][:, end], seen[2][1][:, end])  # carried after depth
+        torch.testing.assert_close(inputs[level][:, end], refreshed, atol=1e-5, rtol=0)
+    assert torch.equal(inputs[3][:, end], outputs[2][:, end])  # carried after depth
 
 
 def test_folded_graph_equals_the_eager_learner(tiny_backbone: Backbone) -> None:

@@ -7,26 +7,14 @@ import torch
 
 from models.backbone import Backbone, hash_state_dict
 from models.methods import Batch, Learner, create_method, list_methods
+from tests.helpers import NAMES, perturb, pixels
 
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
 MORE_NAMES = ["purple ring", "orange cross", *NAMES, "pink hexagon"]
 
 
 def make(name: str, backbone: Backbone, seed: int = 0) -> Learner:
     torch.manual_seed(seed)
     return create_method(name, backbone).eval()
-
-
-def pixels(batch: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-def perturb(learner: Learner, seed: int = 1) -> None:
-    """Move learned tensors off their initial values so round trips test something."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in learner.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
 
 
 @pytest.fixture(params=list_methods())

@@ -20,9 +20,7 @@ from models.export import export_visual_graph
 from models.methods import create_method
 from models.methods.coop import CoOpLearner
 from models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
-from tests.helpers import tiny_run_losses
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
+from tests.helpers import NAMES, pixels, tiny_run_losses, vision_block_io
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +36,6 @@ def make_pmpo(backbone: Backbone, seed: int = 0, **overrides: Any) -> PMPOLearne
         for p in learner.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     return learner
-
-
-def pixels(batch: int, size: int, seed: int = 0) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize(
@@ -96,18 +90,8 @@ def test_prompts_without_blocks_have_no_projection(tiny_backbone: Backbone) -> N
 
 def record_blocks(learner: PMPOLearner, images: Tensor) -> tuple[list[Tensor], list[Tensor]]:
     """Each vision block's input and output, seen from hooks on the frozen blocks themselves."""
-    inputs: list[Tensor] = []
-    outputs: list[Tensor] = []
-    handles = []
-    for block in learner.vision.tower.blocks:
-        handles.append(block.register_forward_pre_hook(lambda _, args: inputs.append(args[0])))
-        handles.append(block.register_forward_hook(lambda _, args, out: outputs.append(out)))
-    try:
-        with torch.no_grad():
-            learner.encode_images(images)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.no_grad(), vision_block_io(learner) as (inputs, outputs):
+        learner.encode_images(images)
     return inputs, outputs
 
 
@@ -182,7 +166,7 @@ def test_export_folds_the_visual_prompts_into_constants(
     assert not any(p.requires_grad for p in graph.parameters())
     images = pixels(7, 64, seed=2)
     with torch.no_grad():
-        torch.testing.assert_close(graph.get_buffer("block_prompts"), learner.block_prompts())
+        torch.testing.assert_close(graph.get_buffer("folded"), learner.block_prompts())
         folded = graph(images)
         assert torch.equal(folded, learner.encode_images(images))
         learner.prompts.add_(0.1)  # the exported graph no longer follows the learner

@@ -19,9 +19,7 @@ from models.classifier import load_learner
 from models.methods import create_method
 from models.methods.coop import CoOpLearner
 from models.methods.pre import PRELearner
-from tests.helpers import tiny_run_losses
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
+from tests.helpers import NAMES, pixels, tiny_run_losses
 
 
 def make_pre(backbone: Backbone, seed: int = 0) -> PRELearner:
@@ -32,10 +30,6 @@ def make_pre(backbone: Backbone, seed: int = 0) -> PRELearner:
         for p in learner.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     return learner
-
-
-def pixels(batch: int, size: int = 32, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_context_starts_from_a_photo_of_a_and_encoder_is_a_bilstm(tiny_backbone: Backbone) -> None:

@@ -107,9 +107,7 @@ def test_text_prefix_states_equal_full_sequence_states(tiny_backbone: Backbone) 
     """The causal mask lets methods compute class-independent context states once."""
     text, _ = encoders(tiny_backbone)
     context = torch.randn(4, text.width)
-    tokens = text.class_tokens(
-        ["red star", "a much longer class name here"], 4, tiny_backbone.tokenizer
-    )
+    tokens = text.class_tokens(["red star", "a much longer class name here"], 4)
     full: list[torch.Tensor] = []
     prefix: list[torch.Tensor] = []
     with torch.no_grad():
@@ -122,14 +120,14 @@ def test_text_prefix_states_equal_full_sequence_states(tiny_backbone: Backbone) 
 def test_class_tokens_shift_the_eot_index(tiny_backbone: Backbone) -> None:
     text, _ = encoders(tiny_backbone)
     plain = tiny_backbone.tokenize(["red star."])
-    tokens = text.class_tokens(["red star"], 6, tiny_backbone.tokenizer)
+    tokens = text.class_tokens(["red star"], 6)
     assert int(tokens.eot_index[0]) == int(plain.argmax(-1)[0]) + 6
     assert tokens.with_context(torch.zeros(6, text.width)).shape == (1, plain.shape[1], text.width)
 
 
 def test_text_hook_rewrites_the_context_slots(tiny_backbone: Backbone) -> None:
     text, _ = encoders(tiny_backbone)
-    tokens = text.class_tokens(["red star", "cat"], 2, tiny_backbone.tokenizer)
+    tokens = text.class_tokens(["red star", "cat"], 2)
     embeds = tokens.with_context(torch.randn(2, text.width))
     replacement = torch.randn(2, text.width)
     record: list[torch.Tensor] = []

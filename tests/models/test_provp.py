@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from models.backbone import Backbone, hash_state_dict, load_backbone
 from models.methods import Batch, create_method, make_config
 from models.methods.provp import ProVPLearner
-from tests.helpers import synthetic_tensors
+from tests.helpers import NAMES, pixels, synthetic_tensors, vision_block_io
 from training.loop import fit
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
 
 
 def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
@@ -24,25 +19,6 @@ def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
     learner = create_method("provp", backbone, make_config("provp", overrides))
     assert isinstance(learner, ProVPLearner)
     return learner.eval()
-
-
-def pixels(batch: int, seed: int = 0) -> Tensor:
-    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-@contextmanager
-def block_inputs(learner: ProVPLearner) -> Iterator[list[Tensor]]:
-    """Capture the sequence entering every vision block, straight from the frozen blocks."""
-    seen: list[Tensor] = []
-    handles = [
-        block.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach()))
-        for block in learner.vision.tower.blocks
-    ]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_bank_has_one_prompt_per_block_with_vpt_init(tiny_backbone: Backbone) -> None:
@@ -67,7 +43,7 @@ def test_presets_follow_the_paper() -> None:
 def test_with_alpha_zero_every_block_sees_exactly_its_prompt(tiny_backbone: Backbone) -> None:
     learner = make(tiny_backbone, alpha=0.0)
     tower, m = learner.vision.tower, learner.config.n_prompts
-    with torch.no_grad(), block_inputs(learner) as seen:
+    with torch.no_grad(), vision_block_io(learner) as (seen, _):
         learner.encode_images(pixels(3))
     assert len(seen) == len(tower.blocks)
     for index, x in enumerate(seen):
@@ -79,7 +55,7 @@ def test_progressive_link_matches_a_direct_computation(tiny_backbone: Backbone) 
     learner = make(tiny_backbone)  # alpha = 0.01
     tower, bank, m = learner.vision.tower, learner.bank.detach(), learner.config.n_prompts
     image = pixels(2, seed=1)
-    with torch.no_grad(), block_inputs(learner) as seen:
+    with torch.no_grad(), vision_block_io(learner) as (seen, _):
         learner.encode_images(image)
         # written out: ln_pre over CLS + patches, P_0 after CLS, block 0, then the link
         x = tower.ln_pre(tower.embed_patches(image))
@@ -130,10 +106,10 @@ def test_frozen_features_never_carry_gradient() -> None:
 def test_the_frozen_pass_runs_only_in_the_loss(tiny_backbone: Backbone) -> None:
     learner = make(tiny_backbone)
     image = pixels(4)
-    with torch.no_grad(), block_inputs(learner) as seen:
+    with torch.no_grad(), vision_block_io(learner) as (seen, _):
         learner.encode_images(image)
     assert len(seen) == len(learner.vision.tower.blocks)  # one prompted pass at inference
-    with torch.no_grad(), block_inputs(learner) as seen:
+    with torch.no_grad(), vision_block_io(learner) as (seen, _):
         learner.loss(Batch(image, torch.arange(4), NAMES))
     assert len(seen) == 2 * len(learner.vision.tower.blocks)  # prompted + frozen
     patches = learner.vision.tower.num_patches

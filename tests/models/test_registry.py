@@ -8,7 +8,7 @@ from models.errors import ConfigError, DuplicateMethodError, UnknownMethodError
 from models.methods import create_method, get_method, list_methods, make_config, register_method
 from models.methods.base import Learner
 from models.methods.config import MethodConfig, parse_overrides
-from models.methods.registry import unregister_method
+from models.methods.registry import method_needs_training, unregister_method
 
 
 def test_core_methods_are_registered() -> None:
@@ -51,6 +51,30 @@ def test_registering_a_new_method_makes_it_creatable(tiny_backbone) -> None:  # 
     finally:
         unregister_method("echo-test")
     assert "echo-test" not in list_methods()
+
+
+def test_the_registry_knows_which_methods_need_training(tiny_backbone) -> None:  # type: ignore[no-untyped-def]
+    assert not method_needs_training("zeroshot")
+    for name in list_methods():  # the fact matches what a fresh learner has to train
+        has_parameters = bool(create_method(name, tiny_backbone).trainable_parameters())
+        assert method_needs_training(name) == has_parameters, name
+    with pytest.raises(UnknownMethodError, match="registered methods"):
+        method_needs_training("nope")
+
+    @dataclass(frozen=True, kw_only=True)
+    class FixedConfig(MethodConfig):
+        pass
+
+    try:
+
+        @register_method("fixed-test", FixedConfig, trainable=False)
+        class FixedLearner(Learner):
+            pass
+
+        assert not method_needs_training("fixed-test")
+        assert get_method("fixed-test").learner_cls is FixedLearner
+    finally:
+        unregister_method("fixed-test")
 
 
 def test_config_overrides_are_validated() -> None:

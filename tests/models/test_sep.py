@@ -21,23 +21,15 @@ from models.methods import Batch, create_method, make_config
 from models.methods import sep as sep_module
 from models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient
 from models.prompting import VisionPrompts
-
-NAMES = ["red star", "blue circle", "green square", "yellow heart"]
+from tests.helpers import NAMES, perturb, pixels
 
 
 def make(backbone: Backbone, seed: int = 0, **overrides: Any) -> SEPLearner:
     torch.manual_seed(seed)
     learner = create_method("sep", backbone, overrides)
     assert isinstance(learner, SEPLearner)
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # move off the initial values so the TFMs matter
-        for p in learner.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    perturb(learner, seed=seed + 1)  # move off the initial values so the TFMs matter
     return learner.eval()
-
-
-def pixels(batch: int, seed: int = 0, size: int = 32) -> Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 # --- structure ------------------------------------------------------------------------------
@@ -156,7 +148,7 @@ def test_text_fusion_reads_the_tokens_after_the_context(tiny_backbone: Backbone)
     learner.tfm_text[0].register_forward_hook(
         lambda module, args, out: seen.append((args[0], args[1], out))
     )
-    tokens = learner.text.class_tokens(NAMES, 6, learner.tokenizer)
+    tokens = learner.text.class_tokens(NAMES, 6)
     record: list[Tensor] = []
     with torch.no_grad():
         learner.text.run(
