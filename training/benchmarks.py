@@ -246,9 +246,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     _split_entry(
         "DescribableTextures", "dtd", "DescribableTextures", "images", "{} texture.", "DTD"
     ),
-    _split_entry(
-        "EuroSAT", "eurosat", "EuroSAT", "2750", "a centered satellite photo of {}."
-    ),
+    _split_entry("EuroSAT", "eurosat", "EuroSAT", "2750", "a centered satellite photo of {}."),
     _split_entry(
         "UCF101",
         "ucf101",
@@ -328,4 +326,3 @@ def benchmark_path(name: str, data_root: Path) -> Path:
     if not entry.matches(folder):
         raise DataError(entry.layout_error(folder))
     return folder
-

@@ -16,10 +16,10 @@ from typing import Any
 from models.backbone import DEFAULT_BACKBONE
 from models.errors import ConfigError, PromptserveError
 from models.methods import list_methods, parse_overrides
+from training.benchmarks import benchmark_path, list_benchmarks
 from training.loop import Progress
 from training.pretrain import add_arguments as add_pretrain_arguments
 from training.pretrain import run as run_pretrain
-from training.benchmarks import benchmark_path, list_benchmarks
 from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
 from training.run import TrainRequest, evaluate_classifier, train_classifier
 

@@ -12,10 +12,10 @@ fail before a training run starts, not in the middle of an epoch.
 from __future__ import annotations
 
 import csv
-from collections import Counter
 import functools
 import io
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

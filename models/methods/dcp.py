@@ -10,10 +10,11 @@ slots and ``T_l`` the text tower's block l-1 output at the context slots. Later 
 the prompts. Class embeddings are coop's with ``C_t``; the loss is cross-entropy.
 
 By default ``C_v`` is appended before ``ln_pre``, as the release does (METHODS.md allows either);
-``prompts_through_ln_pre=False`` appends it after (the ``mini`` preset keeps that). The causal mask keeps the context slots from seeing the
-class name, so ``T_l`` is class-independent: it is computed once per call from the prefix
-``[SOS, C_t]``. The exported visual graph (`visual_graph`) folds the queries ``q_l`` into
-``depth`` constant [n, Dv] tensors and contains no text tower.
+``prompts_through_ln_pre=False`` appends it after (the ``mini`` preset keeps that). The causal
+mask keeps the context slots from seeing the class name, so ``T_l`` is class-independent: it
+is computed once per call from the prefix ``[SOS, C_t]``. The exported visual graph
+(`visual_graph`) folds the queries ``q_l`` into ``depth`` constant [n, Dv] tensors and contains
+no text tower.
 
 Deliberate deviations from the released code (METHODS.md, rule 2): (1) the release averages
 ``V_l`` over the images of the batch before the attention, so an image's result depends on its

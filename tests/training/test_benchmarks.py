@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,8 @@ def benchmark_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict
 
 
 def test_the_registry_has_the_eleven_data_sets_and_four_variants() -> None:
-    assert len(BASE_TO_NOVEL) == 11 and len(VARIANTS) == 4
+    assert len(BASE_TO_NOVEL) == 11
+    assert len(VARIANTS) == 4
     assert get_benchmark("dtd").name == get_benchmark("DescribableTextures").name
     assert get_benchmark("Flowers102").folder == "oxford_flowers"
     with pytest.raises(DataError, match="known: ImageNet, Caltech101"):
@@ -94,8 +97,8 @@ def test_point_2_prompts_never_contain_underscores(
         seen: list[str] = []
         tokenize = learner.text.tokenize
 
-        def spy(texts, tokenizer, _tokenize=tokenize):  # type: ignore[no-untyped-def]
-            seen.extend(texts)
+        def spy(texts, tokenizer, _tokenize=tokenize, _seen=seen):  # type: ignore[no-untyped-def]
+            _seen.extend(texts)
             return _tokenize(texts, tokenizer)
 
         learner.text.tokenize = spy  # type: ignore[method-assign]
@@ -148,7 +151,8 @@ def test_point_5_imagenet_aircraft_and_variant_readers(
     root, _ = benchmark_root
     imagenet = open_dataset(str(root / "imagenet"), split="test")
     for item in imagenet.items:  # the wnid folder decides the class, via classnames.txt
-        assert item.path is not None and item.path.parts[-3] == "val"
+        assert item.path is not None
+        assert item.path.parts[-3] == "val"
         assert dict(IMAGENET)[item.path.parent.name] == item.label
     aircraft = open_dataset(str(root / "fgvc_aircraft"), split="val")
     lines = (root / "fgvc_aircraft" / "images_variant_val.txt").read_text().splitlines()
@@ -158,7 +162,8 @@ def test_point_5_imagenet_aircraft_and_variant_readers(
     assert aircraft.class_names == AIRCRAFT  # label = line of variants.txt
     v2 = open_dataset(str(root / "imagenetv2"), split="test")
     for item in v2.items:  # folder <label> holds the label-th class of classnames.txt
-        assert item.path is not None and IMAGENET[int(item.path.parent.name)][1] == item.label
+        assert item.path is not None
+        assert IMAGENET[int(item.path.parent.name)][1] == item.label
     adversarial = open_dataset(str(root / "imagenet-adversarial"), split="test")
     assert len(adversarial.class_names) == len(IMAGENET_A) < len(IMAGENET)  # a class subset
     with pytest.raises(DataError, match="test-only"):
@@ -193,7 +198,8 @@ def test_protocol_report_by_name_names_classes_template_and_recipe(
                  "--json", str(by_path)]) == 0  # fmt: skip
     report = json.loads(by_name.read_text())
     names = expected["OxfordFlowers"].names
-    assert report["classes"]["base"] == names[:3] and report["classes"]["novel"] == names[3:]
+    assert report["classes"]["base"] == names[:3]
+    assert report["classes"]["novel"] == names[3:]
     assert report["datasets"]["train"] == "OxfordFlowers"
     assert report["recipe"]["epochs"] == 1
     assert report["recipe"]["crop_scale"] == [0.08, 1.0]
@@ -230,3 +236,22 @@ def test_the_last_partial_batch_is_dropped_on_real_data(
     fitted = fit_learner(request)
     # 5 classes x 2 shots = 10 images: 2 full batches of 4, the partial one is dropped
     assert fitted.result.steps == 2 * 2
+
+
+def test_reproduce_script_plans_on_the_miniature_roots(
+    benchmark_root: tuple[Path, dict[str, Expected]],
+) -> None:
+    root, _ = benchmark_root
+    script = Path(__file__).resolve().parents[2] / "bench" / "reproduce.py"
+    args = [sys.executable, str(script), "--data-root", str(root), "--dry-run"]
+    args += ["--methods", "provp", "coop", "--datasets", "DTD", "ImageNet"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "base2novel · provp · DescribableTextures · preset base2novel" in out
+    assert "template: {} texture." in out
+    assert "base2novel · coop · ImageNet · preset cocoop_base2novel_imagenet" in out
+    assert "test novel: 4 classes [electric ray, stingray, rooster, hen]" in out
+    assert "transfer · provp · ImageNet" in out
+    assert "test ImageNetA: 3 classes" in out
+    assert "6 runs x 3 seeds planned; nothing trained" in out
