@@ -69,13 +69,14 @@ def request_for(args: argparse.Namespace, method: str, protocol: str, dataset: s
             protocol="base2novel", method=method, shots=args.shots, seeds=tuple(args.seeds),
             backbone=args.backbone, data=str(benchmark_path(dataset, root)),
             preset=preset_for(method, protocol, dataset), device=args.device,
+            workers=args.workers,
         )  # fmt: skip
     targets = [str(benchmark_path(t, root)) for t in args.targets]
     return ProtocolRequest(
         protocol="cross", method=method, shots=args.shots, seeds=tuple(args.seeds),
         backbone=args.backbone, data=str(benchmark_path("ImageNet", root)),
         targets=tuple(targets), preset=preset_for(method, protocol, "ImageNet"),
-        device=args.device,
+        device=args.device, workers=args.workers,
     )  # fmt: skip
 
 
@@ -172,6 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--backbone", default=BACKBONE)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workers", type=int, default=8, help="data-loader processes")
     parser.add_argument("--out", type=Path, default=None, help="write each run's JSON report here")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; train nothing")
     args = parser.parse_args(argv)

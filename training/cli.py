@@ -91,6 +91,7 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     evaluate.add_argument("--set", dest="overrides", action="append", default=[])
     evaluate.add_argument("--preset", default=None)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--workers", type=int, default=0, help="data-loader processes")
     pretrain = commands.add_parser(
         "pretrain-mini",
         help="pretrain the embedded mini CLIP on the synthetic world (deterministic)",
@@ -225,6 +226,7 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
         overrides=parse_overrides(args.overrides),
         preset=args.preset,
         device=args.device,
+        workers=args.workers,
     )
     report = run_protocol(request, progress=lambda line: print(line, file=sys.stderr))
     print(format_table(report))

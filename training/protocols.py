@@ -62,6 +62,7 @@ class ProtocolRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
     device: str = "cpu"
+    workers: int = 0  # data-loader processes for training and testing
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,15 @@ def run_protocol(
             method=request.method, data=request.data, store=Path("."), name="protocol",
             backbone=request.backbone, shots=request.shots, seed=seed, epochs=request.epochs,
             overrides=request.overrides, preset=request.preset, device=request.device,
+            workers=request.workers,
         )  # fmt: skip
         fitted = fit_learner(train, source=plan.train)
         transform = eval_transform(fitted.learner.preprocess)
         scores: dict[str, float] = {}
         templates: dict[str, Any] = {"train": template_of(fitted.learner.config)}
         for name, source in plan.tests:
-            loader = make_loader(ImageDataset(source, transform), 128, shuffle=False, seed=0)
+            dataset = ImageDataset(source, transform)
+            loader = make_loader(dataset, 128, shuffle=False, seed=0, num_workers=request.workers)
             own = source.template is not None and source.template != plan.train.template
             with evaluated_with(fitted.learner, source) if own else contextlib.nullcontext():
                 templates[name] = template_of(fitted.learner.config)

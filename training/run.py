@@ -45,6 +45,7 @@ class TrainRequest:
     device: str = "cpu"
     # score the images left out by the few-shot sample (tuned and zero-shot); needs `shots`
     heldout: bool = False
+    workers: int = 0  # data-loader processes (decoding full-size images is the GPU bottleneck)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,12 @@ def fit_learner(
     transform = train_transform(backbone.preprocess, scale=config.crop_scale)
     dataset = ImageDataset(source, transform, class_names)
     loader = make_loader(
-        dataset, config.batch_size, shuffle=True, seed=request.seed, drop_last=config.drop_last
+        dataset,
+        config.batch_size,
+        shuffle=True,
+        seed=request.seed,
+        num_workers=request.workers,
+        drop_last=config.drop_last,
     )
     learner.prepare_training(class_names, loader)
     options = FitOptions(
