@@ -9,6 +9,7 @@ from torch import Tensor
 from torchvision.transforms import v2 as T
 
 from models.backbone import PreprocessConfig
+from models.errors import ConfigError
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -45,10 +46,16 @@ def eval_transform(cfg: PreprocessConfig) -> ImageTransform:
     )
 
 
+DASSL_CROP_SCALE = (0.08, 1.0)  # Dassl's RandomResizedCrop default, used by every release
+
+
 def train_transform(
-    cfg: PreprocessConfig, scale: tuple[float, float] = (0.5, 1.0)
+    cfg: PreprocessConfig, scale: tuple[float, float] = DASSL_CROP_SCALE
 ) -> ImageTransform:
-    """CoOp's few-shot augmentation: random resized crop and horizontal flip."""
+    """CoOp's few-shot augmentation: random resized crop (area `scale`) and horizontal flip."""
+    low, high = scale
+    if not 0 < low <= high <= 1:
+        raise ConfigError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}")
     return T.Compose(
         [
             T.Lambda(_to_rgb),

@@ -17,11 +17,12 @@ import torch
 from models.artifact import export_classifier, resolve_version
 from models.backbone import Backbone, load_backbone
 from models.classifier import load_classifier
-from models.methods import Learner, create_method, make_config, method_needs_training
+from models.methods import Learner, create_method, method_needs_training
 from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
 from training.errors import DataError, TrainingCancelled
 from training.loop import FitOptions, FitResult, Progress, evaluate, fit
+from training.recipe import recipe_of, resolve_config, template_of
 from training.request import TrainRequest
 from training.synthetic.tasks import color_shape_classes
 
@@ -82,13 +83,21 @@ def fit_learner(
     overrides = dict(request.overrides)
     if request.epochs is not None and method_needs_training(request.method):
         overrides["epochs"] = request.epochs
-    config = make_config(request.method, overrides, preset=request.preset)
+    config = resolve_config(request.method, source, overrides, request.preset)
 
     backbone = load_backbone(request.backbone, device=request.device)
     torch.manual_seed(request.seed)
     learner = create_method(request.method, backbone, config).to(request.device)
-    dataset = ImageDataset(source, train_transform(backbone.preprocess), class_names)
-    loader = make_loader(dataset, config.batch_size, shuffle=True, seed=request.seed)
+    transform = train_transform(backbone.preprocess, scale=config.crop_scale)
+    dataset = ImageDataset(source, transform, class_names)
+    loader = make_loader(
+        dataset,
+        config.batch_size,
+        shuffle=True,
+        seed=request.seed,
+        num_workers=request.workers,
+        drop_last=config.drop_last,
+    )
     learner.prepare_training(class_names, loader)
     options = FitOptions(
         device=request.device, seed=request.seed, progress=progress, should_stop=should_stop
@@ -154,6 +163,8 @@ def train_classifier(
         "seconds": round(result.seconds, 2),
         "final_loss": result.final_loss,
         "epoch_losses": [round(x, 5) for x in result.losses],
+        "recipe": recipe_of(fitted.learner.config),
+        "template": template_of(fitted.learner.config),
         **fitted.learner.describe(),
     }
     artifact = export_classifier(

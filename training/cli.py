@@ -17,6 +17,7 @@ from models.backbone import DEFAULT_BACKBONE
 from models.errors import ConfigError, PromptserveError
 from models.methods import list_methods, parse_overrides
 from training.api import TrainRequest, evaluate_classifier, train_classifier
+from training.benchmarks import benchmark_path, list_benchmarks
 from training.loop import Progress
 from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
 from training.synthetic.pretrain import add_arguments as add_pretrain_arguments
@@ -34,7 +35,8 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
 
     train = commands.add_parser("train", help="learn prompts and publish a classifier version")
     train.add_argument("--method", required=True, choices=list_methods())
-    train.add_argument("--data", required=True, help="image folder, CSV/JSONL manifest, ...")
+    train.add_argument("--data", default=None, help="image folder, CSV/JSONL manifest, ...")
+    add_dataset_arguments(train)
     train.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--epochs", type=int, default=None, help="default: the method's recipe")
@@ -71,6 +73,7 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     evaluate.add_argument("--name", default=None)
     evaluate.add_argument("--version", default=None, help="default: the newest")
     evaluate.add_argument("--data", default=None, help="default for protocols: synthetic")
+    add_dataset_arguments(evaluate)
     evaluate.add_argument("--engine", choices=["onnx", "torchscript"], default="onnx")
     evaluate.add_argument("--json", type=Path, default=None, help="also write the result here")
     evaluate.add_argument("--protocol", choices=PROTOCOLS, default=None)
@@ -79,10 +82,16 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     evaluate.add_argument("--epochs", type=int, default=None)
     evaluate.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    evaluate.add_argument("--target", action="append", default=[], help="domain/cross test set")
+    evaluate.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="domain/cross test set: a path, or a benchmark name with --data-root",
+    )
     evaluate.add_argument("--set", dest="overrides", action="append", default=[])
     evaluate.add_argument("--preset", default=None)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--workers", type=int, default=0, help="data-loader processes")
     pretrain = commands.add_parser(
         "pretrain-mini",
         help="pretrain the embedded mini CLIP on the synthetic world (deterministic)",
@@ -90,6 +99,38 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     add_pretrain_arguments(pretrain)
     add_classify_command(commands)
     return parser
+
+
+def add_dataset_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--dataset",
+        default=None,
+        help=f"a benchmark data set by name ({', '.join(list_benchmarks())}); needs --data-root",
+    )
+    command.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="the folder holding the benchmark data sets in CoOp's DATASETS.md layout",
+    )
+
+
+def resolve_data(args: argparse.Namespace) -> str | None:
+    """--data as given, or the folder of --dataset under --data-root (checked)."""
+    if args.dataset is None:
+        return args.data  # type: ignore[no-any-return]
+    if args.data is not None:
+        raise ConfigError("give either --data or --dataset (with --data-root), not both")
+    if args.data_root is None:
+        raise ConfigError("--dataset needs --data-root, the folder that holds the data sets")
+    return str(benchmark_path(args.dataset, args.data_root))
+
+
+def resolve_target(target: str, data_root: Path | None) -> str:
+    """A --target path as given; a benchmark name resolves under --data-root."""
+    if data_root is not None and not Path(target).exists():
+        return str(benchmark_path(target, data_root))
+    return target
 
 
 def add_classify_command(commands: Any) -> None:
@@ -122,9 +163,12 @@ def _print_progress(progress: Progress) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    data = resolve_data(args)
+    if data is None:
+        raise ConfigError("train needs --data, or --dataset with --data-root")
     request = TrainRequest(
         method=args.method,
-        data=args.data,
+        data=data,
         store=args.store,
         name=args.name,
         backbone=args.backbone,
@@ -148,6 +192,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    args.data = resolve_data(args)
+    args.dataset = None
     if args.protocol is not None:
         return run_protocol_eval(args)
     missing = [flag for flag in ("store", "name", "data") if getattr(args, flag) is None]
@@ -176,10 +222,11 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         backbone=args.backbone,
         data=args.data or SYNTHETIC,
-        targets=tuple(args.target),
+        targets=tuple(resolve_target(t, args.data_root) for t in args.target),
         overrides=parse_overrides(args.overrides),
         preset=args.preset,
         device=args.device,
+        workers=args.workers,
     )
     report = run_protocol(request, progress=lambda line: print(line, file=sys.stderr))
     print(format_table(report))

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from models.preprocess import ImageTransform
+from training.benchmarks import benchmark_for_split_file, detect_benchmark
 from training.errors import DataError
 from training.sources import (
     SPLITS,
@@ -53,8 +54,13 @@ ACCEPTED_SPECS = (
     "a CSV manifest FILE.csv with the header 'path,label'",
     'a JSONL manifest FILE.jsonl with one {"path": ..., "label": ...} per line',
     "a CoOp/Dassl dataset root holding split_zhou_<Name>.json (or that file itself)",
+    "a benchmark data set folder in CoOp's DATASETS.md layout ($DATA/imagenet, $DATA/dtd, ...)",
     "synthetic:<task> for the synthetic shapes world",
 )
+# The synthetic world keeps the recipe the `mini` presets were tuned with: a gentler crop for
+# its 64-pixel shapes, the per-step cosine and the last partial batch. Presets and explicit
+# overrides still win; real data gets the method configs' defaults (Dassl's recipe).
+SYNTHETIC_RECIPE = {"crop_scale": (0.5, 1.0), "lr_schedule": "step", "drop_last": False}
 
 
 def open_dataset(spec: str, *, split: str = "train") -> ImageSource:
@@ -67,20 +73,24 @@ def open_dataset(spec: str, *, split: str = "train") -> ImageSource:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     if spec.startswith(SYNTHETIC_PREFIX):
-        return open_synthetic(spec, split)
+        return replace(open_synthetic(spec, split), recipe=SYNTHETIC_RECIPE)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _open_directory(path, split)
     if path.suffix.lower() in {".csv", ".jsonl"}:
         return read_manifest(path)
     if path.name.startswith("split_zhou_") and path.suffix == ".json" and path.is_file():
-        return read_dassl_split(path, split)
+        entry = benchmark_for_split_file(path)
+        return entry.open(path.parent, split) if entry else read_dassl_split(path, split)
     reason = "no such file or directory" if not path.exists() else "not a dataset this reads"
     forms = "".join(f"\n  - {form}" for form in ACCEPTED_SPECS)
     raise DataError(f"cannot open dataset {spec!r} ({reason}); expected one of:{forms}")
 
 
 def _open_directory(path: Path, split: str) -> ImageSource:
+    entry = detect_benchmark(path)
+    if entry is not None:
+        return entry.open(path, split)
     split_file = find_dassl_split(path)
     if split_file is not None:
         return read_dassl_split(split_file, split)
@@ -118,20 +128,23 @@ def sample_few_shot(
     return replace(source, items=chosen, description=description)
 
 
-def split_base_novel(class_names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Base-to-novel protocol: sorted names, base = the first ceil(n / 2), novel = the rest."""
-    names = sorted(set(class_names))
+def split_base_novel(class_names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Base-to-novel protocol, as Dassl's ``subsample_classes``: with the classes in label order
+    (an `ImageSource`'s `class_names`), base = the first ceil(n / 2), novel = the rest."""
+    names = list(class_names)
+    if len(set(names)) != len(names):
+        raise DataError("class names must be unique to split them into base and novel")
     cut = math.ceil(len(names) / 2)
     return names[:cut], names[cut:]
 
 
 def restrict_classes(source: ImageSource, names: Iterable[str]) -> ImageSource:
-    """Keep only the images of `names`; labels stay names, class names become `sorted(names)`."""
-    keep = sorted(set(names))
-    unknown = [name for name in keep if name not in source.class_names]
+    """Keep only the images of `names`; labels stay names, classes keep the source's order."""
+    wanted = set(names)
+    unknown = sorted(wanted - set(source.class_names))
     if unknown:
         raise DataError(f"classes not in {source.description or 'the dataset'}: {unknown[:10]}")
-    wanted = set(keep)
+    keep = [name for name in source.class_names if name in wanted]
     items = [item for item in source.items if item.label in wanted]
     return replace(source, class_names=keep, items=items)
 
@@ -170,12 +183,14 @@ def make_loader(
     shuffle: bool,
     seed: int,
     num_workers: int = 0,
+    drop_last: bool = False,
 ) -> DataLoader[tuple[Tensor, int]]:
     """Batches of (pixels [B, 3, S, S], labels [B]) in an order fixed by `seed`.
 
     The shuffle order comes from the loader's own generator. Random augmentations draw from the
     global torch RNG in the main process (seeded by the training loop) or, with workers, from
-    per-worker seeds that DataLoader derives from the same generator.
+    per-worker seeds that DataLoader derives from the same generator. `drop_last` drops the
+    last partial batch only when there is at least one full batch (Dassl's rule).
     """
     if batch_size <= 0:
         raise DataError(f"batch size must be positive, got {batch_size}")
@@ -186,5 +201,5 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
-        drop_last=False,
+        drop_last=drop_last and len(dataset) >= batch_size,  # type: ignore[arg-type]
     )

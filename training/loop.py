@@ -72,6 +72,19 @@ def learning_rate(step: int, total: int, warmup: int, config: MethodConfig) -> f
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * (step - warmup) / span))
 
 
+def epoch_learning_rate(epoch: int, config: MethodConfig) -> float:
+    """Dassl's schedule for 0-based `epoch`: constant `warmup_lr` for `warmup_epochs` epochs,
+    then ``lr/2 * (1 + cos(pi * (epoch - warmup_epochs) / epochs))``, fixed within an epoch.
+
+    Dassl's constant warm-up hands over to a cosine over all `epochs` that starts at the peak,
+    so the last epoch trains above 0 (for 1 warm-up epoch, at cos(pi * (epochs - 2) / epochs)).
+    """
+    if epoch < config.warmup_epochs:
+        return config.warmup_lr
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs)
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * progress))
+
+
 def autocast_for(
     device: torch.device, precision: Precision
 ) -> contextlib.AbstractContextManager[None]:
@@ -89,7 +102,8 @@ def fit(
 ) -> FitResult:
     """Train `learner` for `learner.config.epochs` epochs over `loader` (pixels, label index).
 
-    The schedule is per step: `warmup_epochs` at a constant low rate, then a cosine decay.
+    The schedule follows `config.lr_schedule`: per epoch as in Dassl (`epoch_learning_rate`),
+    or per step (`learning_rate`); both start with `warmup_epochs` at a constant low rate.
     Methods with nothing to learn (zeroshot) return at once.
     """
     options = options or FitOptions()
@@ -113,7 +127,11 @@ def fit(
     for epoch in range(1, config.epochs + 1):
         epoch_losses = []
         for pixels, labels in loader:
-            lr = learning_rate(result.steps, total, warmup, config)
+            lr = (
+                epoch_learning_rate(epoch - 1, config)
+                if config.lr_schedule == "epoch"
+                else learning_rate(result.steps, total, warmup, config)
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if options.should_stop is not None and options.should_stop():

@@ -1,19 +1,23 @@
 """The papers' evaluation protocols, on the synthetic world or on a CoOp/Dassl dataset root.
 
 * ``fewshot``    train with K shots per class, test on every class;
-* ``base2novel`` train on the base half (sorted names, first ceil(n/2)) with K shots; test the base
-  classes against a base-only label set and the novel ones against a novel-only label set;
-  HM = 2BN / (B + N) of the mean base and novel accuracies;
+* ``base2novel`` train on the base half (classes in label order, the first ceil(n/2), as Dassl's
+  ``subsample_classes``) with K shots; test the base classes against a base-only label set and
+  the novel ones against a novel-only label set; HM = 2BN / (B + N) of the mean base and novel
+  accuracies;
 * ``domain``     train on the source domain, test on shifted ones (synthetic: outline style,
   noisy backgrounds; real data: the test splits of ``targets``);
 * ``cross``      train on colour-shape, test on other label sets (synthetic: shape only, colour
   only; real data: the test splits of ``targets``, each with its own classes).
 
 Every seed trains a fresh learner; the final weights are evaluated (no selection on test data).
+Each test set is scored with its own data set's template (cross-data-set targets as in the
+releases). The report names the classes of every set in label order, the template and the recipe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 from collections.abc import Callable
@@ -34,6 +38,7 @@ from training.data import (
 )
 from training.errors import DataError
 from training.loop import evaluate
+from training.recipe import evaluated_with, recipe_of, template_of
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ class ProtocolRequest:
     overrides: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
     device: str = "cpu"
+    workers: int = 0  # data-loader processes for training and testing
 
 
 @dataclass(frozen=True)
@@ -74,25 +80,44 @@ def run_protocol(
     if request.protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     per_seed: list[dict[str, float]] = []
+    used: dict[str, Any] = {}
     for seed in request.seeds:
         plan = make_plan(request, seed)
         train = TrainRequest(
             method=request.method, data=request.data, store=Path("."), name="protocol",
             backbone=request.backbone, shots=request.shots, seed=seed, epochs=request.epochs,
             overrides=request.overrides, preset=request.preset, device=request.device,
+            workers=request.workers,
         )  # fmt: skip
         fitted = fit_learner(train, source=plan.train)
         transform = eval_transform(fitted.learner.preprocess)
         scores: dict[str, float] = {}
+        templates: dict[str, Any] = {"train": template_of(fitted.learner.config)}
         for name, source in plan.tests:
-            loader = make_loader(ImageDataset(source, transform), 128, shuffle=False, seed=0)
-            scores[name] = evaluate(fitted.learner, loader, source.class_names, request.device)
+            dataset = ImageDataset(source, transform)
+            loader = make_loader(dataset, 128, shuffle=False, seed=0, num_workers=request.workers)
+            own = source.template is not None and source.template != plan.train.template
+            with evaluated_with(fitted.learner, source) if own else contextlib.nullcontext():
+                templates[name] = template_of(fitted.learner.config)
+                scores[name] = evaluate(fitted.learner, loader, source.class_names, request.device)
         if request.protocol == "base2novel":
             scores["hm"] = harmonic_mean(scores["base"], scores["novel"])
         per_seed.append(scores)
+        used = describe_run(plan, fitted.learner.config, templates)
         if progress is not None:
             progress(f"seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    return summarise(request, per_seed)
+    return summarise(request, per_seed) | used
+
+
+def describe_run(plan: Plan, config: Any, templates: dict[str, Any]) -> dict[str, Any]:
+    """What a run used: the data sets, their classes in label order, templates and recipe."""
+    sets = [("train", plan.train), *plan.tests]
+    return {
+        "datasets": {name: source.dataset for name, source in sets},
+        "classes": {name: list(source.class_names) for name, source in sets},
+        "template": templates,
+        "recipe": recipe_of(config),
+    }
 
 
 def make_plan(request: ProtocolRequest, seed: int) -> Plan:
@@ -150,7 +175,9 @@ def _dataset_plan(request: ProtocolRequest) -> Plan:
     if request.protocol in ("domain", "cross"):
         if not request.targets:
             raise DataError(f"the {request.protocol} protocol on real data needs --target sets")
-        tests += [(Path(t).name or t, open_dataset(t, split="test")) for t in request.targets]
+        for target in request.targets:
+            source = open_dataset(target, split="test")
+            tests.append((source.dataset or Path(target).name or target, source))
     return Plan(train, tests)
 
 

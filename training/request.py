@@ -29,3 +29,4 @@ class TrainRequest:
     device: str = "cpu"
     # score the images left out by the few-shot sample (tuned and zero-shot); needs `shots`
     heldout: bool = False
+    workers: int = 0  # data-loader processes (decoding full-size images is the GPU bottleneck)

@@ -1,9 +1,11 @@
 """Labelled image sources: image folders, CSV/JSONL manifests, CoOp/Dassl splits, uploads.
 
-Every reader returns an `ImageSource`: the sorted class names and a list of `LabeledImage`s whose
-labels are class *names*. Indices are assigned later, against whichever label set a dataset is
-built for, so a source can be restricted, sampled or scored against another classifier's classes
-without relabelling. Readers check that every file exists up front: a typo in a manifest should
+Every reader returns an `ImageSource`: the class names in label order and a list of
+`LabeledImage`s whose labels are class *names*. Folders and manifests order their classes by
+name; CoOp/Dassl data sets by their integer labels, as Dassl does (the base-to-novel split cuts
+that order). Indices are assigned later, against whichever label set a dataset is built for, so a
+source can be restricted, sampled or scored against another classifier's classes without
+relabelling. Readers check that every file exists up front: a typo in a manifest should
 fail before a training run starts, not in the middle of an epoch.
 """
 
@@ -13,7 +15,8 @@ import csv
 import functools
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,15 +70,20 @@ class LabeledImage:
 
 @dataclass(frozen=True)
 class ImageSource:
-    """A labelled collection of images with its sorted class names."""
+    """A labelled collection of images with its class names in label order."""
 
-    class_names: list[str]  # sorted, unique
+    class_names: list[str]  # unique, in label order (label i is class_names[i])
     items: list[LabeledImage]
     description: str = ""  # where the images came from, for logs and summaries
+    template: str | None = None  # the data set's hand-crafted prompt, e.g. "{} texture."
+    dataset: str | None = None  # its name in the benchmark registry, when read through it
+    # method-config fields this data calls for unless a preset or override sets them
+    # (the synthetic world keeps the recipe its `mini` presets were tuned with)
+    recipe: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.class_names != sorted(set(self.class_names)):
-            raise DataError("class names of an ImageSource must be sorted and unique")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise DataError("class names of an ImageSource must be unique")
         unknown = {item.label for item in self.items} - set(self.class_names)
         if unknown:
             raise DataError(f"images labelled with unknown classes: {sorted(unknown)[:10]}")
@@ -89,14 +97,14 @@ class ImageSource:
         return len(self.items)
 
     def by_class(self) -> dict[str, list[LabeledImage]]:
-        """Items grouped by class, in class-name order, each group sorted by `LabeledImage.key`."""
+        """Items grouped by class, in label order, each group sorted by `LabeledImage.key`."""
         groups: dict[str, list[LabeledImage]] = {name: [] for name in self.class_names}
         for item in self.items:
             groups[item.label].append(item)
         return {name: sorted(group, key=lambda item: item.key) for name, group in groups.items()}
 
     def counts(self) -> dict[str, int]:
-        """Images per class, in class-name order."""
+        """Images per class, in label order."""
         return {name: len(group) for name, group in self.by_class().items()}
 
 
@@ -106,7 +114,7 @@ def read_image_folder(root: Path) -> ImageSource:
         raise DataError(f"image folder {root} does not exist")
     items: list[LabeledImage] = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and _is_image(p))
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image(p))
         items.extend(LabeledImage(label=class_dir.name, path=p) for p in files)
     if not items:
         raise DataError(
@@ -116,7 +124,7 @@ def read_image_folder(root: Path) -> ImageSource:
     return ImageSource.from_items(items, description=f"image folder {root}")
 
 
-def _is_image(path: Path) -> bool:
+def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
@@ -137,7 +145,7 @@ def read_manifest(path: Path) -> ImageSource:
     if not rows:
         raise DataError(f"manifest {path} lists no images")
     items = [LabeledImage(label=label, path=path.parent / image) for image, label in rows]
-    _require_files([item.path for item in items if item.path is not None], str(path))
+    require_files([item.path for item in items if item.path is not None], str(path))
     return ImageSource.from_items(items, description=f"manifest {path}")
 
 
@@ -174,7 +182,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def _require_files(paths: Sequence[Path], where: str) -> None:
+def require_files(paths: Sequence[Path], where: str) -> None:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         shown = ", ".join(str(p) for p in missing[:_SHOW_MISSING])
@@ -191,11 +199,35 @@ def find_dassl_split(root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def read_dassl_split(split_file: Path, split: str) -> ImageSource:
-    """One split of a CoOp/Dassl `split_zhou_<Name>.json` (entries `[path, index, class]`).
+def readable_name(name: str) -> str:
+    """A CoOp/Dassl class name as the releases prompt with it: ``_`` becomes a space."""
+    return " ".join(name.replace("_", " ").split())
 
-    CoOp keeps images in a dataset-specific directory ("jpg", "images", "2750", ...); it is
-    found by looking for the first entry under the root and under each immediate subdirectory.
+
+def names_in_label_order(pairs: Sequence[tuple[int, str]], where: str) -> list[str]:
+    """(integer label, raw class name) pairs -> readable names sorted by label.
+
+    A label with two names, or two labels whose names read the same, is an error: the label
+    order is what the base-to-novel split cuts, so it must be unambiguous.
+    """
+    by_label: dict[int, str] = {}
+    for label, name in pairs:
+        if by_label.setdefault(label, name) != name:
+            raise DataError(f"{where}: label {label} is both {by_label[label]!r} and {name!r}")
+    names = [readable_name(by_label[label]) for label in sorted(by_label)]
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise DataError(f"{where}: several labels share the class name(s) {repeated[:10]}")
+    return names
+
+
+def read_dassl_split(split_file: Path, split: str, image_dir: Path | None = None) -> ImageSource:
+    """One split of a CoOp/Dassl `split_zhou_<Name>.json` (entries `[path, label, class]`).
+
+    Classes are ordered by their integer label over all splits of the file and named with
+    `readable_name`. CoOp keeps images in a dataset-specific directory ("jpg", "images",
+    "2750", ...); without `image_dir` it is found by looking for the first entry under the root
+    and under each immediate subdirectory.
     """
     try:
         splits = json.loads(split_file.read_text(encoding="utf-8"))
@@ -204,26 +236,39 @@ def read_dassl_split(split_file: Path, split: str) -> ImageSource:
     if not isinstance(splits, dict) or split not in splits:
         keys = sorted(splits) if isinstance(splits, dict) else []
         raise DataError(f"split file {split_file} has no {split!r} split (it has {keys})")
+    every = [
+        _dassl_entry(entry, split_file)
+        for key in SPLITS
+        if isinstance(splits.get(key), list)
+        for entry in splits[key]
+    ]
+    pairs = [(label, name) for _, label, name in every]
+    class_names = names_in_label_order(pairs, str(split_file))
     entries = [_dassl_entry(entry, split_file) for entry in splits[split]]
     if not entries:
         raise DataError(f"split {split!r} of {split_file} is empty")
-    image_dir = _dassl_image_dir(split_file.parent, entries[0][0])
-    items = [LabeledImage(label=label, path=image_dir / rel) for rel, label in entries]
-    _require_files([item.path for item in items if item.path is not None], str(split_file))
-    return ImageSource.from_items(items, description=f"{split_file.name} [{split}]")
+    if image_dir is None:
+        image_dir = _dassl_image_dir(split_file.parent, entries[0][0])
+    items = [
+        LabeledImage(label=readable_name(name), path=image_dir / rel) for rel, _, name in entries
+    ]
+    require_files([item.path for item in items if item.path is not None], str(split_file))
+    return ImageSource(class_names, items, description=f"{split_file.name} [{split}]")
 
 
-def _dassl_entry(entry: Any, split_file: Path) -> tuple[str, str]:
+def _dassl_entry(entry: Any, split_file: Path) -> tuple[str, int, str]:
     if (
         not isinstance(entry, list)
         or len(entry) != 3
         or not isinstance(entry[0], str)
+        or not isinstance(entry[1], int)
+        or isinstance(entry[1], bool)
         or not isinstance(entry[2], str)
     ):
         raise DataError(
             f"{split_file}: expected [relative_path, label_index, class_name], got {entry}"
         )
-    return entry[0], entry[2]
+    return entry[0], entry[1], entry[2]
 
 
 def _dassl_image_dir(root: Path, first: str) -> Path:

@@ -27,6 +27,11 @@ class MethodConfig:
     epochs: int = 50
     warmup_epochs: int = 1  # epochs at the constant `warmup_lr` before the cosine schedule
     warmup_lr: float = 1e-5  # CoOp lineage: a constant low rate, not a linear ramp
+    # Dassl's cosine steps once per epoch (epoch e >= warmup trains at
+    # lr/2 * (1 + cos(pi * (e - warmup) / epochs))); "step" decays every step down to 0
+    lr_schedule: Literal["epoch", "step"] = "epoch"
+    drop_last: bool = True  # drop the last partial training batch (when there is a full one)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (Dassl's)
 
 
 def config_fields(config_cls: type[MethodConfig]) -> list[str]:

@@ -28,7 +28,15 @@ class CoOpConfig(MethodConfig):
     epochs: int = 50
 
 
-@register_method("coop", CoOpConfig)
+@register_method(
+    "coop",
+    CoOpConfig,
+    presets={
+        # CoCoOp's base-to-novel setting for CoOp: vit_b16_ctxv1 (vit_b16_ep50_ctxv1 on ImageNet)
+        "cocoop_base2novel": {"ctx_init": "a photo of a", "epochs": 200},
+        "cocoop_base2novel_imagenet": {"ctx_init": "a photo of a", "epochs": 50},
+    },
+)
 class CoOpLearner(Learner):
     config: CoOpConfig
 

@@ -9,11 +9,12 @@ refreshed: ``q = LN_a(t2v(T_l))``, ``kv = LN_a(V_l)``, ``u = V_l + MHA(q, kv, kv
 slots and ``T_l`` the text tower's block l-1 output at the context slots. Later blocks carry
 the prompts. Class embeddings are coop's with ``C_t``; the loss is cross-entropy.
 
-By default ``C_v`` is appended after ``ln_pre`` (METHODS.md); ``prompts_through_ln_pre=True``
-appends it before, as the release does. The causal mask keeps the context slots from seeing the
-class name, so ``T_l`` is class-independent: it is computed once per call from the prefix
-``[SOS, C_t]``. The exported visual graph (`visual_graph`) folds the queries ``q_l`` into
-``depth`` constant [n, Dv] tensors and contains no text tower.
+By default ``C_v`` is appended before ``ln_pre``, as the release does (METHODS.md allows either);
+``prompts_through_ln_pre=False`` appends it after (the ``mini`` preset keeps that). The causal
+mask keeps the context slots from seeing the class name, so ``T_l`` is class-independent: it
+is computed once per call from the prefix ``[SOS, C_t]``. The exported visual graph
+(`visual_graph`) folds the queries ``q_l`` into ``depth`` constant [n, Dv] tensors and contains
+no text tower.
 
 Deliberate deviations from the released code (METHODS.md, rule 2): (1) the release averages
 ``V_l`` over the images of the batch before the attention, so an image's result depends on its
@@ -48,7 +49,7 @@ class DCPConfig(MethodConfig):
     ctx_std: float = 0.02  # C_t and C_v start at N(0, ctx_std^2)
     depth: int = 9  # CMPA refreshes blocks 1..depth; clamped to min(Lv - 1, Lt) (B/16: 9 of 12)
     mlp_ratio: int = 4  # CMPA MLP width = mlp_ratio · Dv
-    prompts_through_ln_pre: bool = False  # True: C_v is appended before ln_pre (the release)
+    prompts_through_ln_pre: bool = True  # C_v appended before ln_pre, as released; False: after
     # recipe (ViT-B/16, vit_b16_c2_ep20_batch4_16ctx): SGD 0.0035, momentum 0.9, wd 5e-4,
     # cosine, 1 warm-up epoch at 1e-5, batch 4, 20 epochs, the same for 1-16 shots
     lr: float = 0.0035
@@ -105,7 +106,7 @@ def cmpa_prompts(
     presets={
         # mini on CPU: the paper's batch of 4 makes many slow CPU steps; batch 16 for 10 epochs
         # (4 shots, base test: lr 0.003 86.0 %, 0.01 82.5 %, 0.03 78.4 %)
-        "mini": {"batch_size": 16, "lr": 0.003, "epochs": 10},
+        "mini": {"batch_size": 16, "lr": 0.003, "epochs": 10, "prompts_through_ln_pre": False},
     },
 )
 class DCPLearner(Learner):

@@ -1,0 +1,94 @@
+"""A run's method config from three layers, and the recipe a report records.
+
+Layers, weakest first: the method config's defaults (the papers' recipes, Dassl's crop, schedule
+and batching), what the data calls for (`ImageSource.template` for every method whose text side
+holds a fixed template, `ImageSource.recipe` for the synthetic world), then a named preset, then
+explicit overrides. So ``--dataset OxfordPets`` gives ProVP "a photo of a {}, a type of pet." and
+``--set template=...`` still wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from models.methods import Learner, MethodConfig, get_method, make_config
+from models.methods.config import config_fields
+from training.sources import ImageSource
+
+TEMPLATE_FIELDS = ("template", "templates")  # a fixed prompt (provp, sep, pmpo) / ensemble
+RECIPE_FIELDS = (
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "adam_eps",
+    "batch_size",
+    "epochs",
+    "warmup_epochs",
+    "warmup_lr",
+    "lr_schedule",
+    "drop_last",
+    "crop_scale",
+)
+
+
+def data_defaults(method: str, source: ImageSource) -> dict[str, Any]:
+    """The config values `source` calls for, limited to the fields `method` has."""
+    values: dict[str, Any] = dict(source.recipe)
+    if source.template is not None:
+        values |= {"template": source.template, "templates": (source.template,)}
+    known = set(config_fields(get_method(method).config_cls))
+    return {key: value for key, value in values.items() if key in known}
+
+
+def resolve_config(
+    method: str,
+    source: ImageSource,
+    overrides: dict[str, Any] | None = None,
+    preset: str | None = None,
+) -> MethodConfig:
+    """Defaults < the data's values < `preset` < `overrides`."""
+    preset_values = get_method(method).presets.get(preset, {}) if preset is not None else {}
+    from_data = {k: v for k, v in data_defaults(method, source).items() if k not in preset_values}
+    return make_config(method, {**from_data, **(overrides or {})}, preset=preset)
+
+
+def recipe_of(config: MethodConfig) -> dict[str, Any]:
+    """The optimisation recipe of a config, JSON-ready (for reports and summaries)."""
+    values = dataclasses.asdict(config)
+    recipe = {key: values[key] for key in RECIPE_FIELDS}
+    if config.optimizer != "sgd":
+        recipe.pop("momentum")
+    else:
+        recipe.pop("adam_eps")
+    recipe["crop_scale"] = list(config.crop_scale)
+    return recipe
+
+
+def template_of(config: MethodConfig) -> str | list[str] | None:
+    """The fixed prompt template(s) a config's text side uses, if it has one."""
+    values = dataclasses.asdict(config)
+    if "template" in values and values.get("use_template", True):
+        return str(values["template"])
+    if "templates" in values:
+        return list(values["templates"])
+    return None
+
+
+@contextlib.contextmanager
+def evaluated_with(learner: Learner, source: ImageSource) -> Iterator[None]:
+    """Score `learner` on `source` with that data set's own template, as the releases rebuild
+    the text side for every target data set; the learned parameters are untouched."""
+    fields = data_defaults(learner.method_name, dataclasses.replace(source, recipe={}))
+    if not fields:
+        yield
+        return
+    original = learner.config
+    learner.config = dataclasses.replace(original, **fields)
+    try:
+        yield
+    finally:
+        learner.config = original
