@@ -7,6 +7,7 @@ line run do exactly the same thing.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "TrainRequest",
     "evaluate_classifier",
     "fit_learner",
+    "open_within",
     "summarize_dataset",
     "train_classifier",
     "world_class_names",
@@ -70,7 +72,7 @@ def fit_learner(
 ) -> FittedLearner:
     """Load data (or use `source`) and the backbone, build the method and fit it."""
     if source is None:
-        source = open_dataset(request.data, split="train")
+        source = open_within(request.data, request.within, split="train")
     heldout = None
     if request.shots is not None and method_needs_training(request.method):
         sampled = sample_few_shot(source, request.shots, request.seed)
@@ -190,14 +192,55 @@ class DatasetSummary:
     images: int
 
 
-def summarize_dataset(data: str, split: str = "train") -> DatasetSummary:
+def summarize_dataset(
+    data: str, split: str = "train", *, within: str | None = None
+) -> DatasetSummary:
     """The classes and image count of a dataset spec, without loading any image.
 
     Raises:
-        DataError: the spec cannot be opened (its message may name server paths).
+        DataError: the spec cannot be opened (its message may name server paths), or, with
+            `within`, it reaches a file outside that folder (see `open_within`).
     """
-    source = open_dataset(data, split=split)
+    source = open_within(data, within, split=split)
     return DatasetSummary(list(source.class_names), len(source))
+
+
+def open_within(data: str, within: str | None, *, split: str = "train") -> ImageSource:
+    """`open_dataset(data)`, and with `within`, refuse any dataset that reaches outside it.
+
+    Every file the dataset names or reaches (manifest entries, class folders that are symlinks,
+    split files pointing elsewhere) must resolve, symlinks followed, under `within`. The error
+    for a dataset that escapes is the same whether the outside files exist or not, and names
+    none of them: a failure to open that mentions an outside path is reported the same way.
+    """
+    if within is None:
+        return open_dataset(data, split=split)
+    root = Path(within).resolve()
+    escaped = DataError(f"dataset {_shown(data, root)} names files outside the data root")
+    try:
+        source = open_dataset(data, split=split)
+    except DataError as exc:
+        if any(not _inside(Path(p), root) for p in ABSOLUTE_PATH.findall(str(exc))):
+            raise escaped from None
+        raise
+    for item in source.items:
+        if item.path is not None and not _inside(item.path, root):
+            raise escaped
+    return source
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s:'\",]*")  # in an error message
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a symlink loop or a name the OS refuses: not trusted
+        return False
+
+
+def _shown(data: str, root: Path) -> str:
+    return repr(data.replace(str(root), "<data root>"))
 
 
 def world_class_names() -> list[str]:

@@ -29,4 +29,5 @@ class TrainRequest:
     device: str = "cpu"
     # score the images left out by the few-shot sample (tuned and zero-shot); needs `shots`
     heldout: bool = False
+    within: str | None = None  # every file of `data` must lie under this folder (see open_within)
     workers: int = 0  # data-loader processes (decoding full-size images is the GPU bottleneck)

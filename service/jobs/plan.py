@@ -196,7 +196,7 @@ def _plan_dataset(train: TrainRequest, reference: str, settings: Settings) -> Jo
     if not path.is_relative_to(root):
         raise BadRequestError(f"dataset {reference!r} is outside the data root")
     try:
-        found = summarize_dataset(str(path))
+        found = summarize_dataset(str(path), within=str(root))
     except DataError as exc:
         raise InvalidRequestError(
             f"cannot open dataset {reference!r}: {str(exc).replace(str(root), '<data root>')}"
@@ -204,7 +204,7 @@ def _plan_dataset(train: TrainRequest, reference: str, settings: Settings) -> Jo
     if len(found.class_names) < 2:
         raise InvalidRequestError(f"dataset {reference!r} has fewer than 2 classes")
     spec = JobSpec(
-        train=replace(train, data=str(path)),
+        train=replace(train, data=str(path), within=str(root)),
         data=reference,
         classes=found.class_names,
         images=found.images,

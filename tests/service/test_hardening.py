@@ -304,3 +304,62 @@ async def test_odd_dataset_names_are_4xx(
         response = await client.post("/adapt", json={"name": "ds", "dataset": reference})
     assert response.status_code == 422, response.text
     assert "dataset" in response.json()["error"]["message"]
+
+
+def _dataset_root(tmp_path: Path) -> tuple[Path, Path]:
+    """A data root with one good folder dataset, and a folder outside it with images."""
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    for folder in (root / "good" / "a", root / "good" / "b", outside / "secret"):
+        folder.mkdir(parents=True)
+        (folder / "0.png").write_bytes(png_bytes())
+    return root, outside
+
+
+async def test_datasets_may_not_reach_outside_the_data_root(
+    client_factory: ClientFactory, tmp_path: Path
+) -> None:
+    root, outside = _dataset_root(tmp_path)
+    linked = root / "linked"
+    linked.mkdir()
+    (linked / "a").symlink_to(root / "good" / "a")
+    (linked / "b").symlink_to(outside / "secret")  # a class folder that is a symlink outside
+    (root / "exists.jsonl").write_text(
+        '{"path": "good/a/0.png", "label": "a"}\n'
+        '{"path": "../outside/secret/0.png", "label": "b"}\n'
+    )
+    (root / "absent.jsonl").write_text(
+        '{"path": "good/a/0.png", "label": "a"}\n'
+        '{"path": "../outside/secret/nothing.png", "label": "b"}\n'
+    )
+    (root / "absolute.csv").write_text(
+        f"path,label\ngood/a/0.png,a\n{outside / 'secret' / '0.png'},b\n"
+    )
+    async with client_factory(data_root=root, max_concurrent_jobs=0) as (client, _):
+        good = await client.post("/adapt", json={"name": "ok", "dataset": "good"})
+        answers = {
+            name: await client.post("/adapt", json={"name": "x", "dataset": name})
+            for name in ("linked", "exists.jsonl", "absent.jsonl", "absolute.csv")
+        }
+    assert good.status_code == 202, good.text
+    for name, response in answers.items():
+        assert response.status_code == 422, (name, response.text)
+        message = response.json()["error"]["message"]
+        assert "outside the data root" in message, message
+        assert str(tmp_path) not in message
+    # whether the outside file exists is not told
+    exists = answers["exists.jsonl"].json()["error"]["message"].replace("exists", "X")
+    absent = answers["absent.jsonl"].json()["error"]["message"].replace("absent", "X")
+    assert exists == absent
+
+
+def test_a_training_run_checks_the_data_root_again(tmp_path: Path) -> None:
+    from training.api import open_within
+    from training.errors import DataError
+
+    root, outside = _dataset_root(tmp_path)
+    assert len(open_within(str(root / "good"), str(root))) == 2
+    (root / "good" / "b" / "0.png").unlink()
+    (root / "good" / "b" / "0.png").symlink_to(outside / "secret" / "0.png")  # swapped later
+    with pytest.raises(DataError, match="outside the data root"):
+        open_within(str(root / "good"), str(root))
+    assert len(open_within(str(root / "good"), None)) == 2  # the CLI trusts its user
