@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from models.backbone import DEFAULT_BACKBONE
 from models.errors import ConfigError, PromptserveError
@@ -22,6 +23,8 @@ from training.loop import Progress
 from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
 from training.synthetic.pretrain import add_arguments as add_pretrain_arguments
 from training.synthetic.pretrain import run as run_pretrain
+
+R = TypeVar("R")
 
 
 def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
@@ -162,23 +165,20 @@ def _print_progress(progress: Progress) -> None:
     )
 
 
+def request_from_args(cls: type[R], args: argparse.Namespace, **given: Any) -> R:
+    """A request dataclass from parsed arguments: each field not `given` comes from the
+    argument of the same name, where there is one (else the field's default)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return cls(**(values | given))
+
+
 def run_train(args: argparse.Namespace) -> int:
     data = resolve_data(args)
     if data is None:
         raise ConfigError("train needs --data, or --dataset with --data-root")
-    request = TrainRequest(
-        method=args.method,
-        data=data,
-        store=args.store,
-        name=args.name,
-        backbone=args.backbone,
-        shots=args.shots,
-        seed=args.seed,
-        epochs=args.epochs,
-        overrides=parse_overrides(args.overrides),
-        preset=args.preset,
-        device=args.device,
-        heldout=args.heldout,
+    request = request_from_args(
+        TrainRequest, args, data=data, overrides=parse_overrides(args.overrides)
     )
     outcome = train_classifier(request, progress=_print_progress)
     loss = outcome.summary["final_loss"]
@@ -214,19 +214,13 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_protocol_eval(args: argparse.Namespace) -> int:
     if args.method is None:
         raise ConfigError("--protocol needs --method")
-    request = ProtocolRequest(
-        protocol=args.protocol,
-        method=args.method,
-        shots=args.shots,
+    request = request_from_args(
+        ProtocolRequest,
+        args,
         seeds=tuple(args.seeds),
-        epochs=args.epochs,
-        backbone=args.backbone,
         data=args.data or SYNTHETIC,
         targets=tuple(resolve_target(t, args.data_root) for t in args.target),
         overrides=parse_overrides(args.overrides),
-        preset=args.preset,
-        device=args.device,
-        workers=args.workers,
     )
     report = run_protocol(request, progress=lambda line: print(line, file=sys.stderr))
     print(format_table(report))

@@ -4,7 +4,8 @@ settings, the classifier store, the job store and runner, the metrics), and the 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,32 +37,20 @@ def get_app_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_store(runtime: RuntimeDep) -> ClassifierStore:
-    return runtime.store
+def _runtime_part(name: str) -> Callable[[Runtime], Any]:
+    """A dependency that returns one part of the runtime (store, jobs, runner, metrics)."""
+
+    def part(runtime: RuntimeDep) -> Any:
+        return getattr(runtime, name)
+
+    part.__name__ = f"get_{name}"
+    return part
 
 
-StoreDep = Annotated[ClassifierStore, Depends(get_store)]
-
-
-def get_jobs(runtime: RuntimeDep) -> JobStore:
-    return runtime.jobs
-
-
-JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
-
-
-def get_runner(runtime: RuntimeDep) -> JobRunner:
-    return runtime.runner
-
-
-JobRunnerDep = Annotated[JobRunner, Depends(get_runner)]
-
-
-def get_metrics(runtime: RuntimeDep) -> Metrics:
-    return runtime.metrics
-
-
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+StoreDep = Annotated[ClassifierStore, Depends(_runtime_part("store"))]
+JobStoreDep = Annotated[JobStore, Depends(_runtime_part("jobs"))]
+JobRunnerDep = Annotated[JobRunner, Depends(_runtime_part("runner"))]
+MetricsDep = Annotated[Metrics, Depends(_runtime_part("metrics"))]
 
 
 def require_api_key(

@@ -97,9 +97,9 @@ def test_point_2_prompts_never_contain_underscores(
         seen: list[str] = []
         tokenize = learner.text.tokenize
 
-        def spy(texts, tokenizer, _tokenize=tokenize, _seen=seen):  # type: ignore[no-untyped-def]
+        def spy(texts, _tokenize=tokenize, _seen=seen):  # type: ignore[no-untyped-def]
             _seen.extend(texts)
-            return _tokenize(texts, tokenizer)
+            return _tokenize(texts)
 
         learner.text.tokenize = spy  # type: ignore[method-assign]
         learner.encode_classes(source.class_names)
