@@ -7,7 +7,8 @@ default classifier. Reported: the share of 429s, p50 / p99 latency of the accept
 requests, every status seen, the server's RSS before, at its peak and after the load, and the
 latency of one request right after the load stops.
 
-    python bench/overload.py                   # 256 clients, 30 s
+    python bench/overload.py                        # 256 clients, 30 s
+    python bench/overload.py --ignore-retry-after   # clients that retry after 50 ms instead
     python bench/overload.py --clients 64 --seconds 10
 """
 
@@ -73,7 +74,13 @@ def start_server(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise SystemExit(f"server not ready:\n{log.read_text()}")
 
 
-async def client(port: int, request: bytes, until: float, results: list[tuple[int, float]]) -> None:
+async def client(
+    port: int,
+    request: bytes,
+    until: float,
+    results: list[tuple[int, float]],
+    honour_retry_after: bool,
+) -> None:
     reader = writer = None
     while time.monotonic() < until:
         if writer is None:
@@ -88,13 +95,15 @@ async def client(port: int, request: bytes, until: float, results: list[tuple[in
             writer.write(request)
             status_line = await reader.readline()
             status = int(status_line.split()[1])
-            length, close = 0, False
+            length, close, retry_after = 0, False, 0.0
             while (line := await reader.readline()) not in (b"\r\n", b""):
                 name, _, value = line.decode("latin-1").partition(":")
                 if name.lower() == "content-length":
                     length = int(value)
                 elif name.lower() == "connection" and "close" in value.lower():
                     close = True
+                elif name.lower() == "retry-after":
+                    retry_after = float(value)
             await reader.readexactly(length)
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             results.append((0, time.perf_counter() - start))
@@ -105,13 +114,15 @@ async def client(port: int, request: bytes, until: float, results: list[tuple[in
         if close:
             writer.close()
             reader = writer = None
-        if status == 429:
-            await asyncio.sleep(0.05)  # a client that honours the answer backs off a little
+        if status == 429:  # a client with a retry policy waits as told (urllib3's Retry does)
+            await asyncio.sleep(retry_after if honour_retry_after else 0.05)
     if writer is not None:
         writer.close()
 
 
-async def load(port: int, clients: int, seconds: float, pid: int) -> dict[str, object]:
+async def load(
+    port: int, clients: int, seconds: float, pid: int, honour_retry_after: bool
+) -> dict[str, object]:
     body = small_png()
     request = (
         f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
@@ -120,7 +131,10 @@ async def load(port: int, clients: int, seconds: float, pid: int) -> dict[str, o
     results: list[tuple[int, float]] = []
     peak = rss_mb(pid)
     until = time.monotonic() + seconds
-    tasks = [asyncio.create_task(client(port, request, until, results)) for _ in range(clients)]
+    tasks = [
+        asyncio.create_task(client(port, request, until, results, honour_retry_after))
+        for _ in range(clients)
+    ]
     while not all(task.done() for task in tasks):
         peak = max(peak, rss_mb(pid))
         await asyncio.sleep(0.25)
@@ -133,6 +147,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--ignore-retry-after",
+        action="store_true",
+        help="retry a 429 after 50 ms instead of the Retry-After the server sends (hostile)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         port = free_port()
@@ -142,7 +161,8 @@ def main() -> None:
             for _ in range(20):  # warm
                 httpx.post(url, content=small_png(), headers={"Content-Type": "image/png"})
             idle = rss_mb(process.pid)
-            outcome = asyncio.run(load(port, args.clients, args.seconds, process.pid))
+            honour = not args.ignore_retry_after
+            outcome = asyncio.run(load(port, args.clients, args.seconds, process.pid, honour))
             start = time.perf_counter()
             after_status = httpx.post(
                 url, content=small_png(), headers={"Content-Type": "image/png"}, timeout=30
@@ -158,7 +178,8 @@ def main() -> None:
     total = int(outcome["total"])  # type: ignore[call-overload]
     p50 = 1000 * statistics.median(accepted) if accepted else float("nan")
     p99 = 1000 * accepted[int(0.99 * (len(accepted) - 1))] if accepted else float("nan")
-    print(f"{args.clients} clients for {args.seconds:.0f} s against mini (2-core machine)")
+    how = "ignoring Retry-After" if args.ignore_retry_after else "honouring Retry-After"
+    print(f"{args.clients} clients ({how}) for {args.seconds:.0f} s against mini")
     print(f"requests            {total} ({total / args.seconds:.1f}/s)")
     print(f"statuses            {dict(sorted(statuses.items()))}")
     print(f"429 share           {100 * statuses[429] / max(1, total):.1f} %")
