@@ -1,4 +1,4 @@
-"""The job store's records: a job and its events as decoded rows, and the job states.
+"""The job store's records: the tables, a job and its events as decoded rows, the job states.
 
 A job's `spec` is the typed `JobSpec` (see `service.jobs.spec`). This module imports no torch.
 """
@@ -15,6 +15,35 @@ from service.jobs.spec import JobSpec, load_spec
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order, the list cursor
+    id TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,                      -- JSON: what to train (a JobSpec)
+    idempotency_key TEXT UNIQUE,
+    fingerprint TEXT NOT NULL,               -- hash of the request, to compare repeats
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress TEXT,                           -- JSON, while running and after
+    result TEXT,                             -- JSON, on success
+    error TEXT,                              -- JSON {reason, message}, on failure
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER                              -- the worker process, while running
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+"""
 
 
 @dataclass(frozen=True)

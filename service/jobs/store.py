@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from service.jobs.records import (
+    SCHEMA,
     TERMINAL,
     Event,
     IdempotencyMismatchError,
@@ -36,34 +37,6 @@ __all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "
 
 BUSY_TIMEOUT_S = 30.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order, the list cursor
-    id TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    spec TEXT NOT NULL,                      -- JSON: what to train (a JobSpec)
-    idempotency_key TEXT UNIQUE,
-    fingerprint TEXT NOT NULL,               -- hash of the request, to compare repeats
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    progress TEXT,                           -- JSON, while running and after
-    result TEXT,                             -- JSON, on success
-    error TEXT,                              -- JSON {reason, message}, on failure
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER                              -- the worker process, while running
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
-"""
-
 
 class JobStore:
     """Jobs in the SQLite database at `path` (created with its schema when missing)."""
@@ -73,7 +46,7 @@ class JobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
-            db.executescript(_SCHEMA)
+            db.executescript(SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
