@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from service.handlers import install_error_handlers
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import classifiers, classify, health, jobs, metrics
+from service.routes import classifiers, classify, health, jobs, metrics, playground
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="promptserve", description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
-    for module in (classify, jobs, classifiers, health, metrics):
+    for module in (classify, jobs, classifiers, health, metrics, playground):
         app.include_router(module.router)
     install_error_handlers(app)
     # added last = outermost: the metrics see every request, 413s from the body limit included
