@@ -49,7 +49,7 @@ async function checkHealth() {
   const pill = $("health");
   try {
     const body = await api("/health/ready");
-    pill.textContent = `ready · default ${body.default_classifier} v${body.version}`;
+    pill.textContent = `ready · default classifier ${body.default_classifier} v${body.version}`;
     pill.className = "pill ok";
   } catch (error) {
     pill.textContent = error.status === 503 ? "starting…" : "unreachable";
