@@ -32,7 +32,7 @@ from training.data import (
     split_base_novel,
 )
 from training.errors import DataError
-from training.loop import evaluate
+from training.loop import Progress, evaluate
 from training.run import TrainRequest, fit_learner
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,13 @@ class Plan:
 
 
 def run_protocol(
-    request: ProtocolRequest, progress: Callable[[str], None] | None = None
+    request: ProtocolRequest,
+    progress: Callable[[str], None] | None = None,
+    steps: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one learner per seed and evaluate it; returns the JSON-ready report."""
+    """Train one learner per seed and evaluate it; returns the JSON-ready report.
+
+    `progress` gets a line per seed; `steps` every training step."""
     if request.protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     per_seed: list[dict[str, float]] = []
@@ -81,7 +85,7 @@ def run_protocol(
             backbone=request.backbone, shots=request.shots, seed=seed, epochs=request.epochs,
             overrides=request.overrides, preset=request.preset, device=request.device,
         )  # fmt: skip
-        fitted = fit_learner(train, source=plan.train)
+        fitted = fit_learner(train, steps, source=plan.train)
         transform = eval_transform(fitted.learner.preprocess)
         scores: dict[str, float] = {}
         for name, source in plan.tests:
