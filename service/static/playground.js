@@ -4,7 +4,9 @@
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 500;
-const state = { classifiers: new Map(), defaultName: null, images: [], groups: [], job: null };
+const state = {
+  classifiers: new Map(), defaultName: null, images: [], previews: [], groups: [], job: null,
+};
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -138,9 +140,11 @@ async function classify() {
 
 function renderResults(body) {
   const encoded = new Set(body.encoded_labels || []);
+  state.previews.forEach((url) => URL.revokeObjectURL(url));
+  state.previews = state.images.map((file) => URL.createObjectURL(file));
   const cards = body.predictions.map((row, index) => {
     const file = state.images[index];
-    const image = el("img", { src: URL.createObjectURL(file), alt: file.name });
+    const image = el("img", { src: state.previews[index], alt: file.name });
     const items = row.map((p) => {
       const fill = el("span", { class: "fill" });
       fill.style.width = (100 * p.score).toFixed(1) + "%";
@@ -228,6 +232,7 @@ async function startJob() {
 
 function showJobError(message) {
   $("job").hidden = false;
+  $("cancel-job").hidden = true;
   $("job-id").textContent = "";
   $("job-state").textContent = "not started";
   $("job-state").className = "pill bad";
@@ -236,6 +241,7 @@ function showJobError(message) {
 
 function showJob(job) {
   $("job").hidden = false;
+  $("cancel-job").hidden = ["succeeded", "failed", "cancelled"].includes(job.state);
   $("job-id").textContent = `${job.id} → ${job.name}`;
   $("job-state").textContent = job.state;
   $("job-state").className = "pill " + job.state;
@@ -286,6 +292,15 @@ async function pollJob() {
   setTimeout(pollJob, POLL_MS);
 }
 
+async function cancelJob() {
+  if (!state.job) return;
+  try {
+    showJob(await api(`/jobs/${state.job.id}/cancel`, { method: "POST" }));
+  } catch (error) {
+    $("job-detail").textContent = error.message;
+  }
+}
+
 // --- wiring -------------------------------------------------------------------------------
 
 function init() {
@@ -300,6 +315,9 @@ function init() {
   $("api-key").addEventListener("change", () => { checkHealth(); loadClassifiers(); });
   $("add-group").addEventListener("click", () => addGroup(""));
   $("start-job").addEventListener("click", startJob);
+  $("cancel-job").addEventListener("click", cancelJob);
+  // a file dropped beside a drop zone must not replace the page
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (e) => e.preventDefault());
   addGroup("");
   addGroup("");
   checkHealth();
