@@ -27,6 +27,7 @@ from models.preprocess import eval_transform
 from training.api import TrainRequest, fit_learner
 from training.data import ImageDataset, make_loader
 from training.loop import evaluate
+from training.progress import step_progress
 from training.protocols import ProtocolRequest, harmonic_mean, make_plan
 
 
@@ -58,7 +59,8 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, float | int |
             method=method, data="synthetic", store=Path("."), name="bench",
             shots=args.shots, seed=seed, preset=preset,
         )  # fmt: skip
-        fitted = fit_learner(train, source=plan.train)
+        with step_progress(f"{method} seed {seed}") as report:
+            fitted = fit_learner(train, report, source=plan.train)
         learner = fitted.learner
         if fitted.result.epochs:
             epoch_seconds.append(fitted.result.seconds / fitted.result.epochs)

@@ -14,11 +14,13 @@ A backbone spec is one of:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -134,7 +136,8 @@ def load_backbone(
     else:
         if not checkpoint.is_file():
             raise BackboneError(f"checkpoint {checkpoint} does not exist")
-        model = open_clip.create_model(arch, pretrained=None)
+        with _without_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(arch, pretrained=None)
         _load_weights(model, checkpoint)
 
     model = model.to(device).eval().requires_grad_(False)
@@ -150,6 +153,24 @@ def load_backbone(
         preprocess=_preprocess_config(model),
         id=backbone_id,
     )
+
+
+class _RandomInitWarningFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _without_random_init_warning() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning (logged on the root logger) while we
+    build a model whose weights we load ourselves: there it would be false."""
+    root = logging.getLogger()
+    quiet = _RandomInitWarningFilter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _load_weights(model: nn.Module, checkpoint: Path) -> None:

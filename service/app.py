@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from service.api.handlers import install_error_handlers
 from service.api.middleware import AdmissionMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from service.api.routes import classifiers, classify, docs, health, jobs, metrics
+from service.api.routes import classifiers, classify, docs, health, jobs, metrics, playground
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if open_docs else None,
     )
     app.state.runtime = runtime
-    for module in (classify, jobs, classifiers, health, metrics):
+    for module in (classify, jobs, classifiers, health, metrics, playground):
         app.include_router(module.router)
     if not open_docs:
         app.include_router(docs.router)

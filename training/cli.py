@@ -19,7 +19,7 @@ from models.errors import ConfigError, PromptserveError
 from models.methods import list_methods, parse_overrides
 from training.api import TrainRequest, evaluate_classifier, train_classifier
 from training.benchmarks import benchmark_path, list_benchmarks
-from training.loop import Progress
+from training.progress import step_progress
 from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
 from training.synthetic.pretrain import add_arguments as add_pretrain_arguments
 from training.synthetic.pretrain import run as run_pretrain
@@ -154,17 +154,6 @@ def add_classify_command(commands: Any) -> None:
     classify.add_argument("--device", default="cpu")
 
 
-def _print_progress(progress: Progress) -> None:
-    end = "\n" if progress.step == progress.total_steps else "\r"
-    print(
-        f"epoch {progress.epoch}/{progress.epochs} step {progress.step}/{progress.total_steps} "
-        f"loss {progress.loss:.4f} lr {progress.lr:.2e} eta {progress.eta_s:.0f}s",
-        end=end,
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 def request_from_args(cls: type[R], args: argparse.Namespace, **given: Any) -> R:
     """A request dataclass from parsed arguments: each field not `given` comes from the
     argument of the same name, where there is one (else the field's default)."""
@@ -180,7 +169,8 @@ def run_train(args: argparse.Namespace) -> int:
     request = request_from_args(
         TrainRequest, args, data=data, overrides=parse_overrides(args.overrides)
     )
-    outcome = train_classifier(request, progress=_print_progress)
+    with step_progress(f"train {args.method}") as report:
+        outcome = train_classifier(request, progress=report)
     loss = outcome.summary["final_loss"]
     loss_text = "n/a" if loss is None else f"{loss:.4f}"
     print(f"published {args.name} version {outcome.version} at {outcome.artifact}")
@@ -222,7 +212,10 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
         targets=tuple(resolve_target(t, args.data_root) for t in args.target),
         overrides=parse_overrides(args.overrides),
     )
-    report = run_protocol(request, progress=lambda line: print(line, file=sys.stderr))
+    with step_progress(f"{args.protocol} {args.method}") as steps:
+        report = run_protocol(
+            request, progress=lambda line: print(line, file=sys.stderr), steps=steps
+        )
     print(format_table(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2))

@@ -37,7 +37,7 @@ from training.data import (
     split_base_novel,
 )
 from training.errors import DataError
-from training.loop import evaluate
+from training.loop import Progress, evaluate
 from training.recipe import evaluated_with, recipe_of, template_of
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,13 @@ class Plan:
 
 
 def run_protocol(
-    request: ProtocolRequest, progress: Callable[[str], None] | None = None
+    request: ProtocolRequest,
+    progress: Callable[[str], None] | None = None,
+    steps: Callable[[Progress], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one learner per seed and evaluate it; returns the JSON-ready report."""
+    """Train one learner per seed and evaluate it; returns the JSON-ready report.
+
+    `progress` gets a line per seed; `steps` every training step."""
     if request.protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     per_seed: list[dict[str, float]] = []
@@ -89,7 +93,7 @@ def run_protocol(
             overrides=request.overrides, preset=request.preset, device=request.device,
             workers=request.workers,
         )  # fmt: skip
-        fitted = fit_learner(train, source=plan.train)
+        fitted = fit_learner(train, steps, source=plan.train)
         transform = eval_transform(fitted.learner.preprocess)
         scores: dict[str, float] = {}
         templates: dict[str, Any] = {"train": template_of(fitted.learner.config)}

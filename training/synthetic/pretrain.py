@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from models.backbone import hash_state_dict, register_project_configs
 from training.loop import Progress
+from training.progress import step_progress
 from training.synthetic.pretrain_eval import evaluate_zero_shot, images_to_tensor
 from training.synthetic.world import (
     COLOURS,
@@ -311,13 +312,8 @@ def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(PretrainConfig)}
     config = PretrainConfig(**values)
 
-    def report(p: Progress) -> None:
-        if p.step % 50 == 0 or p.step == p.total_steps:
-            sys.stdout.write(f"step {p.step}/{p.total_steps} loss {p.loss:.3f} ")
-            sys.stdout.write(f"eta {p.eta_s / 60:.1f} min\n")
-            sys.stdout.flush()
-
-    record = pretrain_mini(args.out, config, report)
+    with step_progress("pretrain-mini") as report:
+        record = pretrain_mini(args.out, config, report)
     summary = {k: record[k] for k in ("steps", "train_seconds", "final_loss", "accuracies")}
     sys.stdout.write(json.dumps(summary | {"quality_bar": record["quality_bar"]}, indent=2) + "\n")
     return 0

@@ -1,0 +1,40 @@
+"""The playground: one static page at ``/`` (HTML, CSS, plain JavaScript shipped in the package).
+
+The page is public and holds no data: everything it shows comes from the public API, which it
+calls from the browser with the API key typed into it, so it doubles as a worked example of the
+API. The files are read once from the package and served with their media types.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+PAGE = "playground.html"
+ASSETS = {"playground.css": "text/css", "playground.js": "text/javascript"}
+
+router = APIRouter(include_in_schema=False)
+
+
+@functools.cache
+def read_static(name: str) -> bytes:
+    """A file of ``service/static``, by a name from PAGE or ASSETS (never a request's path)."""
+    return (resources.files("service") / "static" / name).read_bytes()
+
+
+@router.get("/")
+async def playground() -> HTMLResponse:
+    return HTMLResponse(read_static(PAGE), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/static/{name}")
+async def static_file(name: str) -> Response:
+    if name not in ASSETS:
+        raise HTTPException(404, f"no static file {name!r}")
+    content = read_static(name)
+    return Response(
+        content, media_type=f"{ASSETS[name]}; charset=utf-8", headers={"Cache-Control": "no-cache"}
+    )

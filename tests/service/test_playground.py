@@ -1,0 +1,191 @@
+"""The playground page in a real browser: headless Chromium (Debian's `chromium` and
+`chromium-driver`, driven by Selenium) against a real `promptserve serve` on the mini backbone.
+
+Set PLAYGROUND_SCREENSHOT=docs/playground.png to refresh the README's screenshot from this run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.test_e2e import MINI_WEIGHTS, Server, start_server, stop_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+KEY = "playground-secret"
+WAIT_S = 90
+
+pytestmark = pytest.mark.skipif(
+    not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs the Debian packages chromium and chromium-driver "
+    "(apt-get install -y chromium chromium-driver; .ci/run installs them)",
+)
+
+
+def test_page_and_assets_are_served_without_the_key(server: Server) -> None:
+    page = httpx.get(f"{server.url}/", timeout=10)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'src="/static/playground.js"' in page.text
+    script = httpx.get(f"{server.url}/static/playground.js", timeout=10)
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "Authorization" in script.text
+    assert httpx.get(f"{server.url}/static/playground.css", timeout=10).status_code == 200
+    missing = httpx.get(f"{server.url}/static/..%2Fsettings.py", timeout=10)
+    assert missing.status_code == 404
+    assert httpx.get(f"{server.url}/classifiers", timeout=10).status_code == 401  # the API is not
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("playground")
+    running = start_server(
+        root / "store",
+        root / "server.log",
+        timeout=300,
+        PROMPTSERVE_API_KEY=KEY,
+        PROMPTSERVE_JOB_THREADS="1",
+        PROMPTSERVE_MAX_IMAGES_PER_REQUEST="16",
+        PROMPTSERVE_MAX_BODY_BYTES="5000000",
+    )
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """A red star to classify, and four images of each of two classes to tune on."""
+    import numpy as np
+
+    from training.synthetic.world import render, sample_scene
+    from training.synthetic_tasks import SyntheticSpec, render_item
+
+    root = tmp_path_factory.mktemp("playground-images")
+    star = root / "red_star.png"
+    scene = sample_scene(
+        np.random.default_rng(0), shape="star", colour="red", style="filled", background="plain"
+    )
+    render(scene).save(star)
+    files: dict[str, list[Path]] = {"star": [star]}
+    spec = SyntheticSpec(task="color-shape", seed=3)
+    for name, part in (("red circle", "part 17"), ("blue square", "part 42")):
+        files[part] = []
+        for i in range(4):
+            path = root / f"{part.replace(' ', '-')}-{i}.png"
+            render_item(spec, "train", name, i).save(path)
+            files[part].append(path)
+    return files
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1200,1400")
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@needs_chromium
+def test_classify_add_a_label_and_tune_in_the_browser(
+    server: Server, images: dict[str, list[Path]], browser: object, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    wait = WebDriverWait(browser, WAIT_S)
+
+    def text(element_id: str) -> str:
+        return str(browser.find_element(By.ID, element_id).text)
+
+    def labels() -> list[str]:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#results .scores .name")
+        return [str(row.text) for row in rows]
+
+    browser.get(server.url + "/")
+    # without the key the page says what is missing; with it, the classifiers appear
+    wait.until(lambda _: "API key" in text("notice"))
+    key = browser.find_element(By.ID, "api-key")
+    key.send_keys(KEY, Keys.TAB)  # change event: the page reloads the classifiers with the key
+    wait.until(lambda _: "default" in text("classifiers") and "zeroshot" in text("classifiers"))
+    assert not browser.find_element(By.ID, "notice").is_displayed()
+    assert "ready" in text("health")
+
+    browser.find_element(By.ID, "files").send_keys(str(images["star"][0]))
+    wait.until(lambda _: labels())
+    assert labels()[0] == "red star", labels()
+    assert len(labels()) == 5  # the default top-k
+
+    extra = browser.find_element(By.ID, "extra-labels")
+    extra.send_keys("red star, crimson kite")
+    browser.find_element(By.ID, "only-extra").click()  # change: classify over these two only
+    wait.until(lambda _: sorted(labels()) == ["crimson kite", "red star"])
+    assert labels()[0] == "red star"
+    new = browser.find_elements(By.CSS_SELECTOR, "#results .scores li.new .name")
+    assert [str(n.text) for n in new] == ["crimson kite"]
+
+    name = browser.find_element(By.ID, "job-name")
+    name.clear()
+    name.send_keys("parts")
+    browser.find_element(By.ID, "job-shots").clear()
+    browser.find_element(By.ID, "job-shots").send_keys("2")  # the other 2 per class: held out
+    browser.find_element(By.ID, "job-epochs").send_keys("2")
+    groups = browser.find_elements(By.CSS_SELECTOR, "#groups .group")
+    for group, part in zip(groups, ("part 17", "part 42"), strict=True):
+        group.find_element(By.CSS_SELECTOR, "input.group-label").send_keys(part)
+        picker = group.find_element(By.CSS_SELECTOR, "input.group-files")
+        picker.send_keys("\n".join(str(path) for path in images[part]))
+        assert "4 images" in str(group.text)
+    browser.find_element(By.ID, "start-job").click()
+    wait.until(lambda _: text("job-state") in {"succeeded", "failed", "cancelled"})
+    assert text("job-state") == "succeeded", text("job-detail")
+    assert "serving parts v1" in text("job-detail")
+    assert "held-out" in text("job-detail")
+    assert "on 4 images" in text("job-detail")
+    events = text("job-events")
+    assert "started" in events.lower(), events
+    assert "published" in events.lower(), events
+
+    # the new version is listed with its accuracies, selected, and classifies the star
+    wait.until(lambda _: "parts" in text("classifiers"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#classifiers tbody tr")
+    row = next(r for r in rows if "parts" in r.text)
+    cells = [str(c.text) for c in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[:3] == ["parts", "1", "coop"], cells
+    assert cells[4] == "2", cells
+    assert cells[5].endswith("%"), cells  # held-out, tuned
+    assert cells[6].endswith("%"), cells  # held-out, zero-shot
+    assert browser.find_element(By.ID, "classifier").get_attribute("value") == "parts"
+    wait.until(lambda _: "parts v1" in text("classify-status"))
+
+    screenshot = tmp_path / "playground.png"
+    browser.find_element(By.ID, "only-extra").click()  # back to the classifier's own classes
+    extra.clear()
+    browser.find_element(By.ID, "classifier").send_keys("default")
+    wait.until(lambda _: "default v1" in text("classify-status") and labels()[0] == "red star")
+    browser.execute_script("window.scrollTo(0, 0)")
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = os.environ.get("PLAYGROUND_SCREENSHOT")
+    if target:
+        shutil.copyfile(screenshot, target)
