@@ -21,7 +21,6 @@ deterministic. Class names can be replaced by ones the backbone never read in pr
 
 from __future__ import annotations
 
-import colorsys
 import re
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -48,7 +48,8 @@ def test_bad_shifts_are_clear_errors(text: str, message: str) -> None:
 
 def test_hue_rotation_moves_red_towards_yellow_and_360_is_identity(red: Image.Image) -> None:
     turned = pixels(apply_shifts(parse_shifts("hue40"), red, np.random.default_rng(0)))
-    assert turned[0, 15, 1] > 100 and turned[0, 15, 0] > 150  # red + green: orange/yellow
+    assert turned[0, 15, 1] > 100  # red + green: orange/yellow
+    assert turned[0, 15, 0] > 150
     assert (turned[0, 0] == 40).all()  # grey has no hue
     full = pixels(apply_shifts(parse_shifts("hue360"), red, np.random.default_rng(0)))
     assert np.abs(full - pixels(red)).max() <= 3
@@ -61,7 +62,8 @@ def test_every_kind_keeps_size_and_mode_and_is_deterministic(kind: str, red: Ima
     shift = Shift(kind, amount)
     first = shift.apply(red, np.random.default_rng(3))
     again = shift.apply(red, np.random.default_rng(3))
-    assert first.size == red.size and first.mode == "RGB"
+    assert first.size == red.size
+    assert first.mode == "RGB"
     assert (pixels(first) == pixels(again)).all()
     assert (pixels(first) != pixels(red)).any(), f"{kind}{amount:g} left the image unchanged"
 
@@ -69,7 +71,8 @@ def test_every_kind_keeps_size_and_mode_and_is_deterministic(kind: str, red: Ima
 def test_shift_specifics(red: Image.Image) -> None:
     rng = np.random.default_rng(0)
     grey = pixels(Shift("desat", 100).apply(red, rng))
-    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert (grey[..., 0] == grey[..., 1]).all()
+    assert (grey[..., 1] == grey[..., 2]).all()
     negative = pixels(Shift("invert", 100).apply(red, rng))
     assert (negative == 255 - pixels(red)).all()
     flat = pixels(Shift("contrast", 10).apply(red, rng))
@@ -89,13 +92,15 @@ def test_renamed_classes_are_words_mini_never_read() -> None:
 def test_spec_options_shift_names_and_classes() -> None:
     spec = "synthetic:color-shape?shift=hue25&names=synonym&classes=6&n=2"
     task = build_task(spec, "test")
-    assert len(task.classnames) == 6 and task.classnames == sorted(task.classnames)
+    assert len(task.classnames) == 6
+    assert task.classnames == sorted(task.classnames)
     assert all(" " in name and "red" not in name for name in task.classnames)
     assert build_task(spec, "test").classnames == task.classnames  # a fixed pick
     plain = build_task("synthetic:color-shape?classes=6&n=2", "test")
     assert sorted(rename(n, "synonym") for n in plain.classnames) == task.classnames
-    for bad, message in [("shift=swirl", "unknown shift"), ("names=latin", "names must be"),
-                         ("classes=1", "classes must be"), ("classes=65", "classes must be")]:  # fmt: skip
+    bad_options = [("shift=swirl", "unknown shift"), ("names=latin", "names must be"),
+                   ("classes=1", "classes must"), ("classes=65", "classes must")]  # fmt: skip
+    for bad, message in bad_options:
         with pytest.raises(DataError, match=message):
             parse_synthetic_spec(f"synthetic:color-shape?{bad}")
 
@@ -120,7 +125,8 @@ def test_make_dataset_writes_a_dassl_root_that_reads_back(tmp_path: Path) -> Non
         assert entry[1] == names.index(entry[2])  # integer labels in sorted-name order
         assert (out / "images" / entry[0]).is_file()
     train = open_dataset(str(out), split="train")
-    assert train.class_names == names and len(train) == 15
+    assert train.class_names == names
+    assert len(train) == 15
     base, _ = split_base_novel(names)
     assert base == names[:3]
     # the written images are the spec's own images
