@@ -149,7 +149,7 @@ class Clock:
 
 def method_cost(method: str) -> int:
     """Rough relative cost of one training run, for the progress estimate."""
-    return {"coop": 2, "pre": 3, "provp": 3, "dcp": 4, "sep": 6, "pmpo": 3}.get(method, 3)
+    return {"coop": 2, "pre": 2, "provp": 3, "dcp": 3, "sep": 4, "pmpo": 3}.get(method, 3)
 
 
 def run_suite(args: argparse.Namespace, sizing: Sizing) -> dict[str, Any]:
@@ -183,6 +183,8 @@ def run_suite(args: argparse.Namespace, sizing: Sizing) -> dict[str, Any]:
             )
             rows[method] = {k: report[k] for k in ("base", "novel", "hm", "std", "per_seed")}
         results[dataset.name]["methods"] = rows
+        args.out.mkdir(parents=True, exist_ok=True)  # what is done survives an interrupted run
+        (args.out / "suite-partial.json").write_text(json.dumps(results, indent=2))
     return results
 
 
