@@ -112,7 +112,8 @@ def partition_prompts(
         "maple_vit_b16_ep5_batch4": {},  # the assumed MaPLe recipe: the defaults
         # mini on CPU: batch 4 would mean hundreds of steps per epoch; batch 16 for 8 epochs at
         # a higher rate (bench/suite.py's Sepia, 16 shots, seed 1: base / novel 75.0 / 75.0 at
-        # lr 0.02 against 75.0 / 72.9 at 0.01; 5 epochs at 0.005 left Hue50 at 66.7 base)
+        # lr 0.02 against 75.0 / 72.9 at 0.01; Hue50 63.5 / 45.8, where 5 epochs at 0.005 gave
+        # 66.7 / 29.7)
         "mini": {"epochs": 8, "batch_size": 16, "lr": 0.02},
     },
 )

@@ -128,7 +128,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "cross_dataset": {"epochs": 3},  # all ImageNet classes, then transfer zero-shot
     # mini on CPU: few shots give few steps, so a smaller batch for 8 epochs at a higher rate
     # than the paper's (bench/suite.py's Hue50, 16 shots, seed 1: base 82.8 at lr 0.006 against
-    # 72.9 at 0.0025)
+    # 72.9 at 0.0025, 10 epochs)
     "mini": {"batch_size": 16, "epochs": 8, "lr": 0.006},
 }
 
