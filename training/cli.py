@@ -101,6 +101,7 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     )
     add_pretrain_arguments(pretrain)
     add_classify_command(commands)
+    add_make_dataset_command(commands)
     return parser
 
 
@@ -134,6 +135,23 @@ def resolve_target(target: str, data_root: Path | None) -> str:
     if data_root is not None and not Path(target).exists():
         return str(benchmark_path(target, data_root))
     return target
+
+
+def add_make_dataset_command(commands: Any) -> None:
+    make = commands.add_parser(
+        "make-dataset",
+        help="write a data set spec (e.g. synthetic:color-shape?shift=hue25) as a CoOp/Dassl root",
+        description="Writes OUT/split_zhou_<Name>.json (train/val/test, integer labels in sorted "
+        "class-name order) and the images under OUT/images/, readable with --data OUT.",
+    )
+    make.add_argument("spec", help="a data set spec, e.g. synthetic:color-shape?shift=hue25")
+    make.add_argument("out", type=Path, help="output directory (must not exist or be empty)")
+    make.add_argument("--name", default=None, help="the <Name> of split_zhou_<Name>.json")
+    for split in ("train", "val", "test"):
+        make.add_argument(
+            f"--{split}", type=int, default=None, metavar="N",
+            help=f"synthetic specs: {split} images per class (default: the spec's n)",
+        )  # fmt: skip
 
 
 def add_classify_command(commands: Any) -> None:
@@ -247,11 +265,22 @@ def run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_make_dataset(args: argparse.Namespace) -> int:
+    from training.dataset_writer import write_dassl_root
+
+    counts = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s)}
+    written = write_dassl_root(args.spec, args.out, name=args.name, counts=counts or None)
+    sizes = ", ".join(f"{split} {n}" for split, n in written.counts.items())
+    print(f"wrote {written.split_file} ({len(written.classes)} classes; {sizes} images)")
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "eval": run_eval,
     "pretrain-mini": run_pretrain,
     "classify": run_classify,
+    "make-dataset": run_make_dataset,
 }
 
 

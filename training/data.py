@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from models.methods.config import MINI_RECIPE
 from models.preprocess import ImageTransform
 from training.benchmarks import benchmark_for_split_file, detect_benchmark
 from training.errors import DataError
@@ -60,7 +61,7 @@ ACCEPTED_SPECS = (
 # The synthetic world keeps the recipe the `mini` presets were tuned with: a gentler crop for
 # its 64-pixel shapes, the per-step cosine and the last partial batch. Presets and explicit
 # overrides still win; real data gets the method configs' defaults (Dassl's recipe).
-SYNTHETIC_RECIPE = {"crop_scale": (0.5, 1.0), "lr_schedule": "step", "drop_last": False}
+SYNTHETIC_RECIPE = MINI_RECIPE
 
 
 def open_dataset(spec: str, *, split: str = "train") -> ImageSource:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from models.backbone import Backbone
 from models.errors import ConfigError
 from models.methods.base import Batch, Learner
-from models.methods.config import MethodConfig
+from models.methods.config import MINI_RECIPE, MethodConfig
 from models.methods.registry import register_method
 from models.prompting import VisionPrompts
 
@@ -62,9 +62,10 @@ def vpt_uniform_bound(patch_size: int, width: int) -> float:
     presets={
         "base2novel": {},  # the defaults: M = 16, wd 1e-3, 100 epochs
         "fewshot": {"n_prompts": 50, "weight_decay": 5e-4, "epochs": 200},  # 8-16 shots
-        # mini on CPU: 64 patches, so 8 prompts per block (+12.5 % tokens); batch 16 for 10
-        # epochs at the paper's rate (4 shots, base test: 86.4 %; 1.0 gave 79.4, 0.03 86.5)
-        "mini": {"n_prompts": 8, "batch_size": 16, "epochs": 10, "lr": 0.1},
+        # mini on CPU: 64 patches, so 8 prompts per block (+12.5 % tokens); batch 16 for 8
+        # epochs at the paper's rate (tuned on bench/suite.py's shifted sets, 16 shots, seed 1:
+        # Hue50 base 91.7 at lr 0.1 against 87.5 at 0.3; 8 epochs hold 10's accuracy)
+        "mini": {**MINI_RECIPE, "n_prompts": 8, "batch_size": 16, "epochs": 8, "lr": 0.1},
     },
 )
 class ProVPLearner(Learner):

@@ -290,3 +290,27 @@ def test_events_and_listing_over_http(server: Server, client: httpx.Client) -> N
     created = [j["created_at"] for j in listing["data"] + rest["data"]]
     assert created == sorted(created, reverse=True)
     assert json.dumps(listing)  # plain JSON all the way down
+
+
+SHIFTED = ("red circle", "orange circle", "yellow star", "green star", "blue heart", "purple heart")
+
+
+def hue_shifted(split: str, per_class: int) -> list[tuple[bytes, str]]:
+    """Images of the SHIFTED classes with every hue rotated by 50 degrees, under their own names:
+    a downstream set where mini's zero-shot classifier leaves room (bench/suite.py)."""
+    from training.synthetic.tasks import SyntheticSpec, render_item
+
+    spec = SyntheticSpec(task="color-shape", seed=4, shift="hue50")
+    return [(png(render_item(spec, split, name, i)), name)
+            for name in SHIFTED for i in range(per_class)]  # fmt: skip
+
+
+def test_a_coop_job_on_shifted_images_beats_its_recorded_zero_shot(
+    server: Server, client: httpx.Client
+) -> None:
+    job = submit(client, hue_shifted("train", 24), name="shifted", method="coop", shots=16)
+    done = wait_for(client, job["id"], {"succeeded", "failed", "cancelled"})
+    assert done["state"] == "succeeded", done
+    result = done["result"]
+    assert result["heldout_images"] == 48  # 24 uploaded - 16 shots, per class
+    assert result["heldout_accuracy"] >= result["heldout_zeroshot_accuracy"] + 10, result

@@ -16,6 +16,9 @@ options
   ``style``       ``filled`` (default), ``outline`` or ``any``
   ``background``  ``clean`` (plain or stripes; default), ``plain``, ``noise``, ``stripes``, ``any``
   ``size``        image side in pixels (default 64, the mini backbone's input)
+  ``shift``       an appearance shift, e.g. ``hue25`` or ``sepia+lowres24`` (training/shifts.py)
+  ``names``       ``plain`` (default), ``synonym`` or ``catalogue``: class names mini never read
+  ``classes``     keep this many of the task's classes (a fixed pick per task and count)
 
 Domain-shift test sets are the same task with another style or background, e.g.
 ``synthetic:color-shape?style=outline`` or ``synthetic:color-shape?background=noise``.
@@ -35,6 +38,7 @@ from PIL import Image
 
 from training.errors import DataError
 from training.sources import ImageSource, LabeledImage
+from training.synthetic.shifts import NAMINGS, apply_shifts, parse_shifts, rename
 from training.synthetic.world import (
     BACKGROUNDS,
     COLOURS,
@@ -65,6 +69,9 @@ class SyntheticSpec:
     style: str = "filled"  # one of STYLE_CHOICES
     background: str = "clean"  # one of BACKGROUND_CHOICES
     size: int = DEFAULT_SIZE
+    shift: str = ""  # see training/shifts.py; "" leaves the images as drawn
+    names: str = "plain"  # one of training.synthetic.shifts.NAMINGS
+    classes: int | None = None  # keep this many classes; None keeps all
 
 
 @dataclass(frozen=True)
@@ -123,11 +130,11 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
         if key in options:
             raise DataError(f"option {key!r} given twice in {text!r}")
         options[key] = value
-    unknown = set(options) - {"n", "seed", "style", "background", "size"}
+    known = ("n", "seed", "style", "background", "size", "shift", "names", "classes")
+    unknown = set(options) - set(known)
     if unknown:
         raise DataError(
-            f"unknown option(s) {sorted(unknown)} in {text!r}; "
-            "known: n, seed, style, background, size"
+            f"unknown option(s) {sorted(unknown)} in {text!r}; known: {', '.join(known)}"
         )
     style = options.get("style", "filled")
     background = options.get("background", "clean")
@@ -135,6 +142,12 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
         raise DataError(f"style must be one of {STYLE_CHOICES}, got {style!r}")
     if background not in BACKGROUND_CHOICES:
         raise DataError(f"background must be one of {BACKGROUND_CHOICES}, got {background!r}")
+    parse_shifts(options.get("shift", ""))  # validates the shift
+    if options.get("names", "plain") not in NAMINGS:
+        raise DataError(f"names must be one of {NAMINGS}, got {options['names']!r}")
+    classes = _positive_int(options, "classes", 0) if "classes" in options else None
+    if classes is not None and not 2 <= classes <= len(task_classes(task)):
+        raise DataError(f"classes must be in 2..{len(task_classes(task))} for {task}")
     return SyntheticSpec(
         task=task,  # type: ignore[arg-type]  # checked by task_classes above
         n=_positive_int(options, "n", 16),
@@ -142,6 +155,9 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
         style=style,
         background=background,
         size=_positive_int(options, "size", DEFAULT_SIZE),
+        shift=options.get("shift", ""),
+        names=options.get("names", "plain"),
+        classes=classes,
     )
 
 
@@ -164,31 +180,41 @@ def build_task(spec: SyntheticSpec | str, split: str = "train") -> SyntheticTask
     if isinstance(spec, str):
         spec = parse_synthetic_spec(spec)
     _check_split(split)
-    classnames = task_classes(spec.task)
+    classes = spec_classes(spec)
     images: list[Image.Image] = []
     labels: list[int] = []
-    for label, name in enumerate(classnames):
+    for label, (_, drawn) in enumerate(classes):
         for index in range(spec.n):
-            images.append(render_item(spec, split, name, index))
+            images.append(render_item(spec, split, drawn, index))
             labels.append(label)
-    return SyntheticTask(classnames=classnames, images=images, labels=labels)
+    return SyntheticTask(classnames=[name for name, _ in classes], images=images, labels=labels)
+
+
+def spec_classes(spec: SyntheticSpec) -> list[tuple[str, str]]:
+    """(class name as the data set shows it, world name it is drawn from), sorted by the first."""
+    names = task_classes(spec.task)
+    if spec.classes is not None:
+        pick = np.random.default_rng([spec.classes, _name_key(spec.task)])
+        names = sorted(names[i] for i in pick.permutation(len(names))[: spec.classes])
+    return sorted((rename(name, spec.names), name) for name in names)
 
 
 def open_synthetic(spec: str, split: str) -> ImageSource:
     """A ``synthetic:`` spec as an `ImageSource` whose images are rendered when first opened."""
     parsed = parse_synthetic_spec(spec)
     _check_split(split)
+    classes = spec_classes(parsed)
     items = [
         LabeledImage(
             label=name,
-            loader=functools.partial(render_item, parsed, split, name, index),
+            loader=functools.partial(render_item, parsed, split, drawn, index),
             name=f"{spec}#{split}/{name}/{index:06d}",
         )
-        for name in task_classes(parsed.task)
+        for name, drawn in classes
         for index in range(parsed.n)
     ]
     description = f"{spec} ({split}): {len(items)} generated images"
-    return ImageSource(task_classes(parsed.task), items, description)
+    return ImageSource([name for name, _ in classes], items, description)
 
 
 def render_item(spec: SyntheticSpec, split: str, name: str, index: int) -> Image.Image:
@@ -200,7 +226,8 @@ def render_item(spec: SyntheticSpec, split: str, name: str, index: int) -> Image
     style = cast(Style, _pick(rng, spec.style, STYLES))
     background = cast(Background, _pick(rng, spec.background, BACKGROUNDS))
     scene = sample_scene(rng, **constraints, style=style, background=background)
-    return render(scene, spec.size)
+    # the shift draws after the scene, so a shifted image shows the unshifted one's scene
+    return apply_shifts(parse_shifts(spec.shift), render(scene, spec.size), rng)
 
 
 def _check_split(split: str) -> None:

@@ -1,0 +1,326 @@
+"""The downstream suite: shifted synthetic data sets the mini backbone has not mastered, and every
+method measured on them (a benchmark, not a test).
+
+Each data set is a ``synthetic:`` spec written as a CoOp/Dassl root with ``make-dataset``'s code,
+so the methods read it exactly as they read real benchmark data. Per data set: zero-shot and a
+16-shot linear probe on the frozen image features (the headroom), then base-to-novel for every
+registered method with its ``mini`` preset, 16 shots, seeds 1 2 3, final weights. Writes
+``suite.json``, ``suite.md`` (per data set and the average: base, novel, HM, with std over seeds)
+and ``suite.png`` (the averages) under ``--out``.
+
+    python bench/suite.py                      # the full suite (see the README for its time)
+    python bench/suite.py --quick              # 3 data sets, seed 1: a few minutes
+    python bench/suite.py --methods coop provp --datasets Hue25 Sepia --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.backbone import load_backbone
+from models.methods import Learner, create_method, get_method, list_methods
+from models.preprocess import eval_transform
+from training.data import (
+    ImageDataset,
+    make_loader,
+    open_dataset,
+    restrict_classes,
+    sample_few_shot,
+    split_base_novel,
+)
+from training.dataset_writer import write_dassl_root
+from training.protocols import ProtocolRequest, harmonic_mean, run_protocol
+
+
+@dataclass(frozen=True)
+class SuiteSet:
+    name: str
+    options: str  # the spec's shift / names options
+    what: str  # one line for the README
+
+
+SUITE = (  # ordered by the zero-shot-vs-probe gap measured on them, small to large
+    SuiteSet("Desat", "shift=desat75", "three quarters of the saturation removed"),
+    SuiteSet("LowRes", "shift=lowres12", "12 x 12 pixels, blown back up"),
+    SuiteSet("Hue25", "shift=hue25", "every hue rotated by 25 degrees"),
+    SuiteSet("Sepia", "shift=sepia70", "a 70 % sepia tint"),
+    SuiteSet("Clutter", "shift=clutter8+noise20", "8 distractor blobs and pixel noise"),
+    SuiteSet("Hue50", "shift=hue50", "every hue rotated by 50 degrees"),
+    SuiteSet("Synonyms", "names=synonym", "unshifted images, names mini never read"),
+    SuiteSet("Invert", "shift=invert", "the negative image"),
+)
+NO_HEADROOM = SuiteSet("Unshifted", "", "the pretraining world itself")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    classes: int  # colour-shape classes per data set (half base, half novel)
+    train: int  # images per class in the train split (>= shots)
+    val: int
+    test: int
+
+
+FULL = Sizing(classes=16, train=16, val=2, test=24)
+QUICK = Sizing(classes=16, train=16, val=2, test=8)
+
+
+def spec_of(dataset: SuiteSet, sizing: Sizing) -> str:
+    options = "&".join(o for o in (dataset.options, f"classes={sizing.classes}", "seed=7") if o)
+    return f"synthetic:color-shape?{options}"
+
+
+def make_root(dataset: SuiteSet, sizing: Sizing, work: Path) -> Path:
+    """The data set as a CoOp/Dassl root under `work` (reused when it is already there)."""
+    root = work / f"{dataset.name}-c{sizing.classes}-{sizing.train}-{sizing.val}-{sizing.test}"
+    if not root.exists():
+        counts = {"train": sizing.train, "val": sizing.val, "test": sizing.test}
+        write_dassl_root(spec_of(dataset, sizing), root, name=dataset.name, counts=counts)
+    return root
+
+
+def embed(learner: Learner, root: Path, split: str, names: list[str], shots: int | None) -> Any:
+    source = restrict_classes(open_dataset(str(root), split=split), names)
+    if shots is not None:
+        source = sample_few_shot(source, shots, seed=1, quiet=True)
+    dataset = ImageDataset(source, eval_transform(learner.preprocess), names)
+    xs, ys = [], []
+    with torch.no_grad():
+        for pixels, labels in make_loader(dataset, 256, shuffle=False, seed=0):
+            xs.append(learner.encode_images(pixels))
+            ys.append(labels)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def linear_probe(x: Tensor, y: Tensor, classes: int, steps: int = 500) -> torch.nn.Linear:
+    torch.manual_seed(0)
+    probe = torch.nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return probe
+
+
+def headroom(root: Path, shots: int) -> dict[str, float]:
+    """Zero-shot base / novel / HM and a `shots`-shot linear probe on the base classes."""
+    zeroshot = create_method("zeroshot", load_backbone("mini"))
+    base, novel = split_base_novel(open_dataset(str(root), split="train").class_names)
+    scores: dict[str, float] = {}
+    for part, names in (("base", base), ("novel", novel)):
+        x, y = embed(zeroshot, root, "test", names, None)
+        with torch.no_grad():
+            logits = x @ zeroshot.encode_classes(names).t()
+        scores[part] = 100.0 * logits.argmax(1).eq(y).float().mean().item()
+    x_train, y_train = embed(zeroshot, root, "train", base, shots)
+    x_test, y_test = embed(zeroshot, root, "test", base, None)
+    probe = linear_probe(x_train, y_train, len(base))
+    with torch.no_grad():
+        scores["probe"] = 100.0 * probe(x_test).argmax(1).eq(y_test).float().mean().item()
+    scores["hm"] = harmonic_mean(scores["base"], scores["novel"])
+    return scores
+
+
+class Clock:
+    """Progress lines with elapsed time and an estimate of what is left."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def step(self, what: str, units: int = 1) -> None:
+        self.done += units
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / max(self.done, 1) * (self.total - self.done)
+        stamp = f"[{self.done:>4}/{self.total}] {elapsed / 60:5.1f} min, ~{left / 60:4.1f} left"
+        print(f"{stamp}: {what}", file=sys.stderr, flush=True)
+
+
+def method_cost(method: str) -> int:
+    """Rough relative cost of one training run, for the progress estimate."""
+    return {"coop": 2, "pre": 2, "provp": 3, "dcp": 3, "sep": 4, "pmpo": 3}.get(method, 3)
+
+
+def run_suite(args: argparse.Namespace, sizing: Sizing) -> dict[str, Any]:
+    datasets = [d for d in (*SUITE, NO_HEADROOM) if d.name in args.datasets]
+    methods = [m for m in args.methods if m != "zeroshot"]
+    per_set = 1 + sum(method_cost(m) * len(args.seeds) for m in methods)
+    clock = Clock(len(datasets) * per_set)
+    results: dict[str, Any] = {}
+    for dataset in datasets:
+        root = make_root(dataset, sizing, args.work)
+        scores = headroom(root, args.shots)
+        rows: dict[str, Any] = {
+            "zeroshot": {k: round(v, 2) for k, v in scores.items() if k != "probe"}
+        }
+        rows["zeroshot"]["std"] = {"base": 0.0, "novel": 0.0, "hm": 0.0}
+        results[dataset.name] = {"spec": spec_of(dataset, sizing), "probe": scores["probe"]}
+        clock.step(
+            f"{dataset.name}: zero-shot base {scores['base']:.1f} novel {scores['novel']:.1f}, "
+            f"{args.shots}-shot probe {scores['probe']:.1f}"
+        )
+        for method in methods:
+            preset = "mini" if "mini" in get_method(method).presets else None
+            request = ProtocolRequest(
+                protocol="base2novel", method=method, shots=args.shots,
+                seeds=tuple(args.seeds), data=str(root), preset=preset,
+            )  # fmt: skip
+            cost = method_cost(method)
+            label = f"{dataset.name} {method}"
+            report = run_protocol(
+                request, lambda line, label=label, cost=cost: clock.step(f"{label} {line}", cost)
+            )
+            rows[method] = {k: report[k] for k in ("base", "novel", "hm", "std", "per_seed")}
+        results[dataset.name]["methods"] = rows
+        args.out.mkdir(parents=True, exist_ok=True)  # what is done survives an interrupted run
+        (args.out / "suite-partial.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def average(results: dict[str, Any], names: list[str]) -> dict[str, dict[str, float]]:
+    """Per method: the mean over data sets of base and novel, HM of those means (as the papers
+    average), and the std over seeds of the per-seed suite averages."""
+    methods = list(results[names[0]]["methods"])
+    out: dict[str, dict[str, float]] = {}
+    for method in methods:
+        rows = [results[n]["methods"][method] for n in names]
+        mean = {k: statistics.fmean(r[k] for r in rows) for k in ("base", "novel")}
+        mean["hm"] = harmonic_mean(mean["base"], mean["novel"])  # as the papers average
+        seeds = rows[0].get("per_seed") or []
+        keys = ("base", "novel", "hm")
+        per_seed = [
+            {k: statistics.fmean(r["per_seed"][i][k] for r in rows) for k in keys}
+            for i in range(len(seeds))
+        ]
+        for seed_row in per_seed:
+            seed_row["hm"] = harmonic_mean(seed_row["base"], seed_row["novel"])
+        std = {
+            k: statistics.pstdev(s[k] for s in per_seed) if per_seed else 0.0
+            for k in ("base", "novel", "hm")
+        }
+        out[method] = {**mean, **{f"{k}_std": v for k, v in std.items()}}
+    return out
+
+
+def markdown(results: dict[str, Any], suite_names: list[str]) -> str:
+    def cell(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.1f} ± {row['std'][key]:.1f}"
+
+    methods = list(results[next(iter(results))]["methods"])
+    lines = ["| method | " + " | ".join(suite_names + ["**average**"]) + " |"]
+    lines.append("|---" * (len(suite_names) + 2) + "|")
+    probe = [f"{results[n]['probe']:.1f}" for n in suite_names]
+    mean_probe = statistics.fmean(results[n]["probe"] for n in suite_names)
+    lines.append("| linear probe (base) | " + " | ".join([*probe, f"{mean_probe:.1f}"]) + " |")
+    avg = average(results, suite_names)
+    for method in methods:
+        for key, label in (("base", "base"), ("novel", "novel"), ("hm", "HM")):
+            cells = [cell(results[n]["methods"][method], key) for n in suite_names]
+            a = avg[method]
+            cells.append(f"**{a[key]:.1f}** ± {a[key + '_std']:.1f}")
+            lines.append(f"| `{method}` {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], suite_names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    avg = average(results, suite_names)
+    methods = list(avg)
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    width = 0.27
+    for i, (key, label) in enumerate((("base", "base"), ("novel", "novel"), ("hm", "HM"))):
+        xs = [m + (i - 1) * width for m in range(len(methods))]
+        ax.bar(xs, [avg[m][key] for m in methods], width, label=label,
+               yerr=[avg[m][key + "_std"] for m in methods], capsize=2)  # fmt: skip
+    ax.axhline(avg["zeroshot"]["hm"], color="grey", lw=0.8, ls="--", label="zero-shot HM")
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("top-1 % (suite average)")
+    low = min(min(avg[m][k] for k in ("base", "novel", "hm")) for m in methods)
+    ax.set_ylim(max(0, low - 10), 100)
+    ax.legend(ncol=4, fontsize=8, loc="upper left")
+    ax.set_title(f"mini, base-to-novel over {len(suite_names)} shifted data sets, 16 shots")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_strips(directory: Path, sizing: Sizing, per_strip: int = 8) -> None:
+    """One PNG per data set: `per_strip` test images of different classes, side by side."""
+    from PIL import Image
+
+    from training.synthetic.tasks import build_task
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for dataset in (NO_HEADROOM, *SUITE):
+        task = build_task(f"{spec_of(dataset, sizing)}&n=1", "test")
+        step = max(1, len(task.images) // per_strip)
+        images = task.images[::step][:per_strip]
+        side = images[0].size[0]
+        strip = Image.new("RGB", (side * len(images), side), "white")
+        for i, image in enumerate(images):
+            strip.paste(image, (i * side, 0))
+        strip.save(directory / f"{dataset.name.lower()}.png", optimize=True)
+        names = ", ".join(task.classnames[::step][:per_strip])
+        print(f"{dataset.name}: {names}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    names = [d.name for d in (*SUITE, NO_HEADROOM)]
+    suite = [d.name for d in SUITE]  # the unshifted world only when asked for
+    parser.add_argument("--datasets", nargs="+", default=suite, choices=names)
+    parser.add_argument("--methods", nargs="+", default=list_methods(), choices=list_methods())
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--quick", action="store_true", help="3 data sets, seed 1, smaller sets")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("bench-out/suite-data"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--strips", type=Path, default=None, help="only write sample strips here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sizing = QUICK if args.quick else FULL
+    if args.strips is not None:
+        write_strips(args.strips, sizing)
+        return
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        if args.datasets == suite:
+            args.datasets = ["Hue25", "Sepia", "Synonyms"]
+    started = time.perf_counter()
+    results = run_suite(args, sizing)
+    minutes = (time.perf_counter() - started) / 60
+    suite_names = [n for n in results if n != NO_HEADROOM.name]
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"sizing": sizing.__dict__, "seeds": args.seeds, "shots": args.shots,
+            "minutes": round(minutes, 1), "threads": args.threads}  # fmt: skip
+    if suite_names:
+        meta["average"] = average(results, suite_names)
+    (args.out / "suite.json").write_text(json.dumps({**meta, "datasets": results}, indent=2))
+    table = markdown(results, suite_names) if suite_names else ""
+    if NO_HEADROOM.name in results:
+        table += "\n\nno headroom (unshifted):\n\n" + markdown(results, [NO_HEADROOM.name])
+    (args.out / "suite.md").write_text(table + "\n")
+    if suite_names:
+        chart(results, suite_names, args.out / "suite.png")
+    print(table)
+    print(f"\n{minutes:.1f} minutes; wrote {args.out}/suite.json, suite.md, suite.png")
+
+
+if __name__ == "__main__":
+    main()
