@@ -23,12 +23,13 @@ from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
 from training.errors import DataError, TrainingCancelled
 from training.loop import FitOptions, FitResult, Progress, evaluate, fit
-from training.recipe import recipe_of, resolve_config, template_of
+from training.recipe import default_preset, recipe_of, resolve_config, template_of
 from training.request import TrainRequest
 from training.synthetic.tasks import color_shape_classes
 
 __all__ = [
     "DatasetSummary",
+    "default_preset",
     "TrainRequest",
     "evaluate_classifier",
     "fit_learner",
@@ -85,7 +86,10 @@ def fit_learner(
     overrides = dict(request.overrides)
     if request.epochs is not None and method_needs_training(request.method):
         overrides["epochs"] = request.epochs
-    config = resolve_config(request.method, source, overrides, request.preset)
+    preset = request.preset
+    if preset is None:
+        preset = default_preset(request.method, request.backbone)
+    config = resolve_config(request.method, source, overrides, preset)
 
     backbone = load_backbone(request.backbone, device=request.device)
     torch.manual_seed(request.seed)

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+from models.backbone import parse_backbone_spec
 from models.methods import Learner, MethodConfig, get_method, make_config
 from models.methods.config import config_fields
 from training.sources import ImageSource
@@ -42,6 +43,14 @@ def data_defaults(method: str, source: ImageSource) -> dict[str, Any]:
         values |= {"template": source.template, "templates": (source.template,)}
     known = set(config_fields(get_method(method).config_cls))
     return {key: value for key, value in values.items() if key in known}
+
+
+def default_preset(method: str, backbone: str) -> str | None:
+    """The preset a run takes when it names none: the one named after the backbone's
+    architecture (`mini` on the `mini` backbone, whose presets hold the recipe tuned for it),
+    when the method has one; else None (the config's defaults, the papers' recipe)."""
+    arch = parse_backbone_spec(backbone)[0]
+    return arch if arch in get_method(method).presets else None
 
 
 def resolve_config(

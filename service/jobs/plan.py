@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from models.artifact import check_name, list_versions, read_manifest
-from models.backbone import list_architectures, parse_backbone_spec
+from models.backbone import list_architectures
 from models.errors import ArtifactError, BackboneError
 from models.methods import get_method, make_config
 from service.classify.images import decode_image
@@ -35,7 +35,7 @@ from service.jobs.runner import UPLOADS_DIR
 from service.jobs.spec import UPLOAD, JobSpec, dump_spec
 from service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
 from service.settings import Settings, resolve_device
-from training.api import TrainRequest, summarize_dataset
+from training.api import TrainRequest, default_preset, summarize_dataset
 from training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,13 @@ def plan_job(
             "of it unless the service allows it (PROMPTSERVE_ALLOW_ADAPT_DEFAULT=true); "
             "choose another name"
         )
-    method = get_method(request.method)  # unknown -> 422 listing the registered ones
+    get_method(request.method)  # unknown -> 422 listing the registered ones
     backbone = request.backbone or default_backbone(settings)
     if request.backbone is not None:
         check_backbone_name(request.backbone)
     preset = request.preset
-    if preset is None and parse_backbone_spec(backbone)[0] == "mini" and "mini" in method.presets:
-        preset = "mini"
+    if preset is None:  # the backbone's own recipe (`mini` on mini), as `promptserve train`
+        preset = default_preset(request.method, backbone)
     config = make_config(  # unknown fields or bad values -> ConfigError -> 422
         request.method,
         request.config | ({"epochs": request.epochs} if request.epochs is not None else {}),

@@ -8,7 +8,7 @@ import pytest
 
 from models.backbone import DEFAULT_BACKBONE
 from training import request
-from training.api import summarize_dataset, world_class_names
+from training.api import default_preset, summarize_dataset, world_class_names
 from training.errors import DataError
 
 
@@ -33,3 +33,10 @@ def test_world_class_names_are_the_64_colour_shapes() -> None:
     names = world_class_names()
     assert len(names) == len(set(names)) == 64
     assert "red star" in names
+
+
+def test_a_run_without_a_preset_takes_the_backbones_own() -> None:
+    assert default_preset("coop", "mini") == "mini"
+    assert default_preset("provp", "mini:openai") == "mini"
+    assert default_preset("coop", "ViT-B-16") is None  # the papers' recipe, the config's defaults
+    assert default_preset("zeroshot", "mini") is None  # nothing to tune
