@@ -104,7 +104,10 @@ async def test_mini_backbone_gets_the_methods_mini_preset(client_factory: Client
         assert response.status_code == 202, response.text
         assert response.json()["preset"] == "mini"
         response = await post_json(client, json_body(method="coop", backbone="mini"))
-        assert response.json()["preset"] is None  # coop has no presets
+        assert response.json()["preset"] == "mini"
+        response = await post_json(client, json_body(method="zeroshot", backbone="mini"))
+        assert response.status_code == 202, response.text
+        assert response.json()["preset"] is None  # zeroshot has no presets
 
 
 @pytest.mark.parametrize(
