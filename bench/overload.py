@@ -53,9 +53,11 @@ def small_png() -> bytes:
     return buffer.getvalue()
 
 
-def start_server(store: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    store: Path, port: int, log: Path, settings: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
-    env |= {"HF_HUB_OFFLINE": "1", "PROMPTSERVE_LOG_LEVEL": "warning"}
+    env |= {"HF_HUB_OFFLINE": "1", "PROMPTSERVE_LOG_LEVEL": "warning", **settings}
     command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as sink:
@@ -148,6 +150,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=None,
+        help="the server's admission limit (default: its own)",
+    )
+    parser.add_argument(
         "--ignore-retry-after",
         action="store_true",
         help="retry a 429 after 50 ms instead of the Retry-After the server sends (hostile)",
@@ -155,7 +163,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         port = free_port()
-        process = start_server(Path(scratch) / "store", port, Path(scratch) / "server.log")
+        settings = {}
+        if args.max_inflight is not None:
+            settings["PROMPTSERVE_MAX_INFLIGHT_REQUESTS"] = str(args.max_inflight)
+        store, log = Path(scratch) / "store", Path(scratch) / "server.log"
+        process = start_server(store, port, log, settings)
         try:
             url = f"http://127.0.0.1:{port}/classify"
             for _ in range(20):  # warm

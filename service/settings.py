@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=20 * MiB, ge=1)
     # admission control: requests (and their declared body bytes) in flight at once; beyond
     # either, a request is answered 429 with Retry-After before its body is read
-    max_inflight_requests: int = Field(default_factory=lambda: 8 * (os.cpu_count() or 1), ge=1)
+    max_inflight_requests: int = Field(default_factory=lambda: 32 * (os.cpu_count() or 1), ge=1)
     max_inflight_bytes: int = Field(default=64 * MiB, ge=1)
     retry_after_s: int = Field(default=1, ge=1)  # the Retry-After of a 429
     max_labels: int = Field(default=1000, ge=1)  # labels named in one request
