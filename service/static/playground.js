@@ -114,8 +114,11 @@ function extraLabels() {
   return $("extra-labels").value.split(",").map((s) => s.trim()).filter(Boolean);
 }
 
+let classifyRequests = 0; // only the newest request's answer is shown
+
 async function classify() {
   if (!state.images.length) return;
+  const request = ++classifyRequests;
   const form = new FormData();
   for (const file of state.images) form.append("images", file, file.name);
   form.append("classifier", $("classifier").value);
@@ -131,10 +134,11 @@ async function classify() {
   $("classify-status").textContent = "classifying…";
   try {
     const body = await api("/classify", { method: "POST", body: form });
+    if (request !== classifyRequests) return; // a later request (other labels) was sent
     renderResults(body);
     $("classify-status").textContent = `${body.classifier} v${body.version}`;
   } catch (error) {
-    $("classify-status").textContent = error.message;
+    if (request === classifyRequests) $("classify-status").textContent = error.message;
   }
 }
 
