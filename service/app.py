@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """Classify images with prompt-tuned CLIP classifiers from a classifier store.
 
 Every error answers `{"error": {"code": ..., "message": ...}}`. When `PROMPTSERVE_API_KEY` is
-set, every route except `/health/*` needs `Authorization: Bearer <key>`.
+set, every route except `/health/*` and the playground page (`/`, `/static/*`, which hold no
+data) needs `Authorization: Bearer <key>`, these docs included. Beyond the in-flight budget a
+request is answered 429 with `Retry-After` before its body is read.
 """
 
 
