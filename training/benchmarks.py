@@ -14,21 +14,20 @@ these layouts by their files, so ``--data $DATA/oxford_pets`` and ``--dataset Ox
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.errors import DataError
-from training.sources import (
-    ImageSource,
-    LabeledImage,
-    is_image,
-    names_in_label_order,
-    read_dassl_split,
-    require_files,
+from training.layouts import (
+    Reader,
+    read_aircraft,
+    read_imagenet,
+    read_imagenet_v2,
+    split_file_reader,
+    wnid_variant_reader,
 )
+from training.sources import ImageSource
 
-Reader = Callable[[Path, str], ImageSource]  # (data-set folder, split) -> source
 PLAIN = "a photo of a {}."
 
 
@@ -73,113 +72,6 @@ class Benchmark:
         )
 
 
-def _split_file_reader(split_file: str, image_dir: str) -> Reader:
-    def read(folder: Path, split: str) -> ImageSource:
-        return read_dassl_split(folder / split_file, split, folder / image_dir)
-
-    return read
-
-
-def read_classnames(path: Path) -> dict[str, str]:
-    """ImageNet's ``classnames.txt``: one ``<wnid> <class name>`` per line, in file order."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist")
-    names: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        folder, _, name = line.strip().partition(" ")
-        if not folder:
-            continue
-        if not name.strip():
-            raise DataError(f"{path}:{number}: expected '<folder> <class name>', got {line!r}")
-        names[folder] = name.strip()
-    if not names:
-        raise DataError(f"{path} lists no classes")
-    return names
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image(p))
-
-
-def _class_folders(image_dir: Path) -> list[Path]:
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir} does not exist")
-    return sorted(p for p in image_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def read_wnid_folders(image_dir: Path, classnames: dict[str, str], where: str) -> ImageSource:
-    """``image_dir/<wnid>/*``: label = position of the folder among the sorted folders (Dassl's
-    ImageNet, -Sketch, -A and -R readers); names from ``classnames.txt``."""
-    folders = _class_folders(image_dir)
-    unknown = [f.name for f in folders if f.name not in classnames]
-    if unknown:
-        raise DataError(f"{where}: folders not in classnames.txt: {unknown[:10]}")
-    pairs = [(label, classnames[f.name]) for label, f in enumerate(folders)]
-    names = names_in_label_order(pairs, where)
-    items = [
-        LabeledImage(label=name, path=image)
-        for name, folder in zip(names, folders, strict=True)
-        for image in _images_in(folder)
-    ]
-    if not items:
-        raise DataError(f"no images under {image_dir}/<folder>/")
-    return ImageSource(names, items)
-
-
-def _read_imagenet(folder: Path, split: str) -> ImageSource:
-    # the validation images are the test set (and CoOp's val set); train is the training set
-    image_dir = folder / "images" / ("train" if split == "train" else "val")
-    return read_wnid_folders(image_dir, read_classnames(folder / "classnames.txt"), str(folder))
-
-
-def _wnid_variant_reader(image_dir: str) -> Reader:
-    def read(folder: Path, split: str) -> ImageSource:
-        classnames = read_classnames(folder / "classnames.txt")
-        return read_wnid_folders(folder / image_dir, classnames, str(folder))
-
-    return read
-
-
-def _read_imagenet_v2(folder: Path, split: str) -> ImageSource:
-    """``<label>/*`` folders numbered 0..n-1; label i is the i-th line of classnames.txt."""
-    classnames = list(read_classnames(folder / "classnames.txt").values())
-    image_dir = folder / "imagenetv2-matched-frequency-format-val"
-    names = names_in_label_order(list(enumerate(classnames)), str(folder))
-    missing = [str(label) for label in range(len(names)) if not (image_dir / str(label)).is_dir()]
-    if missing:
-        raise DataError(f"{image_dir} lacks the label folder(s) {missing[:10]}")
-    items = [
-        LabeledImage(label=name, path=image)
-        for label, name in enumerate(names)
-        for image in _images_in(image_dir / str(label))
-    ]
-    return ImageSource(names, items)
-
-
-def _read_aircraft(folder: Path, split: str) -> ImageSource:
-    """``variants.txt`` (label = line index) and ``images_variant_<split>.txt`` lines
-    ``<image id> <variant>``; images are ``images/<image id>.jpg``."""
-    variants_file = folder / "variants.txt"
-    variants = [line.strip() for line in variants_file.read_text(encoding="utf-8").splitlines()]
-    variants = [v for v in variants if v]
-    label_of = {variant: label for label, variant in enumerate(variants)}
-    names = names_in_label_order(list(enumerate(variants)), str(variants_file))
-    list_file = folder / f"images_variant_{split}.txt"
-    if not list_file.is_file():
-        raise DataError(f"{list_file} does not exist")
-    items = []
-    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
-        image_id, _, variant = line.strip().partition(" ")
-        if not image_id:
-            continue
-        if variant.strip() not in label_of:
-            raise DataError(f"{list_file}:{number}: {variant!r} is not in variants.txt")
-        name = names[label_of[variant.strip()]]
-        items.append(LabeledImage(label=name, path=folder / "images" / f"{image_id}.jpg"))
-    require_files([item.path for item in items if item.path is not None], str(list_file))
-    return ImageSource(names, items)
-
-
 def _split_entry(
     name: str, folder: str, split_name: str, image_dir: str, template: str, *aliases: str
 ) -> Benchmark:
@@ -189,7 +81,7 @@ def _split_entry(
         folder=folder,
         template=template,
         layout=f"{split_file} and the images under {image_dir}/",
-        reader=_split_file_reader(split_file, image_dir),
+        reader=split_file_reader(split_file, image_dir),
         requires=(split_file,),
         aliases=aliases,
     )
@@ -203,7 +95,7 @@ def _variant_entry(
         folder=folder,
         template=PLAIN,
         layout=f"ImageNet's classnames.txt and {layout}",
-        reader=reader or _wnid_variant_reader(image_dir),
+        reader=reader or wnid_variant_reader(image_dir),
         requires=("classnames.txt", image_dir),
         aliases=(alias,),
         test_only=True,
@@ -216,7 +108,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         folder="imagenet",
         template=PLAIN,
         layout="classnames.txt and images/train/<wnid>/, images/val/<wnid>/ (val is the test set)",
-        reader=_read_imagenet,
+        reader=read_imagenet,
         requires=("classnames.txt", "images/val"),
     ),
     _split_entry("Caltech101", "caltech-101", "Caltech101", "101_ObjectCategories", PLAIN),
@@ -238,7 +130,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         folder="fgvc_aircraft",
         template="a photo of a {}, a type of aircraft.",
         layout="variants.txt, images_variant_{train,val,test}.txt and images/<id>.jpg",
-        reader=_read_aircraft,
+        reader=read_aircraft,
         requires=("variants.txt",),
         aliases=("Aircraft",),
     ),
@@ -260,14 +152,14 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         "imagenetv2-matched-frequency-format-val",
         "ImageNet-V2",
         "imagenetv2-matched-frequency-format-val/<label>/",
-        _read_imagenet_v2,
+        read_imagenet_v2,
     ),
     Benchmark(
         name="ImageNetSketch",
         folder="imagenet-sketch",
         template=PLAIN,
         layout="ImageNet's classnames.txt and images/<wnid>/",
-        reader=_wnid_variant_reader("images"),
+        reader=wnid_variant_reader("images"),
         requires=("classnames.txt", "images"),
         excludes=("images/val", "images/train"),
         aliases=("ImageNet-Sketch",),

@@ -14,6 +14,7 @@ from PIL import Image
 from models.backbone import load_backbone
 from training.data import open_dataset
 from training.errors import DataError
+from training.synthetic.captions import caption_for, fill_template
 from training.synthetic.pretrain import PretrainConfig, add_arguments, pretrain_mini, run
 from training.synthetic.tasks import (
     TASKS,
@@ -23,15 +24,7 @@ from training.synthetic.tasks import (
     parse_synthetic_spec,
     task_classes,
 )
-from training.synthetic.world import (
-    COLOURS,
-    SHAPES,
-    Scene,
-    caption_for,
-    fill_template,
-    render,
-    sample_scene,
-)
+from training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
 
 
 def pixels(scene: Scene, size: int = 64) -> np.ndarray:

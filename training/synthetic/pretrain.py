@@ -36,16 +36,9 @@ from torch import Tensor, nn
 from models.backbone import hash_state_dict, register_project_configs
 from training.loop import Progress
 from training.progress import step_progress
-from training.synthetic.pretrain_eval import evaluate_zero_shot, images_to_tensor
-from training.synthetic.world import (
-    COLOURS,
-    SHAPES,
-    Caption,
-    Scene,
-    caption_for,
-    render,
-    sample_scene,
-)
+from training.synthetic.captions import Caption, caption_for
+from training.synthetic.pretrain_eval import evaluate_zero_shot, images_to_tensor, quality_bar
+from training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
 
 log = logging.getLogger(__name__)
 
@@ -279,21 +272,6 @@ def _write(
     return record
 
 
-QUALITY_BAR = {  # zero-shot, "a photo of a {}.", held-out test sets of 1024 images
-    "color_shape": 0.50,
-    "colour": 0.95,
-    "outline": 0.45,
-    "base": 0.50,
-    "novel": 0.50,
-    "shape": 0.70,  # single-attribute captions are part of training
-}
-
-
-def quality_bar(accuracies: dict[str, float]) -> dict[str, object]:
-    checks = {k: accuracies[k] >= v for k, v in QUALITY_BAR.items()}
-    return {"thresholds": QUALITY_BAR, "passed": checks, "all_passed": all(checks.values())}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `pretrain-mini` options: --out plus every PretrainConfig field as --field-name."""
     parser.add_argument("--out", type=Path, required=True, help="weights file (.safetensors)")
@@ -317,11 +295,3 @@ def run(args: argparse.Namespace) -> int:
     summary = {k: record[k] for k in ("steps", "train_seconds", "final_loss", "accuracies")}
     sys.stdout.write(json.dumps(summary | {"quality_bar": record["quality_bar"]}, indent=2) + "\n")
     return 0
-
-
-# python -m training.synthetic.pretrain --out models/weights/mini.safetensors
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cli = argparse.ArgumentParser(prog="python -m training.synthetic.pretrain", description=__doc__)
-    add_arguments(cli)
-    sys.exit(run(cli.parse_args()))
