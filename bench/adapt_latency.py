@@ -7,7 +7,7 @@ Serves a store whose default classifier is zero-shot over the synthetic colour-s
   2. the same while a long ``coop`` job trains (submitted with ``POST /adapt``, cancelled after);
   3. for comparison, 2. again with the worker's isolation off (niceness 0, as many torch threads
      as CPUs);
-  4. a default job (``coop``, its defaults: 16 shots, 50 epochs) on 4 classes x 24 uploaded
+  4. a default job (``coop``, its defaults on mini: 16 shots, the `mini` preset) on 4 x 24 uploaded
      images named by part numbers ("part-17"): wall time from the 202 to ``succeeded``, the
      training time inside it, and the accuracy on the 8 images per class it held out, tuned and
      zero-shot (names the backbone has never seen: where tuning has to do the work).
@@ -138,7 +138,7 @@ def main() -> None:
         print(f"{row['case']:<40} {row['p50']:>8.1f} {row['p99']:>8.1f} {row['n']:>5}")
     result = done["result"] or {}
     print(
-        f"\ndefault job (coop, 4 classes x 24 images, 16 shots, 50 epochs): {done['state']}, "
+        f"\ndefault job (coop, 4 classes x 24 images, 16 shots, mini preset): {done['state']}, "
         f"{wall:.1f} s from POST /adapt to published; training {result.get('seconds')} s; "
         f"accuracy: train {result.get('train_accuracy')} %, held-out "
         f"{result.get('heldout_accuracy')} % vs zero-shot "
