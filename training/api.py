@@ -7,7 +7,6 @@ line run do exactly the same thing.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from models.classifier import load_classifier
 from models.methods import Learner, create_method, method_needs_training
 from models.preprocess import eval_transform, train_transform
 from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
-from training.errors import DataError, TrainingCancelled
+from training.errors import DataError, TrainingCancelled, paths_in
 from training.loop import FitOptions, FitResult, Progress, evaluate, fit
 from training.recipe import default_preset, recipe_of, resolve_config, template_of
 from training.request import TrainRequest
@@ -224,16 +223,13 @@ def open_within(data: str, within: str | None, *, split: str = "train") -> Image
     try:
         source = open_dataset(data, split=split)
     except DataError as exc:
-        if any(not _inside(Path(p), root) for p in ABSOLUTE_PATH.findall(str(exc))):
+        if any(not _inside(Path(p), root) for p in paths_in(str(exc))):
             raise escaped from None
         raise
     for item in source.items:
         if item.path is not None and not _inside(item.path, root):
             raise escaped
     return source
-
-
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/[^\s:'\",]*")  # in an error message
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import replace
@@ -27,13 +26,11 @@ from typing import Any
 
 from service.jobs.spec import JobSpec
 from service.jobs.store import JobStore
+from training.errors import TrainingCancelled, without_paths  # torch-free
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 0.5  # progress writes and cancel checks, at most this often
-# an absolute path: a "/" that does not follow a word, a dot, ":" or another "/" (so "1/2" and
-# "http://" are left alone), then path components
-ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/:'\"]+/)*[^\s/:'\"]*")
 
 
 def run_job(
@@ -93,8 +90,6 @@ def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> An
 
 
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
-    from training.errors import TrainingCancelled
-
     if isinstance(exc, TrainingCancelled) and monitor.orphaned:
         error = {"reason": "interrupted", "message": "the service that ran the job stopped"}
         jobs.finish(job_id, "failed", error=error, message="job interrupted")
@@ -162,13 +157,6 @@ class Monitor:
         elif self.jobs.cancel_requested(self.job_id):
             self._cancel = True
         return self._cancel
-
-
-def without_paths(message: str) -> str:
-    """`message` with every absolute path cut to its last component: a job's error is shown
-    to API clients, and the server's directories are none of their business (the full
-    message is in the server log)."""
-    return ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
