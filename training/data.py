@@ -23,13 +23,12 @@ from models.methods.config import MINI_RECIPE
 from models.preprocess import ImageTransform
 from training.benchmarks import benchmark_for_split_file, detect_benchmark
 from training.errors import DataError
+from training.layouts import find_dassl_split, read_dassl_split
 from training.sources import (
     SPLITS,
     ImageSource,
     LabeledImage,
-    find_dassl_split,
     from_memory,
-    read_dassl_split,
     read_image_folder,
     read_manifest,
 )

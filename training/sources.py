@@ -15,7 +15,6 @@ import csv
 import functools
 import io
 import json
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,95 +187,6 @@ def require_files(paths: Sequence[Path], where: str) -> None:
         shown = ", ".join(str(p) for p in missing[:_SHOW_MISSING])
         more = f" and {len(missing) - _SHOW_MISSING} more" if len(missing) > _SHOW_MISSING else ""
         raise DataError(f"{len(missing)} image(s) listed in {where} do not exist: {shown}{more}")
-
-
-def find_dassl_split(root: Path) -> Path | None:
-    """The `split_zhou_<Name>.json` file of a CoOp/Dassl dataset root, if it has one."""
-    found = sorted(root.glob("split_zhou_*.json"))
-    if len(found) > 1:
-        names = ", ".join(p.name for p in found)
-        raise DataError(f"{root} has several split files ({names}); name the one to use")
-    return found[0] if found else None
-
-
-def readable_name(name: str) -> str:
-    """A CoOp/Dassl class name as the releases prompt with it: ``_`` becomes a space."""
-    return " ".join(name.replace("_", " ").split())
-
-
-def names_in_label_order(pairs: Sequence[tuple[int, str]], where: str) -> list[str]:
-    """(integer label, raw class name) pairs -> readable names sorted by label.
-
-    A label with two names, or two labels whose names read the same, is an error: the label
-    order is what the base-to-novel split cuts, so it must be unambiguous.
-    """
-    by_label: dict[int, str] = {}
-    for label, name in pairs:
-        if by_label.setdefault(label, name) != name:
-            raise DataError(f"{where}: label {label} is both {by_label[label]!r} and {name!r}")
-    names = [readable_name(by_label[label]) for label in sorted(by_label)]
-    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-    if repeated:
-        raise DataError(f"{where}: several labels share the class name(s) {repeated[:10]}")
-    return names
-
-
-def read_dassl_split(split_file: Path, split: str, image_dir: Path | None = None) -> ImageSource:
-    """One split of a CoOp/Dassl `split_zhou_<Name>.json` (entries `[path, label, class]`).
-
-    Classes are ordered by their integer label over all splits of the file and named with
-    `readable_name`. CoOp keeps images in a dataset-specific directory ("jpg", "images",
-    "2750", ...); without `image_dir` it is found by looking for the first entry under the root
-    and under each immediate subdirectory.
-    """
-    try:
-        splits = json.loads(split_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read split file {split_file}: {exc}") from exc
-    if not isinstance(splits, dict) or split not in splits:
-        keys = sorted(splits) if isinstance(splits, dict) else []
-        raise DataError(f"split file {split_file} has no {split!r} split (it has {keys})")
-    every = [
-        _dassl_entry(entry, split_file)
-        for key in SPLITS
-        if isinstance(splits.get(key), list)
-        for entry in splits[key]
-    ]
-    pairs = [(label, name) for _, label, name in every]
-    class_names = names_in_label_order(pairs, str(split_file))
-    entries = [_dassl_entry(entry, split_file) for entry in splits[split]]
-    if not entries:
-        raise DataError(f"split {split!r} of {split_file} is empty")
-    if image_dir is None:
-        image_dir = _dassl_image_dir(split_file.parent, entries[0][0])
-    items = [
-        LabeledImage(label=readable_name(name), path=image_dir / rel) for rel, _, name in entries
-    ]
-    require_files([item.path for item in items if item.path is not None], str(split_file))
-    return ImageSource(class_names, items, description=f"{split_file.name} [{split}]")
-
-
-def _dassl_entry(entry: Any, split_file: Path) -> tuple[str, int, str]:
-    if (
-        not isinstance(entry, list)
-        or len(entry) != 3
-        or not isinstance(entry[0], str)
-        or not isinstance(entry[1], int)
-        or isinstance(entry[1], bool)
-        or not isinstance(entry[2], str)
-    ):
-        raise DataError(
-            f"{split_file}: expected [relative_path, label_index, class_name], got {entry}"
-        )
-    return entry[0], entry[1], entry[2]
-
-
-def _dassl_image_dir(root: Path, first: str) -> Path:
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    for base in candidates:
-        if (base / first).is_file():
-            return base
-    raise DataError(f"cannot find {first} under {root} or any of its immediate subdirectories")
 
 
 def from_memory(images: Sequence[tuple[Image.Image | bytes, str]]) -> ImageSource:
