@@ -27,6 +27,11 @@ from tests.service.conftest import ClientFactory, b64, bomb_png, png_bytes
 pytestmark = pytest.mark.anyio
 
 MANY_LABELS = [f"label {i}" for i in range(20_000)]  # ~240 KB of JSON
+JOB_IMAGES = [  # two classes of two images: the smallest valid /adapt
+    {"data": b64(png_bytes(colour)), "label": label}
+    for colour, label in (((200, 0, 0), "a"), ((0, 0, 200), "b"))
+    for _ in range(2)
+]
 
 
 # --- labels ---------------------------------------------------------------------------------
@@ -221,27 +226,22 @@ async def test_docs_need_the_api_key_when_one_is_set(client_factory: ClientFacto
 
 
 async def test_adapt_may_not_replace_the_default_classifier(client_factory: ClientFactory) -> None:
-    images = [{"data": b64(png_bytes((200, 0, 0))), "label": "a"}] * 2 + [
-        {"data": b64(png_bytes((0, 0, 200))), "label": "b"}
-    ] * 2
     async with client_factory(max_concurrent_jobs=0) as (client, _):
-        refused = await client.post("/adapt", json={"name": "default", "images": images})
+        refused = await client.post("/adapt", json={"name": "default", "images": JOB_IMAGES})
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "protected_classifier"
     async with client_factory(max_concurrent_jobs=0, allow_adapt_default=True) as (client, _):
-        allowed = await client.post("/adapt", json={"name": "default", "images": images})
+        allowed = await client.post("/adapt", json={"name": "default", "images": JOB_IMAGES})
     assert allowed.status_code == 202, allowed.text
 
 
 async def test_queued_jobs_are_bounded(client_factory: ClientFactory) -> None:
-    images = [{"data": b64(png_bytes((200, 0, 0))), "label": "a"}] * 2 + [
-        {"data": b64(png_bytes((0, 0, 200))), "label": "b"}
-    ] * 2
     async with client_factory(max_concurrent_jobs=0, max_queued_jobs=2) as (client, runtime):
         first = [
-            await client.post("/adapt", json={"name": f"n{i}", "images": images}) for i in range(2)
+            await client.post("/adapt", json={"name": name, "images": JOB_IMAGES})
+            for name in ("n1", "n2")
         ]
-        third = await client.post("/adapt", json={"name": "n3", "images": images})
+        third = await client.post("/adapt", json={"name": "n3", "images": JOB_IMAGES})
         jobs = runtime.jobs.count("queued")
     assert [r.status_code for r in first] == [202, 202]
     assert third.status_code == 429
