@@ -21,7 +21,7 @@ from models.engines import Engine, VisualEngine, open_engine
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE
 from models.methods import Learner, create_method
-from models.preprocess import eval_transform
+from models.preprocess import FastEvalTransform
 
 SHOWN_LABELS = 5  # labels named in an error message
 
@@ -42,7 +42,7 @@ class Classifier:
     path: Path | None = None  # the artifact directory; needed to encode new labels
 
     def __post_init__(self) -> None:
-        self.transform = eval_transform(self.preprocess)
+        self.transform = FastEvalTransform(self.preprocess)  # eval_transform, cheaper
         self._learner: Learner | None = None  # loaded on the first label it lacks
 
     def text_learner(self) -> Learner:

@@ -21,12 +21,21 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from models.preprocess import ImageTransform
+from models.backbone import PreprocessConfig
+from models.preprocess import (
+    FastEvalTransform,
+    ImageTransform,
+    fast_pixels,
+    normalise,
+    to_channels_first,
+)
 from service.errors import ImageTooLargeError, InvalidImageError
 
 log = logging.getLogger(__name__)
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, IndexError)
+EXIF_ORIENTATION = 0x0112
+SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations that turn the image by 90 degrees
 
 
 def decode_base64(text: str, index: int) -> bytes:
@@ -54,6 +63,15 @@ def decode_image(
     it is decoded instead of growing into gigabytes on the way to the model. The EXIF
     orientation of a photo is applied, so a rotated phone JPEG is seen upright.
     """
+    probe = open_checked(data, max_pixels, index, resize_to)
+    load_upright(probe, index)
+    return probe
+
+
+def open_checked(
+    data: bytes, max_pixels: int, index: int = 0, resize_to: int | None = None
+) -> Image.Image:
+    """The image's header, checked against the limits (see `decode_image`); no pixels decoded."""
     if not data:
         raise InvalidImageError(f"image {index} is empty")
     try:
@@ -71,6 +89,11 @@ def decode_image(
         )
     if resize_to is not None:
         check_resized_pixels(width, height, resize_to, max_pixels, index)
+    return probe
+
+
+def load_upright(probe: Image.Image, index: int) -> None:
+    """Decode the pixels of an opened image and apply its EXIF orientation, in place."""
     try:
         probe.load()  # decodes: a truncated or corrupt stream fails here
         ImageOps.exif_transpose(probe, in_place=True)
@@ -78,7 +101,31 @@ def decode_image(
         raise ImageTooLargeError(f"image {index}: {exc}") from None
     except _DECODE_ERRORS:
         raise InvalidImageError(f"image {index} is truncated or corrupt") from None
-    return probe
+
+
+def exif_orientation(probe: Image.Image) -> int:
+    """The EXIF orientation tag (1-8; 1 when absent or unreadable), read from the header."""
+    try:
+        value = probe.getexif().get(EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS:
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def decode_for_model(
+    data: bytes, cfg: PreprocessConfig, max_pixels: int, index: int = 0
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`decode_image` for the fast path: a JPEG is decoded in draft mode, scaled down by 2, 4
+    or 8 in the DCT domain while both sides stay at least `cfg.size` (the full-size decode and
+    most of the resize are skipped). Returns the upright image and its upright full size."""
+    probe = open_checked(data, max_pixels, index, cfg.size)
+    full = probe.size
+    if probe.format == "JPEG":
+        probe.draft(probe.mode, (cfg.size, cfg.size))
+        if exif_orientation(probe) in SWAPS_AXES:
+            full = (full[1], full[0])
+    load_upright(probe, index)
+    return probe, full
 
 
 def check_resized_pixels(
@@ -98,11 +145,17 @@ def check_resized_pixels(
 def prepare_image(
     data: bytes | str, transform: ImageTransform, max_pixels: int, index: int = 0, size: int = 0
 ) -> Tensor:
-    """Image bytes (or their base64 text) -> normalised pixels [3, S, S] (`size` = S)."""
+    """Image bytes (or their base64 text) -> pixels [3, S, S] (`size` = S): normalised floats,
+    or, when `transform` is a `FastEvalTransform`, uint8 for `normalise` to finish on the batch."""
     if isinstance(data, str):
         data = decode_base64(data, index)
-    image = decode_image(data, max_pixels, index, resize_to=size or None)
+    if isinstance(transform, FastEvalTransform):
+        image, full = decode_for_model(data, transform.config, max_pixels, index)
+    else:
+        image = decode_image(data, max_pixels, index, resize_to=size or None)
     try:
+        if isinstance(transform, FastEvalTransform):
+            return to_channels_first(torch.from_numpy(fast_pixels(image, transform.config, full)))
         return transform(image)
     except _DECODE_ERRORS as exc:  # e.g. a mode the converter cannot handle
         raise InvalidImageError(f"image {index} cannot be converted to RGB: {exc}") from None
@@ -111,10 +164,19 @@ def prepare_image(
 
 
 class ImagePreparer:
-    """Decodes and preprocesses request images on a bounded thread pool."""
+    """Decodes and preprocesses request images on a bounded thread pool.
 
-    def __init__(self, threads: int, max_pixels: int) -> None:
+    `device`: where the pixels go (the engine's device); uint8 pixels of the fast path move
+    there once and are normalised there. `device_decode`: on CUDA, decode a request's JPEGs in
+    one batched nvJPEG call on the device (`service.classify.device_decode`).
+    """
+
+    def __init__(
+        self, threads: int, max_pixels: int, device: str = "cpu", device_decode: bool = False
+    ) -> None:
         self.max_pixels = max_pixels
+        self.device = torch.device(device)
+        self.device_decode = device_decode and self.device.type == "cuda"
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     @property
@@ -128,6 +190,8 @@ class ImagePreparer:
         """All images of one request (bytes or base64 text) -> pixels [n, 3, size, size]; the
         first bad image fails it."""
         loop = asyncio.get_running_loop()
+        if self.device_decode and isinstance(transform, FastEvalTransform):
+            return await loop.run_in_executor(self._pool, self.prepare_on_device, images, transform)
         tasks = [
             loop.run_in_executor(
                 self._pool, prepare_image, data, transform, self.max_pixels, i, size
@@ -138,7 +202,26 @@ class ImagePreparer:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return torch.stack([r for r in results if isinstance(r, Tensor)])
+        pixels = torch.stack([r for r in results if isinstance(r, Tensor)])
+        if isinstance(transform, FastEvalTransform):  # uint8 [n, 3, S, S]: move once, normalise
+            return normalise(pixels.to(self.device, non_blocking=True), transform.config)
+        return pixels
+
+    def prepare_on_device(
+        self, images: Sequence[bytes | str], transform: FastEvalTransform
+    ) -> Tensor:
+        """The request's JPEGs decoded on the device in one call, the rest on the CPU."""
+        from service.classify.device_decode import decode_jpegs, split_jpegs
+
+        cfg = transform.config
+        indices, datas, orientations = split_jpegs(images, cfg, self.max_pixels)
+        on_device = decode_jpegs(datas, orientations, cfg, str(self.device)) if datas else None
+        done = dict(zip(indices, on_device, strict=True)) if on_device is not None else {}
+        pixels = [
+            done[i] if i in done else prepare_image(data, transform, self.max_pixels, i)
+            for i, data in enumerate(images)
+        ]
+        return normalise(torch.stack([p.to(self.device) for p in pixels]), cfg)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
