@@ -17,7 +17,7 @@ from torch import Tensor
 
 from models.artifact import verify_artifact
 from models.backbone import Backbone, PreprocessConfig, load_backbone
-from models.engines import Engine, VisualEngine, open_engine
+from models.engines import Engine, OnnxOptions, VisualEngine, open_engine
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE
 from models.methods import Learner, create_method
@@ -199,10 +199,15 @@ def rank(
 
 
 def load_classifier(
-    path: Path, *, engine: Engine = "onnx", device: str = "cpu", threads: int | None = None
+    path: Path,
+    *,
+    engine: Engine = "onnx",
+    device: str = "cpu",
+    threads: int | None = None,
+    options: OnnxOptions | None = None,
 ) -> Classifier:
     """Verify the artifact at `path` and load it for inference on `device` (`threads`: the
-    engine's CPU threads; see `open_engine`)."""
+    engine's CPU threads; `options`: ONNX Runtime's; see `open_engine`)."""
     path = Path(path)
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -222,7 +227,7 @@ def load_classifier(
         class_embeddings=classes,
         logit_scale=float(manifest["logit_scale"]),
         preprocess=preprocess_from_manifest(manifest),
-        engine=open_engine(path, engine, device, threads),
+        engine=open_engine(path, engine, device, threads, options),
         device=target,
         path=path,
     )

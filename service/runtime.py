@@ -45,6 +45,7 @@ class Runtime:
             device=self.device,
             onnx_threads=settings.onnx_threads,
             max_loaded=settings.max_loaded_classifiers,
+            onnx_options=settings.onnx_options(),
         )
         self.metrics = Metrics()
         self.batcher = MicroBatcher(
@@ -53,7 +54,12 @@ class Runtime:
             queue_size=settings.queue_size,
             on_batch=self.metrics.observe_batch,
         )
-        self.preparer = ImagePreparer(settings.decode_threads, settings.max_image_pixels)
+        self.preparer = ImagePreparer(
+            settings.decode_threads,
+            settings.max_image_pixels,
+            device=self.device,
+            device_decode=settings.device_decode,
+        )
         self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
         # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
         # intake cannot starve classification (which decodes on the preparer's pool)

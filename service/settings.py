@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.artifact import check_name
+from models.engines import OnnxOptions
 from models.errors import ArtifactError
 
 MiB = 1024 * 1024
@@ -30,6 +31,12 @@ class Settings(BaseSettings):
     engine: Literal["onnx", "torchscript"] = "onnx"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
     onnx_threads: int | None = Field(default=None, ge=1)  # None: min(4, CPU count)
+    # --- the GPU path (each is ignored on the CPU but onnx_fp16, which needs CUDA) ---
+    onnx_fp16: bool = False  # run the visual graph in float16 (LayerNorm, Softmax stay fp32)
+    onnx_io_binding: bool = True  # the engine reads and writes torch tensors in place
+    onnx_tensorrt: bool = False  # TensorRT provider first, when ONNX Runtime has it
+    trt_cache_dir: Path | None = None  # TensorRT engine/timing caches; None: <store>/.trt-cache
+    device_decode: bool = True  # on CUDA: decode a request's JPEGs in one nvJPEG call
     # threads decoding and preprocessing images; default min(4, CPU count)
     decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
     max_batch_size: int = Field(default=32, ge=1)  # images per engine call
@@ -77,6 +84,17 @@ class Settings(BaseSettings):
         """Where the job database and each job's files live."""
         return self.jobs_dir if self.jobs_dir is not None else self.store / ".jobs"
 
+    def onnx_options(self) -> OnnxOptions:
+        """The engine options these settings ask for (see `models.engines.OnnxOptions`)."""
+        cache = self.trt_cache_dir if self.trt_cache_dir is not None else self.store / ".trt-cache"
+        return OnnxOptions(
+            fp16=self.onnx_fp16,
+            io_binding=self.onnx_io_binding,
+            tensorrt=self.onnx_tensorrt,
+            trt_cache_dir=cache if self.onnx_tensorrt else None,
+            max_batch_size=self.max_batch_size,
+        )
+
     @field_validator("default_classifier")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -92,6 +110,12 @@ class Settings(BaseSettings):
                 f"queue_size ({self.queue_size}) must be at least max_images_per_request "
                 f"({self.max_images_per_request}), or a full-size request could never be queued"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> Settings:
+        if self.onnx_fp16 and self.device == "cpu":
+            raise ValueError("onnx_fp16 needs device cuda (or auto on a CUDA host)")
         return self
 
     @field_validator("api_key")

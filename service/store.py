@@ -36,7 +36,7 @@ from models.artifact import (
     resolve_version,
 )
 from models.classifier import Classifier, load_classifier
-from models.engines import Engine
+from models.engines import Engine, OnnxOptions
 from models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
 from service.errors import DeleteRefusedError
 
@@ -62,11 +62,13 @@ class ClassifierStore:
         device: str = "cpu",
         onnx_threads: int | None = None,
         max_loaded: int = 8,
+        onnx_options: OnnxOptions | None = None,
     ) -> None:
         self.root = Path(root)
         self.engine: Engine = engine
         self.device = device
         self.onnx_threads = onnx_threads
+        self.onnx_options = onnx_options  # fp16, IO binding, TensorRT (models.engines)
         self.max_loaded = max_loaded
         self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache
@@ -144,7 +146,11 @@ class ClassifierStore:
 
     def _load(self, path: Path) -> Classifier:
         classifier = load_classifier(
-            path, engine=self.engine, device=self.device, threads=self.onnx_threads
+            path,
+            engine=self.engine,
+            device=self.device,
+            threads=self.onnx_threads,
+            options=self.onnx_options,
         )
         log.info(
             "loaded classifier %s version %s (%d classes, %s on %s)",

@@ -106,7 +106,9 @@ def test_fast_path_matches_the_reference_on_mini(mini: Any, photos: list[Any]) -
     cfg = mini.preprocess
     reference, fast = eval_transform(cfg), FastEvalTransform(cfg)
     ref_pixels = torch.stack([reference(decode_image(data, MAX_PIXELS)) for data, _, _ in photos])
-    uint8 = torch.stack([prepare_image(data, fast, MAX_PIXELS, i) for i, (data, _, _) in enumerate(photos)])
+    uint8 = torch.stack(
+        [prepare_image(data, fast, MAX_PIXELS, i) for i, (data, _, _) in enumerate(photos)]
+    )
     assert uint8.dtype == torch.uint8
     fast_pixels_ = normalise(uint8, cfg)
     names = [f"a photo of a {c} {s}." for c in COLOUR_NAMES for s in SHAPE_NAMES]
@@ -197,6 +199,7 @@ async def test_preparer_normalises_the_batch_once(photos: list[Any]) -> None:
         reference = await preparer.prepare(datas, eval_transform(cfg), cfg.size)
     finally:
         preparer.close()
-    assert pixels.dtype == torch.float32 and pixels.is_contiguous()
+    assert pixels.dtype == torch.float32
+    assert pixels.is_contiguous()
     assert pixels.shape == reference.shape == (3, 3, 64, 64)
     assert (pixels - reference).abs().mean() < 0.02

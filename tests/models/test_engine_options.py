@@ -1,0 +1,107 @@
+"""ONNX Runtime engine options (IO binding, fp16, TensorRT) and the settings that choose them;
+what needs CUDA is checked where it runs and skipped elsewhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.artifact import export_classifier
+from models.engines import (
+    ONNX_FILE,
+    OnnxEngine,
+    OnnxOptions,
+    float16_graph,
+    input_side,
+    onnx_providers,
+)
+from models.methods import create_method
+
+CUDA = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_backbone: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    learner = create_method("zeroshot", tiny_backbone)
+    export_classifier(learner, ["a", "b"], store, "tiny", training={"data": "test"})
+    return next((store / "tiny").iterdir())
+
+
+def test_io_binding_gives_the_same_embeddings(artifact: Path) -> None:
+    pixels = torch.randn(3, 3, *[input_side(artifact / ONNX_FILE) or 0] * 2)
+    bound = OnnxEngine(artifact / ONNX_FILE, "cpu", 1, OnnxOptions(io_binding=True))
+    copied = OnnxEngine(artifact / ONNX_FILE, "cpu", 1, OnnxOptions(io_binding=False))
+    assert bound.bound
+    assert not copied.bound
+    out = bound(pixels)
+    assert out.shape == (3, bound.width)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, copied(pixels), rtol=0, atol=1e-6)
+    torch.testing.assert_close(bound(pixels[:1]), out[:1], rtol=0, atol=1e-5)  # other batch
+
+
+def test_fp16_is_refused_on_the_cpu(artifact: Path) -> None:
+    with pytest.raises(ValueError, match="fp16 needs device 'cuda'"):
+        OnnxEngine(artifact / ONNX_FILE, "cpu", options=OnnxOptions(fp16=True))
+
+
+def test_the_float16_graph_keeps_float32_io_and_agrees(artifact: Path) -> None:
+    import onnx
+
+    model = onnx.load_from_string(float16_graph(artifact / ONNX_FILE))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    options = ort.SessionOptions()
+    # ONNX Runtime 1.31's CPU graph optimiser crashes on this float16 graph (which is why the
+    # engine allows fp16 on CUDA only); unoptimised, the CPU runs it, which checks the graph
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    half = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    full = ort.InferenceSession(str(artifact / ONNX_FILE), providers=["CPUExecutionProvider"])
+    side = input_side(artifact / ONNX_FILE)
+    pixels = np.random.default_rng(0).standard_normal((4, 3, side, side)).astype(np.float32)
+    a, b = (s.run(None, {"pixels": pixels})[0] for s in (full, half))
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999
+    assert not np.array_equal(a, b)  # it did run in float16
+
+
+def test_providers_put_tensorrt_first_when_asked(
+    artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert onnx_providers(torch.device("cpu"), OnnxOptions(tensorrt=True)) == [
+        "CPUExecutionProvider"
+    ]
+    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: everything)
+    cache = tmp_path / "trt"
+    options = OnnxOptions(tensorrt=True, fp16=True, trt_cache_dir=cache, max_batch_size=16)
+    providers = onnx_providers(torch.device("cuda:1"), options, artifact / ONNX_FILE)
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    assert names == everything
+    trt = dict(providers[0][1])  # type: ignore[index]
+    side = input_side(artifact / ONNX_FILE)
+    assert trt["device_id"] == 1
+    assert trt["trt_fp16_enable"] is True
+    assert trt["trt_engine_cache_path"] == str(cache)
+    assert cache.is_dir()
+    assert trt["trt_profile_max_shapes"] == f"pixels:16x3x{side}x{side}"
+    plain = onnx_providers(torch.device("cuda"), OnnxOptions(), artifact / ONNX_FILE)
+    assert [p if isinstance(p, str) else p[0] for p in plain] == everything[1:]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA and onnxruntime-gpu's CUDA provider")
+@pytest.mark.parametrize("fp16", [False, True])
+def test_cuda_engine_reads_device_tensors(artifact: Path, fp16: bool) -> None:
+    pixels = torch.randn(4, 3, *[input_side(artifact / ONNX_FILE) or 0] * 2)
+    reference = OnnxEngine(artifact / ONNX_FILE, "cpu", 1)(pixels)
+    engine = OnnxEngine(artifact / ONNX_FILE, "cuda", options=OnnxOptions(fp16=fp16))
+    out = engine(pixels.cuda())
+    assert out.device.type == "cuda"
+    cosine = torch.nn.functional.cosine_similarity(out.cpu(), reference)
+    assert cosine.min() > (0.999 if fp16 else 0.99999)

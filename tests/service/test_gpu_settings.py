@@ -1,0 +1,83 @@
+"""Settings of the GPU path and how they reach the engine and the image preparer; the CUDA
+checks run only where CUDA is."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from models.backbone import PreprocessConfig
+from models.preprocess import FastEvalTransform, eval_transform
+from service.classify.images import ImagePreparer
+from service.settings import Settings
+from service.store import ClassifierStore
+
+CUDA = torch.cuda.is_available()
+
+
+def test_settings_choose_the_engine_options(tmp_path: Path) -> None:
+    settings = Settings(store=tmp_path, onnx_tensorrt=True, onnx_io_binding=False, device="cuda")
+    options = settings.onnx_options()
+    assert options.tensorrt
+    assert not options.io_binding
+    assert not options.fp16
+    assert options.trt_cache_dir == tmp_path / ".trt-cache"
+    assert options.max_batch_size == settings.max_batch_size
+    assert Settings(store=tmp_path).onnx_options().trt_cache_dir is None  # no TensorRT, no cache
+
+
+def test_fp16_on_the_cpu_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="onnx_fp16 needs device cuda"):
+        Settings(store=tmp_path, onnx_fp16=True, device="cpu")
+
+
+def test_store_passes_the_options_to_the_engine(tiny_artifact: Path) -> None:
+    from models.engines import OnnxEngine, OnnxOptions
+
+    store_root = tiny_artifact.parent.parent
+    store = ClassifierStore(store_root, onnx_options=OnnxOptions(io_binding=False))
+    engine = store.get(tiny_artifact.parent.name, tiny_artifact.name).engine
+    assert isinstance(engine, OnnxEngine)
+    assert not engine.bound
+
+
+def test_device_decode_is_for_cuda_only() -> None:
+    assert not ImagePreparer(1, 1000, device="cpu", device_decode=True).device_decode
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(width)
+    buffer = io.BytesIO()
+    array = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(array).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.anyio
+async def test_cuda_preparer_decodes_on_the_device() -> None:
+    cfg = PreprocessConfig(size=224, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    images = [_jpeg(640, 480), _jpeg(300, 500), _png(), _jpeg(4032, 3024)]
+    preparer = ImagePreparer(2, 25_000_000, device="cuda", device_decode=True)
+    cpu = ImagePreparer(2, 25_000_000)
+    try:
+        pixels = await preparer.prepare(images, FastEvalTransform(cfg), cfg.size)
+        reference = await cpu.prepare(images, eval_transform(cfg), cfg.size)
+    finally:
+        preparer.close()
+        cpu.close()
+    assert pixels.device.type == "cuda"
+    assert pixels.dtype == torch.float32
+    assert (pixels.cpu() - reference).abs().mean() < 0.05
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (200, 100), (10, 200, 30, 128)).save(buffer, format="PNG")
+    return buffer.getvalue()
