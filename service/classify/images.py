@@ -5,6 +5,11 @@ against the pixel limit before anything is decoded, so a decompression bomb (a f
 bytes declaring 20000 x 20000) costs microseconds and a 413, not gigabytes. Decoding and
 preprocessing hold the GIL only in part (PIL and torchvision release it in their C loops); they
 run on a pool so the event loop keeps serving while they work.
+
+With a `FastEvalTransform` (what a loaded classifier carries) a JPEG is decoded in draft mode
+(`decode_for_model`), its pixels stay uint8, and a request's images are normalised together on
+the engine's device (see `models.preprocess`); on CUDA, `service.classify.device_decode` can
+decode them there instead.
 """
 
 from __future__ import annotations
