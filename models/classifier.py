@@ -15,9 +15,11 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.artifact import verify_artifact
+from models.artifact import graph_ref, verify_artifact
 from models.backbone import Backbone, PreprocessConfig, load_backbone
+from models.engine_pool import EnginePool
 from models.engines import Engine, VisualEngine, open_engine
+from models.graphs import graph_dir, verify_graph
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE
 from models.methods import Learner, create_method
@@ -66,6 +68,18 @@ class Classifier:
     def embed(self, pixels: Tensor) -> Tensor:
         """[B, 3, S, S] normalised pixels -> [B, D] normalised image embeddings."""
         return self.engine(pixels).to(self.device)
+
+    @property
+    def engine_key(self) -> int:
+        """Equal for classifiers that run on the same engine object (a shared graph), so
+        their images may share one engine call; distinct otherwise."""
+        return id(self.engine)
+
+    @property
+    def own_bytes(self) -> int:
+        """Memory that is this classifier's own: its class embeddings (the engine is shared,
+        or, for a self-contained artifact, counted with the engines)."""
+        return self.class_embeddings.numel() * self.class_embeddings.element_size()
 
     def logits(self, embeddings: Tensor, class_embeddings: Tensor | None = None) -> Tensor:
         """[B, D] image embeddings -> [B, C] scaled cosine scores (own classes by default)."""
@@ -199,10 +213,20 @@ def rank(
 
 
 def load_classifier(
-    path: Path, *, engine: Engine = "onnx", device: str = "cpu", threads: int | None = None
+    path: Path,
+    *,
+    engine: Engine = "onnx",
+    device: str = "cpu",
+    threads: int | None = None,
+    engines: EnginePool | None = None,
 ) -> Classifier:
     """Verify the artifact at `path` and load it for inference on `device` (`threads`: the
-    engine's CPU threads; see `open_engine`)."""
+    engine's CPU threads; see `open_engine`).
+
+    A format-2 artifact runs on its store's shared graph: through `engines` when given (the
+    pool's kind, device and threads apply, and classifiers on one graph share one engine),
+    else on an engine opened for this classifier alone. Either way only the classifier's own
+    small tensors are read per load."""
     path = Path(path)
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -222,10 +246,29 @@ def load_classifier(
         class_embeddings=classes,
         logit_scale=float(manifest["logit_scale"]),
         preprocess=preprocess_from_manifest(manifest),
-        engine=open_engine(path, engine, device, threads),
+        engine=_visual_engine(path, manifest, engine, device, threads, engines),
         device=target,
         path=path,
     )
+
+
+def _visual_engine(
+    path: Path,
+    manifest: dict[str, Any],
+    engine: Engine,
+    device: str,
+    threads: int | None,
+    engines: EnginePool | None,
+) -> VisualEngine:
+    ref = graph_ref(manifest)
+    if ref is None:  # self-contained: its own graph files
+        return open_engine(path, engine, device, threads)
+    store = path.parent.parent  # <store>/<name>/<version>
+    if engines is not None:
+        return engines.get(store, ref)
+    directory = graph_dir(store, ref)
+    verify_graph(directory)
+    return open_engine(directory, engine, device, threads)
 
 
 def preprocess_from_manifest(manifest: dict[str, Any]) -> PreprocessConfig:

@@ -135,7 +135,18 @@ def export_visual_graph(
     example = parity_pixels(EXAMPLE_BATCH, image_size)
     export_onnx(graph, directory / ONNX_FILE, example)
     export_torchscript(graph, directory / TORCHSCRIPT_FILE, example)
+    return check_parity(graph, directory, image_size, tolerance)
 
+
+def check_parity(
+    graph: nn.Module, directory: Path, image_size: int, tolerance: float
+) -> dict[str, dict[str, float] | float]:
+    """Run the graphs already in `directory` against eager `graph` at every parity batch.
+
+    Used for a freshly exported graph and for a classifier published on a shared graph that
+    an earlier classifier exported (its own eager path must give what the shared graph gives).
+    Returns the parity figures; raises `ExportParityError` past `tolerance` (NaN included).
+    """
     figures: dict[str, dict[str, float] | float] = {}
     failures = []
     engines: tuple[Engine, ...] = ("onnx", "torchscript")
@@ -161,13 +172,21 @@ def export_visual_graph(
 def write_files(
     learner: Learner, class_names: list[str], directory: Path, tolerance: float
 ) -> dict[str, Any]:
-    """Write the four artifact files for `learner` on `class_names` into `directory`.
+    """Write the four files of a self-contained artifact for `learner` on `class_names` into
+    `directory`: its tensors (`write_tensors`) and its visual graph as ONNX and TorchScript.
 
-    The learner is in eval mode throughout and its previous mode is restored afterwards.
-    Class embeddings are computed on the learner's device; the visual graph is exported and
-    checked on the CPU. Returns the parity figures (see `export_visual_graph`), which raises
-    `ExportParityError` when they exceed `tolerance`.
+    The learner is in eval mode throughout and its previous mode is restored afterwards; the
+    graph is exported and checked on the CPU. Returns the parity figures (see
+    `export_visual_graph`), which raises `ExportParityError` when they exceed `tolerance`.
     """
+    write_tensors(learner, class_names, directory)
+    with eager_visual_graph(learner) as graph:
+        return export_visual_graph(graph, directory, learner.preprocess.size, tolerance)
+
+
+def write_tensors(learner: Learner, class_names: list[str], directory: Path) -> None:
+    """Write what is the classifier's own: ``classes.safetensors`` (its class embeddings,
+    computed on the learner's device in eval mode) and ``learner.safetensors``."""
     with _eval_mode(learner):
         with torch.no_grad():
             classes = learner.encode_classes(list(class_names)).float().cpu().contiguous()  # [C, D]
@@ -178,9 +197,14 @@ def write_files(
             for k, v in learner.learned_state_dict().items()
         }
         save_file(learned, str(directory / LEARNER_FILE), metadata={"format": "pt"})
-        with _on_cpu(learner):
-            graph = learner.visual_graph().eval()
-            return export_visual_graph(graph, directory, learner.preprocess.size, tolerance)
+
+
+@contextmanager
+def eager_visual_graph(learner: Learner) -> Iterator[nn.Module]:
+    """`learner`'s eval-mode visual graph on the CPU, as exported and parity-checked; the
+    learner's mode and device are restored afterwards."""
+    with _eval_mode(learner), _on_cpu(learner):
+        yield learner.visual_graph().eval()
 
 
 @contextmanager

@@ -1,0 +1,73 @@
+"""Engines shared between classifiers: one open graph per (backbone, graph), whoever asks.
+
+Format-2 classifiers name a shared visual graph (`models.graphs.GraphRef`). Classifiers that
+name the same graph get the same engine object, so they cost one copy of the backbone in
+memory and their requests can run in one engine call. The pool holds its engines weakly: an
+engine lives while a loaded classifier (or a request in flight) holds it, and is closed when
+the last of them goes, so bounding loaded classifiers bounds engines too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from pathlib import Path
+
+from models.engines import Engine, VisualEngine, open_engine
+from models.graphs import GraphRef, graph_dir, verify_graph
+
+log = logging.getLogger(__name__)
+
+
+class EnginePool:
+    """Open engines of one kind on one device, keyed by `GraphRef.key`."""
+
+    def __init__(
+        self, engine: Engine = "onnx", device: str = "cpu", threads: int | None = None
+    ) -> None:
+        self.engine: Engine = engine
+        self.device = device
+        self.threads = threads
+        self._engines: weakref.WeakValueDictionary[tuple[str, str], VisualEngine] = (
+            weakref.WeakValueDictionary()
+        )
+        self._lock = threading.Lock()  # guards the table
+        self._open_lock = threading.Lock()  # one open at a time (seconds, memory-heavy)
+        self.opened = 0  # engines opened so far (a reopen after release counts again)
+
+    def get(self, store: Path, ref: GraphRef) -> VisualEngine:
+        """The engine of `ref`'s graph in `store`, opened (and its files verified) once."""
+        hit = self._lookup(ref)
+        if hit is not None:
+            return hit
+        with self._open_lock:
+            hit = self._lookup(ref)
+            if hit is not None:
+                return hit
+            directory = graph_dir(store, ref)
+            verify_graph(directory)
+            engine = open_engine(directory, self.engine, self.device, self.threads)
+            with self._lock:
+                self._engines[ref.key] = engine
+            self.opened += 1
+            log.info(
+                "opened the %s graph of backbone %s (%s on %s)",
+                ref.graph[:12],
+                ref.backbone[:12],
+                self.engine,
+                self.device,
+            )
+            return engine
+
+    def _lookup(self, ref: GraphRef) -> VisualEngine | None:
+        with self._lock:
+            return self._engines.get(ref.key)
+
+    def keys(self) -> list[tuple[str, str]]:
+        """The graphs open now."""
+        with self._lock:
+            return list(self._engines.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())

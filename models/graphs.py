@@ -1,0 +1,231 @@
+"""Shared visual graphs: what a store holds once per backbone, not once per classifier.
+
+Format-2 artifacts keep only their own tensors; their visual graph lives here, addressed by the
+backbone's weights hash and by the graph's identity::
+
+    <store>/.backbones/<weights sha256>/
+      backbone.json                  the backbone id (spec, architecture, tag, hash)
+      graphs/plain/                  the unmodified vision tower (zeroshot, coop, pre)
+        graph.json                   kind, sha256 of each file, opset, parity when exported
+        visual.onnx  visual.torchscript.pt
+      graphs/<sha256 of visual.onnx>/  a method's own graph (visual prompts baked in)
+
+Names starting with '.' are never classifier names, so the directory cannot collide with one.
+A graph is exported into a staging folder beside its final place, parity-checked, and renamed
+into place; when a concurrent publisher won the rename, its copy is used and ours dropped.
+Graphs are never removed with a classifier version: others may share them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.engines import ONNX_FILE, TORCHSCRIPT_FILE
+from models.errors import ArtifactError
+from models.export import (
+    ONNX_OPSET,
+    check_parity,
+    eager_visual_graph,
+    export_visual_graph,
+)
+from models.hashing import sha256_file
+from models.methods import Learner
+
+log = logging.getLogger(__name__)
+
+BACKBONES_DIR = ".backbones"
+GRAPHS_DIR = "graphs"
+GRAPH_MANIFEST = "graph.json"
+BACKBONE_MANIFEST = "backbone.json"
+PLAIN = "plain"  # the graph id of the unmodified vision tower
+GRAPH_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
+
+
+@dataclass(frozen=True)
+class GraphRef:
+    """Which shared graph a format-2 classifier runs on (its manifest's ``graph`` field)."""
+
+    backbone: str  # the backbone's weights sha256
+    graph: str  # PLAIN, or the sha256 of the graph's visual.onnx
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Engines are shared per key: one per (backbone, graph)."""
+        return (self.backbone, self.graph)
+
+    def to_json(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, value: Any) -> GraphRef:
+        if not isinstance(value, dict):
+            raise ArtifactError(f"the manifest's graph field must be an object, got {value!r}")
+        backbone, graph = value.get("backbone"), value.get("graph")
+        for part in (backbone, graph):
+            # both become path components: only hex digests (or "plain") are accepted
+            if not isinstance(part, str) or not part or not (part == PLAIN or _is_hex(part)):
+                raise ArtifactError(f"the manifest's graph field is not a graph reference: {value}")
+        assert isinstance(backbone, str) and isinstance(graph, str)
+        return cls(backbone, graph)
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) <= 128 and all(c in "0123456789abcdef" for c in text)
+
+
+def graph_dir(store: Path, ref: GraphRef) -> Path:
+    return Path(store) / BACKBONES_DIR / ref.backbone / GRAPHS_DIR / ref.graph
+
+
+def shares_plain_encoder(learner: Learner) -> bool:
+    """True when `learner`'s visual side is the unmodified vision tower (it overrides neither
+    `encode_images` nor `visual_graph`), so it can run on its backbone's shared plain graph.
+    The parity check at publication confirms it numerically."""
+    kind = type(learner)
+    return (
+        kind.encode_images is Learner.encode_images and kind.visual_graph is Learner.visual_graph
+    )
+
+
+def publish_visual_graph(
+    learner: Learner, store: Path, tolerance: float
+) -> tuple[GraphRef, dict[str, Any]]:
+    """Make sure the store holds `learner`'s visual graph; returns its reference and the
+    parity figures of `learner` against it (ONNX and TorchScript vs eager, per classifier).
+
+    A plain-encoder learner reuses its backbone's plain graph when one exists (checked against
+    this learner's eager path), or exports it; any other learner exports its own graph, kept
+    once per content.
+
+    Raises:
+        ExportParityError: a graph disagrees with eager beyond `tolerance`; nothing is kept.
+    """
+    backbone = learner.backbone_id.weights_sha256
+    _write_backbone_manifest(Path(store), learner)
+    size = learner.preprocess.size
+    with eager_visual_graph(learner) as graph:
+        if shares_plain_encoder(learner):
+            ref = GraphRef(backbone, PLAIN)
+            target = graph_dir(store, ref)
+            if target.is_dir():
+                verify_graph(target)
+                return ref, check_parity(graph, target, size, tolerance)
+            return ref, _publish_new(graph, store, backbone, size, tolerance, PLAIN)
+        parity = _publish_new(graph, store, backbone, size, tolerance, None)
+        return GraphRef(backbone, parity.pop("graph")), parity
+
+
+def _publish_new(
+    graph: torch.nn.Module,
+    store: Path,
+    backbone: str,
+    size: int,
+    tolerance: float,
+    graph_id: str | None,
+) -> dict[str, Any]:
+    """Export `graph` into staging, check it, and rename it into place (`graph_id` None:
+    named by its ONNX hash, returned as the figures' "graph")."""
+    graphs = Path(store) / BACKBONES_DIR / backbone / GRAPHS_DIR
+    graphs.mkdir(parents=True, exist_ok=True)
+    staging = graphs / f".tmp-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        parity = export_visual_graph(graph, staging, size, tolerance)
+        files = {name: sha256_file(staging / name) for name in GRAPH_FILES}
+        name = graph_id or files[ONNX_FILE]
+        manifest = {
+            "kind": PLAIN if graph_id == PLAIN else "own",
+            "backbone": backbone,
+            "files": files,
+            "onnx_opset": ONNX_OPSET,
+            "torch_version": torch.__version__,
+            "parity": parity,
+        }
+        (staging / GRAPH_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for file in staging.iterdir():
+            file.chmod(0o644)
+        staging.chmod(0o755)
+        target = graphs / name
+        try:
+            os.rename(staging, target)
+            log.info("published the %s visual graph of backbone %s", name[:12], backbone[:12])
+        except OSError:
+            if not target.is_dir():
+                raise
+            log.info("graph %s of backbone %s appeared meanwhile", name[:12], backbone[:12])
+            shutil.rmtree(staging, ignore_errors=True)
+        return parity if graph_id is not None else {**parity, "graph": name}
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_backbone_manifest(store: Path, learner: Learner) -> None:
+    directory = store / BACKBONES_DIR / learner.backbone_id.weights_sha256
+    file = directory / BACKBONE_MANIFEST
+    if file.is_file():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = directory / f".tmp-{uuid.uuid4().hex}.json"
+    record = {
+        "backbone": dataclasses.asdict(learner.backbone_id),
+        "preprocessing": dataclasses.asdict(learner.preprocess),
+    }
+    staging.write_text(json.dumps(record, indent=2) + "\n")
+    staging.chmod(0o644)
+    os.replace(staging, file)
+
+
+def verify_graph(directory: Path) -> dict[str, Any]:
+    """Check a shared graph's files against its ``graph.json``; returns that record.
+
+    Raises:
+        ArtifactError: the folder, its record or a file is missing or altered.
+    """
+    try:
+        record = json.loads((directory / GRAPH_MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"the shared visual graph {directory} is missing: the store lost its "
+            f"{BACKBONES_DIR} folder or part of it"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read {directory / GRAPH_MANIFEST}: {exc}") from exc
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(files, dict) or set(files) != set(GRAPH_FILES):
+        raise ArtifactError(f"{directory / GRAPH_MANIFEST} does not list the graph files")
+    for name, expected in files.items():
+        if not (directory / name).is_file():
+            raise ArtifactError(f"{directory}: {name} is missing")
+        if sha256_file(directory / name) != expected:
+            raise ArtifactError(f"{directory}: {name} does not match its sha256")
+    return dict(record)
+
+
+def copy_graph_files(directory: Path, out: Path) -> None:
+    """Copy a verified shared graph's ONNX and TorchScript files into `out`."""
+    verify_graph(directory)
+    for name in GRAPH_FILES:
+        shutil.copyfile(directory / name, out / name)
+
+
+def store_graph_bytes(store: Path) -> int:
+    """Bytes the store spends on shared graphs (all backbones)."""
+    root = Path(store) / BACKBONES_DIR
+    total = 0
+    for file in root.rglob("*") if root.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if file.is_file():
+                total += file.stat().st_size
+    return total
