@@ -19,9 +19,9 @@ from models.artifact import graph_ref, verify_artifact
 from models.backbone import Backbone, PreprocessConfig, load_backbone
 from models.engine_pool import EnginePool
 from models.engines import Engine, VisualEngine, open_engine
-from models.graphs import graph_dir, verify_graph
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE
+from models.graphs import graph_dir, verify_graph
 from models.methods import Learner, create_method
 from models.preprocess import eval_transform
 

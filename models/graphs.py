@@ -93,9 +93,7 @@ def shares_plain_encoder(learner: Learner) -> bool:
     `encode_images` nor `visual_graph`), so it can run on its backbone's shared plain graph.
     The parity check at publication confirms it numerically."""
     kind = type(learner)
-    return (
-        kind.encode_images is Learner.encode_images and kind.visual_graph is Learner.visual_graph
-    )
+    return kind.encode_images is Learner.encode_images and kind.visual_graph is Learner.visual_graph
 
 
 def publish_visual_graph(

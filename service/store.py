@@ -42,8 +42,8 @@ from models.artifact import (
 from models.classifier import Classifier, load_classifier
 from models.engine_pool import EnginePool
 from models.engines import Engine
-from models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
+from models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from service.errors import DeleteRefusedError
 
 log = logging.getLogger(__name__)
