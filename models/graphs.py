@@ -72,16 +72,18 @@ class GraphRef:
         if not isinstance(value, dict):
             raise ArtifactError(f"the manifest's graph field must be an object, got {value!r}")
         backbone, graph = value.get("backbone"), value.get("graph")
-        for part in (backbone, graph):
-            # both become path components: only hex digests (or "plain") are accepted
-            if not isinstance(part, str) or not part or not (part == PLAIN or _is_hex(part)):
-                raise ArtifactError(f"the manifest's graph field is not a graph reference: {value}")
-        assert isinstance(backbone, str) and isinstance(graph, str)
-        return cls(backbone, graph)
+        # both become path components: only hex digests (and "plain" for the graph) pass
+        if not (_is_hex(backbone) and (graph == PLAIN or _is_hex(graph))):
+            raise ArtifactError(f"the manifest's graph field is not a graph reference: {value}")
+        return cls(str(backbone), str(graph))
 
 
-def _is_hex(text: str) -> bool:
-    return len(text) <= 128 and all(c in "0123456789abcdef" for c in text)
+def _is_hex(text: object) -> bool:
+    return (
+        isinstance(text, str)
+        and 0 < len(text) <= 128
+        and all(c in "0123456789abcdef" for c in text)
+    )
 
 
 def graph_dir(store: Path, ref: GraphRef) -> Path:
