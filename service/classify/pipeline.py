@@ -6,6 +6,11 @@ the batcher, and the scoring (a [B, D] x [D, L] matmul and a softmax) back on th
 where it takes microseconds. Labels and scores are `models.classifier`'s, the same code the
 Python API and the CLI use; labels the classifier lacks are encoded in a thread (see
 `service.classify.labels`) before the images are decoded, so a refused label costs no decoding.
+
+Images are batched by engine, not by classifier: classifiers on one shared graph (format 2)
+fill the same engine calls, and each image is then scored against its own classifier's
+classes. A request may name several classifiers (`classify_many`); those that share an engine
+are scored from one pass over the images.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
 from service.classify.batcher import MicroBatcher
+from service.classify.several import check_classifier_names, check_same_input
 from service.classify.images import ImagePreparer
 from service.classify.labels import LabelEncoder
 from service.errors import InvalidRequestError, TooManyImagesError
@@ -80,10 +88,47 @@ class ClassifyPipeline:
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         size = classifier.preprocess.size
         pixels = await self.preparer.prepare(query.images, classifier.transform, size)  # [n,3,S,S]
-        key = (name, classifier.version)
-        embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
+        embeddings = await self.embed(classifier, pixels)  # [n, D]
         predictions = rank(classifier, embeddings, labels, top_k)
         return ClassifyResult(name, classifier.version, predictions, labels.encoded)
+
+    async def embed(self, classifier: Classifier, pixels: Tensor) -> Tensor:
+        """[n, 3, S, S] -> [n, D] through the batcher, batched with every request whose
+        classifier runs on the same engine (whatever classifier that is)."""
+        return await self.batcher.submit(classifier.engine_key, pixels, classifier.embed)
+
+    async def classify_many(self, query: ClassifyQuery, names: list[str]) -> list[ClassifyResult]:
+        """The query's images classified by each of `names` (newest versions; `query.labels`
+        apply to each). The images are decoded once; classifiers sharing an engine are scored
+        from one pass, the others get one pass per engine. All must take the same input."""
+        check_image_count(len(query.images), self.settings.max_images_per_request)
+        names = check_classifier_names(names, query.version)
+        classifiers = [await self.load(name) for name in names]
+        check_same_input(classifiers)
+        labels = [await self.resolve(c, query.labels) for c in classifiers]
+        top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
+        first = classifiers[0]
+        pixels = await self.preparer.prepare(query.images, first.transform, first.preprocess.size)
+        passes: dict[int, asyncio.Future[Tensor]] = {}
+        for classifier in classifiers:  # one engine pass per distinct engine, run concurrently
+            if classifier.engine_key not in passes:
+                passes[classifier.engine_key] = asyncio.ensure_future(
+                    self.embed(classifier, pixels)
+                )
+        try:
+            await asyncio.gather(*passes.values())
+        finally:
+            for future in passes.values():
+                future.cancel()  # a no-op for finished ones; the rest must not outlive us
+        return [
+            ClassifyResult(
+                name,
+                classifier.version,
+                rank(classifier, passes[classifier.engine_key].result(), label_set, top_k),
+                label_set.encoded,
+            )
+            for name, classifier, label_set in zip(names, classifiers, labels, strict=True)
+        ]
 
     async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
         """The label set of a request; names the classifier lacks are encoded off the loop,
