@@ -22,9 +22,9 @@ from torch import Tensor
 
 from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
 from service.classify.batcher import MicroBatcher
-from service.classify.several import check_classifier_names, check_same_input
 from service.classify.images import ImagePreparer
 from service.classify.labels import LabelEncoder
+from service.classify.several import check_classifier_names, check_same_input
 from service.errors import InvalidRequestError, TooManyImagesError
 from service.settings import Settings
 from service.store import ClassifierStore
