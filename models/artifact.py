@@ -29,6 +29,7 @@ from typing import Any
 
 import open_clip
 import torch
+from safetensors.torch import save_file
 
 from models.engines import ONNX_FILE, TORCHSCRIPT_FILE
 from models.errors import (
@@ -38,7 +39,7 @@ from models.errors import (
     UnknownVersionError,
 )
 from models.export import CLASSES_FILE, LEARNER_FILE, ONNX_OPSET, write_files, write_tensors
-from models.graphs import GraphRef, publish_visual_graph
+from models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
 from models.hashing import sha256_file
 from models.methods import Learner
 
@@ -206,8 +207,12 @@ def export_classifier(
             own: dict[str, Any] = {"files": _hashes(staging, ARTIFACT_FILES)}
         else:
             write_tensors(learner, class_names, staging)
-            ref, parity = publish_visual_graph(learner, Path(store), tolerance)
-            own = {"files": _hashes(staging, OWN_FILES), "graph": ref.to_json()}
+            published = publish_visual_graph(learner, Path(store), tolerance)
+            parity, files = published.parity, OWN_FILES
+            if published.inputs is not None:
+                save_file(published.inputs, str(staging / INPUTS_FILE))
+                files = (*OWN_FILES, INPUTS_FILE)
+            own = {"files": _hashes(staging, files), "graph": published.ref.to_json()}
         manifest = _manifest(learner, name, class_names, parity, format_version) | own | extra
         return _publish(staging, directory, manifest)
     except BaseException:

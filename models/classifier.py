@@ -21,7 +21,8 @@ from models.engine_pool import EnginePool
 from models.engines import Engine, VisualEngine, open_engine
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE
-from models.graphs import graph_dir, verify_graph
+from models.graphs import INPUTS_FILE, graph_dir, input_names, verify_graph
+from models.input_engines import BoundInputs, open_input_engine
 from models.methods import Learner, create_method
 from models.preprocess import eval_transform
 
@@ -73,13 +74,17 @@ class Classifier:
     def engine_key(self) -> int:
         """Equal for classifiers that run on the same engine object (a shared graph), so
         their images may share one engine call; distinct otherwise."""
+        if isinstance(self.engine, BoundInputs):
+            return id(self.engine.engine)
         return id(self.engine)
 
     @property
     def own_bytes(self) -> int:
-        """Memory that is this classifier's own: its class embeddings (the engine is shared,
-        or, for a self-contained artifact, counted with the engines)."""
-        return self.class_embeddings.numel() * self.class_embeddings.element_size()
+        """Memory that is this classifier's own: its class embeddings and the tensors it feeds
+        a shared prompt graph (the engine is shared, or, for a self-contained artifact,
+        counted with the engines)."""
+        own = self.class_embeddings.numel() * self.class_embeddings.element_size()
+        return own + (self.engine.nbytes if isinstance(self.engine, BoundInputs) else 0)
 
     def logits(self, embeddings: Tensor, class_embeddings: Tensor | None = None) -> Tensor:
         """[B, D] image embeddings -> [B, C] scaled cosine scores (own classes by default)."""
@@ -264,6 +269,14 @@ def _visual_engine(
     if ref is None:  # self-contained: its own graph files
         return open_engine(path, engine, device, threads)
     store = path.parent.parent  # <store>/<name>/<version>
+    if (path / INPUTS_FILE).is_file() and INPUTS_FILE in manifest["files"]:
+        inputs = load_file(str(path / INPUTS_FILE))  # verified with the artifact's files
+        if engines is not None:
+            return BoundInputs(engines.get_input_engine(store, ref), inputs)
+        directory = graph_dir(store, ref)
+        names = input_names(verify_graph(directory))
+        shared = open_input_engine(directory, names, engine, device, threads)
+        return BoundInputs(shared, inputs)
     if engines is not None:
         return engines.get(store, ref)
     directory = graph_dir(store, ref)

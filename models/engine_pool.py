@@ -15,7 +15,8 @@ import weakref
 from pathlib import Path
 
 from models.engines import Engine, VisualEngine, open_engine
-from models.graphs import GraphRef, graph_dir, verify_graph
+from models.graphs import GraphRef, graph_dir, input_names, verify_graph
+from models.input_engines import InputEngine, open_input_engine
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class EnginePool:
         self.engine: Engine = engine
         self.device = device
         self.threads = threads
-        self._engines: weakref.WeakValueDictionary[tuple[str, str], VisualEngine] = (
+        self._engines: weakref.WeakValueDictionary[tuple[str, str], VisualEngine | InputEngine] = (
             weakref.WeakValueDictionary()
         )
         self._lock = threading.Lock()  # guards the table
@@ -38,6 +39,15 @@ class EnginePool:
 
     def get(self, store: Path, ref: GraphRef) -> VisualEngine:
         """The engine of `ref`'s graph in `store`, opened (and its files verified) once."""
+        return self._get(store, ref, shared_inputs=False)  # type: ignore[return-value]
+
+    def get_input_engine(self, store: Path, ref: GraphRef) -> InputEngine:
+        """The engine of a shared prompt graph (it takes classifier tensors as inputs)."""
+        return self._get(store, ref, shared_inputs=True)  # type: ignore[return-value]
+
+    def _get(
+        self, store: Path, ref: GraphRef, *, shared_inputs: bool
+    ) -> VisualEngine | InputEngine:
         hit = self._lookup(ref)
         if hit is not None:
             return hit
@@ -46,8 +56,13 @@ class EnginePool:
             if hit is not None:
                 return hit
             directory = graph_dir(store, ref)
-            verify_graph(directory)
-            engine = open_engine(directory, self.engine, self.device, self.threads)
+            record = verify_graph(directory)
+            engine: VisualEngine | InputEngine
+            if shared_inputs:
+                names = input_names(record)
+                engine = open_input_engine(directory, names, self.engine, self.device, self.threads)
+            else:
+                engine = open_engine(directory, self.engine, self.device, self.threads)
             with self._lock:
                 self._engines[ref.key] = engine
             self.opened += 1
@@ -60,7 +75,7 @@ class EnginePool:
             )
             return engine
 
-    def _lookup(self, ref: GraphRef) -> VisualEngine | None:
+    def _lookup(self, ref: GraphRef) -> VisualEngine | InputEngine | None:
         with self._lock:
             return self._engines.get(ref.key)
 

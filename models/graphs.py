@@ -8,7 +8,9 @@ backbone's weights hash and by the graph's identity::
       graphs/plain/                  the unmodified vision tower (zeroshot, coop, pre)
         graph.json                   kind, sha256 of each file, opset, parity when exported
         visual.onnx  visual.torchscript.pt
-      graphs/<sha256 of visual.onnx>/  a method's own graph (visual prompts baked in)
+      graphs/<sha256 of its structure>/  a method's shared prompt graph: the classifier's
+                                     tensors are inputs (provp, pmpo; `SharedVisual`)
+      graphs/<sha256 of visual.onnx>/  a method's own graph (visual prompts baked in: dcp, sep)
 
 Names starting with '.' are never classifier names, so the directory cannot collide with one.
 A graph is exported into a staging folder beside its final place, parity-checked, and renamed
@@ -20,27 +22,36 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from models.engines import ONNX_FILE, TORCHSCRIPT_FILE
+from models.engines import ONNX_FILE, TORCHSCRIPT_FILE, Engine, VisualEngine, open_engine
 from models.errors import ArtifactError
 from models.export import (
+    EXAMPLE_BATCH,
     ONNX_OPSET,
     check_parity,
     eager_visual_graph,
+    export_onnx,
+    export_torchscript,
     export_visual_graph,
+    parity_pixels,
 )
 from models.hashing import sha256_file
+from models.input_engines import BoundInputs, open_input_engine, repeat_inputs
 from models.methods import Learner
+from models.methods.base import SharedVisual
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,7 @@ GRAPH_MANIFEST = "graph.json"
 BACKBONE_MANIFEST = "backbone.json"
 PLAIN = "plain"  # the graph id of the unmodified vision tower
 GRAPH_FILES = (ONNX_FILE, TORCHSCRIPT_FILE)
+INPUTS_FILE = "inputs.safetensors"  # in a version on a shared prompt graph: what it feeds it
 
 
 @dataclass(frozen=True)
@@ -98,60 +110,113 @@ def shares_plain_encoder(learner: Learner) -> bool:
     return kind.encode_images is Learner.encode_images and kind.visual_graph is Learner.visual_graph
 
 
-def publish_visual_graph(
-    learner: Learner, store: Path, tolerance: float
-) -> tuple[GraphRef, dict[str, Any]]:
-    """Make sure the store holds `learner`'s visual graph; returns its reference and the
-    parity figures of `learner` against it (ONNX and TorchScript vs eager, per classifier).
+@dataclass(frozen=True)
+class PublishedGraph:
+    ref: GraphRef
+    parity: dict[str, Any]  # this classifier's eager path against the stored graph
+    inputs: dict[str, Tensor] | None  # a shared prompt graph's inputs: the version stores them
 
-    A plain-encoder learner reuses its backbone's plain graph when one exists (checked against
-    this learner's eager path), or exports it; any other learner exports its own graph, kept
-    once per content.
+
+def publish_visual_graph(learner: Learner, store: Path, tolerance: float) -> PublishedGraph:
+    """Make sure the store holds `learner`'s visual graph; returns its reference, the parity
+    figures of `learner` against it (ONNX and TorchScript vs eager, per classifier) and the
+    tensors the classifier must feed it.
+
+    A plain-encoder learner reuses its backbone's plain graph, a learner with a
+    `SharedVisual` its method's shared prompt graph (both exported by the first classifier
+    that needs them); any other learner exports its own graph, kept once per content.
 
     Raises:
         ExportParityError: a graph disagrees with eager beyond `tolerance`; nothing is kept.
     """
     backbone = learner.backbone_id.weights_sha256
-    _write_backbone_manifest(Path(store), learner)
+    store = Path(store)
+    _write_backbone_manifest(store, learner)
     size = learner.preprocess.size
     with eager_visual_graph(learner) as graph:
-        if shares_plain_encoder(learner):
-            ref = GraphRef(backbone, PLAIN)
-            target = graph_dir(store, ref)
-            if target.is_dir():
-                verify_graph(target)
-                return ref, check_parity(graph, target, size, tolerance)
-            return ref, _publish_new(graph, store, backbone, size, tolerance, PLAIN)
-        parity = _publish_new(graph, store, backbone, size, tolerance, None)
-        return GraphRef(backbone, parity.pop("graph")), parity
+        shared = learner.shared_visual()
+        if shared is None and not shares_plain_encoder(learner):
+            figures = _publish_new(
+                store, backbone, None, lambda d: export_visual_graph(graph, d, size, tolerance)
+            )
+            return PublishedGraph(GraphRef(backbone, figures.pop("graph")), figures, None)
+        if shared is None:
+            ref, inputs, opener = GraphRef(backbone, PLAIN), None, open_engine
+        else:
+            ref = GraphRef(backbone, shared_graph_id(learner.method_name, shared))
+            inputs = {k: v.detach().float().cpu().contiguous() for k, v in shared.inputs.items()}
+            opener = _bound(inputs)
+
+        def fresh(directory: Path) -> dict[str, Any]:
+            if shared is None:
+                return export_visual_graph(graph, directory, size, tolerance)
+            _export_shared(shared, directory, size)
+            return check_parity(graph, directory, size, tolerance, opener)
+
+        target = graph_dir(store, ref)
+        if not target.is_dir():
+            _publish_new(store, backbone, ref.graph, fresh, inputs)
+        verify_graph(target)
+        return PublishedGraph(ref, check_parity(graph, target, size, tolerance, opener), inputs)
+
+
+def shared_graph_id(method: str, shared: SharedVisual) -> str:
+    """A shared prompt graph's id: a hash of what fixes its structure, so every classifier of
+    the method with the same prompt shapes finds the same graph."""
+    identity = {
+        "method": method,
+        "inputs": {name: list(t.shape) for name, t in shared.inputs.items()},
+        "structure": shared.structure,
+        "onnx_opset": ONNX_OPSET,
+        "torch_version": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _export_shared(shared: SharedVisual, directory: Path, size: int) -> None:
+    example = parity_pixels(EXAMPLE_BATCH, size)
+    inputs = repeat_inputs(shared.inputs, EXAMPLE_BATCH)
+    inputs = {k: v.detach().float().cpu().contiguous() for k, v in inputs.items()}
+    graph = shared.graph.eval()
+    export_onnx(graph, directory / ONNX_FILE, example, inputs)
+    export_torchscript(graph, directory / TORCHSCRIPT_FILE, example, inputs)
+
+
+def _bound(inputs: dict[str, Tensor]) -> Callable[[Path, Engine], VisualEngine]:
+    def opener(directory: Path, kind: Engine) -> VisualEngine:
+        return BoundInputs(open_input_engine(directory, list(inputs), kind), inputs)
+
+    return opener
 
 
 def _publish_new(
-    graph: torch.nn.Module,
     store: Path,
     backbone: str,
-    size: int,
-    tolerance: float,
     graph_id: str | None,
+    export: Callable[[Path], dict[str, Any]],
+    inputs: dict[str, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Export `graph` into staging, check it, and rename it into place (`graph_id` None:
-    named by its ONNX hash, returned as the figures' "graph")."""
+    """Export into staging with `export` (writes the files, returns checked parity figures)
+    and rename into place (`graph_id` None: named by its ONNX hash, returned as the
+    figures' "graph")."""
     graphs = Path(store) / BACKBONES_DIR / backbone / GRAPHS_DIR
     graphs.mkdir(parents=True, exist_ok=True)
     staging = graphs / f".tmp-{uuid.uuid4().hex}"
     staging.mkdir()
     try:
-        parity = export_visual_graph(graph, staging, size, tolerance)
+        parity = export(staging)
         files = {name: sha256_file(staging / name) for name in GRAPH_FILES}
         name = graph_id or files[ONNX_FILE]
-        manifest = {
-            "kind": PLAIN if graph_id == PLAIN else "own",
+        manifest: dict[str, Any] = {
+            "kind": "own" if graph_id is None else (PLAIN if graph_id == PLAIN else "shared"),
             "backbone": backbone,
             "files": files,
             "onnx_opset": ONNX_OPSET,
             "torch_version": torch.__version__,
             "parity": parity,
         }
+        if inputs is not None:
+            manifest["inputs"] = {k: list(v.shape) for k, v in inputs.items()}
         (staging / GRAPH_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for file in staging.iterdir():
             file.chmod(0o644)
@@ -211,6 +276,14 @@ def verify_graph(directory: Path) -> dict[str, Any]:
         if sha256_file(directory / name) != expected:
             raise ArtifactError(f"{directory}: {name} does not match its sha256")
     return dict(record)
+
+
+def input_names(record: dict[str, Any]) -> list[str]:
+    """A shared prompt graph's input names, in the graph's argument order, from its record."""
+    inputs = record.get("inputs")
+    if not isinstance(inputs, dict) or not inputs:
+        raise ArtifactError("the shared graph's record lists no inputs")
+    return list(inputs)
 
 
 def copy_graph_files(directory: Path, out: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
+from models.input_engines import BoundInputs, repeat_inputs
 from service.classify.batcher import MicroBatcher
 from service.classify.images import ImagePreparer
 from service.classify.labels import LabelEncoder
@@ -95,6 +96,10 @@ class ClassifyPipeline:
     async def embed(self, classifier: Classifier, pixels: Tensor) -> Tensor:
         """[n, 3, S, S] -> [n, D] through the batcher, batched with every request whose
         classifier runs on the same engine (whatever classifier that is)."""
+        engine = classifier.engine
+        if isinstance(engine, BoundInputs):  # a shared prompt graph: its tensors per image
+            inputs = repeat_inputs(engine.inputs, int(pixels.shape[0]))
+            return await self.batcher.submit(classifier.engine_key, pixels, engine.engine, inputs)
         return await self.batcher.submit(classifier.engine_key, pixels, classifier.embed)
 
     async def classify_many(self, query: ClassifyQuery, names: list[str]) -> list[ClassifyResult]:

@@ -15,6 +15,7 @@ from models.classifier import load_classifier, load_learner
 from models.engine_pool import EnginePool
 from models.errors import ArtifactError
 from models.graphs import BACKBONES_DIR, GRAPHS_DIR, PLAIN, GraphRef, graph_dir
+from models.input_engines import BoundInputs
 from models.methods import create_method
 from models.standalone import export_standalone
 from tests import helpers
@@ -22,11 +23,13 @@ from training.cli import main
 
 NAMES = ["red circle", "blue square", "green star"]
 OWN = {"manifest.json", "classes.safetensors", "learner.safetensors"}
+SHARED = ("provp", "provp-b", "pmpo")  # on a shared prompt graph: their tensors are inputs
+FORMAT_2 = ("zs", "coop-a", "coop-b", "pre", *SHARED, "dcp")
 
 
 @pytest.fixture(scope="module")
 def store(tiny_backbone: Backbone, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """zeroshot, two coops and pre in format 2, provp in format 2, and coop in format 1."""
+    """zeroshot, two coops, pre, two provps, pmpo and dcp in format 2, and coop in format 1."""
     root = tmp_path_factory.mktemp("store")
     for method, name, fmt in [
         ("zeroshot", "zs", 2),
@@ -34,6 +37,9 @@ def store(tiny_backbone: Backbone, tmp_path_factory: pytest.TempPathFactory) -> 
         ("coop", "coop-b", 2),
         ("pre", "pre", 2),
         ("provp", "provp", 2),
+        ("provp", "provp-b", 2),
+        ("pmpo", "pmpo", 2),
+        ("dcp", "dcp", 2),
         ("coop", "old", 1),
     ]:
         learner = create_method(method, tiny_backbone)
@@ -47,12 +53,13 @@ def _graphs(store: Path) -> list[Path]:
 
 
 def test_a_version_holds_only_its_own_tensors(store: Path) -> None:
-    for name in ("zs", "coop-a", "coop-b", "pre", "provp"):
+    for name in FORMAT_2:
         version = store / name / "1"
-        assert {p.name for p in version.iterdir()} == OWN
+        own = OWN | ({"inputs.safetensors"} if name in SHARED else set())
+        assert {p.name for p in version.iterdir()} == own
         manifest = verify_artifact(version)
         assert manifest["format_version"] == 2
-        assert set(manifest["files"]) == {"classes.safetensors", "learner.safetensors"}
+        assert set(manifest["files"]) == own - {"manifest.json"}
         assert max(manifest["parity"]["onnx"].values()) <= 1e-4  # checked per classifier
         assert max(manifest["parity"]["torchscript"].values()) <= 1e-4
         assert sum(p.stat().st_size for p in version.iterdir()) < 1 << 20
@@ -63,16 +70,18 @@ def test_plain_methods_share_one_graph_and_others_get_their_own(
     store: Path, tiny_backbone: Backbone
 ) -> None:
     graphs = _graphs(store)
-    assert [g.name for g in graphs if g.name == PLAIN] == [PLAIN]
-    assert len(graphs) == 2  # plain (zeroshot, coop x2, pre) + provp's, by content hash
-    refs = {name: read_manifest(store / name / "1")["graph"] for name in ("zs", "coop-a", "pre")}
-    assert all(
-        ref == {"backbone": tiny_backbone.id.weights_sha256, "graph": PLAIN}
-        for ref in refs.values()
-    )
-    provp = GraphRef.from_json(read_manifest(store / "provp" / "1")["graph"])
-    assert provp.graph != PLAIN
-    assert graph_dir(store, provp).is_dir()
+    # plain (zeroshot, coop x2, pre), provp's shared one, pmpo's shared one, dcp's own
+    assert len(graphs) == 4
+    refs = {n: GraphRef.from_json(read_manifest(store / n / "1")["graph"]) for n in FORMAT_2}
+    for name in ("zs", "coop-a", "coop-b", "pre"):
+        assert refs[name] == GraphRef(tiny_backbone.id.weights_sha256, PLAIN)
+    assert refs["provp"] == refs["provp-b"]
+    assert len({refs["provp"], refs["pmpo"], refs["dcp"], refs["zs"]}) == 4
+    kinds = {
+        name: json.loads((graph_dir(store, refs[name]) / "graph.json").read_text())["kind"]
+        for name in ("zs", "provp", "pmpo", "dcp")
+    }
+    assert kinds == {"zs": "plain", "provp": "shared", "pmpo": "shared", "dcp": "own"}
 
 
 def test_shared_engine_gives_each_classifier_its_eager_embeddings(
@@ -132,7 +141,28 @@ def test_a_graph_reference_cannot_point_outside_the_store(store: Path, tmp_path:
         verify_artifact(version)
 
 
-@pytest.mark.parametrize("name", ["coop-a", "provp", "old"])
+def test_a_mixed_batch_on_a_shared_prompt_graph_is_per_sample(
+    store: Path, tiny_backbone: Backbone
+) -> None:
+    pool = EnginePool()
+    a, b = (load_classifier(store / n / "1", engines=pool) for n in ("provp", "provp-b"))
+    assert isinstance(a.engine, BoundInputs)
+    assert isinstance(b.engine, BoundInputs)
+    assert not torch.equal(a.engine.inputs["bank"], b.engine.inputs["bank"])
+    images = helpers.pixels(5, seed=4)
+    owners = [a, b, b, a, b]
+    inputs = {
+        name: torch.stack([c.engine.inputs[name] for c in owners])  # type: ignore[union-attr]
+        for name in a.engine.inputs
+    }
+    mixed = a.engine.engine(images, inputs)  # one call, two classifiers
+    for i, classifier in enumerate(owners):
+        alone = classifier.embed(images[i : i + 1])
+        assert (mixed[i : i + 1] - alone).abs().max() <= 1e-5
+    assert a.own_bytes == a.class_embeddings.nbytes + a.engine.nbytes
+
+
+@pytest.mark.parametrize("name", ["coop-a", "provp", "dcp", "old"])
 def test_standalone_export_is_self_contained_and_equal(
     store: Path, tmp_path: Path, name: str
 ) -> None:
