@@ -19,11 +19,14 @@ from tests.service.conftest import CLASS_NAMES, b64, jpeg_bytes, make_settings, 
 pytestmark = pytest.mark.anyio
 
 TENANTS = [f"coop-{i}" for i in range(4)]
+PROVP = ["provp-0", "provp-1"]  # on one shared prompt graph
 COLOURS = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 220, 40), (150, 40, 160)]
 
 
-def publish_coop(store: Path, backbone: Backbone, name: str, seed: int, fmt: int = 2) -> Path:
-    learner = create_method("coop", backbone)
+def publish_coop(
+    store: Path, backbone: Backbone, name: str, seed: int, fmt: int = 2, method: str = "coop"
+) -> Path:
+    learner = create_method(method, backbone)
     helpers.perturb(learner, seed=seed, scale=0.5)
     names = CLASS_NAMES[: 3 + seed % 3]  # label sets differ between tenants
     return export_classifier(learner, names, store, name, format_version=fmt)
@@ -38,6 +41,8 @@ def tenant_store(
     for seed, name in enumerate(TENANTS):
         publish_coop(root, tiny_backbone, name, seed)
     publish_coop(root, tiny_backbone, "old", 7, fmt=1)
+    for seed, name in enumerate(PROVP):
+        publish_coop(root, tiny_backbone, name, 20 + seed, method="provp")
     return root
 
 
@@ -193,3 +198,22 @@ async def test_max_loaded_bounds_classifiers_not_engines(tenants: Path) -> None:
         assert len(runtime.store.loaded()) == 2
         assert runtime.store.engine_count() == 1
         assert runtime.store.engines.opened == 1  # evictions never closed the shared engine
+
+
+async def test_provp_classifiers_batch_together_per_sample(tenants: Path) -> None:
+    requests = [(name, [image(i), image(i + 2)]) for i, name in enumerate([*PROVP, *PROVP])]
+    async with serve(make_settings(tenants, max_wait_ms=5.0)) as (client, runtime):
+        alone = [await classify(client, name, images) for name, images in requests]
+        runtime.batcher.max_wait_s = 0.5
+        before = runtime.batcher.batches_run
+        mixed = await asyncio.gather(*(classify(client, n, images) for n, images in requests))
+        assert runtime.batcher.batches_run == before + 1  # two provp classifiers, one call
+        assert runtime.store.engine_count() == 2  # the provp graph, and default's plain one
+        several = await client.post(
+            "/classify", json={"images": [image(0)], "classifiers": ["provp-1", "coop-0"]}
+        )
+        assert runtime.store.engine_count() == 2  # coop-0 joined default on the plain one
+    for single, together in zip(alone, mixed, strict=True):
+        assert_same_scores(single, together)
+    assert several.status_code == 200, several.text
+    assert [r["classifier"] for r in several.json()["results"]] == ["provp-1", "coop-0"]
