@@ -4,7 +4,9 @@ Format-2 classifiers name a shared visual graph (`models.graphs.GraphRef`). Clas
 name the same graph get the same engine object, so they cost one copy of the backbone in
 memory and their requests can run in one engine call. The pool holds its engines weakly: an
 engine lives while a loaded classifier (or a request in flight) holds it, and is closed when
-the last of them goes, so bounding loaded classifiers bounds engines too.
+the last of them goes, so bounding loaded classifiers bounds engines too. The `keep` engines
+used last are also held, so a graph whose classifiers were all evicted for a moment is not
+opened again (seconds on a large backbone) by the next request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections import OrderedDict
 from pathlib import Path
 
 from models.engines import Engine, VisualEngine, open_engine
@@ -25,9 +28,15 @@ class EnginePool:
     """Open engines of one kind on one device, keyed by `GraphRef.key`."""
 
     def __init__(
-        self, engine: Engine = "onnx", device: str = "cpu", threads: int | None = None
+        self,
+        engine: Engine = "onnx",
+        device: str = "cpu",
+        threads: int | None = None,
+        keep: int = 2,
     ) -> None:
         self.engine: Engine = engine
+        self.keep = keep
+        self._recent: OrderedDict[tuple[str, str], VisualEngine | InputEngine] = OrderedDict()
         self.device = device
         self.threads = threads
         self._engines: weakref.WeakValueDictionary[tuple[str, str], VisualEngine | InputEngine] = (
@@ -65,6 +74,7 @@ class EnginePool:
                 engine = open_engine(directory, self.engine, self.device, self.threads)
             with self._lock:
                 self._engines[ref.key] = engine
+                self._remember(ref.key, engine)
             self.opened += 1
             log.info(
                 "opened the %s graph of backbone %s (%s on %s)",
@@ -77,7 +87,16 @@ class EnginePool:
 
     def _lookup(self, ref: GraphRef) -> VisualEngine | InputEngine | None:
         with self._lock:
-            return self._engines.get(ref.key)
+            engine = self._engines.get(ref.key)
+            if engine is not None:
+                self._remember(ref.key, engine)
+            return engine
+
+    def _remember(self, key: tuple[str, str], engine: VisualEngine | InputEngine) -> None:
+        self._recent[key] = engine
+        self._recent.move_to_end(key)
+        while len(self._recent) > self.keep:
+            self._recent.popitem(last=False)
 
     def keys(self) -> list[tuple[str, str]]:
         """The graphs open now."""

@@ -3,6 +3,7 @@ formats, and the self-contained export."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -104,16 +105,23 @@ def test_shared_engine_gives_each_classifier_its_eager_embeddings(
 
 
 def test_engines_are_released_with_their_classifiers(store: Path) -> None:
-    pool = EnginePool()
-    first = load_classifier(store / "coop-a" / "1", engines=pool)
-    assert len(pool) == 1
-    del first
-    import gc
-
+    plain = GraphRef.from_json(read_manifest(store / "coop-a" / "1")["graph"]).key
+    shared = GraphRef.from_json(read_manifest(store / "provp" / "1")["graph"]).key
+    pool = EnginePool(keep=1)
+    coop = load_classifier(store / "coop-a" / "1", engines=pool)
+    provp = load_classifier(store / "provp" / "1", engines=pool)  # used last: the one kept
+    assert set(pool.keys()) == {plain, shared}
+    del coop
     gc.collect()
-    assert len(pool) == 0
-    load_classifier(store / "coop-b" / "1", engines=pool)
-    assert pool.opened == 2
+    assert pool.keys() == [shared]  # no classifier left on the plain graph, and not kept
+    again = load_classifier(store / "coop-b" / "1", engines=pool)
+    assert pool.opened == 3  # the plain graph opened again
+    del again
+    gc.collect()
+    assert set(pool.keys()) == {plain, shared}  # provp's classifier holds one; plain is kept
+    load_classifier(store / "coop-a" / "1", engines=pool)
+    assert pool.opened == 3
+    assert provp.class_names == NAMES  # (held to here on purpose)
 
 
 def test_a_damaged_shared_graph_is_refused(store: Path, tmp_path: Path) -> None:
