@@ -208,7 +208,8 @@ def export_classifier(
         else:
             write_tensors(learner, class_names, staging)
             published = publish_visual_graph(learner, Path(store), tolerance)
-            parity, files = published.parity, OWN_FILES
+            parity = published.parity
+            files: tuple[str, ...] = OWN_FILES
             if published.inputs is not None:
                 save_file(published.inputs, str(staging / INPUTS_FILE))
                 files = (*OWN_FILES, INPUTS_FILE)

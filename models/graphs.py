@@ -140,8 +140,9 @@ def publish_visual_graph(learner: Learner, store: Path, tolerance: float) -> Pub
                 store, backbone, None, lambda d: export_visual_graph(graph, d, size, tolerance)
             )
             return PublishedGraph(GraphRef(backbone, figures.pop("graph")), figures, None)
+        opener: Callable[[Path, Engine], VisualEngine]
         if shared is None:
-            ref, inputs, opener = GraphRef(backbone, PLAIN), None, open_engine
+            ref, inputs, opener = GraphRef(backbone, PLAIN), None, _plain_opener
         else:
             ref = GraphRef(backbone, shared_graph_id(learner.method_name, shared))
             inputs = {k: v.detach().float().cpu().contiguous() for k, v in shared.inputs.items()}
@@ -180,6 +181,10 @@ def _export_shared(shared: SharedVisual, directory: Path, size: int) -> None:
     graph = shared.graph.eval()
     export_onnx(graph, directory / ONNX_FILE, example, inputs)
     export_torchscript(graph, directory / TORCHSCRIPT_FILE, example, inputs)
+
+
+def _plain_opener(directory: Path, kind: Engine) -> VisualEngine:
+    return open_engine(directory, kind)
 
 
 def _bound(inputs: dict[str, Tensor]) -> Callable[[Path, Engine], VisualEngine]:
