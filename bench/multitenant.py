@@ -16,6 +16,7 @@ its shared graph takes minutes on two cores).
 
     python bench/multitenant.py                    # mini; ~10 minutes on 2 cores
     python bench/multitenant.py --coop 20 --provp 5 --seconds 5
+    python bench/multitenant.py --vit 6 --vit-only  # provp memory on ViT-B-16
 """
 
 from __future__ import annotations
@@ -237,9 +238,11 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=20, help="classifiers for the cold figure")
     parser.add_argument("--requests", type=int, default=30, help="for the several figure")
     parser.add_argument("--vit", type=int, default=0, help="provp classifiers on ViT-B-16")
+    parser.add_argument("--vit-only", action="store_true", help="skip the mini figures")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    serve_figures(args)
+    if not args.vit_only:
+        serve_figures(args)
     if args.vit:
         vit_provp_memory(args.vit)
 
