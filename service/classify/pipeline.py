@@ -16,6 +16,7 @@ are scored from one pass over the images.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -114,8 +115,26 @@ class ClassifyPipeline:
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         first = classifiers[0]
         pixels = await self.preparer.prepare(query.images, first.transform, first.preprocess.size)
+        rows = await self.predict(classifiers, labels, pixels, top_k)
+        return [
+            ClassifyResult(name, classifier.version, predictions, label_set.encoded)
+            for name, classifier, label_set, predictions in zip(
+                names, classifiers, labels, rows, strict=True
+            )
+        ]
+
+    async def predict(
+        self,
+        classifiers: Sequence[Classifier],
+        label_sets: Sequence[LabelSet],
+        pixels: Tensor,
+        top_k: int,
+    ) -> list[list[list[Prediction]]]:
+        """Decoded pixels [n, 3, S, S] scored by each classifier against its label set: per
+        classifier, per image, the `top_k` best. One engine pass per distinct engine among
+        the classifiers (run concurrently through the batcher, with other requests)."""
         passes: dict[int, asyncio.Future[Tensor]] = {}
-        for classifier in classifiers:  # one engine pass per distinct engine, run concurrently
+        for classifier in classifiers:
             if classifier.engine_key not in passes:
                 passes[classifier.engine_key] = asyncio.ensure_future(
                     self.embed(classifier, pixels)
@@ -126,13 +145,8 @@ class ClassifyPipeline:
             for future in passes.values():
                 future.cancel()  # a no-op for finished ones; the rest must not outlive us
         return [
-            ClassifyResult(
-                name,
-                classifier.version,
-                rank(classifier, passes[classifier.engine_key].result(), label_set, top_k),
-                label_set.encoded,
-            )
-            for name, classifier, label_set in zip(names, classifiers, labels, strict=True)
+            rank(classifier, passes[classifier.engine_key].result(), label_set, top_k)
+            for classifier, label_set in zip(classifiers, label_sets, strict=True)
         ]
 
     async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
