@@ -57,7 +57,8 @@ def publish(store: Path, backbone: str, classes: int) -> str:
     name = f"{backbone.lower().replace('-', '')}-{classes}"
     learner = create_method("zeroshot", load_backbone(backbone))
     names = [f"class {i}" for i in range(classes)]
-    export_classifier(learner, names, store, name, training={"data": "bench"})
+    # self-contained (format 1): this bench opens the version's own visual.onnx below
+    export_classifier(learner, names, store, name, training={"data": "bench"}, format_version=1)
     return name
 
 

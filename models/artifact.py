@@ -5,13 +5,18 @@ exported graphs must match eager PyTorch), hashed, and only then renamed into pl
 reader never sees a half-written version. Layout and manifest fields: DESIGN.md, "The
 classifier artifact". The ONNX / TorchScript half lives in `models.export` (writing and
 checking the graphs) and `models.engines` (running them).
+
+Two formats are read. Format 1 is self-contained: the version holds its visual graph as
+``visual.onnx`` and ``visual.torchscript.pt``. Format 2 (written by default) holds only the
+classifier's own tensors and names its visual graph, kept once per store under
+``<store>/.backbones/`` (see `models.graphs`); `models.standalone` turns either into a
+self-contained format-1 copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ from typing import Any
 
 import open_clip
 import torch
+from safetensors.torch import save_file
 
 from models.engines import ONNX_FILE, TORCHSCRIPT_FILE
 from models.errors import (
@@ -32,14 +38,19 @@ from models.errors import (
     UnknownClassifierError,
     UnknownVersionError,
 )
-from models.export import CLASSES_FILE, LEARNER_FILE, ONNX_OPSET, write_files
+from models.export import CLASSES_FILE, LEARNER_FILE, ONNX_OPSET, write_files, write_tensors
+from models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
+from models.hashing import sha256_file
 from models.methods import Learner
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written by default; SUPPORTED_FORMATS are read
+SELF_CONTAINED = 1  # the format that holds its own visual graph files
+SUPPORTED_FORMATS = (SELF_CONTAINED, FORMAT_VERSION)
 MANIFEST_FILE = "manifest.json"
-ARTIFACT_FILES = (CLASSES_FILE, ONNX_FILE, TORCHSCRIPT_FILE, LEARNER_FILE)  # hashed in manifest
+ARTIFACT_FILES = (CLASSES_FILE, ONNX_FILE, TORCHSCRIPT_FILE, LEARNER_FILE)  # format 1, hashed
+OWN_FILES = (CLASSES_FILE, LEARNER_FILE)  # format 2, hashed; the graph is shared
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one safe path component
 VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 TEMP_PREFIX = ".tmp-"
@@ -87,14 +98,6 @@ def resolve_version(store: Path, name: str, version: str | None = None) -> Path:
     return Path(store) / name / version
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- reading and verifying ------------------------------------------------------------------
 
 
@@ -108,12 +111,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not a classifier artifact: no {MANIFEST_FILE}") from None
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"cannot read {file}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if found not in SUPPORTED_FORMATS:
         raise ArtifactError(
-            f"{file}: unsupported artifact format {found!r} (need {FORMAT_VERSION})"
+            f"{file}: unsupported artifact format {found!r} "
+            f"(this version reads {', '.join(map(str, SUPPORTED_FORMATS))})"
         )
+    assert isinstance(manifest, dict)
     return manifest
+
+
+def graph_ref(manifest: dict[str, Any]) -> GraphRef | None:
+    """The shared graph a format-2 manifest names; None for a self-contained artifact."""
+    if manifest["format_version"] == SELF_CONTAINED:
+        return None
+    return GraphRef.from_json(manifest.get("graph"))
 
 
 def verify_artifact(path: Path) -> dict[str, Any]:
@@ -125,7 +137,9 @@ def verify_artifact(path: Path) -> dict[str, Any]:
     path = Path(path)
     manifest = read_manifest(path)
     files: dict[str, str] = manifest.get("files") or {}
-    for required in ARTIFACT_FILES:
+    graph_ref(manifest)  # a format-2 manifest must name its graph properly
+    required_files = ARTIFACT_FILES if manifest["format_version"] == SELF_CONTAINED else OWN_FILES
+    for required in required_files:
         if required not in files:
             raise ArtifactError(f"{path}: the manifest does not list {required}")
     for filename, expected in files.items():
@@ -150,6 +164,7 @@ def export_classifier(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     tolerance: float = 1e-4,
+    format_version: int = FORMAT_VERSION,
 ) -> Path:
     """Publish `learner` on `class_names` as the next version of classifier `name`.
 
@@ -161,6 +176,8 @@ def export_classifier(
         training: JSON-serialisable training summary for the manifest.
         metrics: JSON-serialisable evaluation metrics for the manifest.
         tolerance: largest max-abs difference between exported and eager embeddings.
+        format_version: 2 (its own tensors; the visual graph shared in the store) or 1
+            (self-contained: the graph files inside the version).
 
     Returns:
         The published version directory ``<store>/<name>/<version>``.
@@ -170,6 +187,8 @@ def export_classifier(
         ExportParityError: an exported graph disagrees with eager; nothing is published.
     """
     check_name(name)
+    if format_version not in SUPPORTED_FORMATS:
+        raise ArtifactError(f"cannot write artifact format {format_version!r}")
     _check_class_names(class_names)
     extra = {"training": dict(training or {}), "metrics": dict(metrics or {})}
     try:
@@ -183,8 +202,19 @@ def export_classifier(
     staging = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
-        parity = write_files(learner, class_names, staging, tolerance)
-        manifest = _manifest(learner, name, class_names, staging, parity) | extra
+        if format_version == SELF_CONTAINED:
+            parity = write_files(learner, class_names, staging, tolerance)
+            own: dict[str, Any] = {"files": _hashes(staging, ARTIFACT_FILES)}
+        else:
+            write_tensors(learner, class_names, staging)
+            published = publish_visual_graph(learner, Path(store), tolerance)
+            parity = published.parity
+            files: tuple[str, ...] = OWN_FILES
+            if published.inputs is not None:
+                save_file(published.inputs, str(staging / INPUTS_FILE))
+                files = (*OWN_FILES, INPUTS_FILE)
+            own = {"files": _hashes(staging, files), "graph": published.ref.to_json()}
+        manifest = _manifest(learner, name, class_names, parity, format_version) | own | extra
         return _publish(staging, directory, manifest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -200,11 +230,19 @@ def _check_class_names(class_names: list[str]) -> None:
         raise ArtifactError("class names must be unique")
 
 
+def _hashes(directory: Path, files: tuple[str, ...]) -> dict[str, str]:
+    return {f: sha256_file(directory / f) for f in files}
+
+
 def _manifest(
-    learner: Learner, name: str, class_names: list[str], staging: Path, parity: dict[str, Any]
+    learner: Learner,
+    name: str,
+    class_names: list[str],
+    parity: dict[str, Any],
+    format_version: int,
 ) -> dict[str, Any]:
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version,
         "name": name,
         "version": None,  # set by _publish once a number is won
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -215,7 +253,6 @@ def _manifest(
         "class_names": list(class_names),
         "logit_scale": float(learner.logit_scale),
         "onnx_opset": ONNX_OPSET,
-        "files": {f: sha256_file(staging / f) for f in ARTIFACT_FILES},
         "parity": parity,
         "open_clip_version": open_clip.__version__,
         "torch_version": torch.__version__,

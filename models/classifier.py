@@ -15,11 +15,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.artifact import verify_artifact
+from models.artifact import graph_ref, verify_artifact
 from models.backbone import Backbone, PreprocessConfig, load_backbone
+from models.engine_pool import EnginePool
 from models.engines import Engine, OnnxOptions, VisualEngine, open_engine
 from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from models.export import CLASSES_FILE, LEARNER_FILE
+from models.graphs import INPUTS_FILE, graph_dir, input_names, verify_graph
+from models.input_engines import BoundInputs, open_input_engine
 from models.methods import Learner, create_method
 from models.preprocess import FastEvalTransform
 
@@ -66,6 +69,22 @@ class Classifier:
     def embed(self, pixels: Tensor) -> Tensor:
         """[B, 3, S, S] normalised pixels -> [B, D] normalised image embeddings."""
         return self.engine(pixels).to(self.device)
+
+    @property
+    def engine_key(self) -> int:
+        """Equal for classifiers that run on the same engine object (a shared graph), so
+        their images may share one engine call; distinct otherwise."""
+        if isinstance(self.engine, BoundInputs):
+            return id(self.engine.engine)
+        return id(self.engine)
+
+    @property
+    def own_bytes(self) -> int:
+        """Memory that is this classifier's own: its class embeddings and the tensors it feeds
+        a shared prompt graph (the engine is shared, or, for a self-contained artifact,
+        counted with the engines)."""
+        own = self.class_embeddings.numel() * self.class_embeddings.element_size()
+        return own + (self.engine.nbytes if isinstance(self.engine, BoundInputs) else 0)
 
     def logits(self, embeddings: Tensor, class_embeddings: Tensor | None = None) -> Tensor:
         """[B, D] image embeddings -> [B, C] scaled cosine scores (own classes by default)."""
@@ -205,9 +224,15 @@ def load_classifier(
     device: str = "cpu",
     threads: int | None = None,
     options: OnnxOptions | None = None,
+    engines: EnginePool | None = None,
 ) -> Classifier:
     """Verify the artifact at `path` and load it for inference on `device` (`threads`: the
-    engine's CPU threads; `options`: ONNX Runtime's; see `open_engine`)."""
+    engine's CPU threads; `options`: ONNX Runtime's; see `open_engine`).
+
+    A format-2 artifact runs on its store's shared graph: through `engines` when given (the
+    pool's kind, device and threads apply, and classifiers on one graph share one engine),
+    else on an engine opened for this classifier alone. Either way only the classifier's own
+    small tensors are read per load."""
     path = Path(path)
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -227,10 +252,38 @@ def load_classifier(
         class_embeddings=classes,
         logit_scale=float(manifest["logit_scale"]),
         preprocess=preprocess_from_manifest(manifest),
-        engine=open_engine(path, engine, device, threads, options),
+        engine=_visual_engine(path, manifest, engine, device, threads, options, engines),
         device=target,
         path=path,
     )
+
+
+def _visual_engine(
+    path: Path,
+    manifest: dict[str, Any],
+    engine: Engine,
+    device: str,
+    threads: int | None,
+    options: OnnxOptions | None,
+    engines: EnginePool | None,
+) -> VisualEngine:
+    ref = graph_ref(manifest)
+    if ref is None:  # self-contained: its own graph files
+        return open_engine(path, engine, device, threads, options)
+    store = path.parent.parent  # <store>/<name>/<version>
+    if (path / INPUTS_FILE).is_file() and INPUTS_FILE in manifest["files"]:
+        inputs = load_file(str(path / INPUTS_FILE))  # verified with the artifact's files
+        if engines is not None:
+            return BoundInputs(engines.get_input_engine(store, ref), inputs)
+        directory = graph_dir(store, ref)
+        names = input_names(verify_graph(directory))
+        shared = open_input_engine(directory, names, engine, device, threads, options)
+        return BoundInputs(shared, inputs)
+    if engines is not None:
+        return engines.get(store, ref)
+    directory = graph_dir(store, ref)
+    verify_graph(directory)
+    return open_engine(directory, engine, device, threads, options)
 
 
 def preprocess_from_manifest(manifest: dict[str, Any]) -> PreprocessConfig:

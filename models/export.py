@@ -49,23 +49,28 @@ PARITY_BATCHES = (1, 7)
 PARITY_SEED = 0
 
 
-def export_onnx(graph: nn.Module, path: Path, example: Tensor) -> None:
+def export_onnx(
+    graph: nn.Module, path: Path, example: Tensor, inputs: dict[str, Tensor] | None = None
+) -> None:
     """Write `graph` as one self-contained ONNX file with a dynamic batch axis.
 
     Args:
-        graph: eval-mode module, pixels [B, 3, S, S] -> embeddings [B, D].
+        graph: eval-mode module, pixels [B, 3, S, S] (then `inputs`, in order) -> [B, D].
         path: destination ``.onnx`` file; the weights are embedded (no external data file).
         example: example pixels with a batch of at least 2 (torch.export specialises 0 and 1).
+        inputs: further per-sample inputs (a shared prompt graph's), batched like `example`;
+            they keep their names in the ONNX graph.
     """
     batch = torch.export.Dim("batch", min=1)
+    extra = dict(inputs or {})
     try:
         program = torch.onnx.export(
             graph,
-            (example,),
-            input_names=[INPUT_NAME],
+            (example, *extra.values()),
+            input_names=[INPUT_NAME, *extra],
             output_names=[OUTPUT_NAME],
             opset_version=ONNX_OPSET,
-            dynamic_shapes={"pixels": {0: batch}},
+            dynamic_shapes=tuple({0: batch} for _ in range(1 + len(extra))),
             dynamo=True,
             verbose=False,
         )
@@ -78,8 +83,11 @@ def export_onnx(graph: nn.Module, path: Path, example: Tensor) -> None:
     program.save(str(path), external_data=False)
 
 
-def export_torchscript(graph: nn.Module, path: Path, example: Tensor) -> None:
-    """Trace `graph` on `example`, freeze it, and save it with `torch.jit.save`.
+def export_torchscript(
+    graph: nn.Module, path: Path, example: Tensor, inputs: dict[str, Tensor] | None = None
+) -> None:
+    """Trace `graph` on `example` (and `inputs`, in order), freeze it, and save it with
+    `torch.jit.save`.
 
     A trace keeps every submodule of `graph`, used or not; `VisualGraph` holds the whole
     learner, text tower included (ViT-B-16: 600 MB instead of 350 MB). Freezing inlines the
@@ -87,7 +95,8 @@ def export_torchscript(graph: nn.Module, path: Path, example: Tensor) -> None:
     arithmetic exactly eager's.
     """
     with quiet_jit_deprecation(), torch.no_grad():
-        traced = torch.jit.trace(graph, (example,), check_trace=False)
+        args = (example, *(inputs or {}).values())
+        traced = torch.jit.trace(graph, args, check_trace=False)
         frozen = torch.jit.freeze(traced, optimize_numerics=False)
         torch.jit.save(frozen, str(path))
 
@@ -135,12 +144,29 @@ def export_visual_graph(
     example = parity_pixels(EXAMPLE_BATCH, image_size)
     export_onnx(graph, directory / ONNX_FILE, example)
     export_torchscript(graph, directory / TORCHSCRIPT_FILE, example)
+    return check_parity(graph, directory, image_size, tolerance)
 
+
+def check_parity(
+    graph: nn.Module,
+    directory: Path,
+    image_size: int,
+    tolerance: float,
+    opener: Callable[[Path, Engine], VisualEngine] = open_engine,
+) -> dict[str, dict[str, float] | float]:
+    """Run the graphs already in `directory` against eager `graph` at every parity batch.
+
+    Used for a freshly exported graph and for a classifier published on a shared graph that
+    an earlier classifier exported (its own eager path must give what the shared graph gives);
+    `opener(directory, kind)` opens the engine (a shared prompt graph's binds the
+    classifier's tensors). Returns the parity figures; raises `ExportParityError` past
+    `tolerance` (NaN included).
+    """
     figures: dict[str, dict[str, float] | float] = {}
     failures = []
     engines: tuple[Engine, ...] = ("onnx", "torchscript")
     for engine_name in engines:
-        engine = open_engine(directory, engine_name)
+        engine = opener(directory, engine_name)
         per_batch = {}
         for batch in PARITY_BATCHES:
             diff = max_abs_difference(graph, engine, parity_pixels(batch, image_size))
@@ -161,13 +187,21 @@ def export_visual_graph(
 def write_files(
     learner: Learner, class_names: list[str], directory: Path, tolerance: float
 ) -> dict[str, Any]:
-    """Write the four artifact files for `learner` on `class_names` into `directory`.
+    """Write the four files of a self-contained artifact for `learner` on `class_names` into
+    `directory`: its tensors (`write_tensors`) and its visual graph as ONNX and TorchScript.
 
-    The learner is in eval mode throughout and its previous mode is restored afterwards.
-    Class embeddings are computed on the learner's device; the visual graph is exported and
-    checked on the CPU. Returns the parity figures (see `export_visual_graph`), which raises
-    `ExportParityError` when they exceed `tolerance`.
+    The learner is in eval mode throughout and its previous mode is restored afterwards; the
+    graph is exported and checked on the CPU. Returns the parity figures (see
+    `export_visual_graph`), which raises `ExportParityError` when they exceed `tolerance`.
     """
+    write_tensors(learner, class_names, directory)
+    with eager_visual_graph(learner) as graph:
+        return export_visual_graph(graph, directory, learner.preprocess.size, tolerance)
+
+
+def write_tensors(learner: Learner, class_names: list[str], directory: Path) -> None:
+    """Write what is the classifier's own: ``classes.safetensors`` (its class embeddings,
+    computed on the learner's device in eval mode) and ``learner.safetensors``."""
     with _eval_mode(learner):
         with torch.no_grad():
             classes = learner.encode_classes(list(class_names)).float().cpu().contiguous()  # [C, D]
@@ -178,9 +212,14 @@ def write_files(
             for k, v in learner.learned_state_dict().items()
         }
         save_file(learned, str(directory / LEARNER_FILE), metadata={"format": "pt"})
-        with _on_cpu(learner):
-            graph = learner.visual_graph().eval()
-            return export_visual_graph(graph, directory, learner.preprocess.size, tolerance)
+
+
+@contextmanager
+def eager_visual_graph(learner: Learner) -> Iterator[nn.Module]:
+    """`learner`'s eval-mode visual graph on the CPU, as exported and parity-checked; the
+    learner's mode and device are restored afterwards."""
+    with _eval_mode(learner), _on_cpu(learner):
+        yield learner.visual_graph().eval()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import bisect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -146,3 +147,25 @@ class Metrics:
             ]
             lines = [line for family in families for line in family.expose()]
         return "\n".join(lines) + "\n"
+
+
+class EngineHolder(Protocol):
+    """What the store gauges read (`service.store.ClassifierStore` is one)."""
+
+    def engine_count(self) -> int: ...
+
+    def loaded_bytes(self) -> int: ...
+
+
+def add_store_gauges(metrics: Metrics, store: EngineHolder) -> None:
+    """Engines open and the memory of loaded classifiers' own tensors, read when scraped."""
+    metrics.add_gauge(
+        "promptserve_engines",
+        "Engines the loaded classifiers run on (a shared backbone graph counts once).",
+        lambda: float(store.engine_count()),
+    )
+    metrics.add_gauge(
+        "promptserve_loaded_classifier_bytes",
+        "Bytes of the loaded classifiers' own tensors (class embeddings), engines excluded.",
+        lambda: float(store.loaded_bytes()),
+    )

@@ -24,7 +24,7 @@ from service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyR
 from service.errors import NotReadyError, ServiceError, http_meaning
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
-from service.metrics import Metrics
+from service.metrics import Metrics, add_store_gauges
 from service.settings import Settings, resolve_device
 from service.store import ClassifierStore
 
@@ -79,6 +79,7 @@ class Runtime:
             "Classifier versions loaded in memory.",
             lambda: len(self.store.loaded()),
         )
+        add_store_gauges(self.metrics, self.store)
         self.metrics.add_gauge(
             "promptserve_ready", "1 when the default classifier is loaded and warm.", self._up
         )

@@ -6,6 +6,10 @@ served by the next request without a restart. Loaded versions are kept in a smal
 keyed by name and version and checked against the manifest's inode and mtime, so a version
 number that was deleted and published again is reloaded, never served stale.
 
+Format-2 versions run on their store's shared graphs through one `EnginePool`: classifiers on
+the same backbone graph share one engine, and loading one reads only its own small tensors.
+`max_loaded` bounds loaded classifiers; engines live while a loaded classifier uses them.
+
 Deleting: any version may be deleted except the last remaining version of the default
 classifier (409), which would leave the service unable to answer requests that name no
 classifier. A version is first renamed to a hidden name (readers never see half of it), then
@@ -36,8 +40,10 @@ from models.artifact import (
     resolve_version,
 )
 from models.classifier import Classifier, load_classifier
+from models.engine_pool import EnginePool
 from models.engines import Engine, OnnxOptions
 from models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
+from models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from service.errors import DeleteRefusedError
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,7 @@ class ClassifierStore:
         self.onnx_threads = onnx_threads
         self.onnx_options = onnx_options  # fp16, IO binding, TensorRT (models.engines)
         self.max_loaded = max_loaded
+        self.engines = EnginePool(engine, device, onnx_threads, options=onnx_options)
         self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache
         self._load_lock = threading.Lock()  # serialises loads (rare, and memory-heavy)
@@ -144,6 +151,16 @@ class ClassifierStore:
         with self._lock:
             return list(self._cache)
 
+    def loaded_bytes(self) -> int:
+        """Memory held by the loaded classifiers' own tensors (engines not counted)."""
+        with self._lock:
+            return sum(entry.classifier.own_bytes for entry in self._cache.values())
+
+    def engine_count(self) -> int:
+        """Distinct engines the loaded classifiers run on (a shared graph counts once)."""
+        with self._lock:
+            return len({entry.classifier.engine_key for entry in self._cache.values()})
+
     def _load(self, path: Path) -> Classifier:
         classifier = load_classifier(
             path,
@@ -151,6 +168,7 @@ class ClassifierStore:
             device=self.device,
             threads=self.onnx_threads,
             options=self.onnx_options,
+            engines=self.engines,
         )
         log.info(
             "loaded classifier %s version %s (%d classes, %s on %s)",
@@ -189,7 +207,9 @@ class ClassifierStore:
         another process). Returns what was removed."""
         removed = []
         cutoff = time.time() - older_than_s
-        for staging in self.root.glob(f"*/{TEMP_PREFIX}*") if self.root.is_dir() else ():
+        patterns = (f"*/{TEMP_PREFIX}*", f"{BACKBONES_DIR}/*/{GRAPHS_DIR}/{TEMP_PREFIX}*")
+        found = [p for pattern in patterns for p in self.root.glob(pattern)]
+        for staging in found if self.root.is_dir() else ():
             with contextlib.suppress(OSError):
                 if staging.is_dir() and staging.stat().st_mtime < cutoff:
                     shutil.rmtree(staging)

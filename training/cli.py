@@ -101,8 +101,22 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     )
     add_pretrain_arguments(pretrain)
     add_classify_command(commands)
+    add_export_command(commands)
     add_make_dataset_command(commands)
     return parser
+
+
+def add_export_command(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="write a stored classifier as a self-contained artifact (its own visual graph)",
+        description="Copy NAME[:VERSION] out of a store as a self-contained (format 1) "
+        "artifact: manifest, class embeddings, learned tensors, visual.onnx and "
+        "visual.torchscript.pt, usable without the store.",
+    )
+    export.add_argument("classifier", help="NAME or NAME:VERSION (default: the newest)")
+    export.add_argument("out", type=Path, help="a new (or empty) directory")
+    export.add_argument("--store", type=Path, required=True, help="classifier store directory")
 
 
 def add_dataset_arguments(command: argparse.ArgumentParser) -> None:
@@ -265,6 +279,17 @@ def run_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from models.artifact import resolve_version
+    from models.standalone import export_standalone
+
+    name, _, version = args.classifier.partition(":")
+    path = resolve_version(args.store, name, version or None)
+    out = export_standalone(path, args.out)
+    print(f"exported {name} version {path.name} to {out}")
+    return 0
+
+
 def run_make_dataset(args: argparse.Namespace) -> int:
     from training.dataset_writer import write_dassl_root
 
@@ -280,6 +305,7 @@ COMMANDS = {
     "eval": run_eval,
     "pretrain-mini": run_pretrain,
     "classify": run_classify,
+    "export": run_export,
     "make-dataset": run_make_dataset,
 }
 

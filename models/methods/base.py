@@ -18,6 +18,20 @@ from models.towers import Tokenizer
 
 
 @dataclass(frozen=True)
+class SharedVisual:
+    """A method's visual path as one graph shared by every classifier of the method (on one
+    backbone, with one prompt shape), which takes the classifier's own tensors as inputs.
+
+    ``graph(pixels [B, 3, S, S], *inputs [B, ...]) -> [B, D]`` normalised embeddings; each image
+    brings its own classifier's tensors, so images of different classifiers batch together.
+    """
+
+    graph: nn.Module
+    inputs: dict[str, Tensor]  # this classifier's tensors, without the batch axis, in order
+    structure: dict[str, Any]  # what else fixes the graph (config fields), part of its id
+
+
+@dataclass(frozen=True)
 class Batch:
     """One training step's input."""
 
@@ -83,6 +97,11 @@ class Learner(nn.Module):
         Methods whose visual prompts are fixed after training may fold them into constants here.
         """
         return VisualGraph(self)
+
+    def shared_visual(self) -> SharedVisual | None:
+        """The method's visual path as a graph over its own tensors (see `SharedVisual`), or
+        None when its graph bakes them in (the plain tower is shared without inputs)."""
+        return None
 
     def train(self, mode: bool = True) -> Learner:
         """Train the method's own modules; the frozen towers stay in eval mode."""

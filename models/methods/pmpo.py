@@ -30,10 +30,10 @@ from torch import Tensor, nn
 
 from models.backbone import Backbone
 from models.errors import ConfigError
-from models.methods.base import FoldedVisualGraph, Learner
+from models.methods.base import FoldedVisualGraph, Learner, SharedVisual
 from models.methods.config import MINI_RECIPE, MethodConfig
 from models.methods.registry import register_method
-from models.prompting import VisionPrompts
+from models.prompting import PromptedVisionEncoder, VisionPrompts
 
 DEPTH_FRACTION = 9 / 12  # the paper's default partitioned depth, relative to ViT-B/16's blocks
 
@@ -178,6 +178,22 @@ class PMPOLearner(Learner):
         prompts = partial(partition_prompts, depth=len(self.owners), config=self.config)
         return FoldedVisualGraph(self.vision, block_prompts, prompts)
 
+    def shared_visual(self) -> SharedVisual | None:
+        """One graph for every pmpo classifier of this partition: the folded prompts as an
+        input; None when no block is partitioned (the graph is then the plain tower)."""
+        if not self.owners:
+            return None
+        with torch.no_grad():
+            block_prompts = self.block_prompts()  # [depth, M, Dv]
+        config = self.config
+        structure = {
+            "depth": len(self.owners),
+            "position": config.visual_position,
+            "through_ln_pre": config.prompts_through_ln_pre,
+        }
+        graph = PMPOSharedGraph(self.vision, len(self.owners), config)
+        return SharedVisual(graph, {"block_prompts": block_prompts}, structure)
+
     def describe(self) -> dict[str, Any]:
         slots = self.config.n_ctx if self.owners else 0
         return {
@@ -185,3 +201,19 @@ class PMPOLearner(Learner):
             "tokens_per_image": 1 + self.vision.tower.num_patches + slots,
             "partition": list(self.sizes),
         }
+
+
+class PMPOSharedGraph(nn.Module):
+    """pixels [B, 3, S, S], block_prompts [B, depth, M, Dv] -> [B, D]: the pmpo forward with
+    each image's own classifier's folded prompts."""
+
+    def __init__(self, vision: PromptedVisionEncoder, depth: int, config: PMPOConfig) -> None:
+        super().__init__()
+        self.vision = vision
+        self.depth = depth
+        self.config = config
+
+    def forward(self, pixels: Tensor, block_prompts: Tensor) -> Tensor:
+        per_block = block_prompts.transpose(0, 1)  # [depth, B, M, Dv]
+        prompts = partition_prompts(per_block, self.depth, self.config)
+        return F.normalize(self.vision(pixels, prompts), dim=-1)

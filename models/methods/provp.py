@@ -30,10 +30,10 @@ from torch import Tensor, nn
 
 from models.backbone import Backbone
 from models.errors import ConfigError
-from models.methods.base import Batch, Learner
+from models.methods.base import Batch, Learner, SharedVisual
 from models.methods.config import MINI_RECIPE, MethodConfig
 from models.methods.registry import register_method
-from models.prompting import VisionPrompts
+from models.prompting import PromptedVisionEncoder, VisionPrompts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +125,31 @@ class ProVPLearner(Learner):
             return ce
         return ce + self.config.ref_weight * self.reformation_loss(prompted, batch.pixels)
 
+    def shared_visual(self) -> SharedVisual:
+        """One graph for every provp classifier of this prompt length: bank and α as inputs."""
+        inputs = {"bank": self.bank.detach(), "alpha": torch.tensor(self.config.alpha)}
+        return SharedVisual(ProVPSharedGraph(self.vision), inputs, structure={})
+
     def describe(self) -> dict[str, Any]:
         tokens = 1 + self.vision.tower.num_patches + self.config.n_prompts
         return {**super().describe(), "tokens_per_image": tokens}
+
+
+class ProVPSharedGraph(nn.Module):
+    """pixels [B, 3, S, S], bank [B, Lv, M, Dv], alpha [B] -> [B, D]: the provp forward with
+    each image's own prompt bank and progressive link, so classifiers batch together."""
+
+    def __init__(self, vision: PromptedVisionEncoder) -> None:
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixels: Tensor, bank: Tensor, alpha: Tensor) -> Tensor:
+        banks = bank.transpose(0, 1)  # [Lv, B, M, Dv]
+        weight = alpha.reshape(-1, 1, 1)  # [B, 1, 1]
+
+        def link(index: int, x: Tensor, slots: slice) -> Tensor:
+            w = weight.to(x.dtype)
+            return w * x[:, slots] + (1.0 - w) * banks[index].to(x.dtype)  # [B, M, Dv]
+
+        prompts = VisionPrompts(tokens=banks[0], position="after_cls", hook=link)
+        return F.normalize(self.vision(pixels, prompts), dim=-1)

@@ -23,6 +23,11 @@ class ClassifyCreate(BaseModel):
         default=None,
         description="score only these labels; names the classifier lacks are encoded on the fly",
     )
+    classifiers: list[str] | None = Field(
+        default=None,
+        description="several classifiers on one backbone, each scoring every image (newest "
+        "versions); the answer is then a list of results, one per classifier",
+    )
 
     @field_validator("version", mode="before")
     @classmethod
@@ -61,6 +66,10 @@ class ClassifyPublic(BaseModel):
         default_factory=list,
         description="requested labels the classifier was not trained on, encoded on the fly",
     )
+
+
+class ClassifyManyPublic(BaseModel):
+    results: list[ClassifyPublic] = Field(description="one per requested classifier, in order")
 
 
 class ClassifierSummaryPublic(BaseModel):

@@ -8,6 +8,11 @@ accepting and decoding while the engine works, and the engine sees one call at a
 batch runs, new requests queue up and form the next batch at once: under load the batches fill
 without waiting. A request larger than `max_batch_size` runs in chunks.
 
+A key names an engine, not a classifier: requests of different classifiers that run on one
+shared engine form one call. A request may bring per-sample `inputs` ({name: [n, ...]}, its
+classifier's tensors for a shared prompt graph); they are concatenated along the batch like the
+pixels and passed to `run` beside them, so each image meets its own classifier's tensors.
+
 The queue is bounded in images (`queue_size`): a request that would overflow it fails at once
 with `QueueFullError` (HTTP 429) instead of waiting without bound. No web framework is imported
 here.
@@ -31,14 +36,16 @@ from service.errors import EngineError, NotReadyError, QueueFullError
 log = logging.getLogger(__name__)
 
 Run = Callable[[Tensor], Tensor]  # pixels [B, 3, S, S] -> embeddings [B, D]
+RunWithInputs = Callable[[Tensor, dict[str, Tensor]], Tensor]  # pixels, {name: [B, ...]}
 
 
 @dataclass
 class _Request:
     key: Hashable
     pixels: Tensor  # [n, 3, S, S]
-    run: Run
+    run: Run | RunWithInputs
     future: asyncio.Future[Tensor]
+    inputs: dict[str, Tensor] | None = None  # {name: [n, ...]}
 
     @property
     def size(self) -> int:
@@ -107,8 +114,15 @@ class MicroBatcher:
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             self._executor = None
 
-    async def submit(self, key: Hashable, pixels: Tensor, run: Run) -> Tensor:
-        """Embed `pixels` [n, 3, S, S] with `run`, batched with other requests of `key`."""
+    async def submit(
+        self,
+        key: Hashable,
+        pixels: Tensor,
+        run: Run | RunWithInputs,
+        inputs: dict[str, Tensor] | None = None,
+    ) -> Tensor:
+        """Embed `pixels` [n, 3, S, S] with `run`, batched with other requests of `key`;
+        with `inputs` ({name: [n, ...]}) `run` is called as ``run(pixels, inputs)``."""
         if self._queue is None or not self.running:
             raise NotReadyError("the batcher is not running")
         n = int(pixels.shape[0])
@@ -121,7 +135,7 @@ class MicroBatcher:
             )
         future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
         self._waiting += n
-        self._queue.put_nowait(_Request(key, pixels, run, future))
+        self._queue.put_nowait(_Request(key, pixels, run, future, inputs))
         return await future
 
     async def _work(self) -> None:
@@ -182,15 +196,36 @@ class MicroBatcher:
     async def _run_group(self, group: list[_Request]) -> Tensor:
         """One engine call per `max_batch_size` chunk of the group's images -> [N, D]."""
         pixels = torch.cat([r.pixels for r in group]) if len(group) > 1 else group[0].pixels
+        inputs = _concat_inputs(group)
         loop = asyncio.get_running_loop()
         outputs = []
-        for chunk in pixels.split(self.max_batch_size):
-            outputs.append(await loop.run_in_executor(self._executor, group[0].run, chunk))
+        for start, chunk in zip(
+            range(0, len(pixels), self.max_batch_size),
+            pixels.split(self.max_batch_size),
+            strict=True,
+        ):
+            args: tuple[Tensor] | tuple[Tensor, dict[str, Tensor]] = (chunk,)
+            if inputs is not None:
+                end = start + int(chunk.shape[0])
+                args = (chunk, {name: t[start:end] for name, t in inputs.items()})
+            outputs.append(await loop.run_in_executor(self._executor, group[0].run, *args))
             self.batches_run += 1
             self.images_run += int(chunk.shape[0])
             if self.on_batch is not None:
                 self.on_batch(int(chunk.shape[0]))
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _concat_inputs(group: list[_Request]) -> dict[str, Tensor] | None:
+    """The group's per-sample inputs along the batch, in request order; None without any."""
+    if group[0].inputs is None:
+        return None
+    if any(r.inputs is None or r.inputs.keys() != group[0].inputs.keys() for r in group):
+        raise ValueError("requests sharing an engine must bring the same inputs")
+    names = list(group[0].inputs)
+    return {
+        name: torch.cat([r.inputs[name] for r in group if r.inputs is not None]) for name in names
+    }
 
 
 def _engine_error(exc: Exception) -> EngineError:

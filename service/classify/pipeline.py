@@ -6,17 +6,27 @@ the batcher, and the scoring (a [B, D] x [D, L] matmul and a softmax) back on th
 where it takes microseconds. Labels and scores are `models.classifier`'s, the same code the
 Python API and the CLI use; labels the classifier lacks are encoded in a thread (see
 `service.classify.labels`) before the images are decoded, so a refused label costs no decoding.
+
+Images are batched by engine, not by classifier: classifiers on one shared graph (format 2)
+fill the same engine calls, and each image is then scored against its own classifier's
+classes. A request may name several classifiers (`classify_many`); those that share an engine
+are scored from one pass over the images.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
+from models.input_engines import BoundInputs, repeat_inputs
 from service.classify.batcher import MicroBatcher
 from service.classify.images import ImagePreparer
 from service.classify.labels import LabelEncoder
+from service.classify.several import check_classifier_names, check_same_input
 from service.errors import InvalidRequestError, TooManyImagesError
 from service.settings import Settings
 from service.store import ClassifierStore
@@ -80,10 +90,64 @@ class ClassifyPipeline:
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         size = classifier.preprocess.size
         pixels = await self.preparer.prepare(query.images, classifier.transform, size)  # [n,3,S,S]
-        key = (name, classifier.version)
-        embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
+        embeddings = await self.embed(classifier, pixels)  # [n, D]
         predictions = rank(classifier, embeddings, labels, top_k)
         return ClassifyResult(name, classifier.version, predictions, labels.encoded)
+
+    async def embed(self, classifier: Classifier, pixels: Tensor) -> Tensor:
+        """[n, 3, S, S] -> [n, D] through the batcher, batched with every request whose
+        classifier runs on the same engine (whatever classifier that is)."""
+        engine = classifier.engine
+        if isinstance(engine, BoundInputs):  # a shared prompt graph: its tensors per image
+            inputs = repeat_inputs(engine.inputs, int(pixels.shape[0]))
+            return await self.batcher.submit(classifier.engine_key, pixels, engine.engine, inputs)
+        return await self.batcher.submit(classifier.engine_key, pixels, classifier.embed)
+
+    async def classify_many(self, query: ClassifyQuery, names: list[str]) -> list[ClassifyResult]:
+        """The query's images classified by each of `names` (newest versions; `query.labels`
+        apply to each). The images are decoded once; classifiers sharing an engine are scored
+        from one pass, the others get one pass per engine. All must take the same input."""
+        check_image_count(len(query.images), self.settings.max_images_per_request)
+        names = check_classifier_names(names, query.version)
+        classifiers = [await self.load(name) for name in names]
+        check_same_input(classifiers)
+        labels = [await self.resolve(c, query.labels) for c in classifiers]
+        top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
+        first = classifiers[0]
+        pixels = await self.preparer.prepare(query.images, first.transform, first.preprocess.size)
+        rows = await self.predict(classifiers, labels, pixels, top_k)
+        return [
+            ClassifyResult(name, classifier.version, predictions, label_set.encoded)
+            for name, classifier, label_set, predictions in zip(
+                names, classifiers, labels, rows, strict=True
+            )
+        ]
+
+    async def predict(
+        self,
+        classifiers: Sequence[Classifier],
+        label_sets: Sequence[LabelSet],
+        pixels: Tensor,
+        top_k: int,
+    ) -> list[list[list[Prediction]]]:
+        """Decoded pixels [n, 3, S, S] scored by each classifier against its label set: per
+        classifier, per image, the `top_k` best. One engine pass per distinct engine among
+        the classifiers (run concurrently through the batcher, with other requests)."""
+        passes: dict[int, asyncio.Future[Tensor]] = {}
+        for classifier in classifiers:
+            if classifier.engine_key not in passes:
+                passes[classifier.engine_key] = asyncio.ensure_future(
+                    self.embed(classifier, pixels)
+                )
+        try:
+            await asyncio.gather(*passes.values())
+        finally:
+            for future in passes.values():
+                future.cancel()  # a no-op for finished ones; the rest must not outlive us
+        return [
+            rank(classifier, passes[classifier.engine_key].result(), label_set, top_k)
+            for classifier, label_set in zip(classifiers, label_sets, strict=True)
+        ]
 
     async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
         """The label set of a request; names the classifier lacks are encoded off the loop,

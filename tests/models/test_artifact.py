@@ -66,6 +66,7 @@ def exported(request, tiny_backbone, tmp_path_factory) -> Exported:  # type: ign
         f"tiny-{request.param}",
         training={"epochs": 0},
         metrics={"top1": 0.25},
+        format_version=1,  # the self-contained layout; format 2: tests/models/test_graphs.py
     )
     return Exported(learner, path, learner.training)
 
@@ -350,7 +351,7 @@ def test_failed_first_export_leaves_no_trace(
 
     monkeypatch.setattr(artifact, "write_files", fail_after_writing)
     with pytest.raises(ExportParityError):
-        export_classifier(zeroshot, CLASS_NAMES, tmp_path, "fresh")
+        export_classifier(zeroshot, CLASS_NAMES, tmp_path, "fresh", format_version=1)
     assert not (tmp_path / "fresh").exists()  # no version, no staging, no empty name
     assert list_versions(tmp_path, "fresh") == []
     with pytest.raises(ArtifactError, match="no published version"):

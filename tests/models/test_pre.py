@@ -85,7 +85,7 @@ def test_artifact_fuses_the_context_and_keeps_the_encoder(
     tiny_backbone: Backbone, tmp_path: Path
 ) -> None:
     learner = make_pre(tiny_backbone)
-    path = export_classifier(learner, NAMES, tmp_path, "pre")
+    path = export_classifier(learner, NAMES, tmp_path, "pre", format_version=1)
     learned = load_file(str(path / "learner.safetensors"))
     assert "ctx" in learned
     assert any(key.startswith("encoder.lstm.") for key in learned)

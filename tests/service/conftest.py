@@ -37,7 +37,11 @@ def anyio_backend() -> str:
 
 
 def publish_copy(source: Path, store: Path, name: str, version: str) -> Path:
-    """Publish a copy of the artifact `source` as `<store>/<name>/<version>`, atomically."""
+    """Publish a copy of the artifact `source` as `<store>/<name>/<version>`, atomically,
+    with the shared graphs of its own store (format 2) when `store` lacks them."""
+    shared = source.parent.parent / ".backbones"
+    if shared.is_dir() and shared != store / ".backbones":
+        shutil.copytree(shared, store / ".backbones", dirs_exist_ok=True)
     staging = store / name / f".tmp-copy-{version}"
     shutil.copytree(source, staging)
     manifest_file = staging / "manifest.json"

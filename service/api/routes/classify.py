@@ -4,7 +4,8 @@ zero-shot-image-classification shape, or one raw image body.
 The shape is chosen by Content-Type (and, for JSON, by an ``inputs`` key), so one URL serves
 curl, browsers' forms, and ``huggingface_hub.InferenceClient(model=".../classify?classifier=N")``.
 ``classifier``, ``version``, ``top_k`` and ``labels`` may also come as query parameters; a value
-in the body wins.
+in the body wins. ``classifiers=a,b,c`` names several classifiers: each scores every image, and
+the answer lists one result per classifier (`ClassifyManyPublic`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from service.api.bodies import (
 from service.api.deps import RuntimeDep, require_api_key
 from service.api.schemas import (
     ClassifyCreate,
+    ClassifyManyPublic,
     ClassifyPublic,
     HFZeroShotCreate,
     PredictionPublic,
@@ -34,7 +36,7 @@ from service.classify.pipeline import ClassifyQuery, ClassifyResult
 from service.errors import UnsupportedMediaTypeError
 from service.runtime import Runtime
 
-FORM_FIELDS = ("classifier", "version", "top_k", "labels")
+FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
 RAW_TYPES = ("application/octet-stream",)
 
 router = APIRouter(
@@ -56,6 +58,11 @@ _MULTIPART_SCHEMA = {
             "items": {"type": "string"},
             "description": "repeat the field, or separate names with commas",
         },
+        "classifiers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "several classifiers; repeat the field or separate with commas",
+        },
     },
 }
 _REQUEST_BODY = {
@@ -76,7 +83,7 @@ _REQUEST_BODY = {
 
 @router.post(
     "/classify",
-    response_model=ClassifyPublic | list[PredictionPublic],
+    response_model=ClassifyPublic | ClassifyManyPublic | list[PredictionPublic],
     openapi_extra=_REQUEST_BODY,
 )
 async def classify(
@@ -88,14 +95,21 @@ async def classify(
     labels: Annotated[
         list[str] | None, Query(description="label set; names it lacks are encoded")
     ] = None,
-) -> ClassifyPublic | list[PredictionPublic]:
+    classifiers: Annotated[
+        list[str] | None, Query(description="several classifiers, comma-separated")
+    ] = None,
+) -> ClassifyPublic | ClassifyManyPublic | list[PredictionPublic]:
     """Per image, the `top_k` most probable labels (softmax over the label set used).
 
     A Hugging Face zero-shot body (``{"inputs": ..., "parameters": {"candidate_labels": ...}}``)
     is answered in that task's shape: a bare list of ``{"label", "score"}`` for every candidate.
     """
     defaults = ClassifyCreate(
-        classifier=classifier, version=version, top_k=top_k, labels=split_labels(labels)
+        classifier=classifier,
+        version=version,
+        top_k=top_k,
+        labels=split_labels(labels),
+        classifiers=split_labels(classifiers),
     )
     media = media_type(request)
     images: list[bytes] | list[str]
@@ -114,6 +128,11 @@ async def classify(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data, "
             "application/json or an image/* body"
         )
+    several = body.classifiers if body.classifiers is not None else defaults.classifiers
+    if several is not None:
+        query = _query(images, body, defaults)
+        results = await runtime.pipeline.classify_many(query, several)
+        return ClassifyManyPublic(results=[_public(result) for result in results])
     return _public(await runtime.classify(_query(images, body, defaults)))
 
 
@@ -152,11 +171,12 @@ def _public(result: ClassifyResult) -> ClassifyPublic:
 async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], ClassifyCreate]:
     limit = runtime.settings.max_images_per_request
     form = await read_form(request, fields=FORM_FIELDS, max_files=max(limit * 4, 64))
+    lists = ("labels", "classifiers")
     fields: dict[str, Any] = {
-        name: values[0] for name, values in form.fields.items() if name != "labels" and values[0]
+        name: values[0] for name, values in form.fields.items() if name not in lists and values[0]
     }
-    labels = split_labels(form.fields.get("labels"))
-    return form.files, validate_body(ClassifyCreate, fields | {"labels": labels})
+    fields |= {name: split_labels(form.fields.get(name)) for name in lists}
+    return form.files, validate_body(ClassifyCreate, fields)
 
 
 async def _classify_hf(

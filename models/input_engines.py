@@ -1,0 +1,105 @@
+"""Engines over shared prompt graphs: the graph takes each image's classifier tensors as
+inputs beside its pixels (see `models.methods.base.SharedVisual`).
+
+One `InputEngine` serves every classifier of a method on a backbone; `BoundInputs` is one
+classifier's view of it, a plain `VisualEngine` (pixels -> embeddings) that repeats its own
+tensors along the batch. The batcher instead concatenates the tensors of every request in a
+batch, so images of different classifiers run in one call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.engines import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    TORCHSCRIPT_FILE,
+    Engine,
+    OnnxEngine,
+    OnnxOptions,
+    TorchScriptEngine,
+)
+
+
+class InputEngine(Protocol):
+    """pixels [B, 3, S, S] and per-sample inputs {name: [B, ...]} -> embeddings [B, D]."""
+
+    def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor: ...
+
+
+def _array(tensor: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
+
+
+class InputOnnxEngine:
+    def __init__(
+        self,
+        path: Path,
+        names: list[str],
+        device: str = "cpu",
+        threads: int | None = None,
+        options: OnnxOptions | None = None,
+    ) -> None:
+        self.onnx = OnnxEngine(path, device, threads, options)
+        self.names = list(names)
+
+    def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        feed = {INPUT_NAME: _array(pixels)} | {name: _array(inputs[name]) for name in self.names}
+        (out,) = self.onnx.session.run([OUTPUT_NAME], feed)
+        return torch.from_numpy(out).to(self.onnx.device)
+
+
+class InputTorchScriptEngine:
+    def __init__(self, path: Path, names: list[str], device: str = "cpu") -> None:
+        self.script = TorchScriptEngine(path, device)
+        self.names = list(names)
+
+    def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        device = self.script.device
+        args = [inputs[name].to(device, torch.float32) for name in self.names]
+        with torch.inference_mode():
+            return self.script.module(pixels.to(device, torch.float32), *args)  # type: ignore[no-any-return]
+
+
+def open_input_engine(
+    directory: Path,
+    names: list[str],
+    engine: Engine,
+    device: str = "cpu",
+    threads: int | None = None,
+    options: OnnxOptions | None = None,
+) -> InputEngine:
+    """The shared prompt graph in `directory` (inputs `names`, in order) as an engine
+    (`options`: ONNX Runtime's, see `models.engines.OnnxOptions`)."""
+    if engine == "onnx":
+        return InputOnnxEngine(directory / ONNX_FILE, names, device, threads, options)
+    if engine == "torchscript":
+        return InputTorchScriptEngine(directory / TORCHSCRIPT_FILE, names, device)
+    raise ValueError(f"unknown engine {engine!r}; choose 'onnx' or 'torchscript'")
+
+
+def repeat_inputs(inputs: dict[str, Tensor], count: int) -> dict[str, Tensor]:
+    """One classifier's tensors {name: [...]} repeated for `count` images: {name: [n, ...]}."""
+    return {name: t.unsqueeze(0).expand(count, *t.shape) for name, t in inputs.items()}
+
+
+class BoundInputs:
+    """One classifier's view of a shared prompt graph: pixels -> embeddings."""
+
+    def __init__(self, engine: InputEngine, inputs: dict[str, Tensor]) -> None:
+        self.engine = engine
+        self.inputs = inputs  # without the batch axis
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        return self.engine(pixels, repeat_inputs(self.inputs, int(pixels.shape[0])))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.inputs.values())
