@@ -120,6 +120,12 @@ class Metrics:
         )
         self.images = Counter("promptserve_images_total", "Images classified.")
         self.images.inc(amount=0)  # exposed as 0 before the first batch
+        self.engine_seconds = Counter(
+            "promptserve_engine_cpu_seconds_total",
+            "CPU seconds of the thread running engine calls (all of the engine's CPU when "
+            "onnx_threads is 1; with more, ONNX Runtime's own pool threads are not in it).",
+        )
+        self.engine_seconds.inc(amount=0)
         self.gauges: list[Gauge] = []
 
     def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -135,6 +141,10 @@ class Metrics:
             self.batch_size.observe(size)
             self.images.inc(amount=size)
 
+    def observe_engine(self, cpu_seconds: float) -> None:
+        with self._lock:
+            self.engine_seconds.inc(amount=cpu_seconds)
+
     def expose(self) -> str:
         with self._lock:
             families: list[Counter | Histogram | Gauge] = [
@@ -142,6 +152,7 @@ class Metrics:
                 self.latency,
                 self.batch_size,
                 self.images,
+                self.engine_seconds,
                 *self.gauges,
             ]
             lines = [line for family in families for line in family.expose()]

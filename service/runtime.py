@@ -53,8 +53,16 @@ class Runtime:
             queue_size=settings.queue_size,
             on_batch=self.metrics.observe_batch,
         )
-        self.preparer = ImagePreparer(settings.decode_threads, settings.max_image_pixels)
-        self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
+        self.preparer = ImagePreparer(
+            settings.decode_threads, settings.max_image_pixels, settings.inline_decode_bytes
+        )
+        self.pipeline = ClassifyPipeline(
+            settings,
+            self.store,
+            self.batcher,
+            self.preparer,
+            on_engine=self.metrics.observe_engine,
+        )
         # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")

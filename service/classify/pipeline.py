@@ -11,10 +11,14 @@ Python API and the CLI use; labels the classifier lacks are encoded in a thread 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
-from service.classify.batcher import MicroBatcher
+from service.classify.batcher import MicroBatcher, Run
 from service.classify.images import ImagePreparer
 from service.classify.labels import LabelEncoder
 from service.errors import InvalidRequestError, TooManyImagesError
@@ -57,8 +61,10 @@ class ClassifyPipeline:
         batcher: MicroBatcher,
         preparer: ImagePreparer,
         labels: LabelEncoder | None = None,
+        on_engine: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_engine = on_engine  # told the CPU seconds of each engine call
         self.store = store
         self.batcher = batcher
         self.preparer = preparer
@@ -69,21 +75,66 @@ class ClassifyPipeline:
         )
 
     async def load(self, name: str, version: str | None = None) -> Classifier:
-        """The classifier version (loading it on first use); file access off the loop."""
-        return await asyncio.to_thread(self.store.get, name, version)
+        """The classifier version: a loaded one is looked up on the loop (no thread hop); a
+        load (first use, a new version) runs off the loop."""
+        loaded = self.store.get_loaded(name, version)
+        return loaded if loaded is not None else await asyncio.to_thread(self.store.get, name, version)
 
     async def __call__(self, query: ClassifyQuery) -> ClassifyResult:
         check_image_count(len(query.images), self.settings.max_images_per_request)
         name = query.classifier or self.settings.default_classifier
         classifier = await self.load(name, query.version)
         labels = await self.resolve(classifier, query.labels)
-        top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         size = classifier.preprocess.size
         pixels = await self.preparer.prepare(query.images, classifier.transform, size)  # [n,3,S,S]
+        return await self._predict(name, classifier, labels, query.top_k, pixels)
+
+    async def classify_pixels(self, query: ClassifyQuery, pixels: Tensor) -> ClassifyResult:
+        """The model-side steps alone, for pixels [n, 3, S, S] prepared elsewhere (by an API
+        worker process): classifier, labels, the batched engine call, the ranking.
+        `query.images` is not read."""
+        check_image_count(int(pixels.shape[0]), self.settings.max_images_per_request)
+        name = query.classifier or self.settings.default_classifier
+        classifier = await self.load(name, query.version)
+        size = classifier.preprocess.size
+        if tuple(pixels.shape[1:]) != (3, size, size):
+            raise InvalidRequestError(
+                f"pixels of shape {tuple(pixels.shape)} do not fit {name} {classifier.version} "
+                f"([n, 3, {size}, {size}]); the worker prepared them for another version"
+            )
+        labels = await self.resolve(classifier, query.labels)
+        return await self._predict(name, classifier, labels, query.top_k, pixels)
+
+    async def _predict(
+        self,
+        name: str,
+        classifier: Classifier,
+        labels: LabelSet,
+        top_k: int | None,
+        pixels: Tensor,  # [n, 3, S, S]
+    ) -> ClassifyResult:
         key = (name, classifier.version)
-        embeddings = await self.batcher.submit(key, pixels, classifier.embed)  # [n, D]
+        run = self._timed(classifier.embed)
+        embeddings = await self.batcher.submit(key, pixels, run)  # [n, D]
+        top_k = top_k if top_k is not None else self.settings.default_top_k
         predictions = rank(classifier, embeddings, labels, top_k)
         return ClassifyResult(name, classifier.version, predictions, labels.encoded)
+
+    def _timed(self, run: Run) -> Run:
+        """`run`, reporting the CPU time of its thread to `on_engine` (the engine's share of
+        the server's CPU; see `Metrics.observe_engine`)."""
+        observe = self.on_engine
+        if observe is None:
+            return run
+
+        def timed(pixels: Tensor) -> Tensor:
+            started = time.thread_time()
+            try:
+                return run(pixels)
+            finally:
+                observe(time.thread_time() - started)
+
+        return timed
 
     async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
         """The label set of a request; names the classifier lacks are encoded off the loop,
