@@ -78,7 +78,9 @@ class ClassifyPipeline:
         """The classifier version: a loaded one is looked up on the loop (no thread hop); a
         load (first use, a new version) runs off the loop."""
         loaded = self.store.get_loaded(name, version)
-        return loaded if loaded is not None else await asyncio.to_thread(self.store.get, name, version)
+        return (
+            loaded if loaded is not None else await asyncio.to_thread(self.store.get, name, version)
+        )
 
     async def __call__(self, query: ClassifyQuery) -> ClassifyResult:
         check_image_count(len(query.images), self.settings.max_images_per_request)

@@ -32,7 +32,7 @@ from service.api.schemas import (
 )
 from service.classify.pipeline import ClassifyQuery, ClassifyResult
 from service.errors import UnsupportedMediaTypeError
-from service.runtime import Runtime
+from service.runtime import ServiceRuntime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels")
 RAW_TYPES = ("application/octet-stream",)
@@ -149,7 +149,9 @@ def _public(result: ClassifyResult) -> ClassifyPublic:
     )
 
 
-async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], ClassifyCreate]:
+async def _from_form(
+    request: Request, runtime: ServiceRuntime
+) -> tuple[list[bytes], ClassifyCreate]:
     limit = runtime.settings.max_images_per_request
     form = await read_form(request, fields=FORM_FIELDS, max_files=max(limit * 4, 64))
     fields: dict[str, Any] = {
@@ -160,7 +162,7 @@ async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], C
 
 
 async def _classify_hf(
-    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyCreate
+    payload: dict[str, Any], runtime: ServiceRuntime, defaults: ClassifyCreate
 ) -> list[PredictionPublic]:
     create = validate_body(HFZeroShotCreate, payload)
     labels = create.parameters.candidate_labels
