@@ -25,6 +25,7 @@ from typing import Any
 
 from service.classify.pipeline import ClassifyQuery, ClassifyResult
 from service.errors import NotReadyError
+from service.metrics import Counter
 from service.remote.protocol import (
     Header,
     encode_frame,
@@ -100,11 +101,25 @@ class EngineServer:
             self.http_states[str(header["worker"])] = header["http"]
             if op == "report":
                 return {}
-            return {"text": self.runtime.metrics.expose(list(self.http_states.values()))}
+            return {"text": self.expose()}
         if op == "wake":
             self.runtime.runner.wake()
             return {}
         raise ValueError(f"unknown engine call {op!r}")
+
+
+    def expose(self) -> str:
+        """The service's Prometheus text: HTTP families summed over the workers, the engine's
+        own, and each worker's request count (is the load spread over the workers?)."""
+        per_worker = Counter(
+            "promptserve_api_worker_requests_total",
+            "HTTP requests answered, per API worker process (as of its last report).",
+        )
+        for worker, state in sorted(self.http_states.items()):
+            served = sum(value for _, value in state["requests"])
+            per_worker.inc((("worker", worker),), served)
+        text = self.runtime.metrics.expose(list(self.http_states.values()))
+        return text + "\n".join(per_worker.expose()) + "\n"
 
 
 def result_header(result: ClassifyResult) -> Header:
