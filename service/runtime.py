@@ -45,10 +45,11 @@ class ServiceRuntime:
 
     device: str
     runner: JobRunner
+    store_class: type[ClassifierStore] = ClassifierStore
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ClassifierStore(
+        self.store = self.store_class(
             settings.store,
             engine=settings.engine,
             device=resolve_device(settings.device),

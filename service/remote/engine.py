@@ -6,7 +6,8 @@ when its batch has run, so requests from every worker meet in the same batches. 
 
   classify   header {classifier, version, top_k, labels, shape}, payload float32 pixels
              -> {classifier, version, predictions: [[[label, score], ...], ...], encoded_labels}
-  status     -> {state, message}: "ready", or "starting" / "failed" with the 503's message
+  status     -> {state, message, loaded}: "ready", or "starting" / "failed" with the 503's
+             message; the classifier versions loaded (for GET /classifiers/{name})
   report     header {worker, http}: a worker's HTTP metric values (every second; kept per
              worker and summed into every exposition)
   metrics    a report, answered with the whole service's Prometheus text {text}
@@ -92,11 +93,12 @@ class EngineServer:
             )
             return result_header(await self.runtime.classify_pixels(query, pixels))
         if op == "status":
+            loaded = self.runtime.store.loaded()
             try:
                 self.runtime.check_ready()
             except NotReadyError as exc:
-                return {"state": self.runtime.state, "message": exc.message}
-            return {"state": "ready", "message": ""}
+                return {"state": self.runtime.state, "message": exc.message, "loaded": loaded}
+            return {"state": "ready", "message": "", "loaded": loaded}
         if op in ("report", "metrics"):
             self.http_states[str(header["worker"])] = header["http"]
             if op == "report":
@@ -106,7 +108,6 @@ class EngineServer:
             self.runtime.runner.wake()
             return {}
         raise ValueError(f"unknown engine call {op!r}")
-
 
     def expose(self) -> str:
         """The service's Prometheus text: HTTP families summed over the workers, the engine's

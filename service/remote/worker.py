@@ -31,6 +31,7 @@ from service.remote.link import EngineLink
 from service.remote.protocol import pixels_to_bytes
 from service.runtime import ServiceRuntime
 from service.settings import Settings
+from service.store import ClassifierStore
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,19 @@ class RemoteJobRunner(JobRunner):
             await self.link.call({"op": "wake"})
 
 
+class EngineViewStore(ClassifierStore):
+    """The shared store as a worker sees it: everything from the directory, except which
+    versions are loaded, which only the engine process knows (as of its last status)."""
+
+    engine_loaded: list[tuple[str, str]] = []
+
+    def loaded(self) -> list[tuple[str, str]]:
+        return list(self.engine_loaded)
+
+
 class WorkerRuntime(ServiceRuntime):
+    store_class = EngineViewStore
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         if settings.engine_socket is None:
@@ -111,6 +124,8 @@ class WorkerRuntime(ServiceRuntime):
             self.engine_state, self.engine_message = "starting", exc.message
         else:
             self.engine_state, self.engine_message = status["state"], status["message"]
+            if isinstance(self.store, EngineViewStore):
+                self.store.engine_loaded = [(name, version) for name, version in status["loaded"]]
 
     def check_ready(self) -> None:
         if self.engine_state != "ready":

@@ -93,6 +93,8 @@ async def test_worker_answers_like_the_engine(store: Path, tmp_path: Path) -> No
         )
         assert "promptserve_images_total 5" in text  # 2 + 2 + 1 images ran in the engine
         assert 'promptserve_api_worker_requests_total{worker="' in text
+        await worker.refresh()
+        assert ("shapes", "1") in worker.store.loaded()  # loaded in the engine, not here
     finally:
         await worker.stop()
         unix.close()
