@@ -147,7 +147,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.wait(timeout=120)  # a ViT-B-16 batch in flight may take a while
 
 
 async def _post(client: httpx.AsyncClient, url: str, name: str, image: bytes) -> None:

@@ -39,6 +39,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+PARENT_CHECK_S = 1.0
+
 
 class EngineServer:
     def __init__(self, runtime: Runtime) -> None:
@@ -144,11 +146,22 @@ async def serve_engine(settings: Settings, socket_path: Path) -> None:
     server = await asyncio.start_unix_server(engine.handle, path=str(socket_path))
     os.chmod(socket_path, 0o600)  # the API workers run as this user; nobody else
     log.info("engine process %d serving %s on %s", os.getpid(), socket_path, runtime.device)
+    orphaned = asyncio.create_task(_watch_parent(stop), name="watch-parent")
     try:
         await stop.wait()
     finally:
+        orphaned.cancel()
         server.close()
         await runtime.stop()
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the supervisor is gone (killed without a chance to stop this process)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_S)
+    log.error("the supervisor process %d is gone: stopping the engine", parent)
+    stop.set()
 
 
 def run_engine(settings: Settings, socket_path: str) -> None:
