@@ -5,14 +5,17 @@ since no real weights can be downloaded here) it publishes zero-shot classifiers
 1000 classes into a scratch store, then measures
 
   (a) raw engine throughput: ``Classifier.embed`` on preprocessed batches of 32;
-  (b) end-to-end throughput: ``promptserve serve`` as a real uvicorn process, concurrent clients
-      posting one JPEG each to ``POST /classify`` (decode, preprocess, batch, engine, score);
+  (b) end-to-end throughput: ``promptserve serve`` as a real uvicorn process (``--workers N``
+      API worker processes), concurrent clients posting one JPEG each to ``POST /classify``
+      (decode, preprocess, batch, engine, score), from ``wrk`` with ``bench/wrk/classify.lua``
+      (a C load generator, so the clients take little of the server's CPU) or, without wrk,
+      from httpx clients in this process;
   (c) b / a;
   (d) p50 / p99 latency of single-image requests from one client at a time (low load);
   (e) end-to-end throughput of the 1000-class classifier relative to the 10-class one.
 
     python bench/serve_throughput.py                      # both backbones, ~10 minutes on 2 cores
-    python bench/serve_throughput.py --backbones mini --seconds 10
+    python bench/serve_throughput.py --backbones mini --seconds 10 --workers 2
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import argparse
 import asyncio
 import io
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -107,6 +112,7 @@ class Server:
         threads: int,
         max_batch: int,
         extra_env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -122,7 +128,7 @@ class Server:
             "PROMPTSERVE_LOG_LEVEL": "warning",
         } | (extra_env or {})
         command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
-        command += ["--port", str(self.port)]
+        command += ["--port", str(self.port), "--workers", str(workers)]
         self.process = subprocess.Popen(command, cwd=REPO, env=env)
 
     def __enter__(self) -> Server:
@@ -142,7 +148,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.wait(timeout=120)  # a ViT-B-16 batch in flight may take a while
 
 
 async def _post(client: httpx.AsyncClient, url: str, name: str, image: bytes) -> None:
@@ -177,6 +183,29 @@ async def http_throughput(
         return done / (time.perf_counter() - started)
 
 
+def wrk_throughput(url: str, name: str, image: bytes, clients: int, seconds: float) -> float:
+    """Requests/s of `clients` wrk connections posting `image` as multipart to `name`."""
+    lua = REPO / "bench" / "wrk" / "classify.lua"
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as file:
+        file.write(image)
+        file.flush()
+        command = ["wrk", "-t1", f"-c{clients}", "-d2s", "-s", str(lua), url]
+        command += ["--", file.name, "multipart", name]
+        subprocess.run(command, capture_output=True, check=True)  # load and warm the classifier
+        command[3] = f"-d{max(1, round(seconds))}s"
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s+(\S+)", output)
+    if match is None or "Non-2xx" in output:
+        raise RuntimeError(f"wrk failed or saw errors:\n{output}")
+    return float(match.group(1))
+
+
+def end_to_end(url: str, name: str, images: list[bytes], args: argparse.Namespace) -> float:
+    if args.load == "wrk":
+        return wrk_throughput(url, name, images[0], args.clients, args.seconds)
+    return asyncio.run(http_throughput(url, name, images, args.clients, args.seconds))
+
+
 async def latencies(url: str, name: str, images: list[bytes], requests: int) -> list[float]:
     endpoint = f"{url}/classify"
     async with httpx.AsyncClient(timeout=120) as client:
@@ -200,11 +229,9 @@ def measure(backbone: str, store: Path, args: argparse.Namespace) -> Row:
     raw = raw_throughput(store, small, args.threads, args.batch, args.seconds)
     size = load_backbone(backbone).preprocess.size
     images = jpeg_images(64, size)
-    with Server(store, small, args.threads, args.batch) as server:
-        http = asyncio.run(http_throughput(server.url, small, images, args.clients, args.seconds))
-        http_1000 = asyncio.run(
-            http_throughput(server.url, large, images, args.clients, args.seconds)
-        )
+    with Server(store, small, args.threads, args.batch, workers=args.workers) as server:
+        http = end_to_end(server.url, small, images, args)
+        http_1000 = end_to_end(server.url, large, images, args)
         times = asyncio.run(latencies(server.url, small, images, args.latency_requests))
     return Row(backbone, raw, http, http_1000, statistics.median(times), percentile(times, 99))
 
@@ -217,6 +244,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="raw batch = service max batch")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX threads")
     parser.add_argument("--latency-requests", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="API worker processes")
+    parser.add_argument(
+        "--load",
+        choices=["wrk", "httpx"],
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator for (b) (default: wrk when installed)",
+    )
     args = parser.parse_args()
 
     rows = []
@@ -226,8 +260,8 @@ def main() -> None:
             print(f"measured {rows[-1]}", file=sys.stderr)
 
     print(
-        f"\ncpu threads {args.threads}, batch {args.batch}, {args.clients} clients, "
-        f"{args.seconds:.0f} s per phase, device cpu"
+        f"\ncpu threads {args.threads}, batch {args.batch}, {args.clients} clients ({args.load}), "
+        f"{args.workers} API worker(s), {args.seconds:.0f} s per phase, device cpu"
     )
     header = (
         f"{'backbone':<10} {'raw img/s':>10} {'http img/s':>11} {'b/a':>6} "

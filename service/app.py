@@ -11,7 +11,8 @@ from fastapi import FastAPI
 from service.api.handlers import install_error_handlers
 from service.api.middleware import AdmissionMiddleware, BodyLimitMiddleware, MetricsMiddleware
 from service.api.routes import classifiers, classify, docs, health, jobs, metrics, playground
-from service.runtime import Runtime
+from service.remote.worker import WorkerRuntime, load_settings
+from service.runtime import Runtime, ServiceRuntime
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,10 @@ request is answered 429 with `Retry-After` before its body is read.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new application over `settings` (the environment's when None)."""
     settings = settings if settings is not None else get_settings()
-    runtime = Runtime(settings)
+    # an API worker of `serve --workers N` sends pixels to the engine process instead
+    runtime: ServiceRuntime = (
+        Runtime(settings) if settings.engine_socket is None else WorkerRuntime(settings)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,3 +70,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """The application of one API worker process of ``serve --workers N`` (uvicorn's factory);
+    the supervisor hands it its settings (`service.remote.worker.load_settings`)."""
+    from service.cli import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

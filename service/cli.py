@@ -35,6 +35,13 @@ def add_serve_command(commands: Any) -> None:
     serve.add_argument("--store", type=Path, default=None, help="classifier store directory")
     serve.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API worker processes sharing the port (default 1, PROMPTSERVE_WORKERS); with more "
+        "than one, one engine process holds the model and batches across all of them",
+    )
 
 
 def configure_logging(level: str) -> None:
@@ -53,7 +60,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {
         key: value
-        for key, value in (("store", args.store), ("host", args.host), ("port", args.port))
+        for key, value in (
+            ("store", args.store),
+            ("host", args.host),
+            ("port", args.port),
+            ("workers", args.workers),
+        )
         if value is not None
     }
     try:
@@ -64,6 +76,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
+    if settings.workers > 1:
+        from service.remote.supervisor import serve_workers
+
+        return serve_workers(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -12,13 +12,17 @@ import bisect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 Labels = tuple[tuple[str, str], ...]
+
+
+def _labels(pairs: Sequence[Sequence[str]]) -> Labels:
+    return tuple((str(k), str(v)) for k, v in pairs)
 
 
 def _escape(value: str) -> str:
@@ -121,6 +125,12 @@ class Metrics:
         )
         self.images = Counter("promptserve_images_total", "Images classified.")
         self.images.inc(amount=0)  # exposed as 0 before the first batch
+        self.engine_seconds = Counter(
+            "promptserve_engine_cpu_seconds_total",
+            "CPU seconds of the thread running engine calls (all of the engine's CPU when "
+            "onnx_threads is 1; with more, ONNX Runtime's own pool threads are not in it).",
+        )
+        self.engine_seconds.inc(amount=0)
         self.gauges: list[Gauge] = []
 
     def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -136,13 +146,50 @@ class Metrics:
             self.batch_size.observe(size)
             self.images.inc(amount=size)
 
-    def expose(self) -> str:
+    def observe_engine(self, cpu_seconds: float) -> None:
+        with self._lock:
+            self.engine_seconds.inc(amount=cpu_seconds)
+
+    def http_state(self) -> dict[str, Any]:
+        """The HTTP families' values, as JSON-ready data (see `merge_http`)."""
+        with self._lock:
+            return {
+                "requests": [[list(k), v] for k, v in self.requests.values.items()],
+                "latency": [
+                    [list(k), list(s.counts), s.total, s.count]
+                    for k, s in self.latency.series.items()
+                ],
+            }
+
+    def merge_http(self, states: Sequence[dict[str, Any]]) -> tuple[Counter, Histogram]:
+        """This process's HTTP families plus `states` of other processes (`http_state`), summed
+        series by series: what a scrape of a multi-process service shows."""
+        requests = Counter(self.requests.name, self.requests.help)
+        latency = Histogram(self.latency.name, self.latency.help, self.latency.buckets)
+        for state in [self.http_state(), *states]:
+            for labels, value in state["requests"]:
+                requests.inc(_labels(labels), value)
+            for labels, counts, total, count in state["latency"]:
+                key = _labels(labels)
+                series = latency.series.setdefault(key, _Series([0] * len(counts)))
+                series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
+                series.total += total
+                series.count += count
+        return requests, latency
+
+    def expose(self, http_states: Sequence[dict[str, Any]] | None = None) -> str:
+        """The text exposition; with `http_states` (other processes' `http_state`), the HTTP
+        families are summed over this process and them."""
+        requests, latency = self.requests, self.latency
+        if http_states is not None:
+            requests, latency = self.merge_http(http_states)
         with self._lock:
             families: list[Counter | Histogram | Gauge] = [
-                self.requests,
-                self.latency,
+                requests,
+                latency,
                 self.batch_size,
                 self.images,
+                self.engine_seconds,
                 *self.gauges,
             ]
             lines = [line for family in families for line in family.expose()]

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from service.classify.batcher import MicroBatcher
 from service.classify.images import ImagePreparer
@@ -35,36 +36,88 @@ STALE_STAGING_S = 3600.0  # an export's staging folder this old is left from a k
 RETRY_S = 5.0  # a failed start-up is tried again at most this often (on readiness checks)
 
 
-class Runtime:
+class ServiceRuntime:
+    """What every API process holds, whichever process runs the engine: the settings, the
+    classifier store (listing, manifests, deletes), the job store, the metrics, the decode pool
+    and the job intake pool. `Runtime` runs the engine in this process; an API worker of
+    ``serve --workers N`` (`service.remote.worker.WorkerRuntime`) sends pixels to the engine
+    process instead."""
+
+    device: str
+    runner: JobRunner
+    store_class: type[ClassifierStore] = ClassifierStore
+    runs_engine = True  # False in an API worker process: the engine process runs the model
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.device = resolve_device(settings.device)
-        self.store = ClassifierStore(
+        self.store = self.store_class(
             settings.store,
             engine=settings.engine,
-            device=self.device,
+            device=resolve_device(settings.device),
             onnx_threads=settings.onnx_threads,
             max_loaded=settings.max_loaded_classifiers,
             onnx_options=settings.onnx_options(),
         )
         self.metrics = Metrics()
+        # pixels go to the engine's device when the engine runs in this process; an API worker
+        # prepares them on the CPU and sends them to the engine process
+        self.preparer = ImagePreparer(
+            settings.decode_threads,
+            settings.max_image_pixels,
+            device=self.store.device if self.runs_engine else "cpu",
+            device_decode=settings.device_decode and self.runs_engine,
+            inline_bytes=settings.inline_decode_bytes,
+        )
+        # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
+        # intake cannot starve classification (which decodes on the preparer's pool)
+        self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
+        self.jobs = JobStore(settings.job_root / "jobs.db")
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def check_ready(self) -> None:
+        """Raise NotReadyError (503) unless the default classifier is loaded and warm."""
+        raise NotImplementedError
+
+    async def classify(self, query: ClassifyQuery) -> ClassifyResult:
+        raise NotImplementedError
+
+    async def classify_many(self, query: ClassifyQuery, names: list[str]) -> list[ClassifyResult]:
+        """The query's images classified by each of `names` (``classifiers=a,b,c``)."""
+        raise NotImplementedError
+
+    async def expose_metrics(self) -> str:
+        """The Prometheus text of the whole service."""
+        raise NotImplementedError
+
+    def close_pools(self) -> None:
+        self.preparer.close()
+        self.intake.shutdown(wait=False, cancel_futures=True)
+
+
+class Runtime(ServiceRuntime):
+    """The service in one process: the engines, batcher and job runner live here."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.device = self.store.device
         self.batcher = MicroBatcher(
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             queue_size=settings.queue_size,
             on_batch=self.metrics.observe_batch,
         )
-        self.preparer = ImagePreparer(
-            settings.decode_threads,
-            settings.max_image_pixels,
-            device=self.device,
-            device_decode=settings.device_decode,
+        self.pipeline = ClassifyPipeline(
+            settings,
+            self.store,
+            self.batcher,
+            self.preparer,
+            on_engine=self.metrics.observe_engine,
         )
-        self.pipeline = ClassifyPipeline(settings, self.store, self.batcher, self.preparer)
-        # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
-        # intake cannot starve classification (which decodes on the preparer's pool)
-        self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
-        self.jobs = JobStore(settings.job_root / "jobs.db")
         self.runner = JobRunner(self.jobs, settings)
         self.state: State = "starting"
         self.failure: str | None = None
@@ -116,9 +169,8 @@ class Runtime:
                 await self._startup
         await self.runner.stop()
         await self.batcher.stop()
-        self.preparer.close()
         self.pipeline.labels.close()
-        self.intake.shutdown(wait=False, cancel_futures=True)
+        self.close_pools()
 
     async def wait_ready(self, timeout: float | None = None) -> State:
         """Wait until start-up has finished (either way); returns the state."""
@@ -175,7 +227,27 @@ class Runtime:
 
     async def classify(self, query: ClassifyQuery) -> ClassifyResult:
         """Classify with the named classifier, or the default one (503 until it is ready)."""
+        return await self.pipeline(self._named(query))
+
+    async def classify_pixels(self, query: ClassifyQuery, pixels: Tensor) -> ClassifyResult:
+        """`classify` for pixels [n, 3, S, S] an API worker process prepared."""
+        return await self.pipeline.classify_pixels(self._named(query), pixels)
+
+    async def classify_many(self, query: ClassifyQuery, names: list[str]) -> list[ClassifyResult]:
+        return await self.pipeline.classify_many(query, names)
+
+    async def classify_many_pixels(
+        self, query: ClassifyQuery, names: list[str], pixels: Tensor
+    ) -> list[ClassifyResult]:
+        """`classify_many` for pixels [n, 3, S, S] an API worker process prepared."""
+        return await self.pipeline.classify_many_pixels(query, names, pixels)
+
+    def _named(self, query: ClassifyQuery) -> ClassifyQuery:
+        """The query with the default classifier filled in (503 until it is ready)."""
         if query.classifier is None or query.classifier == self.settings.default_classifier:
             self.check_ready()
             query = replace(query, classifier=self.settings.default_classifier)
-        return await self.pipeline(query)
+        return query
+
+    async def expose_metrics(self) -> str:
+        return self.metrics.expose()

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     device_decode: bool = True  # on CUDA: decode a request's JPEGs in one nvJPEG call
     # threads decoding and preprocessing images; default min(4, CPU count)
     decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
+    # a request of one image up to this size (bytes, or base64 characters) is decoded on the
+    # event loop instead of the decode pool (0: always the pool)
+    inline_decode_bytes: int = Field(default=32 * 1024, ge=0)
     max_batch_size: int = Field(default=32, ge=1)  # images per engine call
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)  # how long a batch waits to fill
     queue_size: int = Field(default=512, ge=1)  # images waiting for the engine; then 429
@@ -75,6 +78,11 @@ class Settings(BaseSettings):
     allow_adapt_default: bool = False
     data_root: Path | None = None  # `dataset` references resolve under it; None: refused
     keep_job_uploads: bool = False  # keep a job's uploaded images after it ends
+    # API worker processes of `promptserve serve` sharing the port; with more than one, one
+    # engine process owns the model weights, the batcher and the job runner (service.remote)
+    workers: int = Field(default=1, ge=1, le=256)
+    # set by `promptserve serve` in each API worker it starts: the engine process's socket
+    engine_socket: Path | None = None
     host: str = "127.0.0.1"  # for `promptserve serve`
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

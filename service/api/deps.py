@@ -14,19 +14,19 @@ from service.errors import UnauthorizedError
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
 from service.metrics import Metrics
-from service.runtime import Runtime
+from service.runtime import ServiceRuntime
 from service.settings import Settings
 from service.store import ClassifierStore
 
 _bearer = HTTPBearer(auto_error=False, description="the PROMPTSERVE_API_KEY, when one is set")
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+def get_runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
 def get_app_settings(runtime: RuntimeDep) -> Settings:
@@ -37,7 +37,7 @@ def get_app_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def _runtime_part(name: str) -> Callable[[Runtime], Any]:
+def _runtime_part(name: str) -> Callable[[ServiceRuntime], Any]:
     """A dependency that returns one part of the runtime (store, jobs, runner, metrics)."""
 
     def part(runtime: RuntimeDep) -> Any:

@@ -16,7 +16,8 @@ are scored from one pass over the images.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -67,8 +68,10 @@ class ClassifyPipeline:
         batcher: MicroBatcher,
         preparer: ImagePreparer,
         labels: LabelEncoder | None = None,
+        on_engine: Callable[[float], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_engine = on_engine  # told the CPU seconds of each engine call
         self.store = store
         self.batcher = batcher
         self.preparer = preparer
@@ -79,18 +82,48 @@ class ClassifyPipeline:
         )
 
     async def load(self, name: str, version: str | None = None) -> Classifier:
-        """The classifier version (loading it on first use); file access off the loop."""
-        return await asyncio.to_thread(self.store.get, name, version)
+        """The classifier version: a loaded one is looked up on the loop (no thread hop); a
+        load (first use, a new version) runs off the loop."""
+        loaded = self.store.get_loaded(name, version)
+        return (
+            loaded if loaded is not None else await asyncio.to_thread(self.store.get, name, version)
+        )
 
     async def __call__(self, query: ClassifyQuery) -> ClassifyResult:
         check_image_count(len(query.images), self.settings.max_images_per_request)
         name = query.classifier or self.settings.default_classifier
         classifier = await self.load(name, query.version)
         labels = await self.resolve(classifier, query.labels)
-        top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         size = classifier.preprocess.size
         pixels = await self.preparer.prepare(query.images, classifier.transform, size)  # [n,3,S,S]
+        return await self._predict(name, classifier, labels, query.top_k, pixels)
+
+    async def classify_pixels(self, query: ClassifyQuery, pixels: Tensor) -> ClassifyResult:
+        """The model-side steps alone, for pixels [n, 3, S, S] prepared elsewhere (by an API
+        worker process): classifier, labels, the batched engine call, the ranking.
+        `query.images` is not read."""
+        check_image_count(int(pixels.shape[0]), self.settings.max_images_per_request)
+        name = query.classifier or self.settings.default_classifier
+        classifier = await self.load(name, query.version)
+        size = classifier.preprocess.size
+        if tuple(pixels.shape[1:]) != (3, size, size):
+            raise InvalidRequestError(
+                f"pixels of shape {tuple(pixels.shape)} do not fit {name} {classifier.version} "
+                f"([n, 3, {size}, {size}]); the worker prepared them for another version"
+            )
+        labels = await self.resolve(classifier, query.labels)
+        return await self._predict(name, classifier, labels, query.top_k, pixels)
+
+    async def _predict(
+        self,
+        name: str,
+        classifier: Classifier,
+        labels: LabelSet,
+        top_k: int | None,
+        pixels: Tensor,  # [n, 3, S, S]
+    ) -> ClassifyResult:
         embeddings = await self.embed(classifier, pixels)  # [n, D]
+        top_k = top_k if top_k is not None else self.settings.default_top_k
         predictions = rank(classifier, embeddings, labels, top_k)
         return ClassifyResult(name, classifier.version, predictions, labels.encoded)
 
@@ -100,21 +133,54 @@ class ClassifyPipeline:
         engine = classifier.engine
         if isinstance(engine, BoundInputs):  # a shared prompt graph: its tensors per image
             inputs = repeat_inputs(engine.inputs, int(pixels.shape[0]))
-            return await self.batcher.submit(classifier.engine_key, pixels, engine.engine, inputs)
-        return await self.batcher.submit(classifier.engine_key, pixels, classifier.embed)
+            run = self._timed(engine.engine)
+            return await self.batcher.submit(classifier.engine_key, pixels, run, inputs)
+        return await self.batcher.submit(
+            classifier.engine_key, pixels, self._timed(classifier.embed)
+        )
 
     async def classify_many(self, query: ClassifyQuery, names: list[str]) -> list[ClassifyResult]:
         """The query's images classified by each of `names` (newest versions; `query.labels`
         apply to each). The images are decoded once; classifiers sharing an engine are scored
         from one pass, the others get one pass per engine. All must take the same input."""
         check_image_count(len(query.images), self.settings.max_images_per_request)
+        names, classifiers, labels = await self._several(query, names)
+        first = classifiers[0]
+        pixels = await self.preparer.prepare(query.images, first.transform, first.preprocess.size)
+        return await self._predict_many(query, names, classifiers, labels, pixels)
+
+    async def classify_many_pixels(
+        self, query: ClassifyQuery, names: list[str], pixels: Tensor
+    ) -> list[ClassifyResult]:
+        """`classify_many` for pixels [n, 3, S, S] prepared elsewhere (an API worker)."""
+        check_image_count(int(pixels.shape[0]), self.settings.max_images_per_request)
+        names, classifiers, labels = await self._several(query, names)
+        size = classifiers[0].preprocess.size
+        if tuple(pixels.shape[1:]) != (3, size, size):
+            raise InvalidRequestError(
+                f"pixels of shape {tuple(pixels.shape)} do not fit {names[0]} "
+                f"([n, 3, {size}, {size}]); the worker prepared them for another version"
+            )
+        return await self._predict_many(query, names, classifiers, labels, pixels)
+
+    async def _several(
+        self, query: ClassifyQuery, names: list[str]
+    ) -> tuple[list[str], list[Classifier], list[LabelSet]]:
         names = check_classifier_names(names, query.version)
         classifiers = [await self.load(name) for name in names]
         check_same_input(classifiers)
         labels = [await self.resolve(c, query.labels) for c in classifiers]
+        return names, classifiers, labels
+
+    async def _predict_many(
+        self,
+        query: ClassifyQuery,
+        names: list[str],
+        classifiers: list[Classifier],
+        labels: list[LabelSet],
+        pixels: Tensor,
+    ) -> list[ClassifyResult]:
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
-        first = classifiers[0]
-        pixels = await self.preparer.prepare(query.images, first.transform, first.preprocess.size)
         rows = await self.predict(classifiers, labels, pixels, top_k)
         return [
             ClassifyResult(name, classifier.version, predictions, label_set.encoded)
@@ -148,6 +214,22 @@ class ClassifyPipeline:
             rank(classifier, passes[classifier.engine_key].result(), label_set, top_k)
             for classifier, label_set in zip(classifiers, label_sets, strict=True)
         ]
+
+    def _timed(self, run: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """`run`, reporting the CPU time of its thread to `on_engine` (the engine's share of
+        the server's CPU; see `Metrics.observe_engine`)."""
+        observe = self.on_engine
+        if observe is None:
+            return run
+
+        def timed(*args: object) -> Tensor:
+            started = time.thread_time()
+            try:
+                return run(*args)
+            finally:
+                observe(time.thread_time() - started)
+
+        return timed
 
     async def resolve(self, classifier: Classifier, names: list[str] | None) -> LabelSet:
         """The label set of a request; names the classifier lacks are encoded off the loop,

@@ -46,3 +46,20 @@ def test_serve_reports_invalid_settings(
     monkeypatch.setenv("PROMPTSERVE_MAX_BATCH_SIZE", "0")
     assert cli.main(["serve"]) == 2
     assert "max_batch_size" in capsys.readouterr().err
+
+
+def test_serve_with_workers_starts_the_engine_process_and_workers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = {}
+
+    def fake_serve_workers(settings: object) -> int:
+        seen["settings"] = settings
+        return 0
+
+    monkeypatch.setattr("service.remote.supervisor.serve_workers", fake_serve_workers)
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("one process started"))
+    assert cli.main(["serve", "--store", str(tmp_path), "--workers", "3"]) == 0
+    assert seen["settings"].workers == 3  # type: ignore[attr-defined]
+    monkeypatch.setenv("PROMPTSERVE_WORKERS", "0")
+    assert cli.main(["serve", "--store", str(tmp_path)]) == 2  # at least one worker

@@ -34,7 +34,7 @@ from service.api.schemas import (
 )
 from service.classify.pipeline import ClassifyQuery, ClassifyResult
 from service.errors import UnsupportedMediaTypeError
-from service.runtime import Runtime
+from service.runtime import ServiceRuntime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
 RAW_TYPES = ("application/octet-stream",)
@@ -131,7 +131,7 @@ async def classify(
     several = body.classifiers if body.classifiers is not None else defaults.classifiers
     if several is not None:
         query = _query(images, body, defaults)
-        results = await runtime.pipeline.classify_many(query, several)
+        results = await runtime.classify_many(query, several)
         return ClassifyManyPublic(results=[_public(result) for result in results])
     return _public(await runtime.classify(_query(images, body, defaults)))
 
@@ -168,7 +168,9 @@ def _public(result: ClassifyResult) -> ClassifyPublic:
     )
 
 
-async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], ClassifyCreate]:
+async def _from_form(
+    request: Request, runtime: ServiceRuntime
+) -> tuple[list[bytes], ClassifyCreate]:
     limit = runtime.settings.max_images_per_request
     form = await read_form(request, fields=FORM_FIELDS, max_files=max(limit * 4, 64))
     lists = ("labels", "classifiers")
@@ -180,7 +182,7 @@ async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], C
 
 
 async def _classify_hf(
-    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyCreate
+    payload: dict[str, Any], runtime: ServiceRuntime, defaults: ClassifyCreate
 ) -> list[PredictionPublic]:
     create = validate_body(HFZeroShotCreate, payload)
     labels = create.parameters.candidate_labels

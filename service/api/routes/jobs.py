@@ -30,7 +30,7 @@ from service.errors import (
 )
 from service.jobs.plan import AdaptRequest, plan_job, submit_job
 from service.jobs.store import Event, Job
-from service.runtime import Runtime
+from service.runtime import ServiceRuntime
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 # the job's public fields that are its training request's own
@@ -199,7 +199,7 @@ def _iso(timestamp: float | None) -> Any:
 
 
 async def _from_json(
-    request: Request, runtime: Runtime
+    request: Request, runtime: ServiceRuntime
 ) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
     create = validate_body(AdaptCreate, await read_json(request, runtime.intake))
     if create.images is None:
@@ -210,7 +210,7 @@ async def _from_json(
 
 
 async def _from_form(
-    request: Request, runtime: Runtime
+    request: Request, runtime: ServiceRuntime
 ) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
     limit = runtime.settings.max_job_images
     form = await read_form(request, fields=FORM_FIELDS, max_files=limit + 1)

@@ -5,13 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
-from service.api.deps import MetricsDep, require_api_key
+from service.api.deps import RuntimeDep, require_api_key
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(metrics: MetricsDep) -> PlainTextResponse:
-    """Request counts and latency by route, batch sizes, queue depth (text format 0.0.4)."""
-    return PlainTextResponse(metrics.expose(), media_type=CONTENT_TYPE)
+async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
+    """Request counts and latency by route, batch sizes, queue depth (text format 0.0.4).
+
+    With several API worker processes (``serve --workers N``) the HTTP families are the sum
+    over the workers (each reports every second) and the engine families are the one engine
+    process's, whichever worker answers the scrape.
+    """
+    return PlainTextResponse(await runtime.expose_metrics(), media_type=CONTENT_TYPE)

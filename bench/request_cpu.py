@@ -1,0 +1,224 @@
+"""Server CPU per single-image request, the engine's share taken out (not a test; prints a table).
+
+`promptserve serve` runs as real uvicorn process(es) with ``--workers N``; ``wrk`` (Debian
+package ``wrk``, a C load generator that costs little CPU) posts one small PNG per request through
+``bench/wrk/classify.lua``, as multipart or as JSON base64. Reported per run:
+
+  server CPU / request   utime + stime of every server process (the API workers, the engine
+                         process, the supervisor; read from /proc) over the requests served
+  engine / request       the server's own count of CPU seconds in engine calls
+                         (``promptserve_engine_cpu_seconds_total``, exact with one ONNX thread)
+  non-engine / request   the difference: parsing, decoding, batching, scoring, the response
+  non-engine req/s       requests per second of wall time the non-engine work alone would
+                         allow on the CPU the server used: requests / (server CPU - engine CPU)
+                         * (server CPU / wall s); with N workers this is the rate that scales
+
+    python bench/request_cpu.py                          # mini, multipart and JSON, 1 and 2 workers
+    python bench/request_cpu.py --workers 1 --shapes multipart --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+LUA = REPO / "bench" / "wrk" / "classify.lua"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Row:
+    workers: int
+    shape: str
+    requests: int
+    seconds: float
+    server_cpu_s: float
+    engine_cpu_s: float
+
+    @property
+    def per_request_ms(self) -> float:
+        return 1000 * self.server_cpu_s / self.requests
+
+    @property
+    def engine_ms(self) -> float:
+        return 1000 * self.engine_cpu_s / self.requests
+
+    @property
+    def non_engine_ms(self) -> float:
+        return self.per_request_ms - self.engine_ms
+
+    @property
+    def non_engine_rate(self) -> float:
+        cores_used = self.server_cpu_s / self.seconds
+        return self.requests / (self.server_cpu_s - self.engine_cpu_s) * cores_used
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids` (their own threads; children reaped are not counted)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def engine_cpu(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(r"^promptserve_engine_cpu_seconds_total (\S+)$", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("the server exposes no promptserve_engine_cpu_seconds_total")
+    return float(match.group(1))
+
+
+def small_png(size: int) -> bytes:
+    array = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def start(store: Path, workers: int, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PROMPTSERVE_DEVICE": "cpu",
+        "PROMPTSERVE_DEFAULT_BACKBONE": args.backbone,
+        "PROMPTSERVE_ONNX_THREADS": "1",  # the engine counter is then all of the engine's CPU
+        "PROMPTSERVE_DECODE_THREADS": "2",
+        "PROMPTSERVE_LOG_LEVEL": "warning",
+        "PROMPTSERVE_MAX_INFLIGHT_REQUESTS": "4096",
+    }
+    command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
+    command += ["--port", str(port)] + (["--workers", str(workers)] if workers > 1 else [])
+    process = subprocess.Popen(command, cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the server exited during start-up")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.terminate()
+    raise RuntimeError("the server was not ready in 600 s")
+
+
+def run_wrk(url: str, image: Path, shape: str, args: argparse.Namespace) -> int:
+    command = ["wrk", "-t1", f"-c{args.connections}", f"-d{args.seconds}s", "--latency"]
+    command += ["-s", str(LUA), url, "--", str(image), shape]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"(\d+) requests in", output)
+    if match is None or "Non-2xx" in output:
+        raise RuntimeError(f"wrk failed or saw errors:\n{output}")
+    return int(match.group(1))
+
+
+def measure(store: Path, workers: int, image: Path, args: argparse.Namespace) -> list[Row]:
+    process, url = start(store, workers, args)
+    rows = []
+    try:
+        for shape in args.shapes:
+            warm = argparse.Namespace(**{**vars(args), "seconds": 2})
+            run_wrk(url, image, shape, warm)
+            pids = descendants(process.pid)
+            cpu0, engine0, t0 = cpu_seconds(pids), engine_cpu(url), time.perf_counter()
+            requests = run_wrk(url, image, shape, args)
+            seconds = time.perf_counter() - t0
+            cpu1 = cpu_seconds(pids)
+            engine1 = engine_cpu(url)
+            rows.append(Row(workers, shape, requests, seconds, cpu1 - cpu0, engine1 - engine0))
+            print(f"measured {rows[-1]}", file=sys.stderr)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="mini")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--shapes", nargs="+", default=["multipart", "json"])
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=64, help="PNG side, px")
+    parser.add_argument("--store", type=Path, default=None, help="reuse a store (else a temp one)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        store = args.store or Path(scratch) / "store"
+        image = Path(scratch) / "image.png"
+        image.write_bytes(small_png(args.image_size))
+        for workers in args.workers:
+            rows.extend(measure(store, workers, image, args))
+
+    print(
+        f"\n{args.backbone}, {args.image_size} px PNG, wrk -t1 -c{args.connections} "
+        f"{args.seconds} s, onnx_threads 1, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'workers':>7} {'body':<10} {'req/s':>8} {'server ms/req':>14} {'engine ms/req':>14} "
+        f"{'non-engine ms/req':>18} {'non-engine req/s':>17}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r.workers:>7} {r.shape:<10} {r.requests / r.seconds:>8.1f} "
+            f"{r.per_request_ms:>14.2f} {r.engine_ms:>14.2f} {r.non_engine_ms:>18.2f} "
+            f"{r.non_engine_rate:>17.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

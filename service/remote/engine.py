@@ -1,0 +1,186 @@
+"""The engine process of ``serve --workers N``: one `Runtime` (the engines with the one copy of
+the weights, label encoding, the micro-batcher, the job runner) behind a Unix socket.
+
+API workers send it prepared pixels with the classifier name and version; each call is answered
+when its batch has run, so requests from every worker meet in the same batches. Calls:
+
+  classify   header {classifier, version, top_k, labels, shape}, payload float32 pixels
+             -> {classifier, version, predictions: [[[label, score], ...], ...], encoded_labels}
+  classify_many  header {classifiers, top_k, labels, shape}, payload float32 pixels
+             -> {results: [one classify answer per classifier]}
+  status     -> {state, message, loaded}: "ready", or "starting" / "failed" with the 503's
+             message; the classifier versions loaded (for GET /classifiers/{name})
+  report     header {worker, http}: a worker's HTTP metric values (every second; kept per
+             worker and summed into every exposition)
+  metrics    a report, answered with the whole service's Prometheus text {text}
+  wake       a job was submitted or cancelled: poll the job store now
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from service.classify.pipeline import ClassifyQuery, ClassifyResult
+from service.errors import NotReadyError
+from service.metrics import Counter
+from service.remote.protocol import (
+    Header,
+    encode_frame,
+    error_header,
+    pixels_from_bytes,
+    read_frame,
+)
+from service.runtime import Runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PARENT_CHECK_S = 1.0
+
+
+class EngineServer:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.http_states: dict[str, dict[str, Any]] = {}  # worker id -> its HTTP metric values
+        self.runtime.metrics.add_gauge(
+            "promptserve_api_workers",
+            "API worker processes that have reported their metrics.",
+            lambda: len(self.http_states),
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One worker's connection: requests are answered concurrently, replies by id."""
+        try:
+            while True:
+                header, payload = await read_frame(reader)
+                task = asyncio.create_task(self._answer(header, payload, writer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker went away
+        except ValueError:
+            log.exception("malformed frame from an API worker; dropping its connection")
+        finally:
+            writer.close()
+
+    async def _answer(self, header: Header, payload: bytes, writer: asyncio.StreamWriter) -> None:
+        reply: Header
+        try:
+            reply = await self._call(header, payload)
+        except Exception as exc:  # every failure goes back to the worker as an error reply
+            if not isinstance(exc, NotReadyError) and error_header(exc)["status"] >= 500:
+                log.exception("engine call %s failed", header.get("op"))
+            reply = {"error": error_header(exc)}
+        reply["id"] = header.get("id")
+        if not writer.is_closing():
+            writer.write(encode_frame(reply))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+    async def _call(self, header: Header, payload: bytes) -> Header:
+        op = header.get("op")
+        if op == "classify":
+            pixels = pixels_from_bytes(header["shape"], payload)
+            query = ClassifyQuery(
+                images=[],
+                classifier=header.get("classifier"),
+                version=header.get("version"),
+                top_k=header.get("top_k"),
+                labels=header.get("labels"),
+            )
+            return result_header(await self.runtime.classify_pixels(query, pixels))
+        if op == "classify_many":
+            pixels = pixels_from_bytes(header["shape"], payload)
+            query = ClassifyQuery(images=[], top_k=header.get("top_k"), labels=header.get("labels"))
+            names = [str(name) for name in header["classifiers"]]
+            results = await self.runtime.classify_many_pixels(query, names, pixels)
+            return {"results": [result_header(result) for result in results]}
+        if op == "status":
+            loaded = self.runtime.store.loaded()
+            try:
+                self.runtime.check_ready()
+            except NotReadyError as exc:
+                return {"state": self.runtime.state, "message": exc.message, "loaded": loaded}
+            return {"state": "ready", "message": "", "loaded": loaded}
+        if op in ("report", "metrics"):
+            self.http_states[str(header["worker"])] = header["http"]
+            if op == "report":
+                return {}
+            return {"text": self.expose()}
+        if op == "wake":
+            self.runtime.runner.wake()
+            return {}
+        raise ValueError(f"unknown engine call {op!r}")
+
+    def expose(self) -> str:
+        """The service's Prometheus text: HTTP families summed over the workers, the engine's
+        own, and each worker's request count (is the load spread over the workers?)."""
+        per_worker = Counter(
+            "promptserve_api_worker_requests_total",
+            "HTTP requests answered, per API worker process (as of its last report).",
+        )
+        for worker, state in sorted(self.http_states.items()):
+            served = sum(value for _, value in state["requests"])
+            per_worker.inc((("worker", worker),), served)
+        text = self.runtime.metrics.expose(list(self.http_states.values()))
+        return text + "\n".join(per_worker.expose()) + "\n"
+
+
+def result_header(result: ClassifyResult) -> Header:
+    return {
+        "classifier": result.classifier,
+        "version": result.version,
+        "predictions": [[[p.label, p.score] for p in row] for row in result.predictions],
+        "encoded_labels": result.encoded_labels,
+    }
+
+
+async def serve_engine(settings: Settings, socket_path: Path) -> None:
+    """Run the engine on `socket_path` until SIGTERM or SIGINT."""
+    runtime = Runtime(settings)
+    engine = EngineServer(runtime)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await runtime.start()
+    server = await asyncio.start_unix_server(engine.handle, path=str(socket_path))
+    os.chmod(socket_path, 0o600)  # the API workers run as this user; nobody else
+    log.info("engine process %d serving %s on %s", os.getpid(), socket_path, runtime.device)
+    orphaned = asyncio.create_task(_watch_parent(stop), name="watch-parent")
+    try:
+        await stop.wait()
+    finally:
+        orphaned.cancel()
+        server.close()
+        await runtime.stop()
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the supervisor is gone (killed without a chance to stop this process)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK_S)
+    log.error("the supervisor process %d is gone: stopping the engine", parent)
+    stop.set()
+
+
+def run_engine(settings: Settings, socket_path: str) -> None:
+    """The engine process's entry point (started with `spawn`)."""
+    from service.cli import configure_logging
+
+    configure_logging(settings.log_level)
+    runner_kwargs: dict[str, Any] = {}
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner_kwargs["loop_factory"] = uvloop.new_event_loop
+    with asyncio.Runner(**runner_kwargs) as runner:
+        runner.run(serve_engine(settings, Path(socket_path)))

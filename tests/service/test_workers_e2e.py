@@ -1,0 +1,137 @@
+"""End to end with ``promptserve serve --workers 2``: two uvicorn API worker processes on one
+port, one engine process. Classify is served by both workers, their requests meet in the same
+engine batch, a bad request refused in a worker stays a 4xx, and a version published or deleted
+in the shared store is seen by every worker. Each request below opens its own connection, so
+the kernel spreads them over the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import b64, png_bytes, publish_copy
+from tests.service.test_e2e import Server, start_server, stop_server
+
+BATCH = 8
+TWO_WORKERS = {
+    "PROMPTSERVE_WORKERS": "2",
+    # one batch waits up to 3 s for BATCH images, so a burst of BATCH requests is one batch
+    "PROMPTSERVE_MAX_BATCH_SIZE": str(BATCH),
+    "PROMPTSERVE_MAX_WAIT_MS": "3000",
+}
+
+
+@pytest.fixture(scope="module")
+def served(
+    template_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
+    root = tmp_path_factory.mktemp("workers")
+    store = root / "store"
+    shutil.copytree(template_store, store)
+    running = start_server(store, root / "server.log", timeout=300, **TWO_WORKERS)
+    yield running, store
+    stop_server(running)
+
+
+@pytest.fixture
+def server(served: tuple[Server, Path]) -> Server:
+    return served[0]
+
+
+def metric(text: str, name: str) -> dict[str, float]:
+    """Every series of `name` in a Prometheus text: labels text -> value."""
+    pattern = re.compile(rf"^{name}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+    return {labels or "": float(value) for labels, value in pattern.findall(text)}
+
+
+def scrape(server: Server) -> str:
+    time.sleep(1.2)  # every worker has reported its request counts since the last requests
+    return httpx.get(f"{server.url}/metrics", timeout=30).text
+
+
+def fresh_post(server: Server, **kwargs: object) -> httpx.Response:
+    with httpx.Client(base_url=server.url, timeout=60) as client:  # a new connection
+        return client.post("/classify", **kwargs)  # type: ignore[arg-type]
+
+
+async def burst(server: Server, count: int) -> list[httpx.Response]:
+    """`count` concurrent classify requests, each on its own connection."""
+
+    async def one(i: int) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            image = png_bytes((30 * i % 255, 120, 60))
+            return await client.post("/classify", json={"images": [b64(image)], "top_k": 1})
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_both_workers_serve_and_share_engine_batches(server: Server) -> None:
+    """A burst answered by both workers that ran as one engine batch: cross-worker batching."""
+    mixed = False
+    for _ in range(8):  # which worker accepts a connection is the kernel's choice: retry
+        before = scrape(server)
+        responses = asyncio.run(burst(server, BATCH))
+        assert [r.status_code for r in responses] == [200] * BATCH, [r.text for r in responses]
+        after = scrape(server)
+        batches = metric(after, "promptserve_batch_size_count").get("", 0.0)
+        batches -= metric(before, "promptserve_batch_size_count").get("", 0.0)
+        old = metric(before, "promptserve_api_worker_requests_total")
+        new = metric(after, "promptserve_api_worker_requests_total")
+        # /metrics scrapes count as requests too: a worker served classify requests in this
+        # burst when its count grew by more than the scrapes it may have answered (two)
+        served = [w for w, count in new.items() if count - old.get(w, 0.0) > 2]
+        assert len(new) == 2, new  # both workers report to the engine
+        if batches == 1 and len(served) == 2:
+            mixed = True
+            break
+    assert mixed, "no burst was both spread over the two workers and run as one batch"
+    totals = metric(after, "promptserve_http_requests_total")
+    assert totals['{route="/classify",method="POST",status="200"}'] >= BATCH  # summed over both
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"images": ["bm90IGFuIGltYWdl"]}, 400, "invalid_image"),  # refused in the worker
+        ({"images": [b64(png_bytes())] * 5}, 413, "too_many_images"),  # in the worker
+        ({"images": [b64(png_bytes())], "classifier": "nope"}, 404, "unknown_classifier"),
+        ({"images": [b64(png_bytes())], "labels": ["dog", "dog"]}, 422, "invalid_label"),  # engine
+    ],
+    ids=["not-image", "too-many", "unknown-classifier", "duplicate-label"],
+)
+def test_bad_requests_stay_4xx(
+    server: Server, body: dict[str, object], status: int, code: str
+) -> None:
+    for _ in range(4):  # over fresh connections, so both workers answer some
+        response = fresh_post(server, json=body)
+        assert response.status_code == status, response.text
+        assert response.json()["error"]["code"] == code
+    good = fresh_post(server, json={"images": [b64(png_bytes())]})
+    assert good.status_code == 200, good.text
+
+
+def test_publish_and_delete_seen_by_every_worker(
+    served: tuple[Server, Path], tiny_artifact: Path
+) -> None:
+    server, store = served
+    publish_copy(tiny_artifact, store, "fresh", "1")
+    body = {"images": [b64(png_bytes())], "classifier": "fresh"}
+    for _ in range(10):
+        response = fresh_post(server, json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["version"] == "1"
+    deleted = httpx.delete(f"{server.url}/classifiers/fresh/1", timeout=30)
+    assert deleted.status_code == 204, deleted.text
+    for _ in range(10):
+        response = fresh_post(server, json=body)
+        assert response.status_code == 404, response.text
+    per_worker = metric(scrape(server), "promptserve_api_worker_requests_total")
+    assert len(per_worker) == 2, per_worker
+    assert min(per_worker.values()) > 0, per_worker
