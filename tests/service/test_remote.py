@@ -95,6 +95,15 @@ async def test_worker_answers_like_the_engine(store: Path, tmp_path: Path) -> No
         assert 'promptserve_api_worker_requests_total{worker="' in text
         await worker.refresh()
         assert ("shapes", "1") in worker.store.loaded()  # loaded in the engine, not here
+
+        several = ClassifyQuery(images=[png_bytes(), png_bytes((20, 200, 40))], top_k=2)
+        names = ["shapes", "default"]
+        assert await worker.classify_many(several, names) == await engine.classify_many(
+            several, names
+        )
+        with pytest.raises(ServiceError) as raised:
+            await worker.classify_many(several, ["shapes", "shapes"])
+        assert (raised.value.status, raised.value.code) == (422, "invalid_request")
     finally:
         await worker.stop()
         unix.close()
