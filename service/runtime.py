@@ -58,7 +58,7 @@ class Runtime:
         # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
-        self.jobs = JobStore(settings.job_root / "jobs.db")
+        self.jobs = JobStore(settings.job_database)
         self.runner = JobRunner(self.jobs, settings)
         self.state: State = "starting"
         self.failure: str | None = None

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     max_job_epochs: int = Field(default=200, ge=1)
     max_queued_jobs: int = Field(default=16, ge=0)  # jobs waiting for a worker; then 429
     job_retention_days: float = Field(default=30.0, gt=0)  # ended jobs (and events) kept
+    # the shared job queue of a cluster (postgresql://...); None: SQLite under jobs_dir
+    database_url: SecretStr | None = None
+    # a running job's lease: renewed every poll, taken over by another runner once it runs out
+    job_lease_s: float = Field(default=30.0, ge=2)
+    job_max_attempts: int = Field(default=2, ge=1)  # runs of a job whose workers keep dying
     # POST /adapt may publish versions of the default classifier only when this is set
     allow_adapt_default: bool = False
     data_root: Path | None = None  # `dataset` references resolve under it; None: refused
@@ -76,6 +81,13 @@ class Settings(BaseSettings):
     def job_root(self) -> Path:
         """Where the job database and each job's files live."""
         return self.jobs_dir if self.jobs_dir is not None else self.store / ".jobs"
+
+    @property
+    def job_database(self) -> str | Path:
+        """Where the job store lives: the database URL, or the SQLite file under job_root."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return self.job_root / "jobs.db"
 
     @field_validator("default_classifier")
     @classmethod

@@ -1,28 +1,32 @@
-"""The job store: few-shot tuning jobs and their events in SQLite (WAL), shared by processes.
+"""The job store: few-shot tuning jobs and their events, shared by every process that serves or
+runs them.
 
-The service process creates jobs, lists them and asks for cancellation; a worker process updates
-its own job's progress and ends it. SQLite in WAL mode lets readers (every ``GET /jobs``) run
-while a worker writes, and every state change is one conditional ``UPDATE`` (``... WHERE state =
-'running'``), so two processes can never both move a job: a job cancelled while queued is never
-started, and a worker cannot mark a job that the service already gave up on.
+SQLite (WAL) in the store directory on one host; Postgres when ``PROMPTSERVE_DATABASE_URL``
+names one, for API replicas and workers on several hosts (see `service.jobs.database`). Every
+state change is one conditional ``UPDATE`` (``... WHERE state = 'running'``), so two processes
+can never both move a job: a job cancelled while queued is never started, and a worker cannot
+mark a job that was already given up on.
 
-Each call opens its own short-lived connection (cheap; a connection must not cross threads or
-processes), so a `JobStore` can be used from any thread and is picklable into a worker.
-This module imports no torch and no web framework.
+Runners take queued jobs with `claim_next`, which holds a lease (``worker``, ``lease_until``)
+that the runner renews while the job runs (`heartbeat`). A job whose lease ran out (its runner's
+host died, or lost the database) is requeued or failed by whichever runner notices first
+(`expire_leases`); its old runner finds the job no longer held and stops it, and every write of
+a job's runner names the worker (`finish(..., worker=...)`), so a late writer changes nothing.
+
+Each call opens its own short-lived connection (a connection must not cross threads or
+processes), so a `JobStore` can be used from any thread and rebuilt in a worker from
+`locator`. This module imports no torch and no web framework.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from service.jobs.database import Database, open_database
 from service.jobs.records import (
-    SCHEMA,
     TERMINAL,
     Event,
     IdempotencyMismatchError,
@@ -35,39 +39,27 @@ from service.jobs.spec import JobSpec, dump_spec
 
 __all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "new_job_id"]
 
-BUSY_TIMEOUT_S = 30.0
-
 
 class JobStore:
-    """Jobs in the SQLite database at `path` (created with its schema when missing)."""
+    """Jobs in the database at `locator`: a SQLite file path, or a ``postgresql://`` URL
+    (created with its schema when missing)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
-            db.executescript(SCHEMA)
+    def __init__(self, locator: Path | str) -> None:
+        self.db: Database = open_database(locator)
+        self.locator = self.db.locator  # what a worker process reopens the store from
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL stays consistent
-            yield db
-        finally:
-            db.close()
+    @property
+    def path(self) -> Path:
+        """The SQLite file (a Postgres-backed store has none)."""
+        if self.db.path is None:
+            raise AttributeError("a Postgres job store has no file path")
+        return self.db.path
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _connect(self) -> Any:
+        return self.db.connect()
+
+    def _transaction(self) -> Any:
+        return self.db.transaction()
 
     # --- creating and reading ------------------------------------------------------------
 
@@ -93,11 +85,20 @@ class JobStore:
                     if existing.fingerprint != fingerprint:
                         raise IdempotencyMismatchError(existing)
                     return existing, False
-            db.execute(
+            inserted = db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?)",
+                "VALUES (?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
                 (job_id, dump_spec(spec), idempotency_key, fingerprint, now),
-            )
+            ).rowcount
+            if not inserted:  # another process created the key's job since the SELECT
+                assert idempotency_key is not None  # NULL keys never conflict
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                existing = job_from_row(row)
+                if existing.fingerprint != fingerprint:
+                    raise IdempotencyMismatchError(existing)
+                return existing, False
             _add_event(db, job_id, "job created", data={"state": "queued"}, at=now)
         job = self.get(job_id)
         assert job is not None  # just inserted
@@ -186,21 +187,102 @@ class JobStore:
 
     # --- state changes -------------------------------------------------------------------
 
-    def claim(self, job_id: str) -> bool:
+    def claim(self, job_id: str, *, worker: str | None = None, lease_s: float = 0.0) -> bool:
         """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
         with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ? "
-                "WHERE id = ? AND state = 'queued'",
-                (time.time(), job_id),
-            ).rowcount
-            if changed:
-                _add_event(db, job_id, "job started", data={"state": "running"})
+            return self._claim(db, job_id, worker, lease_s)
+
+    def claim_next(self, worker: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job for `worker`, with a lease of `lease_s` seconds; None
+        when nothing is queued. Two runners asking at once never get the same job."""
+        with self._transaction() as db:
+            row = db.execute(self.db.next_queued).fetchone()
+            if row is None or not self._claim(db, row["id"], worker, lease_s):
+                return None
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return job_from_row(row)
+
+    def _claim(self, db: Any, job_id: str, worker: str | None, lease_s: float) -> bool:
+        now = time.time()
+        changed = db.execute(
+            "UPDATE jobs SET state = 'running', started_at = ?, worker = ?, lease_until = ?, "
+            "attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
+            (now, worker, now + lease_s if worker else None, job_id),
+        ).rowcount
+        if changed:
+            data: dict[str, Any] = {"state": "running"} | ({"worker": worker} if worker else {})
+            _add_event(db, job_id, "job started", data=data)
         return bool(changed)
+
+    def heartbeat(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
+        """Renew `worker`'s leases on `job_ids`; returns the ids it still holds (a job missing
+        from the answer was taken from it, or has ended)."""
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        with self._connect() as db:
+            db.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND state = 'running' "
+                f"AND id IN ({marks})",
+                (time.time() + lease_s, worker, *job_ids),
+            )
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE worker = ? AND state = 'running' AND id IN ({marks})",
+                (worker, *job_ids),
+            ).fetchall()
+        return {row["id"] for row in rows}
+
+    def expire_leases(self, max_attempts: int) -> list[Job]:
+        """Requeue the running jobs whose lease ran out (their runner stopped renewing it), or
+        fail them (reason ``worker_died``) once they have been tried `max_attempts` times.
+        Returns the jobs as they were."""
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(self.db.expired_leases, (now,)).fetchall()
+            expired = [job_from_row(row) for row in rows]
+            for job in expired:
+                lost = f"worker {job.worker} stopped renewing its lease"
+                if job.attempts < max_attempts:
+                    db.execute(
+                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
+                        "pid = NULL, progress = NULL WHERE id = ? AND state = 'running'",
+                        (job.id,),
+                    )
+                    _add_event(
+                        db,
+                        job.id,
+                        f"{lost}; job queued again (attempt {job.attempts + 1} of {max_attempts})",
+                        level="warning",
+                        data={"state": "queued"},
+                    )
+                    continue
+                error = {"reason": "worker_died", "message": f"{lost} (attempt {job.attempts})"}
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, pid = NULL, "
+                    "lease_until = NULL WHERE id = ? AND state = 'running'",
+                    (now, json.dumps(error), job.id),
+                )
+                _add_event(
+                    db,
+                    job.id,
+                    "worker lost",
+                    level="error",
+                    data={"state": "failed", "error": error},
+                )
+        return expired
 
     def set_pid(self, job_id: str, pid: int) -> None:
         with self._connect() as db:
             db.execute("UPDATE jobs SET pid = ? WHERE id = ?", (pid, job_id))
+
+    def running_on(self, host: str) -> list[Job]:
+        """Running jobs whose worker id names `host` (see `service.jobs.runner.worker_id`)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state = 'running' AND worker LIKE ? ORDER BY seq",
+                (f"{host}:%",),
+            ).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         with self._connect() as db:
@@ -218,15 +300,18 @@ class JobStore:
         error: dict[str, Any] | None = None,
         message: str | None = None,
         only_from: tuple[JobState, ...] = ("running",),
+        worker: str | None = None,
     ) -> bool:
-        """Move a job from one of `only_from` to the terminal `state`; False if it was not there."""
+        """Move a job from one of `only_from` to the terminal `state`; False if it was not there
+        (or, with `worker`, when that worker no longer holds it)."""
         if state not in TERMINAL:
             raise ValueError(f"{state!r} is not a terminal state")
         marks = ",".join("?" * len(only_from))
+        fence = " AND worker = ?" if worker is not None else ""
         with self._transaction() as db:
             changed = db.execute(
-                f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, pid = NULL "
-                f"WHERE id = ? AND state IN ({marks})",
+                f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, pid = NULL, "
+                f"lease_until = NULL WHERE id = ? AND state IN ({marks}){fence}",
                 (
                     state,
                     time.time(),
@@ -234,6 +319,7 @@ class JobStore:
                     json.dumps(error) if error is not None else None,
                     job_id,
                     *only_from,
+                    *((worker,) if worker is not None else ()),
                 ),
             ).rowcount
             if changed:
@@ -270,6 +356,16 @@ class JobStore:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row is not None and row["cancel_requested"])
 
+    def holds(self, job_id: str, worker: str) -> bool:
+        """Whether `worker` still runs `job_id` (its lease was not taken over, the job not
+        ended by someone else)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND worker = ?",
+                (job_id, worker),
+            ).fetchone()
+        return row is not None
+
     def add_event(
         self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
     ) -> None:
@@ -278,7 +374,7 @@ class JobStore:
 
 
 def _add_event(
-    db: sqlite3.Connection,
+    db: Any,
     job_id: str,
     message: str,
     *,
