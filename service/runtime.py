@@ -25,6 +25,7 @@ from service.errors import NotReadyError, ServiceError, http_meaning
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
 from service.metrics import Metrics
+from service.objectstore import StoreSync, open_mirror
 from service.settings import Settings, resolve_device
 from service.store import ClassifierStore
 
@@ -59,6 +60,8 @@ class Runtime:
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self.jobs = JobStore(settings.job_database)
+        mirror = open_mirror(settings)  # PROMPTSERVE_STORE=s3://...: a local copy, kept fresh
+        self.sync = StoreSync(mirror, settings.store_poll_s) if mirror is not None else None
         self.runner = JobRunner(self.jobs, settings)
         self.state: State = "starting"
         self.failure: str | None = None
@@ -95,6 +98,8 @@ class Runtime:
         self._ready = asyncio.Event()  # bound to the running loop
         await self.batcher.start()
         await asyncio.to_thread(self.store.remove_stale_staging, STALE_STAGING_S)
+        if self.sync is not None:
+            await self.sync.start()
         await self.runner.start()
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
         if self.settings.api_key is None:
@@ -108,6 +113,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._startup
         await self.runner.stop()
+        if self.sync is not None:
+            await self.sync.stop()
         await self.batcher.stop()
         self.preparer.close()
         self.pipeline.labels.close()

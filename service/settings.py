@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,7 +23,13 @@ class Settings(BaseSettings):
         env_prefix="PROMPTSERVE_", env_file=".env", extra="ignore", frozen=True
     )
 
-    store: Path = Path("store")  # the classifier store directory
+    store: Path = Path("store")  # the classifier store directory (its local copy, with store_url)
+    # PROMPTSERVE_STORE=s3://bucket/prefix: the classifiers live there, `store` (default
+    # ./store, or PROMPTSERVE_STORE_CACHE) mirrors them locally
+    store_url: str | None = None
+    store_cache: Path | None = None  # the local copy of store_url; None: ./store
+    s3_endpoint_url: str | None = None  # an S3-compatible service (MinIO); None: AWS
+    store_poll_s: float = Field(default=2.0, gt=0)  # how often the local copy is refreshed
     default_classifier: str = "default"  # served when a request names no classifier
     default_backbone: str = "mini"  # backbone of the default classifier created on first start
     create_default: bool = True  # create the default classifier when the store lacks it
@@ -89,6 +95,17 @@ class Settings(BaseSettings):
             return self.database_url.get_secret_value()
         return self.job_root / "jobs.db"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _store_url(cls, data: Any) -> Any:
+        """PROMPTSERVE_STORE may name an object store; the local copy then goes to
+        PROMPTSERVE_STORE_CACHE (default ./store)."""
+        if isinstance(data, dict) and is_store_url(str(data.get("store", ""))):
+            data = dict(data)
+            data["store_url"] = str(data.pop("store")).rstrip("/")
+            data["store"] = data.get("store_cache") or Path("store")
+        return data
+
     @field_validator("default_classifier")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -111,6 +128,11 @@ class Settings(BaseSettings):
     def _blank_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         # PROMPTSERVE_API_KEY= (empty, as compose writes an unset host variable) means no auth
         return value if value is not None and value.get_secret_value() else None
+
+
+def is_store_url(text: str) -> bool:
+    """Whether a store setting names an object store (``s3://bucket/prefix``), not a folder."""
+    return "://" in text and not text.startswith("file://")
 
 
 @functools.cache

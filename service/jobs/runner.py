@@ -84,6 +84,8 @@ class JobRunner:
         self.jobs = jobs
         self.jobs_dir = settings.job_root
         self.store_root = settings.store
+        # where a job's version is uploaded once published locally (None: a local store)
+        self.publish_to = {"url": settings.store_url, "endpoint_url": settings.s3_endpoint_url}
         self.device = resolve_device(settings.job_device)
         self.max_concurrent = settings.max_concurrent_jobs if slots is None else slots
         # one device per slot (one job per GPU); by default every slot uses `device`
@@ -294,6 +296,7 @@ class JobRunner:
                         self.log_level,
                         self.worker,
                     ),
+                    kwargs={"publish_to": self.publish_to},
                     name=f"promptserve-{job.id}",
                 )
                 process.start()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +285,18 @@ class JobStore:
                 (f"{host}:%",),
             ).fetchall()
         return [job_from_row(row) for row in rows]
+
+    @contextmanager
+    def publish_lock(self, name: str) -> Iterator[None]:
+        """Held while a worker uploads a version of classifier `name` to an object store, so
+        two hosts never take one version number (Postgres: an advisory lock; SQLite serves one
+        host, whose exporters already take numbers by an atomic rename)."""
+        if self.db.path is not None:
+            yield
+            return
+        with self._transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"publish:{name}",))
+            yield
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         with self._connect() as db:

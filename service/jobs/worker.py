@@ -45,6 +45,7 @@ def run_job(
     parent_pid: int,
     log_level: str = "info",
     worker: str | None = None,
+    publish_to: dict[str, str | None] | None = None,
 ) -> None:
     """Run job `job_id` to the end; every outcome is written to the job store."""
     logging.basicConfig(
@@ -72,15 +73,22 @@ def run_job(
         if not isinstance(exc, Exception):
             raise
         return
+    version = outcome.version
+    if publish_to and publish_to.get("url"):
+        try:
+            version = _upload(jobs, job.spec.train.name, version, Path(store_root), publish_to)
+        except Exception as exc:
+            _record_failure(jobs, job_id, exc, monitor)
+            return
     result = {
         "classifier": job.spec.train.name,
-        "version": outcome.version,
+        "version": version,
         "seconds": outcome.summary["seconds"],
         "steps": outcome.summary["steps"],
         "final_loss": outcome.summary["final_loss"],
         **outcome.metrics,
     }
-    message = f"published {job.spec.train.name} version {outcome.version}"
+    message = f"published {job.spec.train.name} version {version}"
     if not jobs.finish(job_id, "succeeded", result=result, message=message, worker=worker):
         log.warning("job %s was ended by the service while it published", job_id)
 
@@ -91,6 +99,20 @@ def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> An
 
     request = replace(spec.train, store=store_root, device=device)
     return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
+
+
+def _upload(
+    jobs: JobStore, name: str, version: str, store_root: Path, publish_to: dict[str, str | None]
+) -> str:
+    """Upload the published version to the object store; returns its number there (another
+    host may have taken this one meanwhile)."""
+    from service.objectstore import StoreMirror
+
+    url = publish_to["url"]
+    assert url is not None  # checked by the caller
+    mirror = StoreMirror(url, store_root, endpoint_url=publish_to.get("endpoint_url"))
+    with jobs.publish_lock(name):
+        return mirror.push(name, version)
 
 
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
