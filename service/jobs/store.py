@@ -141,8 +141,8 @@ class JobStore:
 
     def count(self, state: JobState) -> int:
         with self._connect() as db:
-            (n,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()
-        return int(n)
+            row = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE state = ?", (state,)).fetchone()
+        return int(row["n"])
 
     def prune(self, ended_before: float) -> list[str]:
         """Delete the jobs that ended before `ended_before` (a UNIX time), with their events;

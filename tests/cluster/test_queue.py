@@ -137,3 +137,22 @@ def test_pruning_forgets_old_ended_jobs(jobs: JobStore) -> None:
     assert jobs.get(old.id) is None
     assert jobs.events(old.id) == []
     assert jobs.get(live.id) is not None
+
+
+def test_counting_listing_and_events_read_the_same_on_both(jobs: JobStore) -> None:
+    made = [jobs.create(SPEC, fingerprint=str(i))[0] for i in range(3)]
+    assert jobs.count("queued") == 3
+    assert jobs.claim_next("h:1:a", lease_s=30) is not None
+    assert jobs.count("queued") == 2
+    assert [job.id for job in jobs.in_state("running")] == [made[0].id]
+    page, more = jobs.page(limit=2)
+    assert [job.id for job in page] == [made[2].id, made[1].id]
+    assert more
+    rest, more = jobs.page(limit=2, after=made[1].id)
+    assert [job.id for job in rest] == [made[0].id]
+    assert not more
+    jobs.add_event(made[0].id, "hello", data={"x": 1})
+    events = jobs.events(made[0].id)
+    assert [e.message for e in events] == ["job created", "job started", "hello"]
+    assert events[-1].data == {"x": 1}
+    assert jobs.events(made[0].id, after=events[0].seq)[0].message == "job started"
