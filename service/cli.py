@@ -36,6 +36,29 @@ def add_serve_command(commands: Any) -> None:
     serve.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8000)")
     add_worker_command(commands)
+    add_export_command(commands)
+
+
+def add_export_command(commands: Any) -> None:
+    export = commands.add_parser(
+        "export",
+        help="copy a classifier version out of the store, or write it as a Triton model",
+        description="Write classifier NAME (its newest version, or NAME:VERSION) to OUT: a "
+        "copy of the artifact, or with --triton an NVIDIA Triton model repository "
+        "(OUT/<model>/config.pbtxt with dynamic batching, OUT/<model>/<version>/model.onnx).",
+    )
+    export.add_argument("classifier", metavar="NAME[:VERSION]")
+    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("--store", type=Path, default=Path("store"), help="(default ./store)")
+    export.add_argument("--triton", action="store_true", help="write a Triton model repository")
+    export.add_argument("--triton-name", default=None, help="Triton model name (default NAME)")
+    export.add_argument("--max-batch-size", type=int, default=64, help="Triton's (default 64)")
+    export.add_argument(
+        "--instance-kind",
+        choices=["KIND_GPU", "KIND_CPU", "KIND_AUTO"],
+        default="KIND_GPU",
+        help="where Triton runs the model (default KIND_GPU)",
+    )
 
 
 def add_worker_command(commands: Any) -> None:
@@ -111,12 +134,44 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    import shutil
+
+    from models.artifact import resolve_version
+    from models.errors import ArtifactError
+
+    configure_logging("info" if args.verbose else "warning")
+    name, _, version = args.classifier.partition(":")
+    try:
+        source = resolve_version(args.store, name, version or None)
+        if args.triton:
+            from models.triton import export_triton
+
+            written = export_triton(
+                source,
+                args.out,
+                model_name=args.triton_name,
+                max_batch_size=args.max_batch_size,
+                instance_kind=args.instance_kind,
+            )
+        else:
+            written = args.out / name / source.name
+            shutil.copytree(source, written)
+    except (ArtifactError, FileExistsError) as exc:
+        sys.stderr.write(f"promptserve export: {exc}\n")
+        return 1
+    print(written)  # noqa: T201 (the command's answer)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "export":
+        return run_export(args)
     return training_main(argv)
 
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,7 @@ def _as_postgres_user(command: list[str]) -> list[str]:
     """initdb and postgres refuse to run as root: run them as the packages' `postgres` user."""
     if os.geteuid() != 0:
         return command
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        pytest.skip("running as root without runuser: cannot start Postgres as another user")
-    return [runuser, "-u", "postgres", "--", *command]
+    return ["runuser", "-u", "postgres", "--", *command]
 
 
 @dataclass(frozen=True)
@@ -56,13 +54,21 @@ class Postgres:
     bin: Path
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """A fresh Postgres cluster on a random port; its URL names database `postgres`."""
+class UnavailableError(Exception):
+    """A component cannot be started here (its binaries or package are absent)."""
+
+
+@contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """A fresh Postgres cluster on a random port, removed afterwards; its URL names database
+    `postgres`. Raises UnavailableError without the binaries."""
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("Postgres binaries (initdb, pg_ctl) are absent: apt-get install postgresql")
-    pytest.importorskip("psycopg", reason="psycopg is absent: pip install -e '.[dev]'")
+        raise UnavailableError(
+            "Postgres binaries (initdb, pg_ctl) are absent: apt-get install postgresql"
+        )
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        raise UnavailableError("running as root without runuser: cannot start Postgres as postgres")
     # not under pytest's temporary root: that is private to the user who runs the tests
     root = Path(tempfile.mkdtemp(prefix="promptserve-pg-"))
     data, sockets = root / "data", root / "sockets"
@@ -72,17 +78,27 @@ def postgres() -> Iterator[Postgres]:
         shutil.chown(sockets, "postgres")
     port = free_port()
     init = [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]
-    _run(_as_postgres_user(init))
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
     options += " -c max_connections=300"
     start = [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log")]
-    _run(_as_postgres_user([*start, "-w", "start"]))
     try:
+        _run(_as_postgres_user(init))
+        _run(_as_postgres_user([*start, "-w", "start"]))
         yield Postgres(f"postgresql://postgres@127.0.0.1:{port}/postgres", data, bindir)
     finally:
         stop = [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
         subprocess.run(_as_postgres_user(stop), check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pytest.importorskip("psycopg", reason="psycopg is absent: pip install -e '.[dev]'")
+    try:
+        with running_postgres() as server:
+            yield server
+    except UnavailableError as exc:
+        pytest.skip(str(exc))
 
 
 def _run(command: list[str]) -> None:
@@ -107,37 +123,38 @@ class S3Server:
     process: subprocess.Popen[bytes]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+@contextmanager
+def running_s3(log: Path) -> Iterator[S3Server]:
     """moto's S3 server (a real HTTP server speaking the S3 API) on a random port."""
-    pytest.importorskip("moto.server", reason="moto[server] is absent: pip install -e '.[dev]'")
-    pytest.importorskip("s3fs", reason="s3fs is absent: pip install -e '.[dev]'")
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(f"moto exited:\n{log.read_text()}") from None
-            time.sleep(0.2)
-    else:
-        process.kill()
-        raise AssertionError(f"moto did not listen within 60 s:\n{log.read_text()}")
     try:
-        yield S3Server(endpoint, process)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"moto did not start:\n{log.read_text()}") from None
+                time.sleep(0.2)
+        yield S3Server(f"http://127.0.0.1:{port}", process)
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    pytest.importorskip("moto.server", reason="moto[server] is absent: pip install -e '.[dev]'")
+    pytest.importorskip("s3fs", reason="s3fs is absent: pip install -e '.[dev]'")
+    with running_s3(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
 
 
 S3_ENV = {
