@@ -67,7 +67,8 @@ def pickup(apis: list[Server], database: str, jobs: int) -> tuple[list[float], l
             job = submit(a, shapes("train", 1), name=f"pickup{i}", method="zeroshot")
             while (row := queue.get(job["id"])) is not None and row.started_at is None:
                 time.sleep(0.02)
-            assert row is not None and row.started_at is not None
+            assert row is not None
+            assert row.started_at is not None
             claims.append(row.started_at - row.created_at)
             while b.get(f"/classifiers/pickup{i}").status_code != 200:
                 time.sleep(0.05)
