@@ -6,6 +6,7 @@ A job's `spec` is the typed `JobSpec` (see `service.jobs.spec`). This module imp
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -88,4 +89,25 @@ def job_from_row(row: Any) -> Job:  # a sqlite3.Row or a psycopg dict row
         worker=row["worker"],
         lease_until=row["lease_until"],
         attempts=row["attempts"],
+    )
+
+
+def add_event_row(
+    db: Any,  # a connection of service.jobs.database
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    at: float | None = None,
+) -> None:
+    db.execute(
+        "INSERT INTO events (job_id, at, level, message, data) VALUES (?, ?, ?, ?, ?)",
+        (
+            job_id,
+            at if at is not None else time.time(),
+            level,
+            message,
+            json.dumps(data) if data else None,
+        ),
     )

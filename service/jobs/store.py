@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from service.jobs.database import Database, open_database
+from service.jobs.leases import JobLeases
 from service.jobs.records import (
     TERMINAL,
     Event,
     IdempotencyMismatchError,
     Job,
     JobState,
+    add_event_row,
     job_from_row,
     new_job_id,
 )
@@ -42,7 +42,7 @@ from service.jobs.spec import JobSpec, dump_spec
 __all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "new_job_id"]
 
 
-class JobStore:
+class JobStore(JobLeases):
     """Jobs in the database at `locator`: a SQLite file path, or a ``postgresql://`` URL
     (created with its schema when missing)."""
 
@@ -101,7 +101,7 @@ class JobStore:
                 if existing.fingerprint != fingerprint:
                     raise IdempotencyMismatchError(existing)
                 return existing, False
-            _add_event(db, job_id, "job created", data={"state": "queued"}, at=now)
+            add_event_row(db, job_id, "job created", data={"state": "queued"}, at=now)
         job = self.get(job_id)
         assert job is not None  # just inserted
         return job, True
@@ -194,109 +194,9 @@ class JobStore:
         with self._transaction() as db:
             return self._claim(db, job_id, worker, lease_s)
 
-    def claim_next(self, worker: str, lease_s: float) -> Job | None:
-        """Take the oldest queued job for `worker`, with a lease of `lease_s` seconds; None
-        when nothing is queued. Two runners asking at once never get the same job."""
-        with self._transaction() as db:
-            row = db.execute(self.db.next_queued).fetchone()
-            if row is None or not self._claim(db, row["id"], worker, lease_s):
-                return None
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        return job_from_row(row)
-
-    def _claim(self, db: Any, job_id: str, worker: str | None, lease_s: float) -> bool:
-        now = time.time()
-        changed = db.execute(
-            "UPDATE jobs SET state = 'running', started_at = ?, worker = ?, lease_until = ?, "
-            "attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
-            (now, worker, now + lease_s if worker else None, job_id),
-        ).rowcount
-        if changed:
-            data: dict[str, Any] = {"state": "running"} | ({"worker": worker} if worker else {})
-            _add_event(db, job_id, "job started", data=data)
-        return bool(changed)
-
-    def heartbeat(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
-        """Renew `worker`'s leases on `job_ids`; returns the ids it still holds (a job missing
-        from the answer was taken from it, or has ended)."""
-        if not job_ids:
-            return set()
-        marks = ",".join("?" * len(job_ids))
-        with self._connect() as db:
-            db.execute(
-                f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND state = 'running' "
-                f"AND id IN ({marks})",
-                (time.time() + lease_s, worker, *job_ids),
-            )
-            rows = db.execute(
-                f"SELECT id FROM jobs WHERE worker = ? AND state = 'running' AND id IN ({marks})",
-                (worker, *job_ids),
-            ).fetchall()
-        return {row["id"] for row in rows}
-
-    def expire_leases(self, max_attempts: int) -> list[Job]:
-        """Requeue the running jobs whose lease ran out (their runner stopped renewing it), or
-        fail them (reason ``worker_died``) once they have been tried `max_attempts` times.
-        Returns the jobs as they were."""
-        now = time.time()
-        with self._transaction() as db:
-            rows = db.execute(self.db.expired_leases, (now,)).fetchall()
-            expired = [job_from_row(row) for row in rows]
-            for job in expired:
-                lost = f"worker {job.worker} stopped renewing its lease"
-                if job.attempts < max_attempts:
-                    db.execute(
-                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
-                        "pid = NULL, progress = NULL WHERE id = ? AND state = 'running'",
-                        (job.id,),
-                    )
-                    _add_event(
-                        db,
-                        job.id,
-                        f"{lost}; job queued again (attempt {job.attempts + 1} of {max_attempts})",
-                        level="warning",
-                        data={"state": "queued"},
-                    )
-                    continue
-                error = {"reason": "worker_died", "message": f"{lost} (attempt {job.attempts})"}
-                db.execute(
-                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, pid = NULL, "
-                    "lease_until = NULL WHERE id = ? AND state = 'running'",
-                    (now, json.dumps(error), job.id),
-                )
-                _add_event(
-                    db,
-                    job.id,
-                    "worker lost",
-                    level="error",
-                    data={"state": "failed", "error": error},
-                )
-        return expired
-
     def set_pid(self, job_id: str, pid: int) -> None:
         with self._connect() as db:
             db.execute("UPDATE jobs SET pid = ? WHERE id = ?", (pid, job_id))
-
-    def running_on(self, host: str) -> list[Job]:
-        """Running jobs whose worker id names `host` (see `service.jobs.runner.worker_id`)."""
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT * FROM jobs WHERE state = 'running' AND worker LIKE ? ORDER BY seq",
-                (f"{host}:%",),
-            ).fetchall()
-        return [job_from_row(row) for row in rows]
-
-    @contextmanager
-    def publish_lock(self, name: str) -> Iterator[None]:
-        """Held while a worker uploads a version of classifier `name` to an object store, so
-        two hosts never take one version number (Postgres: an advisory lock; SQLite serves one
-        host, whose exporters already take numbers by an atomic rename)."""
-        if self.db.path is not None:
-            yield
-            return
-        with self._transaction() as db:
-            db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"publish:{name}",))
-            yield
 
     def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         with self._connect() as db:
@@ -339,7 +239,7 @@ class JobStore:
             if changed:
                 level = "error" if state == "failed" else "info"
                 data: dict[str, Any] = {"state": state} | ({"error": error} if error else {})
-                _add_event(db, job_id, message or f"job {state}", level=level, data=data)
+                add_event_row(db, job_id, message or f"job {state}", level=level, data=data)
         return bool(changed)
 
     def request_cancel(self, job_id: str) -> Job | None:
@@ -357,12 +257,12 @@ class JobStore:
                     "WHERE id = ?",
                     (time.time(), job_id),
                 )
-                _add_event(
+                add_event_row(
                     db, job_id, "job cancelled before it started", data={"state": "cancelled"}
                 )
             elif row["state"] == "running":
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-                _add_event(db, job_id, "cancellation requested")
+                add_event_row(db, job_id, "cancellation requested")
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -370,39 +270,8 @@ class JobStore:
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row is not None and row["cancel_requested"])
 
-    def holds(self, job_id: str, worker: str) -> bool:
-        """Whether `worker` still runs `job_id` (its lease was not taken over, the job not
-        ended by someone else)."""
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND worker = ?",
-                (job_id, worker),
-            ).fetchone()
-        return row is not None
-
     def add_event(
         self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
     ) -> None:
         with self._connect() as db:
-            _add_event(db, job_id, message, level=level, data=data)
-
-
-def _add_event(
-    db: Any,
-    job_id: str,
-    message: str,
-    *,
-    level: str = "info",
-    data: dict[str, Any] | None = None,
-    at: float | None = None,
-) -> None:
-    db.execute(
-        "INSERT INTO events (job_id, at, level, message, data) VALUES (?, ?, ?, ?, ?)",
-        (
-            job_id,
-            at if at is not None else time.time(),
-            level,
-            message,
-            json.dumps(data) if data else None,
-        ),
-    )
+            add_event_row(db, job_id, message, level=level, data=data)
