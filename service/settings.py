@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,9 +101,11 @@ class Settings(BaseSettings):
     def _store_url(cls, data: Any) -> Any:
         """PROMPTSERVE_STORE may name an object store; the local copy then goes to
         PROMPTSERVE_STORE_CACHE (default ./store)."""
-        if isinstance(data, dict) and is_store_url(str(data.get("store", ""))):
+        store = _mended_url(str(data.get("store", ""))) if isinstance(data, dict) else ""
+        if isinstance(data, dict) and is_store_url(store):
             data = dict(data)
-            data["store_url"] = str(data.pop("store")).rstrip("/")
+            data.pop("store")
+            data["store_url"] = store.rstrip("/")
             data["store"] = data.get("store_cache") or Path("store")
         return data
 
@@ -133,6 +136,13 @@ class Settings(BaseSettings):
 def is_store_url(text: str) -> bool:
     """Whether a store setting names an object store (``s3://bucket/prefix``), not a folder."""
     return "://" in text and not text.startswith("file://")
+
+
+def _mended_url(text: str) -> str:
+    """A URL that went through `Path` (``--store s3://b/p`` reads as ``s3:/b/p``), mended."""
+    if re.match(r"[a-z][a-z0-9+.-]*:/[^/]", text) and not text.startswith("file:"):
+        return text.replace(":/", "://", 1)
+    return text
 
 
 @functools.cache

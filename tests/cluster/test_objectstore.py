@@ -122,3 +122,18 @@ def test_a_version_created_locally_is_uploaded_by_the_next_pull(
 def test_a_local_store_path_is_refused_as_a_url(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an object store URL"):
         StoreMirror(str(tmp_path), tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "value", ["s3://bucket/prefix", "s3://bucket/prefix/", Path("s3://bucket/prefix")]
+)
+def test_the_store_setting_may_name_an_object_store(value: str | Path) -> None:
+    from service.settings import Settings
+
+    settings = Settings(store=value)
+    assert settings.store_url == "s3://bucket/prefix"
+    assert settings.store == Path("store")  # the local copy
+    cached = Settings(store=value, store_cache=Path("/var/cache/ps"))
+    assert cached.store == Path("/var/cache/ps")
+    plain = Settings(store=Path("/srv/store"))
+    assert (plain.store, plain.store_url) == (Path("/srv/store"), None)
