@@ -88,13 +88,19 @@ class StoreMirror:
         return found
 
     def _remote_entries(self) -> set[str]:
-        """Complete dot-directory entries, as ``.dir/key`` paths."""
+        """Complete dot-directory entries, as ``.dir/key`` paths: a folder whose marker
+        ``.dir/key/.mirror-complete`` is there, or a file whose ``.dir/key.mirror-complete`` is."""
         entries = set()
+        for path in self.fs.glob(f"{self.base}/.*/*{COMPLETE_MARKER}"):
+            directory, key = path.rstrip("/").split("/")[-2:]
+            entries.add(f"{directory}/{key.removesuffix(COMPLETE_MARKER)}")
         for path in self.fs.glob(f"{self.base}/.*/*/{COMPLETE_MARKER}"):
-            directory, key = path.rstrip("/").split("/")[-3:-1]
-            if directory not in LOCAL_ONLY and not directory.startswith(TEMP_PREFIX):
-                entries.add(f"{directory}/{key}")
-        return entries
+            entries.add("/".join(path.rstrip("/").split("/")[-3:-1]))
+        return {
+            e
+            for e in entries
+            if e.split("/")[0] not in LOCAL_ONLY and not e.startswith(TEMP_PREFIX) and e[-1] != "/"
+        }
 
     def _local_entries(self) -> set[str]:
         entries = set()
@@ -125,7 +131,10 @@ class StoreMirror:
     def _pull(self) -> PullReport:
         report = PullReport()
         for entry in sorted(self._remote_entries() - self._local_entries()):
-            self._download(entry, self.local / entry, marker=COMPLETE_MARKER)
+            if self.fs.isfile(f"{self.base}/{entry}"):
+                self._download_file(entry)
+            else:
+                self._download(entry, self.local / entry, marker=COMPLETE_MARKER)
         remote = self.remote_versions()
         local = self.local_versions()
         for name, version in sorted(remote - local):
@@ -181,6 +190,9 @@ class StoreMirror:
             if source.is_dir():
                 self._upload(source, entry, marker=None)
                 self.fs.pipe_file(f"{self.base}/{entry}/{COMPLETE_MARKER}", b"")
+            elif source.is_file():
+                self.fs.put_file(str(source), f"{self.base}/{entry}")
+                self.fs.pipe_file(f"{self.base}/{entry}{COMPLETE_MARKER}", b"")
 
     def _upload(self, source: Path, key: str, marker: str | None) -> None:
         files = sorted(p for p in source.rglob("*") if p.is_file())
@@ -208,6 +220,16 @@ class StoreMirror:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _download_file(self, entry: str) -> None:
+        target = self.local / entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f"{TEMP_PREFIX}pull-{uuid.uuid4().hex}"
+        try:
+            self.fs.get_file(f"{self.base}/{entry}", str(staging))
+            staging.rename(target)
+        finally:
+            staging.unlink(missing_ok=True)
 
     def _remove_local(self, name: str, version: str) -> None:
         directory = self.local / name

@@ -45,6 +45,7 @@ def test_a_pushed_version_reaches_another_replica_byte_for_byte(
     shared = tmp_path / "worker" / ".backbones" / "sha-abc"
     shared.mkdir(parents=True)
     (shared / "weights.bin").write_bytes(b"w" * 1000)
+    (tmp_path / "worker" / ".backbones" / "sha-def.onnx").write_bytes(b"graph")
     (tmp_path / "worker" / ".jobs").mkdir()
     (tmp_path / "worker" / ".jobs" / "jobs.db").write_bytes(b"local only")
     assert worker.push("cats", "1") == "1"
@@ -57,6 +58,7 @@ def test_a_pushed_version_reaches_another_replica_byte_for_byte(
     assert (tmp_path / "replica" / ".backbones" / "sha-abc" / "weights.bin").read_bytes() == (
         b"w" * 1000
     )
+    assert (tmp_path / "replica" / ".backbones" / "sha-def.onnx").read_bytes() == b"graph"
     assert not (tmp_path / "replica" / ".jobs").exists()
     assert replica.pull().added == []  # nothing new: nothing downloaded again
 
