@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -28,12 +29,13 @@ from pathlib import Path
 
 import httpx
 
-from service.jobs.store import JobStore
-from service.objectstore import open_filesystem
-from tests.cluster.servers import S3_ENV, fresh_database, running_postgres, running_s3
-from tests.cluster.test_cluster_e2e import start_worker
-from tests.service.test_e2e import Server, start_server, stop_server
-from tests.service.test_jobs_e2e import AUTH, KEY, shapes, submit
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fixtures, as modules
+from service.jobs.store import JobStore  # noqa: E402
+from service.objectstore import open_filesystem  # noqa: E402
+from tests.cluster.servers import S3_ENV, fresh_database, running_postgres, running_s3  # noqa: E402
+from tests.cluster.test_cluster_e2e import start_worker  # noqa: E402
+from tests.service.test_e2e import Server, start_server, stop_server  # noqa: E402
+from tests.service.test_jobs_e2e import AUTH, KEY, shapes, submit  # noqa: E402
 
 
 async def throughput(urls: list[str], image: bytes, clients: int, seconds: float) -> float:
