@@ -64,3 +64,8 @@ def test_gpus_are_reserved_for_replicas_and_workers(services: dict[str, Any]) ->
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia"
         assert device["capabilities"] == ["gpu"]
+
+
+def test_the_image_holds_the_cluster_drivers() -> None:
+    # psycopg and s3fs: the same image serves one host and a cluster
+    assert "pip install '.[cluster]'" in (ROOT / "Dockerfile").read_text()
