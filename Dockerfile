@@ -15,7 +15,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir models training service \
     && touch models/__init__.py training/__init__.py service/__init__.py \
-    && pip install . && pip uninstall -y promptserve
+    && pip install '.[cluster]' && pip uninstall -y promptserve
 COPY models ./models
 COPY training ./training
 COPY service ./service

@@ -1,7 +1,7 @@
-"""The `promptserve` command line: training's commands plus ``serve``.
+"""The `promptserve` command line: training's commands plus ``serve`` and ``worker``.
 
-``serve`` lives here because imports flow service -> training -> models; every other command is
-handed to `training.cli.main` unchanged. `main(argv)` returns an exit code.
+``serve`` and ``worker`` live here because imports flow service -> training -> models; every
+other command is handed to `training.cli.main` unchanged. `main(argv)` returns an exit code.
 """
 
 from __future__ import annotations
@@ -41,6 +41,24 @@ def add_serve_command(commands: Any) -> None:
         default=None,
         help="API worker processes sharing the port (default 1, PROMPTSERVE_WORKERS); with more "
         "than one, one engine process holds the model and batches across all of them",
+    )
+    add_worker_command(commands)
+
+
+def add_worker_command(commands: Any) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run tuning jobs from the shared job store",
+        description="Claim queued tuning jobs and run them, without the HTTP API. Point every "
+        "worker and API process at one job store (PROMPTSERVE_DATABASE_URL, or one store "
+        "directory on one host) and one classifier store (PROMPTSERVE_STORE).",
+    )
+    worker.add_argument("--store", type=Path, default=None, help="classifier store directory")
+    worker.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="jobs run at once (default: one per GPU, or 1 on the CPU)",
     )
 
 
@@ -90,10 +108,31 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.jobs.host import slot_devices, work
+    from service.settings import Settings
+
+    try:
+        settings = Settings(**({"store": args.store} if args.store is not None else {}))
+        devices = slot_devices(settings.job_device, args.slots)
+    except (ValidationError, ValueError) as exc:
+        sys.stderr.write(f"promptserve worker: invalid settings:\n{exc}\n")
+        return 2
+    if args.verbose:
+        settings = settings.model_copy(update={"log_level": "debug"})
+    configure_logging(settings.log_level)
+    asyncio.run(work(settings, devices))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "worker":
+        return run_worker(args)
     return training_main(argv)
 
 

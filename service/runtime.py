@@ -26,6 +26,7 @@ from service.errors import NotReadyError, ServiceError, http_meaning
 from service.jobs.runner import JobRunner
 from service.jobs.store import JobStore
 from service.metrics import Metrics, add_store_gauges
+from service.objectstore import StoreSync, open_mirror
 from service.settings import Settings, resolve_device
 from service.store import ClassifierStore
 
@@ -71,7 +72,11 @@ class ServiceRuntime:
         # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
-        self.jobs = JobStore(settings.job_root / "jobs.db")
+        self.jobs = JobStore(settings.job_database)
+        # PROMPTSERVE_STORE=s3://...: a local copy, kept fresh by the process running the engine
+        # (started there); every process deletes through it
+        mirror = open_mirror(settings)
+        self.sync = StoreSync(mirror, settings.store_poll_s) if mirror is not None else None
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -155,6 +160,8 @@ class Runtime(ServiceRuntime):
         self._ready = asyncio.Event()  # bound to the running loop
         await self.batcher.start()
         await asyncio.to_thread(self.store.remove_stale_staging, STALE_STAGING_S)
+        if self.sync is not None:
+            await self.sync.start()
         await self.runner.start()
         self._startup = asyncio.create_task(self._prepare_default(), name="prepare-default")
         if self.settings.api_key is None:
@@ -168,6 +175,8 @@ class Runtime(ServiceRuntime):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._startup
         await self.runner.stop()
+        if self.sync is not None:
+            await self.sync.stop()
         await self.batcher.stop()
         self.pipeline.labels.close()
         self.close_pools()

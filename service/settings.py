@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,13 @@ class Settings(BaseSettings):
         env_prefix="PROMPTSERVE_", env_file=".env", extra="ignore", frozen=True
     )
 
-    store: Path = Path("store")  # the classifier store directory
+    store: Path = Path("store")  # the classifier store directory (its local copy, with store_url)
+    # PROMPTSERVE_STORE=s3://bucket/prefix: the classifiers live there, `store` (default
+    # ./store, or PROMPTSERVE_STORE_CACHE) mirrors them locally
+    store_url: str | None = None
+    store_cache: Path | None = None  # the local copy of store_url; None: ./store
+    s3_endpoint_url: str | None = None  # an S3-compatible service (MinIO); None: AWS
+    store_poll_s: float = Field(default=2.0, gt=0)  # how often the local copy is refreshed
     default_classifier: str = "default"  # served when a request names no classifier
     default_backbone: str = "mini"  # backbone of the default classifier created on first start
     create_default: bool = True  # create the default classifier when the store lacks it
@@ -74,6 +81,11 @@ class Settings(BaseSettings):
     max_job_epochs: int = Field(default=200, ge=1)
     max_queued_jobs: int = Field(default=16, ge=0)  # jobs waiting for a worker; then 429
     job_retention_days: float = Field(default=30.0, gt=0)  # ended jobs (and events) kept
+    # the shared job queue of a cluster (postgresql://...); None: SQLite under jobs_dir
+    database_url: SecretStr | None = None
+    # a running job's lease: renewed every poll, taken over by another runner once it runs out
+    job_lease_s: float = Field(default=30.0, ge=2)
+    job_max_attempts: int = Field(default=2, ge=1)  # runs of a job whose workers keep dying
     # POST /adapt may publish versions of the default classifier only when this is set
     allow_adapt_default: bool = False
     data_root: Path | None = None  # `dataset` references resolve under it; None: refused
@@ -103,6 +115,26 @@ class Settings(BaseSettings):
             max_batch_size=self.max_batch_size,
         )
 
+    @property
+    def job_database(self) -> str | Path:
+        """Where the job store lives: the database URL, or the SQLite file under job_root."""
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return self.job_root / "jobs.db"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_url(cls, data: Any) -> Any:
+        """PROMPTSERVE_STORE may name an object store; the local copy then goes to
+        PROMPTSERVE_STORE_CACHE (default ./store)."""
+        store = _mended_url(str(data.get("store", ""))) if isinstance(data, dict) else ""
+        if isinstance(data, dict) and is_store_url(store):
+            data = dict(data)
+            data.pop("store")
+            data["store_url"] = store.rstrip("/")
+            data["store"] = data.get("store_cache") or Path("store")
+        return data
+
     @field_validator("default_classifier")
     @classmethod
     def _safe_name(cls, value: str) -> str:
@@ -131,6 +163,18 @@ class Settings(BaseSettings):
     def _blank_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         # PROMPTSERVE_API_KEY= (empty, as compose writes an unset host variable) means no auth
         return value if value is not None and value.get_secret_value() else None
+
+
+def is_store_url(text: str) -> bool:
+    """Whether a store setting names an object store (``s3://bucket/prefix``), not a folder."""
+    return "://" in text and not text.startswith("file://")
+
+
+def _mended_url(text: str) -> str:
+    """A URL that went through `Path` (``--store s3://b/p`` reads as ``s3:/b/p``), mended."""
+    if re.match(r"[a-z][a-z0-9+.-]*:/[^/]", text) and not text.startswith("file:"):
+        return text.replace(":/", "://", 1)
+    return text
 
 
 @functools.cache

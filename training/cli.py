@@ -109,14 +109,27 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
 def add_export_command(commands: Any) -> None:
     export = commands.add_parser(
         "export",
-        help="write a stored classifier as a self-contained artifact (its own visual graph)",
+        help="write a stored classifier as a self-contained artifact, or as a Triton model",
         description="Copy NAME[:VERSION] out of a store as a self-contained (format 1) "
         "artifact: manifest, class embeddings, learned tensors, visual.onnx and "
-        "visual.torchscript.pt, usable without the store.",
+        "visual.torchscript.pt, usable without the store. With --triton, write it into the "
+        "NVIDIA Triton model repository OUT instead (OUT/<model>/config.pbtxt with dynamic "
+        "batching, OUT/<model>/<version>/model.onnx).",
     )
     export.add_argument("classifier", help="NAME or NAME:VERSION (default: the newest)")
-    export.add_argument("out", type=Path, help="a new (or empty) directory")
-    export.add_argument("--store", type=Path, required=True, help="classifier store directory")
+    export.add_argument(
+        "out", type=Path, help="a new (or empty) directory; with --triton, a repository"
+    )
+    export.add_argument("--store", type=Path, default=Path("store"), help="(default ./store)")
+    export.add_argument("--triton", action="store_true", help="write a Triton model repository")
+    export.add_argument("--triton-name", default=None, help="Triton model name (default NAME)")
+    export.add_argument("--max-batch-size", type=int, default=64, help="Triton's (default 64)")
+    export.add_argument(
+        "--instance-kind",
+        choices=["KIND_GPU", "KIND_CPU", "KIND_AUTO"],
+        default="KIND_GPU",
+        help="where Triton runs the model (default KIND_GPU)",
+    )
 
 
 def add_dataset_arguments(command: argparse.ArgumentParser) -> None:
@@ -285,6 +298,18 @@ def run_export(args: argparse.Namespace) -> int:
 
     name, _, version = args.classifier.partition(":")
     path = resolve_version(args.store, name, version or None)
+    if args.triton:
+        from models.triton import export_triton
+
+        model = export_triton(
+            path,
+            args.out,
+            model_name=args.triton_name,
+            max_batch_size=args.max_batch_size,
+            instance_kind=args.instance_kind,
+        )
+        print(model)  # the model directory in the repository
+        return 0
     out = export_standalone(path, args.out)
     print(f"exported {name} version {path.name} to {out}")
     return 0

@@ -1,4 +1,4 @@
-"""The job store's records: the tables, a job and its events as decoded rows, the job states.
+"""The job store's records: a job and its events as decoded rows, the job states.
 
 A job's `spec` is the typed `JobSpec` (see `service.jobs.spec`). This module imports no torch.
 """
@@ -6,7 +6,7 @@ A job's `spec` is the typed `JobSpec` (see `service.jobs.spec`). This module imp
 from __future__ import annotations
 
 import json
-import sqlite3
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -15,35 +15,6 @@ from service.jobs.spec import JobSpec, load_spec
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")
-
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- creation order, the list cursor
-    id TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    spec TEXT NOT NULL,                      -- JSON: what to train (a JobSpec)
-    idempotency_key TEXT UNIQUE,
-    fingerprint TEXT NOT NULL,               -- hash of the request, to compare repeats
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    progress TEXT,                           -- JSON, while running and after
-    result TEXT,                             -- JSON, on success
-    error TEXT,                              -- JSON {reason, message}, on failure
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER                              -- the worker process, while running
-);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL,
-    data TEXT
-);
-CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
-"""
 
 
 @dataclass(frozen=True)
@@ -64,6 +35,9 @@ class Job:
     pid: int | None = None
     idempotency_key: str | None = None
     fingerprint: str = ""
+    worker: str | None = None  # the runner holding the lease, while running
+    lease_until: float | None = None  # UNIX time the lease runs out unless renewed
+    attempts: int = 0  # how many times a runner has claimed the job
 
     @property
     def finished(self) -> bool:
@@ -96,7 +70,7 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
-def job_from_row(row: sqlite3.Row) -> Job:
+def job_from_row(row: Any) -> Job:  # a sqlite3.Row or a psycopg dict row
     return Job(
         id=row["id"],
         seq=row["seq"],
@@ -112,4 +86,28 @@ def job_from_row(row: sqlite3.Row) -> Job:
         pid=row["pid"],
         idempotency_key=row["idempotency_key"],
         fingerprint=row["fingerprint"],
+        worker=row["worker"],
+        lease_until=row["lease_until"],
+        attempts=row["attempts"],
+    )
+
+
+def add_event_row(
+    db: Any,  # a connection of service.jobs.database
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    data: dict[str, Any] | None = None,
+    at: float | None = None,
+) -> None:
+    db.execute(
+        "INSERT INTO events (job_id, at, level, message, data) VALUES (?, ?, ?, ?, ?)",
+        (
+            job_id,
+            at if at is not None else time.time(),
+            level,
+            message,
+            json.dumps(data) if data else None,
+        ),
     )

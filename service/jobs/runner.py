@@ -1,22 +1,31 @@
-"""The job runner: the service's side of tuning jobs. It starts worker processes, watches them,
-enforces cancellation, and recovers after a restart.
+"""The job runner: claims queued jobs from the job store, runs each in its own worker process,
+keeps their leases, enforces cancellation, and recovers after a crash.
+
+The same runner is embedded in every API process (``promptserve serve``; the one-host default)
+and is the whole of ``promptserve worker`` (dedicated job hosts). Any number of runners may
+share one job store: each has its own worker id, and a job is run by the runner that claimed it.
 
 One asyncio task polls the job store (every POLL_S, or at once when woken by a new job or a
-cancel request) and, in a thread, does three things in order:
+cancel request) and, in a thread, does in order:
 
 1. reap: a worker process that exited while its job is still ``running`` died without ending
    it (killed, out of memory, a crash in native code): the job becomes ``failed``
    (reason ``worker_died``);
-2. cancel: a running job whose cancel flag has been set for longer than ``cancel_grace_s`` (the
+2. heartbeat: renew the leases of this runner's running jobs; a job it no longer holds (its
+   lease ran out and another runner took it over) has its process terminated at once, and
+   should the job store stay unreachable for half a lease, every worker process is stopped, so
+   that a job is never run twice at once;
+3. expire: any running job whose lease ran out (its runner's host died) is queued again, or
+   failed once it was tried ``job_max_attempts`` times;
+4. cancel: a running job whose cancel flag has been set for longer than ``cancel_grace_s`` (the
    worker checks the flag between steps, so only a worker stuck in one long operation gets
    here) is ended ``cancelled`` and its process terminated;
-3. start: queued jobs, oldest first, while fewer than ``max_concurrent_jobs`` run, each in its
-   own ``spawn``-ed process (`service.jobs.worker.run_job`).
+5. start: claim queued jobs, oldest first, while this runner has free slots, each in its own
+   ``spawn``-ed process (`service.jobs.worker.run_job`).
 
-At start-up, jobs left ``running`` by a previous service process are marked ``failed`` with
-reason ``interrupted``; queued jobs simply run. At shutdown, running workers get SIGTERM and end
-their jobs as interrupted. One service process per store: two services sharing a store would
-each take the other's running jobs for leftovers.
+At start-up, jobs left ``running`` by a runner of this host whose process is gone are marked
+``failed`` with reason ``interrupted`` at once (no need to wait for their lease); queued jobs
+simply run. At shutdown, running workers get SIGTERM and end their jobs as interrupted.
 """
 
 from __future__ import annotations
@@ -28,8 +37,10 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
+import uuid
 from multiprocessing.process import BaseProcess
 
 from service.errors import JobFinishedError, UnknownJobError
@@ -45,13 +56,45 @@ UPLOADS_DIR = "images"
 PRUNE_EVERY_S = 600.0  # ended jobs past their retention are looked for this often
 
 
+def worker_id() -> str:
+    """``host:pid:nonce``: unique per runner; names the host so that a runner restarted on it
+    can tell its predecessor's jobs from live ones."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 class JobRunner:
-    def __init__(self, jobs: JobStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        settings: Settings,
+        *,
+        slots: int | None = None,
+        devices: list[str] | None = None,
+    ) -> None:
         self.jobs = jobs
         self.jobs_dir = settings.job_root
         self.store_root = settings.store
+        # where a job's version is uploaded once published locally (None: a local store)
+        self.publish_to = {"url": settings.store_url, "endpoint_url": settings.s3_endpoint_url}
         self.device = resolve_device(settings.job_device)
-        self.max_concurrent = settings.max_concurrent_jobs
+        self.max_concurrent = settings.max_concurrent_jobs if slots is None else slots
+        # one device per slot (one job per GPU); by default every slot uses `device`
+        self.devices = devices or [self.device]
+        self.worker = worker_id()
+        self.lease_s = settings.job_lease_s
+        self.max_attempts = settings.job_max_attempts
+        self._last_heartbeat = time.monotonic()  # of the last one the job store answered
+        self._device_of: dict[str, str] = {}
         self.threads = settings.job_threads  # torch threads in a worker
         self.niceness = settings.job_niceness  # added to a worker's niceness
         self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled worker is killed
@@ -91,16 +134,22 @@ class JobRunner:
         self._wake.set()
 
     def recover(self) -> list[str]:
-        """Mark jobs a previous service process left running as failed (interrupted), and
-        remove what earlier processes left behind: files of jobs that have ended or are
-        unknown, and ended jobs past their retention."""
+        """Mark jobs that a runner of this host, now gone, left running as failed
+        (interrupted), and remove what earlier processes left behind: files of jobs that have
+        ended or are unknown, and ended jobs past their retention. Jobs of runners on other
+        hosts are left to their leases."""
         interrupted = []
-        for job in self.jobs.in_state("running"):
+        host = self.worker.split(":", 1)[0]
+        for job in self.jobs.running_on(host) + self._unleased():
+            if job.worker is not None and _process_alive(int(job.worker.split(":")[1])):
+                continue  # another runner of this host (an API process, a worker) runs it
             error = {
                 "reason": "interrupted",
                 "message": "the service stopped while the job was running",
             }
-            if self.jobs.finish(job.id, "failed", error=error, message="job interrupted"):
+            if self.jobs.finish(
+                job.id, "failed", error=error, message="job interrupted", worker=job.worker
+            ):
                 interrupted.append(job.id)
                 self.drop_uploads(job.id)
         if interrupted:
@@ -112,6 +161,10 @@ class JobRunner:
         self.prune()
         self._remove_orphans()
         return interrupted
+
+    def _unleased(self) -> list[Job]:
+        """Running jobs without a worker: left by a version before leases, on this host."""
+        return [job for job in self.jobs.in_state("running") if job.worker is None]
 
     def prune(self) -> None:
         """Forget ended jobs older than the retention, with their events and files."""
@@ -151,6 +204,9 @@ class JobRunner:
             if self._stopping:
                 return
             self._reap()
+            self._heartbeat()
+            for job in self.jobs.expire_leases(self.max_attempts):
+                log.warning("job %s: the lease of worker %s ran out", job.id, job.worker)
             self._enforce_cancels()
             self._start_queued()
             if time.monotonic() >= self._next_prune:
@@ -163,16 +219,45 @@ class JobRunner:
             if process.exitcode is None:
                 continue
             process.join()
-            del self._procs[job_id]
-            self._cancel_seen.pop(job_id, None)
+            self._forget(job_id)
             error = {
                 "reason": "worker_died",
                 "message": f"the worker process ended without finishing the job "
                 f"({_describe_exit(process.exitcode)})",
             }
-            if self.jobs.finish(job_id, "failed", error=error, message="worker process died"):
+            if self.jobs.finish(
+                job_id, "failed", error=error, message="worker process died", worker=self.worker
+            ):
                 log.error("job %s: %s", job_id, error["message"])
             self.drop_uploads(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        del self._procs[job_id]
+        self._cancel_seen.pop(job_id, None)
+        self._device_of.pop(job_id, None)
+
+    def _heartbeat(self) -> None:
+        if not self._procs:
+            self._last_heartbeat = time.monotonic()
+            return
+        try:
+            held = self.jobs.heartbeat(self.worker, list(self._procs), self.lease_s)
+        except Exception:
+            if time.monotonic() - self._last_heartbeat > self.lease_s / 2:
+                # another runner may take these jobs over once their leases run out: stop first
+                log.exception("job store unreachable for half a lease: stopping every job")
+                for job_id in list(self._procs):
+                    self._terminate(self._procs[job_id])
+                    self._forget(job_id)
+            raise
+        self._last_heartbeat = time.monotonic()
+        for job_id in set(self._procs) - held:
+            job = self.jobs.get(job_id)
+            if job is not None and job.finished:
+                continue  # ended by its worker: reaped once its process exits
+            log.warning("job %s is no longer held by this runner: stopping its worker", job_id)
+            self._terminate(self._procs[job_id])
+            self._forget(job_id)
 
     def _enforce_cancels(self) -> None:
         if not self._procs:
@@ -185,44 +270,51 @@ class JobRunner:
             if now - first < self.cancel_grace_s:
                 continue
             message = "job cancelled: the worker did not stop in time and was terminated"
-            if self.jobs.finish(job.id, "cancelled", message=message):
+            if self.jobs.finish(job.id, "cancelled", message=message, worker=self.worker):
                 log.warning("job %s: %s", job.id, message)
             self._terminate(self._procs[job.id])
 
     def _start_queued(self) -> None:
-        queued = self.jobs.in_state("queued")
-        self.queued = len(queued)
-        for job in queued:
-            if len(self._procs) >= self.max_concurrent:
+        self.queued = self.jobs.count("queued")
+        while len(self._procs) < self.max_concurrent and not self._stopping:
+            job = self.jobs.claim_next(self.worker, self.lease_s)
+            if job is None:
                 return
-            if not self.jobs.claim(job.id):
-                continue  # cancelled meanwhile
-            self.queued -= 1
+            self.queued = max(0, self.queued - 1)
+            device = self._free_device()
             try:
                 process = self._context.Process(
                     target=run_job,
                     args=(
-                        str(self.jobs.path),
+                        self.jobs.locator,
                         job.id,
                         str(self.store_root),
-                        self.device,
+                        device,
                         self.threads,
                         self.niceness,
                         os.getpid(),
                         self.log_level,
+                        self.worker,
                     ),
+                    kwargs={"publish_to": self.publish_to},
                     name=f"promptserve-{job.id}",
                 )
                 process.start()
             except Exception as exc:
                 log.exception("could not start a worker for job %s", job.id)
                 error = {"reason": "error", "message": f"could not start the worker: {exc}"}
-                self.jobs.finish(job.id, "failed", error=error)
+                self.jobs.finish(job.id, "failed", error=error, worker=self.worker)
                 continue
             assert process.pid is not None  # started
             self.jobs.set_pid(job.id, process.pid)
             self._procs[job.id] = process
-            log.info("job %s started in process %d", job.id, process.pid)
+            self._device_of[job.id] = device
+            log.info("job %s started in process %d on %s", job.id, process.pid, device)
+
+    def _free_device(self) -> str:
+        """The least used of this runner's devices."""
+        used = list(self._device_of.values())
+        return min(self.devices, key=used.count)
 
     # --- stopping ------------------------------------------------------------------------
 
@@ -240,8 +332,11 @@ class JobRunner:
                     process.join()
                 # the worker records this itself on SIGTERM; this covers a worker that could not
                 error = {"reason": "interrupted", "message": "the service stopped"}
-                self.jobs.finish(job_id, "failed", error=error, message="job interrupted")
+                self.jobs.finish(
+                    job_id, "failed", error=error, message="job interrupted", worker=self.worker
+                )
             self._procs.clear()
+            self._device_of.clear()
 
     def _terminate(self, process: BaseProcess) -> None:
         process.terminate()

@@ -1,33 +1,39 @@
-"""The job store: few-shot tuning jobs and their events in SQLite (WAL), shared by processes.
+"""The job store: few-shot tuning jobs and their events, shared by every process that serves or
+runs them.
 
-The service process creates jobs, lists them and asks for cancellation; a worker process updates
-its own job's progress and ends it. SQLite in WAL mode lets readers (every ``GET /jobs``) run
-while a worker writes, and every state change is one conditional ``UPDATE`` (``... WHERE state =
-'running'``), so two processes can never both move a job: a job cancelled while queued is never
-started, and a worker cannot mark a job that the service already gave up on.
+SQLite (WAL) in the store directory on one host; Postgres when ``PROMPTSERVE_DATABASE_URL``
+names one, for API replicas and workers on several hosts (see `service.jobs.database`). Every
+state change is one conditional ``UPDATE`` (``... WHERE state = 'running'``), so two processes
+can never both move a job: a job cancelled while queued is never started, and a worker cannot
+mark a job that was already given up on.
 
-Each call opens its own short-lived connection (cheap; a connection must not cross threads or
-processes), so a `JobStore` can be used from any thread and is picklable into a worker.
-This module imports no torch and no web framework.
+Runners take queued jobs with `claim_next`, which holds a lease (``worker``, ``lease_until``)
+that the runner renews while the job runs (`heartbeat`). A job whose lease ran out (its runner's
+host died, or lost the database) is requeued or failed by whichever runner notices first
+(`expire_leases`); its old runner finds the job no longer held and stops it, and every write of
+a job's runner names the worker (`finish(..., worker=...)`), so a late writer changes nothing.
+
+Each call opens its own short-lived connection (a connection must not cross threads or
+processes), so a `JobStore` can be used from any thread and rebuilt in a worker from
+`locator`. This module imports no torch and no web framework.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from service.jobs.database import Database, open_database
+from service.jobs.leases import JobLeases
 from service.jobs.records import (
-    SCHEMA,
     TERMINAL,
     Event,
     IdempotencyMismatchError,
     Job,
     JobState,
+    add_event_row,
     job_from_row,
     new_job_id,
 )
@@ -35,39 +41,27 @@ from service.jobs.spec import JobSpec, dump_spec
 
 __all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "new_job_id"]
 
-BUSY_TIMEOUT_S = 30.0
 
+class JobStore(JobLeases):
+    """Jobs in the database at `locator`: a SQLite file path, or a ``postgresql://`` URL
+    (created with its schema when missing)."""
 
-class JobStore:
-    """Jobs in the SQLite database at `path` (created with its schema when missing)."""
+    def __init__(self, locator: Path | str) -> None:
+        self.db: Database = open_database(locator)
+        self.locator = self.db.locator  # what a worker process reopens the store from
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
-            db.executescript(SCHEMA)
+    @property
+    def path(self) -> Path:
+        """The SQLite file (a Postgres-backed store has none)."""
+        if self.db.path is None:
+            raise AttributeError("a Postgres job store has no file path")
+        return self.db.path
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL stays consistent
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> Any:
+        return self.db.connect()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def _transaction(self) -> Any:
+        return self.db.transaction()
 
     # --- creating and reading ------------------------------------------------------------
 
@@ -93,12 +87,21 @@ class JobStore:
                     if existing.fingerprint != fingerprint:
                         raise IdempotencyMismatchError(existing)
                     return existing, False
-            db.execute(
+            inserted = db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?)",
+                "VALUES (?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
                 (job_id, dump_spec(spec), idempotency_key, fingerprint, now),
-            )
-            _add_event(db, job_id, "job created", data={"state": "queued"}, at=now)
+            ).rowcount
+            if not inserted:  # another process created the key's job since the SELECT
+                assert idempotency_key is not None  # NULL keys never conflict
+                row = db.execute(
+                    "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+                ).fetchone()
+                existing = job_from_row(row)
+                if existing.fingerprint != fingerprint:
+                    raise IdempotencyMismatchError(existing)
+                return existing, False
+            add_event_row(db, job_id, "job created", data={"state": "queued"}, at=now)
         job = self.get(job_id)
         assert job is not None  # just inserted
         return job, True
@@ -138,8 +141,8 @@ class JobStore:
 
     def count(self, state: JobState) -> int:
         with self._connect() as db:
-            (n,) = db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()
-        return int(n)
+            row = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE state = ?", (state,)).fetchone()
+        return int(row["n"])
 
     def prune(self, ended_before: float) -> list[str]:
         """Delete the jobs that ended before `ended_before` (a UNIX time), with their events;
@@ -186,17 +189,10 @@ class JobStore:
 
     # --- state changes -------------------------------------------------------------------
 
-    def claim(self, job_id: str) -> bool:
+    def claim(self, job_id: str, *, worker: str | None = None, lease_s: float = 0.0) -> bool:
         """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
         with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE jobs SET state = 'running', started_at = ? "
-                "WHERE id = ? AND state = 'queued'",
-                (time.time(), job_id),
-            ).rowcount
-            if changed:
-                _add_event(db, job_id, "job started", data={"state": "running"})
-        return bool(changed)
+            return self._claim(db, job_id, worker, lease_s)
 
     def set_pid(self, job_id: str, pid: int) -> None:
         with self._connect() as db:
@@ -218,15 +214,18 @@ class JobStore:
         error: dict[str, Any] | None = None,
         message: str | None = None,
         only_from: tuple[JobState, ...] = ("running",),
+        worker: str | None = None,
     ) -> bool:
-        """Move a job from one of `only_from` to the terminal `state`; False if it was not there."""
+        """Move a job from one of `only_from` to the terminal `state`; False if it was not there
+        (or, with `worker`, when that worker no longer holds it)."""
         if state not in TERMINAL:
             raise ValueError(f"{state!r} is not a terminal state")
         marks = ",".join("?" * len(only_from))
+        fence = " AND worker = ?" if worker is not None else ""
         with self._transaction() as db:
             changed = db.execute(
-                f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, pid = NULL "
-                f"WHERE id = ? AND state IN ({marks})",
+                f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, pid = NULL, "
+                f"lease_until = NULL WHERE id = ? AND state IN ({marks}){fence}",
                 (
                     state,
                     time.time(),
@@ -234,12 +233,13 @@ class JobStore:
                     json.dumps(error) if error is not None else None,
                     job_id,
                     *only_from,
+                    *((worker,) if worker is not None else ()),
                 ),
             ).rowcount
             if changed:
                 level = "error" if state == "failed" else "info"
                 data: dict[str, Any] = {"state": state} | ({"error": error} if error else {})
-                _add_event(db, job_id, message or f"job {state}", level=level, data=data)
+                add_event_row(db, job_id, message or f"job {state}", level=level, data=data)
         return bool(changed)
 
     def request_cancel(self, job_id: str) -> Job | None:
@@ -257,12 +257,12 @@ class JobStore:
                     "WHERE id = ?",
                     (time.time(), job_id),
                 )
-                _add_event(
+                add_event_row(
                     db, job_id, "job cancelled before it started", data={"state": "cancelled"}
                 )
             elif row["state"] == "running":
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-                _add_event(db, job_id, "cancellation requested")
+                add_event_row(db, job_id, "cancellation requested")
         return self.get(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
@@ -274,25 +274,4 @@ class JobStore:
         self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None
     ) -> None:
         with self._connect() as db:
-            _add_event(db, job_id, message, level=level, data=data)
-
-
-def _add_event(
-    db: sqlite3.Connection,
-    job_id: str,
-    message: str,
-    *,
-    level: str = "info",
-    data: dict[str, Any] | None = None,
-    at: float | None = None,
-) -> None:
-    db.execute(
-        "INSERT INTO events (job_id, at, level, message, data) VALUES (?, ?, ?, ?, ?)",
-        (
-            job_id,
-            at if at is not None else time.time(),
-            level,
-            message,
-            json.dumps(data) if data else None,
-        ),
-    )
+            add_event_row(db, job_id, message, level=level, data=data)

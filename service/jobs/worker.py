@@ -7,10 +7,12 @@ same entry point as ``promptserve train`` (`training.api.train_classifier`) and 
 the job store itself: ``succeeded`` with the published version and its accuracies, ``failed``
 with the error, or ``cancelled``.
 
-It stops (between two training steps, or before export) when the job's cancel flag is set, or
-when the service that started it is gone (its parent process changed: a crashed service must
-not leave a worker publishing behind the back of its successor). SIGTERM raises SystemExit, so
-an export in progress removes its staging directory on the way out.
+It stops (between two training steps, or before export) when the job's cancel flag is set, when
+its runner no longer holds the job (the lease ran out and another runner took it over: it then
+writes nothing), or when the runner that started it is gone (its parent process changed: a
+crashed service must not leave a worker publishing behind the back of its successor). Every
+write that ends the job names the runner's worker id, so a late one changes nothing. SIGTERM
+raises SystemExit, so an export in progress removes its staging directory on the way out.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ PROGRESS_EVERY_S = 0.5  # progress writes and cancel checks, at most this often
 
 
 def run_job(
-    db_path: str,
+    database: str,
     job_id: str,
     store_root: str,
     device: str,
@@ -42,6 +44,8 @@ def run_job(
     niceness: int,
     parent_pid: int,
     log_level: str = "info",
+    worker: str | None = None,
+    publish_to: dict[str, str | None] | None = None,
 ) -> None:
     """Run job `job_id` to the end; every outcome is written to the job store."""
     logging.basicConfig(
@@ -54,30 +58,38 @@ def run_job(
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
-    jobs = JobStore(Path(db_path))
+    jobs = JobStore(database)
     job = jobs.get(job_id)
-    if job is None or job.state != "running":
+    if job is None or job.state != "running" or (worker and job.worker != worker):
         log.warning("job %s is not running (%s); nothing to do", job_id, job and job.state)
         return
     jobs.set_pid(job_id, os.getpid())
-    monitor = Monitor(jobs, job_id, parent_pid)
+    monitor = Monitor(jobs, job_id, parent_pid, worker)
     try:
         outcome = _train(job.spec, Path(store_root), device, monitor)
     except BaseException as exc:  # every way out is recorded; SystemExit included
-        _record_failure(jobs, job_id, exc, monitor)
+        if not monitor.lost:
+            _record_failure(jobs, job_id, exc, monitor)
         if not isinstance(exc, Exception):
             raise
         return
+    version = outcome.version
+    if publish_to and publish_to.get("url"):
+        try:
+            version = _upload(jobs, job.spec.train.name, version, Path(store_root), publish_to)
+        except Exception as exc:
+            _record_failure(jobs, job_id, exc, monitor)
+            return
     result = {
         "classifier": job.spec.train.name,
-        "version": outcome.version,
+        "version": version,
         "seconds": outcome.summary["seconds"],
         "steps": outcome.summary["steps"],
         "final_loss": outcome.summary["final_loss"],
         **outcome.metrics,
     }
-    message = f"published {job.spec.train.name} version {outcome.version}"
-    if not jobs.finish(job_id, "succeeded", result=result, message=message):
+    message = f"published {job.spec.train.name} version {version}"
+    if not jobs.finish(job_id, "succeeded", result=result, message=message, worker=worker):
         log.warning("job %s was ended by the service while it published", job_id)
 
 
@@ -89,29 +101,49 @@ def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> An
     return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
 
 
+def _upload(
+    jobs: JobStore, name: str, version: str, store_root: Path, publish_to: dict[str, str | None]
+) -> str:
+    """Upload the published version to the object store; returns its number there (another
+    host may have taken this one meanwhile)."""
+    from service.objectstore import StoreMirror
+
+    url = publish_to["url"]
+    assert url is not None  # checked by the caller
+    mirror = StoreMirror(url, store_root, endpoint_url=publish_to.get("endpoint_url"))
+    with jobs.publish_lock(name):
+        return mirror.push(name, version)
+
+
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
+    worker = monitor.worker
     if isinstance(exc, TrainingCancelled) and monitor.orphaned:
         error = {"reason": "interrupted", "message": "the service that ran the job stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted")
+        jobs.finish(job_id, "failed", error=error, message="job interrupted", worker=worker)
     elif isinstance(exc, TrainingCancelled):
-        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})")
+        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})", worker=worker)
     elif isinstance(exc, SystemExit | KeyboardInterrupt):
         error = {"reason": "interrupted", "message": "the worker process was stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted")
+        jobs.finish(job_id, "failed", error=error, message="job interrupted", worker=worker)
     else:
         log.exception("job %s failed", job_id)
         error = {"reason": "error", "message": f"{type(exc).__name__}: {without_paths(str(exc))}"}
-        jobs.finish(job_id, "failed", error=error, message=f"job failed: {error['message']}")
+        message = f"job failed: {error['message']}"
+        jobs.finish(job_id, "failed", error=error, message=message, worker=worker)
 
 
 class Monitor:
     """The training loop's progress callback and cancellation check for one job."""
 
-    def __init__(self, jobs: JobStore, job_id: str, parent_pid: int) -> None:
+    def __init__(
+        self, jobs: JobStore, job_id: str, parent_pid: int, worker: str | None = None
+    ) -> None:
         self.jobs = jobs
         self.job_id = job_id
         self.parent_pid = parent_pid
+        self.worker = worker
         self.orphaned = False
+        self.lost = False  # another runner took the job over: write nothing more
         self._last_write = 0.0
         self._last_check = 0.0
         self._epoch = 0
@@ -154,6 +186,8 @@ class Monitor:
         self._last_check = now
         if os.getppid() != self.parent_pid:
             self.orphaned = self._cancel = True
+        elif self.worker is not None and not self.jobs.holds(self.job_id, self.worker):
+            self.lost = self._cancel = True
         elif self.jobs.cancel_requested(self.job_id):
             self._cancel = True
         return self._cancel

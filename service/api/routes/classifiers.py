@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from models.methods import list_methods
 from service.api.deps import SettingsDep, StoreDep, require_api_key
@@ -48,11 +48,19 @@ async def get_classifier_version(
 
 @router.delete("/{name}/{version}", status_code=204, responses=error_responses(404, 409, 422))
 async def delete_classifier_version(
-    name: str, version: str, store: StoreDep, settings: SettingsDep
+    name: str, version: str, store: StoreDep, settings: SettingsDep, request: Request
 ) -> Response:
     """Remove one version. The last version of the default classifier cannot be deleted."""
-    await asyncio.to_thread(store.delete, name, version, protected=settings.default_classifier)
+    sync = getattr(request.app.state.runtime, "sync", None)  # an object store, mirrored here
+    delete = sync.mirror.delete_version if sync is not None else _delete_local
+    await asyncio.to_thread(delete, store, name, version, protected=settings.default_classifier)
     return Response(status_code=204)
+
+
+def _delete_local(
+    store: ClassifierStore, name: str, version: str, *, protected: str | None
+) -> None:
+    store.delete(name, version, protected=protected)
 
 
 def _list(store: ClassifierStore, default: str) -> ClassifierListPublic:

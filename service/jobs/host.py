@@ -1,0 +1,55 @@
+"""``promptserve worker``: a job runner on its own, without the HTTP API.
+
+A worker process claims queued jobs from the shared job store and runs up to `slots` of them at
+once, each in its own process. On a GPU host the slots go one per GPU (``cuda:0``, ``cuda:1``,
+...); on a CPU host they share the CPU (give each job ``job_threads`` threads accordingly).
+SIGTERM or SIGINT stops it: running jobs end as interrupted, queued ones wait for another
+worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from service.jobs.runner import JobRunner
+from service.jobs.store import JobStore
+from service.settings import Settings, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def slot_devices(device: str, slots: int | None) -> list[str]:
+    """One device per job slot: every GPU once when `slots` is None on a CUDA host, else
+    `slots` slots spread over the GPUs (or all on the CPU)."""
+    if slots is not None and slots < 1:
+        raise ValueError(f"a worker needs at least one job slot, not {slots}")
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda"):
+        import torch
+
+        gpus = [f"cuda:{i}" for i in range(max(1, torch.cuda.device_count()))]
+        count = slots if slots is not None else len(gpus)
+        return [gpus[i % len(gpus)] for i in range(count)]
+    return [resolved] * (slots if slots is not None else 1)
+
+
+async def work(settings: Settings, devices: list[str]) -> None:
+    """Run jobs on `devices` (one slot each) until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = JobRunner(
+        JobStore(settings.job_database), settings, slots=len(devices), devices=devices
+    )
+    await runner.start()
+    log.info(
+        "worker %s ready: %d job slot(s) on %s", runner.worker, len(devices), ", ".join(devices)
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("worker %s stopping", runner.worker)
+        await runner.stop()

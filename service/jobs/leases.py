@@ -1,0 +1,131 @@
+"""The job store's leases: how runners claim queued jobs, keep them, and take over the jobs of
+runners that stopped renewing theirs (see `service.jobs.store` for the whole picture).
+
+A mixin of `JobStore`, so that the state machine and its reads stay in one short module and the
+queue operations of several runners in another. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from service.jobs.database import Database
+from service.jobs.records import Job, add_event_row, job_from_row
+
+
+class JobLeases:
+    db: Database  # set by JobStore
+
+    def claim_next(self, worker: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job for `worker`, with a lease of `lease_s` seconds; None
+        when nothing is queued. Two runners asking at once never get the same job."""
+        with self.db.transaction() as db:
+            row = db.execute(self.db.next_queued).fetchone()
+            if row is None or not self._claim(db, row["id"], worker, lease_s):
+                return None
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return job_from_row(row)
+
+    def _claim(self, db: Any, job_id: str, worker: str | None, lease_s: float) -> bool:
+        now = time.time()
+        changed = db.execute(
+            "UPDATE jobs SET state = 'running', started_at = ?, worker = ?, lease_until = ?, "
+            "attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
+            (now, worker, now + lease_s if worker else None, job_id),
+        ).rowcount
+        if changed:
+            data: dict[str, Any] = {"state": "running"} | ({"worker": worker} if worker else {})
+            add_event_row(db, job_id, "job started", data=data)
+        return bool(changed)
+
+    def heartbeat(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
+        """Renew `worker`'s leases on `job_ids`; returns the ids it still holds (a job missing
+        from the answer was taken from it, or has ended)."""
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        with self.db.connect() as db:
+            db.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND state = 'running' "
+                f"AND id IN ({marks})",
+                (time.time() + lease_s, worker, *job_ids),
+            )
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE worker = ? AND state = 'running' AND id IN ({marks})",
+                (worker, *job_ids),
+            ).fetchall()
+        return {row["id"] for row in rows}
+
+    def expire_leases(self, max_attempts: int) -> list[Job]:
+        """Requeue the running jobs whose lease ran out (their runner stopped renewing it), or
+        fail them (reason ``worker_died``) once they have been tried `max_attempts` times.
+        Returns the jobs as they were."""
+        now = time.time()
+        with self.db.transaction() as db:
+            rows = db.execute(self.db.expired_leases, (now,)).fetchall()
+            expired = [job_from_row(row) for row in rows]
+            for job in expired:
+                lost = f"worker {job.worker} stopped renewing its lease"
+                if job.attempts < max_attempts:
+                    db.execute(
+                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
+                        "pid = NULL, progress = NULL WHERE id = ? AND state = 'running'",
+                        (job.id,),
+                    )
+                    add_event_row(
+                        db,
+                        job.id,
+                        f"{lost}; job queued again (attempt {job.attempts + 1} of {max_attempts})",
+                        level="warning",
+                        data={"state": "queued"},
+                    )
+                    continue
+                error = {"reason": "worker_died", "message": f"{lost} (attempt {job.attempts})"}
+                db.execute(
+                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, pid = NULL, "
+                    "lease_until = NULL WHERE id = ? AND state = 'running'",
+                    (now, json.dumps(error), job.id),
+                )
+                add_event_row(
+                    db,
+                    job.id,
+                    "worker lost",
+                    level="error",
+                    data={"state": "failed", "error": error},
+                )
+        return expired
+
+    def running_on(self, host: str) -> list[Job]:
+        """Running jobs whose worker id names `host` (see `service.jobs.runner.worker_id`)."""
+        with self.db.connect() as db:
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE state = 'running' AND worker LIKE ? ORDER BY seq",
+                (f"{host}:%",),
+            ).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def holds(self, job_id: str, worker: str) -> bool:
+        """Whether `worker` still runs `job_id` (its lease was not taken over, the job not
+        ended by someone else)."""
+        with self.db.connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND worker = ?",
+                (job_id, worker),
+            ).fetchone()
+        return row is not None
+
+    @contextmanager
+    def publish_lock(self, name: str) -> Iterator[None]:
+        """Held while a worker uploads a version of classifier `name` to an object store, so
+        two hosts never take one version number (Postgres: an advisory lock; SQLite serves one
+        host, whose exporters already take numbers by an atomic rename)."""
+        if self.db.path is not None:
+            yield
+            return
+        with self.db.transaction() as db:
+            db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"publish:{name}",))
+            yield

@@ -1,0 +1,296 @@
+"""The classifier store on object storage: ``PROMPTSERVE_STORE=s3://bucket/prefix``.
+
+The object store is the source of truth; each process keeps a local directory that mirrors it
+and serves from there (`ClassifierStore` reads only local files). The mirror is generic over
+what a version holds: it copies every file of ``<name>/<version>/`` and every entry of a
+dot-directory (``<prefix>/.backbones/<key>/``, say: content-addressed files that versions
+share), whatever their names.
+
+Keys are immutable: a published version is never overwritten. Visibility is manifest-last: a
+version's other files are uploaded first and ``manifest.json`` last, so a reader that lists
+manifests never sees half a version; a dot-directory entry is visible once its
+``.mirror-complete`` marker is (uploaded last). Deleting removes the manifest first.
+
+`pull` (every few seconds, from `StoreSync`) downloads versions the local directory lacks (into
+a staging folder, renamed into place), removes local versions that were deleted remotely, and
+uploads versions that were created locally and never seen remotely (the default classifier a
+fresh replica creates on start-up). Workers publish with `push`, which renumbers a version when
+another host took its number meanwhile. Remote listings go through fsspec (s3fs for ``s3://``),
+with no listing cache: every pull sees the bucket as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
+from service.settings import Settings, is_store_url
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".mirror-complete"  # last object of a dot-directory entry
+LOCAL_ONLY = (".jobs",)  # dot-directories that stay on their host
+PUSH_ATTEMPTS = 20  # version numbers tried when other hosts keep taking the next one
+
+
+@dataclass
+class PullReport:
+    added: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+    pushed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def open_filesystem(url: str, endpoint_url: str | None = None) -> Any:
+    """The fsspec filesystem for `url`'s scheme, without listing caches."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
+    if protocol in ("s3", "s3a") and endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": endpoint_url}
+    return fsspec.filesystem(protocol, **options)
+
+
+class StoreMirror:
+    """Mirror the classifier store at `url` into the local directory `local`."""
+
+    def __init__(
+        self, url: str, local: Path, *, endpoint_url: str | None = None, fs: Any = None
+    ) -> None:
+        if not is_store_url(url):
+            raise ValueError(f"not an object store URL: {url!r} (expected s3://bucket/prefix)")
+        self.url = url.rstrip("/")
+        self.base = self.url.split("://", 1)[1]  # bucket/prefix, as fsspec names paths
+        self.local = Path(local)
+        self.fs = fs if fs is not None else open_filesystem(url, endpoint_url)
+        self.seen: set[tuple[str, str]] = set()  # versions this process has seen remotely
+        self.lock = threading.Lock()  # one pull or delete at a time in this process
+
+    # --- reading the remote ---------------------------------------------------------------
+
+    def remote_versions(self) -> set[tuple[str, str]]:
+        """Published (name, version) pairs: those whose manifest is there."""
+        found = set()
+        for path in self.fs.glob(f"{self.base}/*/*/{MANIFEST_FILE}"):
+            name, version = path.rstrip("/").split("/")[-3:-1]
+            if not name.startswith(".") and VERSION_PATTERN.fullmatch(version):
+                found.add((name, version))
+        return found
+
+    def _remote_entries(self) -> set[str]:
+        """Complete dot-directory entries, as ``.dir/key`` paths: a folder whose marker
+        ``.dir/key/.mirror-complete`` is there, or a file whose ``.dir/key.mirror-complete`` is."""
+        entries = set()
+        for path in self.fs.glob(f"{self.base}/.*/*{COMPLETE_MARKER}"):
+            directory, key = path.rstrip("/").split("/")[-2:]
+            entries.add(f"{directory}/{key.removesuffix(COMPLETE_MARKER)}")
+        for path in self.fs.glob(f"{self.base}/.*/*/{COMPLETE_MARKER}"):
+            entries.add("/".join(path.rstrip("/").split("/")[-3:-1]))
+        return {
+            e
+            for e in entries
+            if e.split("/")[0] not in LOCAL_ONLY and not e.startswith(TEMP_PREFIX) and e[-1] != "/"
+        }
+
+    def _local_entries(self) -> set[str]:
+        entries = set()
+        for directory in self.local.glob(".*") if self.local.is_dir() else ():
+            if directory.name in LOCAL_ONLY or directory.name.startswith(TEMP_PREFIX):
+                continue
+            if directory.is_dir():
+                entries |= {f"{directory.name}/{p.name}" for p in directory.iterdir()}
+        return {e for e in entries if not e.split("/")[1].startswith(TEMP_PREFIX)}
+
+    def local_versions(self) -> set[tuple[str, str]]:
+        if not self.local.is_dir():
+            return set()
+        return {
+            (child.name, version)
+            for child in self.local.iterdir()
+            if child.is_dir() and not child.name.startswith(".")
+            for version in list_versions(self.local, child.name)
+        }
+
+    # --- one synchronisation ----------------------------------------------------------------
+
+    def pull(self) -> PullReport:
+        """Make the local directory match the remote store (see the module docstring)."""
+        with self.lock:
+            return self._pull()
+
+    def _pull(self) -> PullReport:
+        report = PullReport()
+        for entry in sorted(self._remote_entries() - self._local_entries()):
+            if self.fs.isfile(f"{self.base}/{entry}"):
+                self._download_file(entry)
+            else:
+                self._download(entry, self.local / entry, marker=COMPLETE_MARKER)
+        remote = self.remote_versions()
+        local = self.local_versions()
+        for name, version in sorted(remote - local):
+            self._download(f"{name}/{version}", self.local / name / version, marker=MANIFEST_FILE)
+            report.added.append((name, version))
+        for name, version in sorted((self.seen - remote) & local):
+            self._remove_local(name, version)
+            report.removed.append((name, version))
+        for name, version in sorted(local - remote - self.seen):
+            report.pushed.append((name, self.push(name, version)))
+        self.seen = remote | set(report.pushed)
+        return report
+
+    def push(self, name: str, version: str) -> str:
+        """Upload local version `name/version` manifest-last and return its remote version:
+        the same, or the next free number when another host published that one meanwhile
+        (the local copy is renumbered to match)."""
+        self._push_entries()
+        for _ in range(PUSH_ATTEMPTS):
+            taken = {v for n, v in self.remote_versions() if n == name}
+            if version not in taken:
+                self._upload(self.local / name / version, f"{name}/{version}", MANIFEST_FILE)
+                self.seen.add((name, version))
+                log.info("uploaded classifier %s version %s to %s", name, version, self.url)
+                return version
+            version = self._renumber(name, version, taken)
+        raise RuntimeError(f"could not find a free version of {name} in {self.url}")
+
+    def delete(self, name: str, version: str) -> None:
+        """Remove a version remotely: its manifest first, so no replica downloads it again.
+        It stays in `seen`, so the next pull removes any local copy."""
+        prefix = f"{self.base}/{name}/{version}"
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(f"{prefix}/{MANIFEST_FILE}")
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(prefix, recursive=True)
+
+    def delete_version(
+        self, store: Any, name: str, version: str, *, protected: str | None = None
+    ) -> None:
+        """Delete a version here (with the store's own checks) and then remotely, with no
+        pull in between (it would download the version again)."""
+        with self.lock:
+            resolved = store.resolve(name, version)
+            store.delete(name, resolved, protected=protected)
+            self.delete(name, resolved)
+
+    # --- moving files -------------------------------------------------------------------------
+
+    def _push_entries(self) -> None:
+        for entry in sorted(self._local_entries() - self._remote_entries()):
+            source = self.local / entry
+            if source.is_dir():
+                self._upload(source, entry, marker=None)
+                self.fs.pipe_file(f"{self.base}/{entry}/{COMPLETE_MARKER}", b"")
+            elif source.is_file():
+                self.fs.put_file(str(source), f"{self.base}/{entry}")
+                self.fs.pipe_file(f"{self.base}/{entry}{COMPLETE_MARKER}", b"")
+
+    def _upload(self, source: Path, key: str, marker: str | None) -> None:
+        files = sorted(p for p in source.rglob("*") if p.is_file())
+        for path in sorted(files, key=lambda p: p.name == marker):  # the marker goes last
+            self.fs.put_file(str(path), f"{self.base}/{key}/{path.relative_to(source)}")
+
+    def _download(self, key: str, target: Path, marker: str) -> None:
+        """Fetch `key`'s files into a staging folder beside `target`, then rename it in."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f"{TEMP_PREFIX}pull-{uuid.uuid4().hex}"
+        prefix = f"{self.base}/{key}/"
+        try:
+            for path in self.fs.find(prefix):
+                relative = path[len(prefix) :]
+                if relative == COMPLETE_MARKER:
+                    continue
+                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(path, str(staging / relative))
+            if marker != COMPLETE_MARKER and not (staging / marker).is_file():
+                return  # deleted while we read it
+            staging.rename(target)
+            log.info("downloaded %s from %s", key, self.url)
+        except OSError:
+            if not target.exists():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _download_file(self, entry: str) -> None:
+        target = self.local / entry
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f"{TEMP_PREFIX}pull-{uuid.uuid4().hex}"
+        try:
+            self.fs.get_file(f"{self.base}/{entry}", str(staging))
+            staging.rename(target)
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def _remove_local(self, name: str, version: str) -> None:
+        directory = self.local / name
+        doomed = directory / f"{TEMP_PREFIX}deleted-{uuid.uuid4().hex}"
+        with contextlib.suppress(FileNotFoundError):
+            (directory / version).rename(doomed)  # atomic: readers see all of it or none
+            shutil.rmtree(doomed, ignore_errors=True)
+            log.info("classifier %s version %s was deleted from %s", name, version, self.url)
+        if not list_versions(self.local, name):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+    def _renumber(self, name: str, version: str, taken: set[str]) -> str:
+        local = {v for n, v in self.local_versions() if n == name}
+        new = str(max(int(v) for v in taken | local) + 1)
+        source, target = self.local / name / version, self.local / name / new
+        manifest = json.loads((source / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest["version"] = new
+        (source / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+        source.rename(target)
+        log.warning("%s version %s was taken on %s: published as %s", name, version, self.url, new)
+        return new
+
+
+class StoreSync:
+    """Pull the mirror every `interval_s` seconds on a background task (an API replica)."""
+
+    def __init__(self, mirror: StoreMirror, interval_s: float) -> None:
+        self.mirror = mirror
+        self.interval_s = interval_s
+        self.on_change: list[Callable[[PullReport], None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """One pull now (the replica starts with the store as it is), then every interval."""
+        await asyncio.to_thread(self.sync)
+        self._task = asyncio.create_task(self._loop(), name="store-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def sync(self) -> PullReport:
+        report = self.mirror.pull()
+        for callback in self.on_change:
+            callback(report)
+        return report
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await asyncio.to_thread(self.sync)
+            except Exception:  # an unreachable bucket must not end the loop: log, try again
+                log.exception("could not synchronise with %s", self.mirror.url)
+
+
+def open_mirror(settings: Settings) -> StoreMirror | None:
+    """The mirror of `settings.store_url` into `settings.store`; None for a local store."""
+    if settings.store_url is None:
+        return None
+    return StoreMirror(settings.store_url, settings.store, endpoint_url=settings.s3_endpoint_url)

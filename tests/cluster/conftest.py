@@ -1,0 +1,3 @@
+from tests.cluster.servers import postgres, s3_server
+
+__all__ = ["postgres", "s3_server"]

@@ -1,0 +1,245 @@
+"""The cluster end to end with real processes: two API replicas and two `promptserve worker`
+processes on one Postgres and one S3 bucket (moto), each replica and worker with its own local
+store directory, as if on its own host.
+
+A job submitted to replica A is run once, by a worker, and its version is served by replica B;
+a worker whose host dies mid-job (its process group SIGKILLed) has its job taken over after the
+lease runs out, never run twice at once; a version deleted through A stops being served by
+both; 50 jobs submitted at once to both replicas each run exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.jobs.store import JobStore
+from tests.cluster.servers import S3_ENV, Postgres, S3Server, fresh_database
+from tests.service.test_e2e import MINI_WEIGHTS, REPO, Server, start_server, stop_server
+from tests.service.test_jobs_e2e import AUTH, KEY, shapes, submit, wait_for
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"),
+]
+
+LEASE_S = 4.0
+ENDED = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class Cluster:
+    apis: list[Server]
+    workers: list[subprocess.Popen[bytes]]
+    database: str
+    env: dict[str, str]
+    root: Path
+
+
+def start_worker(root: Path, index: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "service.cli", "worker", "--slots", "2"]
+    command += ["--store", str(root / f"worker{index}-store")]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
+    environment |= {"HF_HUB_OFFLINE": "1", **env}
+    with (root / f"worker{index}.log").open("wb") as sink:
+        # its own session: killing the group takes the worker and its job processes, as a
+        # host that dies would
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    postgres: Postgres, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    database = fresh_database(postgres, f"c{uuid.uuid4().hex[:12]}")
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    from service.objectstore import open_filesystem
+
+    os.environ.update(S3_ENV)
+    open_filesystem("s3://x", s3_server.endpoint).mkdir(bucket)
+    env = {
+        **S3_ENV,
+        "PROMPTSERVE_API_KEY": KEY,
+        "PROMPTSERVE_DATABASE_URL": database,
+        "PROMPTSERVE_STORE_URL": f"s3://{bucket}/store",
+        "PROMPTSERVE_S3_ENDPOINT_URL": s3_server.endpoint,
+        "PROMPTSERVE_STORE_POLL_S": "0.5",
+        # uploads are written by the API and read by the worker: one shared folder
+        "PROMPTSERVE_JOBS_DIR": str(root / "jobs"),
+        "PROMPTSERVE_JOB_LEASE_S": str(LEASE_S),
+        "PROMPTSERVE_JOB_MAX_ATTEMPTS": "2",
+        "PROMPTSERVE_JOB_THREADS": "1",
+        "PROMPTSERVE_JOB_NICENESS": "0",
+        "PROMPTSERVE_MAX_QUEUED_JOBS": "100",
+    }
+    api_env = env | {"PROMPTSERVE_MAX_CONCURRENT_JOBS": "0"}  # replicas only serve
+    workers = [start_worker(root, i, env) for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        apis = list(
+            pool.map(
+                lambda i: start_server(
+                    root / f"api{i}-store", root / f"api{i}.log", timeout=300, **api_env
+                ),
+                range(2),
+            )
+        )
+    try:
+        yield Cluster(apis, workers, database, env, root)
+    finally:
+        for api in apis:
+            stop_server(api)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(timeout=30)
+
+
+def client(server: Server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=AUTH, timeout=60)
+
+
+def zeroshot(http: httpx.Client, name: str, **fields: Any) -> dict[str, Any]:
+    return submit(http, shapes("train", 1), name=name, method="zeroshot", **fields)
+
+
+def starts(jobs: JobStore, job_id: str) -> list[str]:
+    """The workers that started the job, in order (from its events)."""
+    return [
+        (event.data or {}).get("worker", "")
+        for event in jobs.events(job_id, limit=1000)
+        if event.message == "job started"
+    ]
+
+
+def wait_served(http: httpx.Client, name: str, version: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = http.get(f"/classifiers/{name}")
+        if listing.status_code == 200 and version in [
+            v["version"] for v in listing.json()["versions"]
+        ]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} version {version} not served after {timeout}s")
+
+
+def test_a_job_sent_to_one_replica_runs_once_and_the_other_serves_it(cluster: Cluster) -> None:
+    jobs = JobStore(cluster.database)
+    with client(cluster.apis[0]) as a, client(cluster.apis[1]) as b:
+        job = zeroshot(a, "fromA")
+        assert b.get(f"/jobs/{job['id']}").json()["id"] == job["id"]  # one queue
+        done = wait_for(b, job["id"], ENDED, timeout=120)
+        assert done["state"] == "succeeded", done
+        assert len(starts(jobs, job["id"])) == 1
+        version = done["result"]["version"]
+        wait_served(b, "fromA", version)
+        image = shapes("test", 1)[0][0]
+        answer = b.post(
+            "/classify",
+            data={"classifier": "fromA", "version": version},
+            files=[("images", ("x.png", image, "image/png"))],
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["classifier"] == "fromA"
+
+
+def test_a_deleted_version_stops_being_served_by_both_replicas(cluster: Cluster) -> None:
+    with client(cluster.apis[0]) as a, client(cluster.apis[1]) as b:
+        first = wait_for(a, zeroshot(a, "doomed")["id"], ENDED, timeout=120)
+        second = wait_for(a, zeroshot(a, "doomed")["id"], ENDED, timeout=120)
+        assert (first["state"], second["state"]) == ("succeeded", "succeeded")
+        gone, kept = first["result"]["version"], second["result"]["version"]
+        assert gone != kept
+        for http in (a, b):
+            wait_served(http, "doomed", kept)
+            wait_served(http, "doomed", gone)
+        assert a.delete(f"/classifiers/doomed/{gone}").status_code == 204
+        deadline = time.monotonic() + 15
+        for http in (a, b):
+            while http.get(f"/classifiers/doomed/{gone}").status_code != 404:
+                assert time.monotonic() < deadline, "the deleted version is still served"
+                time.sleep(0.2)
+            image = shapes("test", 1)[0][0]
+            answer = http.post(
+                "/classify",
+                data={"classifier": "doomed", "version": gone},
+                files=[("images", ("x.png", image, "image/png"))],
+            )
+            assert answer.status_code == 404
+            assert http.get(f"/classifiers/doomed/{kept}").status_code == 200
+
+
+def test_fifty_concurrent_jobs_to_both_replicas_each_run_exactly_once(cluster: Cluster) -> None:
+    jobs = JobStore(cluster.database)
+    with client(cluster.apis[0]) as a, client(cluster.apis[1]) as b:
+
+        def send(i: int) -> dict[str, Any]:
+            return zeroshot((a, b)[i % 2], f"many{i}")
+
+        with ThreadPoolExecutor(10) as pool:
+            submitted = list(pool.map(send, range(50)))
+        ids = [job["id"] for job in submitted]
+        assert len(set(ids)) == 50
+        ended = [wait_for(a, job_id, ENDED, timeout=400) for job_id in ids]
+    assert [job["state"] for job in ended] == ["succeeded"] * 50, [
+        (job["id"], job["state"], job.get("error")) for job in ended if job["state"] != "succeeded"
+    ]
+    for job_id in ids:
+        assert len(starts(jobs, job_id)) == 1, job_id
+    workers = {starts(jobs, job_id)[0].split(":")[1] for job_id in ids}
+    assert workers == {str(worker.pid) for worker in cluster.workers}  # both took jobs
+    assert {job["result"]["version"] for job in ended} == {"1"}
+
+
+def test_a_dead_workers_job_is_taken_over_after_its_lease_never_twice(cluster: Cluster) -> None:
+    jobs = JobStore(cluster.database)
+    with client(cluster.apis[0]) as a:
+        job = submit(a, shapes("train", 8), name="orphan", method="coop", epochs=200)
+        deadline = time.monotonic() + 120
+        while (row := jobs.get(job["id"])) is not None and not (row.progress and row.worker):
+            assert time.monotonic() < deadline, "the job never started training"
+            time.sleep(0.2)
+        assert row is not None
+        holder = next(w for w in cluster.workers if str(w.pid) == row.worker.split(":")[1])
+        os.killpg(holder.pid, signal.SIGKILL)  # the worker's host dies: no one ends the job
+        holder.wait()
+        killed_at = time.monotonic()
+        while (row := jobs.get(job["id"])) is not None and row.attempts < 2:
+            assert time.monotonic() - killed_at < LEASE_S + 30, "the job was never retried"
+            time.sleep(0.2)
+        assert time.monotonic() - killed_at >= LEASE_S - 1  # not before the lease ran out
+        survivor = next(w for w in cluster.workers if w is not holder)
+        deadline = time.monotonic() + 60
+        while (row := jobs.get(job["id"])) is not None and row.state != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert row is not None
+        assert row.worker is not None
+        assert row.worker.split(":")[1] == str(survivor.pid)
+        messages = [event.message for event in jobs.events(job["id"], limit=1000)]
+        assert sum("stopped renewing its lease" in m for m in messages) == 1
+        assert len(starts(jobs, job["id"])) == 2
+        cancelled = a.post(f"/jobs/{job['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert wait_for(a, job["id"], ENDED, timeout=60)["state"] == "cancelled"
+    assert a.is_closed

@@ -1,0 +1,141 @@
+"""The object-store mirror against moto's real S3 server: manifest-last visibility, immutable
+versions, renumbering on a race, deletes reaching every replica, dot-directories mirrored."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service.objectstore import StoreMirror, open_filesystem
+from tests.cluster.servers import S3_ENV, S3Server
+
+
+@pytest.fixture
+def bucket_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    name = f"b{uuid.uuid4().hex[:12]}"
+    open_filesystem("s3://x", s3_server.endpoint).mkdir(name)
+    return f"s3://{name}/classifiers"
+
+
+def mirror(url: str, local: Path, s3_server: S3Server) -> StoreMirror:
+    return StoreMirror(url, local, endpoint_url=s3_server.endpoint)
+
+
+def write_version(root: Path, name: str, version: str, payload: bytes) -> Path:
+    directory = root / name / version
+    directory.mkdir(parents=True)
+    (directory / "classes.safetensors").write_bytes(payload)
+    (directory / "visual.onnx").write_bytes(payload * 2)
+    manifest = {"name": name, "version": version, "payload": payload.decode()}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def test_a_pushed_version_reaches_another_replica_byte_for_byte(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    worker = mirror(bucket_url, tmp_path / "worker", s3_server)
+    replica = mirror(bucket_url, tmp_path / "replica", s3_server)
+    write_version(tmp_path / "worker", "cats", "1", b"one")
+    shared = tmp_path / "worker" / ".backbones" / "sha-abc"
+    shared.mkdir(parents=True)
+    (shared / "weights.bin").write_bytes(b"w" * 1000)
+    (tmp_path / "worker" / ".backbones" / "sha-def.onnx").write_bytes(b"graph")
+    (tmp_path / "worker" / ".jobs").mkdir()
+    (tmp_path / "worker" / ".jobs" / "jobs.db").write_bytes(b"local only")
+    assert worker.push("cats", "1") == "1"
+    report = replica.pull()
+    assert report.added == [("cats", "1")]
+    for file in ("classes.safetensors", "visual.onnx", "manifest.json"):
+        assert (tmp_path / "replica" / "cats" / "1" / file).read_bytes() == (
+            tmp_path / "worker" / "cats" / "1" / file
+        ).read_bytes()
+    assert (tmp_path / "replica" / ".backbones" / "sha-abc" / "weights.bin").read_bytes() == (
+        b"w" * 1000
+    )
+    assert (tmp_path / "replica" / ".backbones" / "sha-def.onnx").read_bytes() == b"graph"
+    assert not (tmp_path / "replica" / ".jobs").exists()
+    assert replica.pull().added == []  # nothing new: nothing downloaded again
+
+
+def test_a_version_without_its_manifest_is_invisible(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    replica = mirror(bucket_url, tmp_path / "replica", s3_server)
+    fs = replica.fs
+    fs.pipe_file(f"{replica.base}/cats/1/classes.safetensors", b"half an upload")
+    assert replica.remote_versions() == set()
+    assert replica.pull().added == []
+    assert not (tmp_path / "replica" / "cats").exists()
+    fs.pipe_file(f"{replica.base}/cats/1/manifest.json", b"{}")
+    assert replica.pull().added == [("cats", "1")]
+
+
+def test_a_taken_number_is_never_overwritten_the_later_version_is_renumbered(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    first = mirror(bucket_url, tmp_path / "a", s3_server)
+    second = mirror(bucket_url, tmp_path / "b", s3_server)
+    write_version(tmp_path / "a", "cats", "1", b"from a")
+    write_version(tmp_path / "b", "cats", "1", b"from b")
+    assert first.push("cats", "1") == "1"
+    assert second.push("cats", "1") == "2"
+    renumbered = json.loads((tmp_path / "b" / "cats" / "2" / "manifest.json").read_text())
+    assert renumbered["version"] == "2"
+    assert not (tmp_path / "b" / "cats" / "1").exists()
+    remote = first.fs.cat_file(f"{first.base}/cats/1/classes.safetensors")
+    assert remote == b"from a"
+
+
+def test_a_delete_stops_every_replica_from_holding_the_version(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    worker = mirror(bucket_url, tmp_path / "worker", s3_server)
+    replicas = [mirror(bucket_url, tmp_path / f"r{i}", s3_server) for i in range(2)]
+    write_version(tmp_path / "worker", "cats", "1", b"one")
+    write_version(tmp_path / "worker", "cats", "2", b"two")
+    worker.push("cats", "1")
+    worker.push("cats", "2")
+    for replica in replicas:
+        assert replica.pull().added == [("cats", "1"), ("cats", "2")]
+    replicas[0].delete("cats", "1")
+    for replica, root in zip(replicas, ("r0", "r1"), strict=True):
+        assert replica.pull().removed == [("cats", "1")]
+        assert sorted(p.name for p in (tmp_path / root / "cats").iterdir()) == ["2"]
+    assert replicas[0].remote_versions() == {("cats", "2")}
+
+
+def test_a_version_created_locally_is_uploaded_by_the_next_pull(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    replica = mirror(bucket_url, tmp_path / "replica", s3_server)
+    assert replica.pull().pushed == []
+    write_version(tmp_path / "replica", "default", "1", b"zero-shot")
+    assert replica.pull().pushed == [("default", "1")]
+    other = mirror(bucket_url, tmp_path / "other", s3_server)
+    assert other.pull().added == [("default", "1")]
+
+
+def test_a_local_store_path_is_refused_as_a_url(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not an object store URL"):
+        StoreMirror(str(tmp_path), tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "value", ["s3://bucket/prefix", "s3://bucket/prefix/", Path("s3://bucket/prefix")]
+)
+def test_the_store_setting_may_name_an_object_store(value: str | Path) -> None:
+    from service.settings import Settings
+
+    settings = Settings(store=value)
+    assert settings.store_url == "s3://bucket/prefix"
+    assert settings.store == Path("store")  # the local copy
+    cached = Settings(store=value, store_cache=Path("/var/cache/ps"))
+    assert cached.store == Path("/var/cache/ps")
+    plain = Settings(store=Path("/srv/store"))
+    assert (plain.store, plain.store_url) == (Path("/srv/store"), None)
