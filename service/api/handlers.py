@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from models.errors import ArtifactError, PromptserveError
 from service.errors import NotReadyError, ServiceError, http_meaning, validation_message
@@ -70,6 +71,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # the client hung up while its body was being read: nothing failed here, and nobody is
+    # left to read the answer (a load generator stopping, a browser tab closed)
+    log.info("client left during %s %s before its body was read", request.method, request.url.path)
+    return error_response(400, "client_disconnected", "the client disconnected mid-request")
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal server error")
@@ -81,4 +89,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PromptserveError, _package_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected_error)

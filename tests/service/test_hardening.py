@@ -363,3 +363,54 @@ def test_a_training_run_checks_the_data_root_again(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="outside the data root"):
         open_within(str(root / "good"), str(root))
     assert len(open_within(str(root / "good"), None)) == 2  # the CLI trusts its user
+
+
+@pytest.mark.anyio
+async def test_a_client_leaving_mid_upload_is_no_server_error(
+    client_factory: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that hangs up halfway through a multipart body (a load generator stopping, a
+    closed tab) is logged as information, not as an unhandled error, and the service goes on."""
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + png_bytes()[:20]
+    async with client_factory() as (client, _):
+        app = client._transport.app  # type: ignore[attr-defined]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/classify",
+            "raw_path": b"/classify",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"test"),
+                (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+                (b"content-length", b"100000"),
+            ],
+            "client": ("127.0.0.1", 5000),
+            "server": ("test", 80),
+        }
+        messages = [
+            {"type": "http.request", "body": head, "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        with caplog.at_level("INFO"):
+            await app(scope, receive, send)
+        assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+        assert any("client left" in r.getMessage() for r in caplog.records)
+        response = await client.post("/classify", files={"images": png_bytes()})
+        assert response.status_code == 200
