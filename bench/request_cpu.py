@@ -12,6 +12,16 @@ package ``wrk``, a C load generator that costs little CPU) posts one small PNG p
   non-engine req/s       requests per second of wall time the non-engine work alone would
                          allow on the CPU the server used: requests / (server CPU - engine CPU)
                          * (server CPU / wall s); with N workers this is the rate that scales
+  API proc / request     non-engine CPU per request in one API process (with workers, their
+                         average; each serves its share of the requests)
+  engine-proc loop       with workers: the engine process's CPU outside engine calls (its
+                         event loop, the socket, batching, ranking) per request
+  non-engine capacity    requests/s the non-engine work sustains with a core per process:
+                         1000 / API ms in one process; with N workers
+                         min(N * 1000 / API ms, 1000 / engine-proc loop ms). On a machine
+                         whose cores the engine and the load generator also need (2 cores
+                         here) this is the figure that separates the scaling of the
+                         non-engine work from the engine's share
 
     python bench/request_cpu.py                          # mini, multipart and JSON, 1 and 2 workers
     python bench/request_cpu.py --workers 1 --shapes multipart --seconds 10
@@ -49,6 +59,8 @@ class Row:
     seconds: float
     server_cpu_s: float
     engine_cpu_s: float
+    api_cpu_s: float  # the API worker processes (workers > 1); 0 in one process
+    holder_cpu_s: float  # the process running the engine (the only one when workers == 1)
 
     @property
     def per_request_ms(self) -> float:
@@ -66,6 +78,27 @@ class Row:
     def non_engine_rate(self) -> float:
         cores_used = self.server_cpu_s / self.seconds
         return self.requests / (self.server_cpu_s - self.engine_cpu_s) * cores_used
+
+    @property
+    def api_ms(self) -> float:
+        """Non-engine CPU per request in one API process (their average with workers)."""
+        if self.workers == 1:
+            return 1000 * (self.holder_cpu_s - self.engine_cpu_s) / self.requests
+        return 1000 * self.api_cpu_s / self.requests
+
+    @property
+    def holder_loop_ms(self) -> float:
+        """Non-engine CPU per request in the engine's process (workers > 1: its event loop,
+        the socket, batching, ranking)."""
+        return 1000 * (self.holder_cpu_s - self.engine_cpu_s) / self.requests
+
+    @property
+    def capacity(self) -> float:
+        """Requests/s the non-engine work sustains with a core per process: each API process
+        serves 1000 / api_ms, and with workers the engine's process must keep up too."""
+        if self.workers == 1:
+            return 1000 / self.api_ms
+        return min(self.workers * 1000 / self.api_ms, 1000 / self.holder_loop_ms)
 
 
 def free_port() -> int:
@@ -102,6 +135,34 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / TICKS
+
+
+def holds_engine(pid: int) -> bool:
+    """Whether process `pid` runs the engine (the micro-batcher's thread is named engine_N)."""
+    try:
+        return any(
+            (task / "comm").read_text().startswith("engine")
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+    except OSError:
+        return False
+
+
+def split_cpu(pids: list[int], root: int, workers: int) -> tuple[float, float]:
+    """(CPU of the API worker processes, CPU of the engine's process) among `pids`."""
+    holder = [pid for pid in pids if holds_engine(pid)]
+    if workers == 1:
+        return 0.0, cpu_seconds(holder or [root])
+    tracked = set(holder) | {root}
+    api = [p for p in pids if p not in tracked and "spawn_main" in _cmdline(p)]
+    return cpu_seconds(api), cpu_seconds(holder)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
 
 
 def engine_cpu(url: str) -> float:
@@ -169,11 +230,24 @@ def measure(store: Path, workers: int, image: Path, args: argparse.Namespace) ->
             run_wrk(url, image, shape, warm)
             pids = descendants(process.pid)
             cpu0, engine0, t0 = cpu_seconds(pids), engine_cpu(url), time.perf_counter()
+            api0, holder0 = split_cpu(pids, process.pid, workers)
             requests = run_wrk(url, image, shape, args)
             seconds = time.perf_counter() - t0
             cpu1 = cpu_seconds(pids)
+            api1, holder1 = split_cpu(pids, process.pid, workers)
             engine1 = engine_cpu(url)
-            rows.append(Row(workers, shape, requests, seconds, cpu1 - cpu0, engine1 - engine0))
+            rows.append(
+                Row(
+                    workers,
+                    shape,
+                    requests,
+                    seconds,
+                    cpu1 - cpu0,
+                    engine1 - engine0,
+                    api1 - api0,
+                    holder1 - holder0,
+                )
+            )
             print(f"measured {rows[-1]}", file=sys.stderr)
     finally:
         process.terminate()
@@ -208,7 +282,8 @@ def main() -> None:
     )
     header = (
         f"{'workers':>7} {'body':<10} {'req/s':>8} {'server ms/req':>14} {'engine ms/req':>14} "
-        f"{'non-engine ms/req':>18} {'non-engine req/s':>17}"
+        f"{'non-engine ms/req':>18} {'non-engine req/s':>17} {'API proc ms/req':>16} "
+        f"{'engine-proc loop ms/req':>24} {'non-engine capacity req/s':>26}"
     )
     print(header)
     print("-" * len(header))
@@ -216,7 +291,8 @@ def main() -> None:
         print(
             f"{r.workers:>7} {r.shape:<10} {r.requests / r.seconds:>8.1f} "
             f"{r.per_request_ms:>14.2f} {r.engine_ms:>14.2f} {r.non_engine_ms:>18.2f} "
-            f"{r.non_engine_rate:>17.1f}"
+            f"{r.non_engine_rate:>17.1f} {r.api_ms:>16.2f} "
+            f"{r.holder_loop_ms if r.workers > 1 else float('nan'):>24.2f} {r.capacity:>26.1f}"
         )
 
 
