@@ -137,25 +137,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICKS
 
 
-def holds_engine(pid: int) -> bool:
-    """Whether process `pid` runs the engine (the micro-batcher's thread is named engine_N)."""
-    try:
-        return any(
-            (task / "comm").read_text().startswith("engine")
-            for task in Path(f"/proc/{pid}/task").iterdir()
-        )
-    except OSError:
-        return False
-
-
 def split_cpu(pids: list[int], root: int, workers: int) -> tuple[float, float]:
-    """(CPU of the API worker processes, CPU of the engine's process) among `pids`."""
-    holder = [pid for pid in pids if holds_engine(pid)]
+    """(CPU of the API worker processes, CPU of the engine's process) among `pids`. With
+    workers, the supervisor spawns the engine process first and waits for it before it starts
+    uvicorn's workers, so the engine's is the lowest pid among the spawned processes."""
     if workers == 1:
-        return 0.0, cpu_seconds(holder or [root])
-    tracked = set(holder) | {root}
-    api = [p for p in pids if p not in tracked and "spawn_main" in _cmdline(p)]
-    return cpu_seconds(api), cpu_seconds(holder)
+        return 0.0, cpu_seconds([root])
+    spawned = sorted(p for p in pids if p != root and "spawn_main" in _cmdline(p))
+    return cpu_seconds(spawned[1:]), cpu_seconds(spawned[:1])
 
 
 def _cmdline(pid: int) -> str:

@@ -31,7 +31,7 @@ from service.errors import (
     ProtectedClassifierError,
     TooManyImagesError,
 )
-from service.jobs.runner import UPLOADS_DIR
+from service.jobs.housekeeping import UPLOADS_DIR
 from service.jobs.spec import UPLOAD, JobSpec, dump_spec
 from service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
 from service.settings import Settings, resolve_device

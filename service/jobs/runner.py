@@ -35,15 +35,13 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
-import socket
 import threading
 import time
-import uuid
 from multiprocessing.process import BaseProcess
 
 from service.errors import JobFinishedError, UnknownJobError
+from service.jobs.housekeeping import Housekeeping, worker_id
 from service.jobs.store import Job, JobStore
 from service.jobs.worker import run_job
 from service.settings import Settings, resolve_device
@@ -52,27 +50,9 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.5
 STOP_WAIT_S = 10.0  # how long a terminated worker gets before SIGKILL
-UPLOADS_DIR = "images"
-PRUNE_EVERY_S = 600.0  # ended jobs past their retention are looked for this often
 
 
-def worker_id() -> str:
-    """``host:pid:nonce``: unique per runner; names the host so that a runner restarted on it
-    can tell its predecessor's jobs from live ones."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-class JobRunner:
+class JobRunner(Housekeeping):
     def __init__(
         self,
         jobs: JobStore,
@@ -101,7 +81,7 @@ class JobRunner:
         self.keep_uploads = settings.keep_job_uploads
         self.log_level = settings.log_level
         self.retention_s = settings.job_retention_days * 86_400
-        self._next_prune = 0.0  # monotonic time of the next prune
+        self._next_prune = 0.0  # monotonic time of the next prune (see Housekeeping.prune)
         self.queued = 0  # as of the last poll, for the metrics
         self._procs: dict[str, BaseProcess] = {}
         self._cancel_seen: dict[str, float] = {}  # job id -> when its cancel flag was first seen
@@ -132,59 +112,6 @@ class JobRunner:
     def wake(self) -> None:
         """Poll now (a job was created or a cancel requested)."""
         self._wake.set()
-
-    def recover(self) -> list[str]:
-        """Mark jobs that a runner of this host, now gone, left running as failed
-        (interrupted), and remove what earlier processes left behind: files of jobs that have
-        ended or are unknown, and ended jobs past their retention. Jobs of runners on other
-        hosts are left to their leases."""
-        interrupted = []
-        host = self.worker.split(":", 1)[0]
-        for job in self.jobs.running_on(host) + self._unleased():
-            if job.worker is not None and _process_alive(int(job.worker.split(":")[1])):
-                continue  # another runner of this host (an API process, a worker) runs it
-            error = {
-                "reason": "interrupted",
-                "message": "the service stopped while the job was running",
-            }
-            if self.jobs.finish(
-                job.id, "failed", error=error, message="job interrupted", worker=job.worker
-            ):
-                interrupted.append(job.id)
-                self.drop_uploads(job.id)
-        if interrupted:
-            log.warning(
-                "marked %d job(s) left running as interrupted: %s",
-                len(interrupted),
-                ", ".join(interrupted),
-            )
-        self.prune()
-        self._remove_orphans()
-        return interrupted
-
-    def _unleased(self) -> list[Job]:
-        """Running jobs without a worker: left by a version before leases, on this host."""
-        return [job for job in self.jobs.in_state("running") if job.worker is None]
-
-    def prune(self) -> None:
-        """Forget ended jobs older than the retention, with their events and files."""
-        self._next_prune = time.monotonic() + PRUNE_EVERY_S
-        for job_id in self.jobs.prune(time.time() - self.retention_s):
-            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
-
-    def _remove_orphans(self) -> None:
-        """Job folders whose job has ended (or is gone) lose their uploads; empty ones go."""
-        if not self.jobs_dir.is_dir():
-            return
-        live = {job.id for state in ("queued", "running") for job in self.jobs.in_state(state)}
-        known = self.jobs.ids()
-        for folder in self.jobs_dir.iterdir():
-            if not folder.is_dir() or folder.name in live:
-                continue
-            if folder.name not in known:
-                shutil.rmtree(folder, ignore_errors=True)
-            else:
-                self.drop_uploads(folder.name)
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -376,16 +303,6 @@ class JobRunner:
         if job is None:
             raise UnknownJobError(f"no job {job_id!r}")
         return job
-
-    def drop_uploads(self, job_id: str) -> None:
-        """Remove an ended job's uploaded images (unless they are to be kept), and its folder
-        once that is empty."""
-        if self.keep_uploads:
-            return
-        folder = self.jobs_dir / job_id
-        shutil.rmtree(folder / UPLOADS_DIR, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def _describe_exit(code: int | None) -> str:
