@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from serve_throughput import Server, jpeg_images
+from serve_throughput import Server, closed_loop, jpeg_images
 
 from models.artifact import export_classifier
 from models.backbone import Backbone, load_backbone
@@ -81,20 +81,11 @@ async def throughput(
     """img/s with request i naming names[i % len(names)]."""
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        done = 0
-        deadline = time.perf_counter() + seconds
 
-        async def worker(offset: int) -> None:
-            nonlocal done
-            i = offset
-            while time.perf_counter() < deadline:
-                await post(client, url, images[i % len(images)], classifier=names[i % len(names)])
-                done += 1
-                i += clients
+        async def send(i: int) -> None:
+            await post(client, url, images[i % len(images)], classifier=names[i % len(names)])
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(clients)))
-        return done / (time.perf_counter() - started)
+        return await closed_loop(clients, seconds, send)
 
 
 async def timed(client: httpx.AsyncClient, url: str, image: bytes, **fields: str) -> float:

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,27 @@ async def _post(client: httpx.AsyncClient, url: str, name: str, image: bytes) ->
     response.raise_for_status()
 
 
+async def closed_loop(
+    clients: int, seconds: float, send: Callable[[int], Awaitable[None]]
+) -> float:
+    """Requests/s of `clients` loops each awaiting `send(i)` back to back for `seconds`; loop k
+    sends i = k, k + clients, k + 2 * clients, ..."""
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < deadline:
+            await send(i)
+            done += 1
+            i += clients
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(clients)))
+    return done / (time.perf_counter() - started)
+
+
 async def http_throughput(
     url: str, name: str, images: list[bytes], clients: int, seconds: float
 ) -> float:
@@ -167,20 +189,11 @@ async def http_throughput(
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         await _post(client, endpoint, name, images[0])  # load and warm the classifier
-        done = 0
-        deadline = time.perf_counter() + seconds
 
-        async def worker(offset: int) -> None:
-            nonlocal done
-            i = offset
-            while time.perf_counter() < deadline:
-                await _post(client, endpoint, name, images[i % len(images)])
-                done += 1
-                i += clients
+        async def send(i: int) -> None:
+            await _post(client, endpoint, name, images[i % len(images)])
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(clients)))
-        return done / (time.perf_counter() - started)
+        return await closed_loop(clients, seconds, send)
 
 
 def wrk_throughput(url: str, name: str, image: bytes, clients: int, seconds: float) -> float:
