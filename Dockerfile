@@ -13,8 +13,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # dependencies first, so code edits do not reinstall torch
 COPY pyproject.toml README.md ./
-RUN mkdir models training service \
-    && touch models/__init__.py training/__init__.py service/__init__.py \
+RUN for p in models models/methods training training/synthetic service service/api \
+        service/api/routes service/classify service/jobs service/remote; do \
+        mkdir -p "$p" && touch "$p/__init__.py"; done \
     && pip install '.[cluster]' && pip uninstall -y promptserve
 COPY models ./models
 COPY training ./training

@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# mypy reads the packages under their installed names through links (see pyproject.toml)
+TYPECHECK := .typecheck/promptserve
+
 lint: setup
+	mkdir -p $(TYPECHECK) && for d in models training service; do ln -sfn ../../$$d $(TYPECHECK)/$$d; done
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy
@@ -33,4 +37,4 @@ serve: setup
 	$(BIN)/promptserve serve --host 127.0.0.1 --port 8000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck

@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 from serve_throughput import Server, latencies, percentile
 
-from service.store import create_default_classifier
-from training.synthetic.tasks import SyntheticSpec, render_item
+from promptserve.service.store import create_default_classifier
+from promptserve.training.synthetic.tasks import SyntheticSpec, render_item
 
 CLASSES = {
     "red circle": "part-17",

@@ -30,8 +30,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fixtures, as modules
-from service.jobs.store import JobStore  # noqa: E402
-from service.objectstore import open_filesystem  # noqa: E402
+from promptserve.service.jobs.store import JobStore  # noqa: E402
+from promptserve.service.objectstore import open_filesystem  # noqa: E402
 from tests.cluster.servers import S3_ENV, fresh_database, running_postgres, running_s3  # noqa: E402
 from tests.cluster.test_cluster_e2e import start_worker  # noqa: E402
 from tests.service.test_e2e import Server, start_server, stop_server  # noqa: E402

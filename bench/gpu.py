@@ -46,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import synthetic_photo  # noqa: E402
 from serve_throughput import Server, publish  # noqa: E402
 
-from models.classifier import load_classifier  # noqa: E402
-from models.engines import OnnxOptions  # noqa: E402
-from models.preprocess import FastEvalTransform  # noqa: E402
-from service.classify.images import ImagePreparer  # noqa: E402
+from promptserve.models.classifier import load_classifier  # noqa: E402
+from promptserve.models.engines import OnnxOptions  # noqa: E402
+from promptserve.models.preprocess import FastEvalTransform  # noqa: E402
+from promptserve.service.classify.images import ImagePreparer  # noqa: E402
 
 VARIANTS: dict[str, OnnxOptions] = {
     "copy": OnnxOptions(io_binding=False),
@@ -139,7 +139,7 @@ def jpegs(width: int, height: int, count: int) -> list[bytes]:
 def preprocess_rates(
     inputs: dict[str, list[bytes]], size: int, args: argparse.Namespace
 ) -> list[Rate]:
-    from models.backbone import PreprocessConfig
+    from promptserve.models.backbone import PreprocessConfig
 
     cfg = PreprocessConfig(size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     transform = FastEvalTransform(cfg)

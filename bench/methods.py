@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
-from models.engines import ONNX_FILE, OnnxEngine
-from models.export import export_visual_graph
-from models.methods import Learner, get_method, list_methods
-from models.preprocess import eval_transform
-from training.api import TrainRequest, fit_learner
-from training.data import ImageDataset, make_loader
-from training.loop import evaluate
-from training.progress import step_progress
-from training.protocols import ProtocolRequest, harmonic_mean, make_plan
+from promptserve.models.engines import ONNX_FILE, OnnxEngine
+from promptserve.models.export import export_visual_graph
+from promptserve.models.methods import Learner, get_method, list_methods
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.api import TrainRequest, fit_learner
+from promptserve.training.data import ImageDataset, make_loader
+from promptserve.training.loop import evaluate
+from promptserve.training.progress import step_progress
+from promptserve.training.protocols import ProtocolRequest, harmonic_mean, make_plan
 
 
 def graph_throughput(learner: Learner, seconds: float, threads: int) -> float:

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.backbone import load_backbone
-from models.methods import Learner, create_method
-from models.preprocess import eval_transform
-from training.data import ImageDataset, make_loader, open_dataset
+from promptserve.models.backbone import load_backbone
+from promptserve.models.methods import Learner, create_method
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.data import ImageDataset, make_loader, open_dataset
 
 TASKS = (
     "color-shape-base",

@@ -34,9 +34,9 @@ import httpx
 import torch
 from serve_throughput import Server, closed_loop, jpeg_images
 
-from models.artifact import export_classifier
-from models.backbone import Backbone, load_backbone
-from models.methods import create_method, get_method
+from promptserve.models.artifact import export_classifier
+from promptserve.models.backbone import Backbone, load_backbone
+from promptserve.models.methods import create_method, get_method
 
 CLASSES = 10  # per classifier; every classifier has its own label set
 
@@ -192,7 +192,7 @@ def serve_figures(args: argparse.Namespace) -> None:
 
 def vit_provp_memory(count: int) -> None:
     """Own bytes and RSS added per loaded provp classifier on ViT-B-16 (random weights)."""
-    from service.store import ClassifierStore
+    from promptserve.service.store import ClassifierStore
 
     backbone = load_backbone("ViT-B-16")
     with tempfile.TemporaryDirectory() as scratch:

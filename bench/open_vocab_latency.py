@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from models.artifact import export_classifier
-from models.backbone import load_backbone
-from models.classifier import load_classifier
-from models.methods import create_method
-from service.classify.labels import LabelEncoder
-from training.synthetic.tasks import task_classes
+from promptserve.models.artifact import export_classifier
+from promptserve.models.backbone import load_backbone
+from promptserve.models.classifier import load_classifier
+from promptserve.models.methods import create_method
+from promptserve.service.classify.labels import LabelEncoder
+from promptserve.training.synthetic.tasks import task_classes
 
 COUNTS = (1, 10, 100)
 

@@ -58,7 +58,7 @@ def start_server(
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
     env |= {"HF_HUB_OFFLINE": "1", "PROMPTSERVE_LOG_LEVEL": "warning", **settings}
-    command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
+    command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=sink)

@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.methods import get_method, list_methods
-from training.benchmarks import BASE_TO_NOVEL, VARIANTS, benchmark_path, get_benchmark
-from training.data import sample_few_shot
-from training.protocols import ProtocolRequest, harmonic_mean, make_plan, run_protocol
-from training.recipe import recipe_of, resolve_config, template_of
+from promptserve.models.methods import get_method, list_methods
+from promptserve.training.benchmarks import BASE_TO_NOVEL, VARIANTS, benchmark_path, get_benchmark
+from promptserve.training.data import sample_few_shot
+from promptserve.training.protocols import ProtocolRequest, harmonic_mean, make_plan, run_protocol
+from promptserve.training.recipe import recipe_of, resolve_config, template_of
 
 BACKBONE = "ViT-B-16:openai"
 PROTOCOLS = ("base2novel", "transfer")  # transfer: cross-data-set and domain generalisation

@@ -182,7 +182,7 @@ def start(store: Path, workers: int, args: argparse.Namespace) -> tuple[subproce
         "PROMPTSERVE_LOG_LEVEL": "warning",
         "PROMPTSERVE_MAX_INFLIGHT_REQUESTS": "4096",
     }
-    command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
+    command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--port", str(port)] + (["--workers", str(workers)] if workers > 1 else [])
     process = subprocess.Popen(command, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"

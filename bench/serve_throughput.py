@@ -40,11 +40,11 @@ import httpx
 import numpy as np
 import torch
 
-from models.artifact import export_classifier
-from models.backbone import load_backbone
-from models.classifier import load_classifier
-from models.engines import ONNX_FILE, OnnxEngine
-from models.methods import create_method
+from promptserve.models.artifact import export_classifier
+from promptserve.models.backbone import load_backbone
+from promptserve.models.classifier import load_classifier
+from promptserve.models.engines import ONNX_FILE, OnnxEngine
+from promptserve.models.methods import create_method
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ class Server:
             "PROMPTSERVE_MAX_WAIT_MS": "5",
             "PROMPTSERVE_LOG_LEVEL": "warning",
         } | (extra_env or {})
-        command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
+        command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
         command += ["--port", str(self.port), "--workers", str(workers)]
         self.process = subprocess.Popen(command, cwd=REPO, env=env)
 

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.backbone import load_backbone
-from models.methods import Learner, create_method, get_method, list_methods
-from models.preprocess import eval_transform
-from training.data import (
+from promptserve.models.backbone import load_backbone
+from promptserve.models.methods import Learner, create_method, get_method, list_methods
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.data import (
     ImageDataset,
     make_loader,
     open_dataset,
@@ -39,8 +39,8 @@ from training.data import (
     sample_few_shot,
     split_base_novel,
 )
-from training.dataset_writer import write_dassl_root
-from training.protocols import ProtocolRequest, harmonic_mean, run_protocol
+from promptserve.training.dataset_writer import write_dassl_root
+from promptserve.training.protocols import ProtocolRequest, harmonic_mean, run_protocol
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ def write_strips(directory: Path, sizing: Sizing, per_strip: int = 8) -> None:
     """One PNG per data set: `per_strip` test images of different classes, side by side."""
     from PIL import Image
 
-    from training.synthetic.tasks import build_task
+    from promptserve.training.synthetic.tasks import build_task
 
     directory.mkdir(parents=True, exist_ok=True)
     for dataset in (NO_HEADROOM, *SUITE):

@@ -31,17 +31,23 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 
-from models.engines import ONNX_FILE, TORCHSCRIPT_FILE
-from models.errors import (
+from promptserve.models.engines import ONNX_FILE, TORCHSCRIPT_FILE
+from promptserve.models.errors import (
     ArtifactError,
     InvalidNameError,
     UnknownClassifierError,
     UnknownVersionError,
 )
-from models.export import CLASSES_FILE, LEARNER_FILE, ONNX_OPSET, write_files, write_tensors
-from models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
-from models.hashing import sha256_file
-from models.methods import Learner
+from promptserve.models.export import (
+    CLASSES_FILE,
+    LEARNER_FILE,
+    ONNX_OPSET,
+    write_files,
+    write_tensors,
+)
+from promptserve.models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
+from promptserve.models.hashing import sha256_file
+from promptserve.models.methods import Learner
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from models.errors import BackboneError
-from models.towers import TextTower, Tokenizer, VisionTower
+from promptserve.models.errors import BackboneError
+from promptserve.models.towers import TextTower, Tokenizer, VisionTower
 
 log = logging.getLogger(__name__)
 

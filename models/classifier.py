@@ -15,16 +15,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.artifact import graph_ref, verify_artifact
-from models.backbone import Backbone, PreprocessConfig, load_backbone
-from models.engine_pool import EnginePool
-from models.engines import Engine, OnnxOptions, VisualEngine, open_engine
-from models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
-from models.export import CLASSES_FILE, LEARNER_FILE
-from models.graphs import INPUTS_FILE, graph_dir, input_names, verify_graph
-from models.input_engines import BoundInputs, open_input_engine
-from models.methods import Learner, create_method
-from models.preprocess import FastEvalTransform
+from promptserve.models.artifact import graph_ref, verify_artifact
+from promptserve.models.backbone import Backbone, PreprocessConfig, load_backbone
+from promptserve.models.engine_pool import EnginePool
+from promptserve.models.engines import Engine, OnnxOptions, VisualEngine, open_engine
+from promptserve.models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
+from promptserve.models.export import CLASSES_FILE, LEARNER_FILE
+from promptserve.models.graphs import INPUTS_FILE, graph_dir, input_names, verify_graph
+from promptserve.models.input_engines import BoundInputs, open_input_engine
+from promptserve.models.methods import Learner, create_method
+from promptserve.models.preprocess import FastEvalTransform
 
 SHOWN_LABELS = 5  # labels named in an error message
 

@@ -17,9 +17,9 @@ import weakref
 from collections import OrderedDict
 from pathlib import Path
 
-from models.engines import Engine, OnnxOptions, VisualEngine, open_engine
-from models.graphs import GraphRef, graph_dir, input_names, verify_graph
-from models.input_engines import InputEngine, open_input_engine
+from promptserve.models.engines import Engine, OnnxOptions, VisualEngine, open_engine
+from promptserve.models.graphs import GraphRef, graph_dir, input_names, verify_graph
+from promptserve.models.input_engines import InputEngine, open_input_engine
 
 log = logging.getLogger(__name__)
 

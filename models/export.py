@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from models.engines import (
+from promptserve.models.engines import (
     INPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
@@ -36,8 +36,8 @@ from models.engines import (
     open_engine,
     quiet_jit_deprecation,
 )
-from models.errors import ArtifactError, ExportParityError
-from models.methods import Learner
+from promptserve.models.errors import ArtifactError, ExportParityError
+from promptserve.models.methods import Learner
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.engines import ONNX_FILE, TORCHSCRIPT_FILE, Engine, VisualEngine, open_engine
-from models.errors import ArtifactError
-from models.export import (
+from promptserve.models.engines import (
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    Engine,
+    VisualEngine,
+    open_engine,
+)
+from promptserve.models.errors import ArtifactError
+from promptserve.models.export import (
     EXAMPLE_BATCH,
     ONNX_OPSET,
     check_parity,
@@ -48,10 +54,10 @@ from models.export import (
     export_visual_graph,
     parity_pixels,
 )
-from models.hashing import sha256_file
-from models.input_engines import BoundInputs, open_input_engine, repeat_inputs
-from models.methods import Learner
-from models.methods.base import SharedVisual
+from promptserve.models.hashing import sha256_file
+from promptserve.models.input_engines import BoundInputs, open_input_engine, repeat_inputs
+from promptserve.models.methods import Learner
+from promptserve.models.methods.base import SharedVisual
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.engines import (
+from promptserve.models.engines import (
     INPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,

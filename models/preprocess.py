@@ -28,8 +28,8 @@ from torch import Tensor
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
-from models.backbone import PreprocessConfig
-from models.errors import ConfigError
+from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.errors import ConfigError
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,

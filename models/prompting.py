@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.errors import ConfigError
-from models.towers import TextTower, VisionTower
+from promptserve.models.errors import ConfigError
+from promptserve.models.towers import TextTower, VisionTower
 
 BlockHook = Callable[[int, Tensor, slice], Tensor | None]
 """``hook(l, x, slots)`` runs before block ``l >= 1``; ``x`` is that block's input [B, L, W] (the

@@ -17,7 +17,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from models.artifact import (
+from promptserve.models.artifact import (
     ARTIFACT_FILES,
     MANIFEST_FILE,
     OWN_FILES,
@@ -25,11 +25,11 @@ from models.artifact import (
     graph_ref,
     verify_artifact,
 )
-from models.classifier import load_learner
-from models.errors import ArtifactError
-from models.export import eager_visual_graph, export_visual_graph
-from models.graphs import INPUTS_FILE, copy_graph_files, graph_dir
-from models.hashing import sha256_file
+from promptserve.models.classifier import load_learner
+from promptserve.models.errors import ArtifactError
+from promptserve.models.export import eager_visual_graph, export_visual_graph
+from promptserve.models.graphs import INPUTS_FILE, copy_graph_files, graph_dir
+from promptserve.models.hashing import sha256_file
 
 
 def export_standalone(version: Path, out: Path, tolerance: float = 1e-4) -> Path:

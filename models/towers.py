@@ -15,7 +15,7 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from models.errors import BackboneError
+from promptserve.models.errors import BackboneError
 
 Tokenizer = Callable[[list[str]], Tensor]  # open_clip tokenizer: list[str] -> LongTensor [N, T]
 

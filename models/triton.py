@@ -26,11 +26,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
 
-from models.artifact import MANIFEST_FILE, check_name, graph_ref
-from models.engines import ONNX_FILE
-from models.errors import ArtifactError
-from models.export import CLASSES_FILE
-from models.standalone import export_standalone
+from promptserve.models.artifact import MANIFEST_FILE, check_name, graph_ref
+from promptserve.models.engines import ONNX_FILE
+from promptserve.models.errors import ArtifactError
+from promptserve.models.export import CLASSES_FILE
+from promptserve.models.standalone import export_standalone
 
 log = logging.getLogger(__name__)
 

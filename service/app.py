@@ -8,12 +8,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api.handlers import install_error_handlers
-from service.api.middleware import AdmissionMiddleware, BodyLimitMiddleware, MetricsMiddleware
-from service.api.routes import classifiers, classify, docs, health, jobs, metrics, playground
-from service.remote.worker import WorkerRuntime, load_settings
-from service.runtime import Runtime, ServiceRuntime
-from service.settings import Settings, get_settings
+from promptserve.service.api.handlers import install_error_handlers
+from promptserve.service.api.middleware import (
+    AdmissionMiddleware,
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+)
+from promptserve.service.api.routes import (
+    classifiers,
+    classify,
+    docs,
+    health,
+    jobs,
+    metrics,
+    playground,
+)
+from promptserve.service.remote.worker import WorkerRuntime, load_settings
+from promptserve.service.runtime import Runtime, ServiceRuntime
+from promptserve.service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def create_worker_app() -> FastAPI:
     """The application of one API worker process of ``serve --workers N`` (uvicorn's factory);
     the supervisor hands it its settings (`service.remote.worker.load_settings`)."""
-    from service.cli import configure_logging
+    from promptserve.service.cli import configure_logging
 
     settings = load_settings()
     configure_logging(settings.log_level)

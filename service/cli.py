@@ -15,10 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from training.cli import build_parser as build_training_parser
-from training.cli import main as training_main
+from promptserve.training.cli import build_parser as build_training_parser
+from promptserve.training.cli import main as training_main
 
-OWN_PACKAGES = ("service", "models", "training")
+OWN_PACKAGES = ("promptserve",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +73,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # imported here so that `promptserve train` and friends never load the web stack
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from promptserve.service.app import create_app
+    from promptserve.service.settings import Settings
 
     overrides: dict[str, Any] = {
         key: value
@@ -95,7 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
     if settings.workers > 1:
-        from service.remote.supervisor import serve_workers
+        from promptserve.service.remote.supervisor import serve_workers
 
         return serve_workers(settings)
     uvicorn.run(
@@ -111,8 +111,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from service.jobs.host import slot_devices, work
-    from service.settings import Settings
+    from promptserve.service.jobs.host import slot_devices, work
+    from promptserve.service.settings import Settings
 
     try:
         settings = Settings(**({"store": args.store} if args.store is not None else {}))

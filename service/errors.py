@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from models import errors as model_errors
+from promptserve.models import errors as model_errors
 
 
 class ServiceError(Exception):

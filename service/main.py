@@ -1,5 +1,5 @@
 """The ASGI application for ``uvicorn service.main:app`` (settings from the environment)."""
 
-from service.app import create_app
+from promptserve.service.app import create_app
 
 app = create_app()

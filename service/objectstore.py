@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
-from service.settings import Settings, is_store_url
+from promptserve.models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
+from promptserve.service.settings import Settings, is_store_url
 
 log = logging.getLogger(__name__)
 

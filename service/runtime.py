@@ -19,16 +19,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from service.classify.batcher import MicroBatcher
-from service.classify.images import ImagePreparer
-from service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyResult
-from service.errors import NotReadyError, ServiceError, http_meaning
-from service.jobs.runner import JobRunner
-from service.jobs.store import JobStore
-from service.metrics import Metrics, add_store_gauges
-from service.objectstore import StoreSync, open_mirror
-from service.settings import Settings, resolve_device
-from service.store import ClassifierStore
+from promptserve.service.classify.batcher import MicroBatcher
+from promptserve.service.classify.images import ImagePreparer
+from promptserve.service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyResult
+from promptserve.service.errors import NotReadyError, ServiceError, http_meaning
+from promptserve.service.jobs.runner import JobRunner
+from promptserve.service.jobs.store import JobStore
+from promptserve.service.metrics import Metrics, add_store_gauges
+from promptserve.service.objectstore import StoreSync, open_mirror
+from promptserve.service.settings import Settings, resolve_device
+from promptserve.service.store import ClassifierStore
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.artifact import check_name
-from models.engines import OnnxOptions
-from models.errors import ArtifactError
+from promptserve.models.artifact import check_name
+from promptserve.models.engines import OnnxOptions
+from promptserve.models.errors import ArtifactError
 
 MiB = 1024 * 1024
 

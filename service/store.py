@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.artifact import (
+from promptserve.models.artifact import (
     MANIFEST_FILE,
     TEMP_PREFIX,
     check_name,
@@ -39,12 +39,12 @@ from models.artifact import (
     read_manifest,
     resolve_version,
 )
-from models.classifier import Classifier, load_classifier
-from models.engine_pool import EnginePool
-from models.engines import Engine, OnnxOptions
-from models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
-from models.graphs import BACKBONES_DIR, GRAPHS_DIR
-from service.errors import DeleteRefusedError
+from promptserve.models.classifier import Classifier, load_classifier
+from promptserve.models.engine_pool import EnginePool
+from promptserve.models.engines import Engine, OnnxOptions
+from promptserve.models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
+from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
+from promptserve.service.errors import DeleteRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -241,9 +241,9 @@ class ClassifierStore:
 
 def create_default_classifier(root: Path, name: str, backbone: str) -> Path:
     """Publish zeroshot over the synthetic world's 64 colour-shape classes as `name`."""
-    from models.backbone import load_backbone
-    from models.methods import create_method
-    from training.api import world_class_names
+    from promptserve.models.backbone import load_backbone
+    from promptserve.models.methods import create_method
+    from promptserve.training.api import world_class_names
 
     learner = create_method("zeroshot", load_backbone(backbone))
     summary = {"data": "synthetic:color-shape", "created_by": "service start-up"}

@@ -13,6 +13,6 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def tiny_backbone():  # type: ignore[no-untyped-def]
-    from models.backbone import load_backbone
+    from promptserve.models.backbone import load_backbone
 
     return load_backbone("tiny")

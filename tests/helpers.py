@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from models.backbone import PreprocessConfig
-from models.methods import Learner
+from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.methods import Learner
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]  # a label set for learners
 
@@ -97,8 +97,8 @@ def synthetic_tensors(
 ) -> tuple[Tensor, Tensor, list[str]]:
     """`shots` images per base class of the colour-shape task at the backbone's size, as one
     eval-transformed batch [N, 3, S, S] with labels [N] and the class names."""
-    from models.preprocess import eval_transform
-    from training.data import ImageDataset, open_dataset, sample_few_shot
+    from promptserve.models.preprocess import eval_transform
+    from promptserve.training.data import ImageDataset, open_dataset, sample_few_shot
 
     spec = f"synthetic:color-shape-base?n={shots}&size={preprocess.size}"
     source = sample_few_shot(open_dataset(spec, split="train"), shots, 1)
@@ -110,7 +110,7 @@ def synthetic_tensors(
 
 def tiny_run_losses(method: str, store: Path, epochs: int = 3) -> list[float]:
     """Per-epoch losses of `method` trained on 4 shots of the synthetic base task, tiny backbone."""
-    from training.api import TrainRequest, fit_learner
+    from promptserve.training.api import TrainRequest, fit_learner
 
     request = TrainRequest(
         method=method,

@@ -14,17 +14,23 @@ from typing import Any
 
 import torch
 
-from models.artifact import export_classifier, resolve_version
-from models.backbone import Backbone, load_backbone
-from models.classifier import load_classifier
-from models.methods import Learner, create_method, method_needs_training
-from models.preprocess import eval_transform, train_transform
-from training.data import ImageDataset, ImageSource, make_loader, open_dataset, sample_few_shot
-from training.errors import DataError, TrainingCancelled, paths_in
-from training.loop import FitOptions, FitResult, Progress, evaluate, fit
-from training.recipe import default_preset, recipe_of, resolve_config, template_of
-from training.request import TrainRequest
-from training.synthetic.tasks import color_shape_classes
+from promptserve.models.artifact import export_classifier, resolve_version
+from promptserve.models.backbone import Backbone, load_backbone
+from promptserve.models.classifier import load_classifier
+from promptserve.models.methods import Learner, create_method, method_needs_training
+from promptserve.models.preprocess import eval_transform, train_transform
+from promptserve.training.data import (
+    ImageDataset,
+    ImageSource,
+    make_loader,
+    open_dataset,
+    sample_few_shot,
+)
+from promptserve.training.errors import DataError, TrainingCancelled, paths_in
+from promptserve.training.loop import FitOptions, FitResult, Progress, evaluate, fit
+from promptserve.training.recipe import default_preset, recipe_of, resolve_config, template_of
+from promptserve.training.request import TrainRequest
+from promptserve.training.synthetic.tasks import color_shape_classes
 
 __all__ = [
     "DatasetSummary",

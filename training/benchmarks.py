@@ -17,8 +17,8 @@ import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from training.errors import DataError
-from training.layouts import (
+from promptserve.training.errors import DataError
+from promptserve.training.layouts import (
     Reader,
     read_aircraft,
     read_imagenet,
@@ -26,7 +26,7 @@ from training.layouts import (
     split_file_reader,
     wnid_variant_reader,
 )
-from training.sources import ImageSource
+from promptserve.training.sources import ImageSource
 
 PLAIN = "a photo of a {}."
 

@@ -14,21 +14,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from models.backbone import DEFAULT_BACKBONE
-from models.errors import ConfigError, PromptserveError
-from models.methods import list_methods, parse_overrides
-from training.api import TrainRequest, evaluate_classifier, train_classifier
-from training.benchmarks import benchmark_path, list_benchmarks
-from training.cli_store import (
+from promptserve.models.backbone import DEFAULT_BACKBONE
+from promptserve.models.errors import ConfigError, PromptserveError
+from promptserve.models.methods import list_methods, parse_overrides
+from promptserve.training.api import TrainRequest, evaluate_classifier, train_classifier
+from promptserve.training.benchmarks import benchmark_path, list_benchmarks
+from promptserve.training.cli_store import (
     add_export_command,
     add_make_dataset_command,
     run_export,
     run_make_dataset,
 )
-from training.progress import step_progress
-from training.protocols import PROTOCOLS, SYNTHETIC, ProtocolRequest, format_table, run_protocol
-from training.synthetic.pretrain import add_arguments as add_pretrain_arguments
-from training.synthetic.pretrain import run as run_pretrain
+from promptserve.training.progress import step_progress
+from promptserve.training.protocols import (
+    PROTOCOLS,
+    SYNTHETIC,
+    ProtocolRequest,
+    format_table,
+    run_protocol,
+)
+from promptserve.training.synthetic.pretrain import add_arguments as add_pretrain_arguments
+from promptserve.training.synthetic.pretrain import run as run_pretrain
 
 R = TypeVar("R")
 
@@ -233,8 +239,8 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
 def run_classify(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from models.artifact import resolve_version
-    from models.classifier import load_classifier
+    from promptserve.models.artifact import resolve_version
+    from promptserve.models.classifier import load_classifier
 
     path = resolve_version(args.store, args.classifier, args.version)
     classifier = load_classifier(path, engine=args.engine, device=args.device)

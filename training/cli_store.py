@@ -53,13 +53,13 @@ def add_make_dataset_command(commands: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from models.artifact import resolve_version
-    from models.standalone import export_standalone
+    from promptserve.models.artifact import resolve_version
+    from promptserve.models.standalone import export_standalone
 
     name, _, version = args.classifier.partition(":")
     path = resolve_version(args.store, name, version or None)
     if args.triton:
-        from models.triton import export_triton
+        from promptserve.models.triton import export_triton
 
         model = export_triton(
             path,
@@ -76,7 +76,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_make_dataset(args: argparse.Namespace) -> int:
-    from training.dataset_writer import write_dassl_root
+    from promptserve.training.dataset_writer import write_dassl_root
 
     counts = {s: getattr(args, s) for s in ("train", "val", "test") if getattr(args, s)}
     written = write_dassl_root(args.spec, args.out, name=args.name, counts=counts or None)

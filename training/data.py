@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from models.methods.config import MINI_RECIPE
-from models.preprocess import ImageTransform
-from training.benchmarks import benchmark_for_split_file, detect_benchmark
-from training.errors import DataError
-from training.layouts import find_dassl_split, read_dassl_split
-from training.sources import (
+from promptserve.models.methods.config import MINI_RECIPE
+from promptserve.models.preprocess import ImageTransform
+from promptserve.training.benchmarks import benchmark_for_split_file, detect_benchmark
+from promptserve.training.errors import DataError
+from promptserve.training.layouts import find_dassl_split, read_dassl_split
+from promptserve.training.sources import (
     SPLITS,
     ImageSource,
     LabeledImage,
@@ -32,7 +32,7 @@ from training.sources import (
     read_image_folder,
     read_manifest,
 )
-from training.synthetic.tasks import open_synthetic
+from promptserve.training.synthetic.tasks import open_synthetic
 
 __all__ = [
     "ImageDataset",

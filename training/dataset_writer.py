@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data import open_dataset
-from training.errors import DataError
-from training.synthetic.tasks import is_synthetic_spec, parse_synthetic_spec
+from promptserve.training.data import open_dataset
+from promptserve.training.errors import DataError
+from promptserve.training.synthetic.tasks import is_synthetic_spec, parse_synthetic_spec
 
 IMAGE_DIR = "images"
 

@@ -2,7 +2,7 @@
 
 import re
 
-from models.errors import PromptserveError
+from promptserve.models.errors import PromptserveError
 
 # an absolute path in a message: a "/" that does not follow a word, a dot, ":" or another "/"
 # (so "1/2" and "http://" are left alone), up to whitespace, a quote, ":" or ","

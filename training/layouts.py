@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from training.errors import DataError
-from training.sources import SPLITS, ImageSource, LabeledImage, is_image, require_files
+from promptserve.training.errors import DataError
+from promptserve.training.sources import SPLITS, ImageSource, LabeledImage, is_image, require_files
 
 Reader = Callable[[Path, str], ImageSource]  # (data-set folder, split) -> source
 

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from models.methods import Batch, Learner, MethodConfig
-from training.errors import TrainingCancelled
+from promptserve.models.methods import Batch, Learner, MethodConfig
+from promptserve.training.errors import TrainingCancelled
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from training.loop import Progress
+from promptserve.training.loop import Progress
 
 PLAIN_INTERVAL_S = 10.0  # seconds between two plain lines
 

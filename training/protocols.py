@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from models.backbone import DEFAULT_BACKBONE
-from models.preprocess import eval_transform
-from training.api import TrainRequest, fit_learner
-from training.data import (
+from promptserve.models.backbone import DEFAULT_BACKBONE
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.api import TrainRequest, fit_learner
+from promptserve.training.data import (
     ImageDataset,
     ImageSource,
     make_loader,
@@ -36,9 +36,9 @@ from training.data import (
     restrict_classes,
     split_base_novel,
 )
-from training.errors import DataError
-from training.loop import Progress, evaluate
-from training.recipe import evaluated_with, recipe_of, template_of
+from promptserve.training.errors import DataError
+from promptserve.training.loop import Progress, evaluate
+from promptserve.training.recipe import evaluated_with, recipe_of, template_of
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
-from models.backbone import parse_backbone_spec
-from models.methods import Learner, MethodConfig, get_method, make_config
-from models.methods.config import config_fields
-from training.sources import ImageSource
+from promptserve.models.backbone import parse_backbone_spec
+from promptserve.models.methods import Learner, MethodConfig, get_method, make_config
+from promptserve.models.methods.config import config_fields
+from promptserve.training.sources import ImageSource
 
 TEMPLATE_FIELDS = ("template", "templates")  # a fixed prompt (provp, sep, pmpo) / ensemble
 RECIPE_FIELDS = (

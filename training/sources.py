@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from training.errors import DataError
+from promptserve.training.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 SPLITS = ("train", "val", "test")

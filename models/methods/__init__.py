@@ -1,10 +1,10 @@
 """Prompt-learning methods. Each module registers itself; importing them here is the only
 registration path, so `list_methods()` is complete as soon as this package is imported."""
 
-from models.methods import coop, dcp, pmpo, pre, provp, sep, zeroshot  # noqa: F401  (registration)
-from models.methods.base import Batch, Learner
-from models.methods.config import MethodConfig, build_config, parse_overrides
-from models.methods.registry import (
+from promptserve.models.methods import coop, dcp, pmpo, pre, provp, sep, zeroshot  # noqa: F401  (registration)
+from promptserve.models.methods.base import Batch, Learner
+from promptserve.models.methods.config import MethodConfig, build_config, parse_overrides
+from promptserve.models.methods.registry import (
     MethodSpec,
     create_method,
     get_method,

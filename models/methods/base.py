@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone, BackboneId, PreprocessConfig
-from models.errors import ArtifactError
-from models.methods.config import MethodConfig
-from models.prompting import PromptedTextEncoder, PromptedVisionEncoder, VisionPrompts
-from models.towers import Tokenizer
+from promptserve.models.backbone import Backbone, BackboneId, PreprocessConfig
+from promptserve.models.errors import ArtifactError
+from promptserve.models.methods.config import MethodConfig
+from promptserve.models.prompting import PromptedTextEncoder, PromptedVisionEncoder, VisionPrompts
+from promptserve.models.towers import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
-from models.errors import ConfigError
+from promptserve.models.errors import ConfigError
 
 C = TypeVar("C", bound="MethodConfig")
 

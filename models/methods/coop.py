@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.backbone import Backbone
-from models.methods.base import Learner
-from models.methods.config import MINI_RECIPE, MethodConfig
-from models.methods.registry import register_method
+from promptserve.models.backbone import Backbone
+from promptserve.models.methods.base import Learner
+from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
+from promptserve.models.methods.registry import register_method
 
 
 @dataclass(frozen=True, kw_only=True)

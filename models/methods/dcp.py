@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone
-from models.errors import ConfigError
-from models.methods.base import FoldedVisualGraph, Learner
-from models.methods.config import MINI_RECIPE, MethodConfig
-from models.methods.layers import quick_gelu_mlp
-from models.methods.registry import register_method
-from models.prompting import BlockHook, VisionPrompts
+from promptserve.models.backbone import Backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods.base import FoldedVisualGraph, Learner
+from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
+from promptserve.models.methods.layers import quick_gelu_mlp
+from promptserve.models.methods.registry import register_method
+from promptserve.models.prompting import BlockHook, VisionPrompts
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone
-from models.errors import ConfigError
-from models.methods.base import FoldedVisualGraph, Learner, SharedVisual
-from models.methods.config import MINI_RECIPE, MethodConfig
-from models.methods.registry import register_method
-from models.prompting import PromptedVisionEncoder, VisionPrompts
+from promptserve.models.backbone import Backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods.base import FoldedVisualGraph, Learner, SharedVisual
+from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
+from promptserve.models.methods.registry import register_method
+from promptserve.models.prompting import PromptedVisionEncoder, VisionPrompts
 
 DEPTH_FRACTION = 9 / 12  # the paper's default partitioned depth, relative to ViT-B/16's blocks
 

@@ -25,11 +25,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone
-from models.errors import ConfigError
-from models.methods.base import Learner
-from models.methods.config import MINI_RECIPE, MethodConfig
-from models.methods.registry import register_method
+from promptserve.models.backbone import Backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods.base import Learner
+from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
+from promptserve.models.methods.registry import register_method
 
 
 @dataclass(frozen=True, kw_only=True)

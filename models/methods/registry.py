@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from models.backbone import Backbone
-from models.errors import ConfigError, DuplicateMethodError, UnknownMethodError
-from models.methods.base import Learner
-from models.methods.config import MethodConfig, build_config
+from promptserve.models.backbone import Backbone
+from promptserve.models.errors import ConfigError, DuplicateMethodError, UnknownMethodError
+from promptserve.models.methods.base import Learner
+from promptserve.models.methods.config import MethodConfig, build_config
 
 L = TypeVar("L", bound=type[Learner])
 

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone
-from models.errors import ConfigError
-from models.methods.base import Batch, Learner
-from models.methods.config import MINI_RECIPE, MethodConfig
-from models.methods.layers import quick_gelu_mlp
-from models.methods.registry import register_method
-from models.prompting import VisionPrompts
+from promptserve.models.backbone import Backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods.base import Batch, Learner
+from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
+from promptserve.models.methods.layers import quick_gelu_mlp
+from promptserve.models.methods.registry import register_method
+from promptserve.models.prompting import VisionPrompts
 
 HEAD = "head"  # the training-only cosine classifier W_fc; never part of the learned state
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from models.backbone import Backbone
-from models.errors import ConfigError
-from models.methods.base import Learner
-from models.methods.config import MethodConfig
-from models.methods.registry import register_method
+from promptserve.models.backbone import Backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods.base import Learner
+from promptserve.models.methods.config import MethodConfig
+from promptserve.models.methods.registry import register_method
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from service.errors import InvalidBodyError, InvalidRequestError, validation_message
+from promptserve.service.errors import InvalidBodyError, InvalidRequestError, validation_message
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import UnauthorizedError
-from service.jobs.runner import JobRunner
-from service.jobs.store import JobStore
-from service.metrics import Metrics
-from service.runtime import ServiceRuntime
-from service.settings import Settings
-from service.store import ClassifierStore
+from promptserve.service.errors import UnauthorizedError
+from promptserve.service.jobs.runner import JobRunner
+from promptserve.service.jobs.store import JobStore
+from promptserve.service.metrics import Metrics
+from promptserve.service.runtime import ServiceRuntime
+from promptserve.service.settings import Settings
+from promptserve.service.store import ClassifierStore
 
 _bearer = HTTPBearer(auto_error=False, description="the PROMPTSERVE_API_KEY, when one is set")
 

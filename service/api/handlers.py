@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from models.errors import ArtifactError, PromptserveError
-from service.errors import NotReadyError, ServiceError, http_meaning, validation_message
+from promptserve.models.errors import ArtifactError, PromptserveError
+from promptserve.service.errors import NotReadyError, ServiceError, http_meaning, validation_message
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.handlers import error_response
-from service.errors import BodyTooLargeError
-from service.metrics import Metrics
+from promptserve.service.api.handlers import error_response
+from promptserve.service.errors import BodyTooLargeError
+from promptserve.service.metrics import Metrics
 
 
 class BodyLimitMiddleware:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from service.errors import EngineError, NotReadyError, QueueFullError
+from promptserve.service.errors import EngineError, NotReadyError, QueueFullError
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from models.backbone import PreprocessConfig
-from models.preprocess import check_resize_mode, interpolation_mode, resized_size
-from service.classify.images import decode_base64, exif_orientation, open_checked
+from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.preprocess import check_resize_mode, interpolation_mode, resized_size
+from promptserve.service.classify.images import decode_base64, exif_orientation, open_checked
 
 
 def upright(pixels: Tensor, orientation: int) -> Tensor:

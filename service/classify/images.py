@@ -26,15 +26,15 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from models.backbone import PreprocessConfig
-from models.preprocess import (
+from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.preprocess import (
     FastEvalTransform,
     ImageTransform,
     fast_pixels,
     normalise,
     to_channels_first,
 )
-from service.errors import ImageTooLargeError, InvalidImageError
+from promptserve.service.errors import ImageTooLargeError, InvalidImageError
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ class ImagePreparer:
         self, images: Sequence[bytes | str], transform: FastEvalTransform
     ) -> Tensor:
         """The request's JPEGs decoded on the device in one call, the rest on the CPU."""
-        from service.classify.device_decode import decode_jpegs, split_jpegs
+        from promptserve.service.classify.device_decode import decode_jpegs, split_jpegs
 
         cfg = transform.config
         indices, datas, orientations = split_jpegs(images, cfg, self.max_pixels)

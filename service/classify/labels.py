@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from models.backbone import Backbone, load_backbone
-from models.classifier import Classifier, encode_labels, label_token_count, load_learner
-from models.errors import ArtifactError, InvalidLabelError
-from models.methods import Learner
+from promptserve.models.backbone import Backbone, load_backbone
+from promptserve.models.classifier import Classifier, encode_labels, label_token_count, load_learner
+from promptserve.models.errors import ArtifactError, InvalidLabelError
+from promptserve.models.methods import Learner
 
 log = logging.getLogger(__name__)
 

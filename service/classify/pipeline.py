@@ -22,15 +22,22 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from models.classifier import Classifier, LabelSet, Prediction, check_labels, rank, resolve_labels
-from models.input_engines import BoundInputs, repeat_inputs
-from service.classify.batcher import MicroBatcher
-from service.classify.images import ImagePreparer
-from service.classify.labels import LabelEncoder
-from service.classify.several import check_classifier_names, check_same_input
-from service.errors import InvalidRequestError, TooManyImagesError
-from service.settings import Settings
-from service.store import ClassifierStore
+from promptserve.models.classifier import (
+    Classifier,
+    LabelSet,
+    Prediction,
+    check_labels,
+    rank,
+    resolve_labels,
+)
+from promptserve.models.input_engines import BoundInputs, repeat_inputs
+from promptserve.service.classify.batcher import MicroBatcher
+from promptserve.service.classify.images import ImagePreparer
+from promptserve.service.classify.labels import LabelEncoder
+from promptserve.service.classify.several import check_classifier_names, check_same_input
+from promptserve.service.errors import InvalidRequestError, TooManyImagesError
+from promptserve.service.settings import Settings
+from promptserve.service.store import ClassifierStore
 
 
 @dataclass(frozen=True)

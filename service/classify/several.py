@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from models.artifact import check_name
-from models.classifier import Classifier
-from service.errors import InvalidRequestError
+from promptserve.models.artifact import check_name
+from promptserve.models.classifier import Classifier
+from promptserve.service.errors import InvalidRequestError
 
 MAX_CLASSIFIERS = 16  # per request: each adds its scoring and, if not shared, an engine pass
 

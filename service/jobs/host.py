@@ -13,9 +13,9 @@ import asyncio
 import logging
 import signal
 
-from service.jobs.runner import JobRunner
-from service.jobs.store import JobStore
-from service.settings import Settings, resolve_device
+from promptserve.service.jobs.runner import JobRunner
+from promptserve.service.jobs.store import JobStore
+from promptserve.service.settings import Settings, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from service.jobs.store import Job, JobStore
+from promptserve.service.jobs.store import Job, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from service.jobs.database import Database
-from service.jobs.records import Job, add_event_row, job_from_row
+from promptserve.service.jobs.database import Database
+from promptserve.service.jobs.records import Job, add_event_row, job_from_row
 
 
 class JobLeases:

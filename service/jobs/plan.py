@@ -19,24 +19,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from models.artifact import check_name, list_versions, read_manifest
-from models.backbone import list_architectures
-from models.errors import ArtifactError, BackboneError
-from models.methods import get_method, make_config
-from service.classify.images import decode_image
-from service.errors import (
+from promptserve.models.artifact import check_name, list_versions, read_manifest
+from promptserve.models.backbone import list_architectures
+from promptserve.models.errors import ArtifactError, BackboneError
+from promptserve.models.methods import get_method, make_config
+from promptserve.service.classify.images import decode_image
+from promptserve.service.errors import (
     BadRequestError,
     IdempotencyConflictError,
     InvalidRequestError,
     ProtectedClassifierError,
     TooManyImagesError,
 )
-from service.jobs.housekeeping import UPLOADS_DIR
-from service.jobs.spec import UPLOAD, JobSpec, dump_spec
-from service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
-from service.settings import Settings, resolve_device
-from training.api import TrainRequest, default_preset, summarize_dataset
-from training.errors import DataError
+from promptserve.service.jobs.housekeeping import UPLOADS_DIR
+from promptserve.service.jobs.spec import UPLOAD, JobSpec, dump_spec
+from promptserve.service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
+from promptserve.service.settings import Settings, resolve_device
+from promptserve.training.api import TrainRequest, default_preset, summarize_dataset
+from promptserve.training.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from service.jobs.spec import JobSpec, load_spec
+from promptserve.service.jobs.spec import JobSpec, load_spec
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: tuple[JobState, ...] = ("succeeded", "failed", "cancelled")

@@ -40,11 +40,11 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 
-from service.errors import JobFinishedError, UnknownJobError
-from service.jobs.housekeeping import Housekeeping, worker_id
-from service.jobs.store import Job, JobStore
-from service.jobs.worker import run_job
-from service.settings import Settings, resolve_device
+from promptserve.service.errors import JobFinishedError, UnknownJobError
+from promptserve.service.jobs.housekeeping import Housekeeping, worker_id
+from promptserve.service.jobs.store import Job, JobStore
+from promptserve.service.jobs.worker import run_job
+from promptserve.service.settings import Settings, resolve_device
 
 log = logging.getLogger(__name__)
 

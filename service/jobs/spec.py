@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from training.request import TrainRequest  # torch-free: the job store imports this module
+from promptserve.training.request import (
+    TrainRequest,  # torch-free: the job store imports this module
+)
 
 UPLOAD = "upload"  # `JobSpec.data` of a job trained on uploaded images
 

@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.jobs.database import Database, open_database
-from service.jobs.leases import JobLeases
-from service.jobs.records import (
+from promptserve.service.jobs.database import Database, open_database
+from promptserve.service.jobs.leases import JobLeases
+from promptserve.service.jobs.records import (
     TERMINAL,
     Event,
     IdempotencyMismatchError,
@@ -37,7 +37,7 @@ from service.jobs.records import (
     job_from_row,
     new_job_id,
 )
-from service.jobs.spec import JobSpec, dump_spec
+from promptserve.service.jobs.spec import JobSpec, dump_spec
 
 __all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "new_job_id"]
 

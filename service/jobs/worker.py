@@ -26,9 +26,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from service.jobs.spec import JobSpec
-from service.jobs.store import JobStore
-from training.errors import TrainingCancelled, without_paths  # torch-free
+from promptserve.service.jobs.spec import JobSpec
+from promptserve.service.jobs.store import JobStore
+from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def run_job(
 
 def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> Any:
     """Run the spec's training request on this worker's store and device."""
-    from training.api import train_classifier
+    from promptserve.training.api import train_classifier
 
     request = replace(spec.train, store=store_root, device=device)
     return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
@@ -106,7 +106,7 @@ def _upload(
 ) -> str:
     """Upload the published version to the object store; returns its number there (another
     host may have taken this one meanwhile)."""
-    from service.objectstore import StoreMirror
+    from promptserve.service.objectstore import StoreMirror
 
     url = publish_to["url"]
     assert url is not None  # checked by the caller

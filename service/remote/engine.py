@@ -26,18 +26,18 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from service.classify.pipeline import ClassifyQuery, ClassifyResult
-from service.errors import NotReadyError
-from service.metrics import Counter
-from service.remote.protocol import (
+from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult
+from promptserve.service.errors import NotReadyError
+from promptserve.service.metrics import Counter
+from promptserve.service.remote.protocol import (
     Header,
     encode_frame,
     error_header,
     pixels_from_bytes,
     read_frame,
 )
-from service.runtime import Runtime
-from service.settings import Settings
+from promptserve.service.runtime import Runtime
+from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 def run_engine(settings: Settings, socket_path: str) -> None:
     """The engine process's entry point (started with `spawn`)."""
-    from service.cli import configure_logging
+    from promptserve.service.cli import configure_logging
 
     configure_logging(settings.log_level)
     runner_kwargs: dict[str, Any] = {}

@@ -12,8 +12,8 @@ import itertools
 import logging
 from pathlib import Path
 
-from service.errors import NotReadyError
-from service.remote.protocol import Header, encode_frame, raise_error, read_frame
+from promptserve.service.errors import NotReadyError
+from promptserve.service.remote.protocol import Header, encode_frame, raise_error, read_frame
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import orjson
 import torch
 from torch import Tensor
 
-from service.errors import ServiceError, http_meaning
+from promptserve.service.errors import ServiceError, http_meaning
 
 LENGTHS = struct.Struct("!II")
 MAX_HEADER_BYTES = 16 * 1024 * 1024

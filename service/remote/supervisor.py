@@ -25,9 +25,9 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from service.remote.engine import run_engine
-from service.remote.worker import WORKER_SETTINGS_ENV, dump_settings
-from service.settings import Settings
+from promptserve.service.remote.engine import run_engine
+from promptserve.service.remote.worker import WORKER_SETTINGS_ENV, dump_settings
+from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def serve_workers(settings: Settings) -> int:
         threading.Thread(target=_watch, args=(engine, stopping), daemon=True).start()
         log.info("engine process %s up; starting %d API workers", engine.pid, settings.workers)
         uvicorn.run(
-            "service.app:create_worker_app",
+            "promptserve.service.app:create_worker_app",
             factory=True,
             workers=settings.workers,
             host=settings.host,

@@ -20,19 +20,19 @@ from typing import Any
 
 import orjson
 
-from models.artifact import MANIFEST_FILE
-from models.classifier import Prediction, preprocess_from_manifest
-from models.preprocess import FastEvalTransform
-from service.classify.pipeline import ClassifyQuery, ClassifyResult, check_image_count
-from service.classify.several import check_classifier_names
-from service.errors import InvalidRequestError, NotReadyError
-from service.jobs.runner import JobRunner
-from service.jobs.store import JobStore
-from service.remote.link import EngineLink
-from service.remote.protocol import pixels_to_bytes
-from service.runtime import ServiceRuntime
-from service.settings import Settings
-from service.store import ClassifierStore
+from promptserve.models.artifact import MANIFEST_FILE
+from promptserve.models.classifier import Prediction, preprocess_from_manifest
+from promptserve.models.preprocess import FastEvalTransform
+from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult, check_image_count
+from promptserve.service.classify.several import check_classifier_names
+from promptserve.service.errors import InvalidRequestError, NotReadyError
+from promptserve.service.jobs.runner import JobRunner
+from promptserve.service.jobs.store import JobStore
+from promptserve.service.remote.link import EngineLink
+from promptserve.service.remote.protocol import pixels_to_bytes
+from promptserve.service.runtime import ServiceRuntime
+from promptserve.service.settings import Settings
+from promptserve.service.store import ClassifierStore
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.jobs.store import JobStore
+from promptserve.service.jobs.store import JobStore
 from tests.cluster.servers import S3_ENV, Postgres, S3Server, fresh_database
 from tests.service.test_e2e import MINI_WEIGHTS, REPO, Server, start_server, stop_server
 from tests.service.test_jobs_e2e import AUTH, KEY, shapes, submit, wait_for
@@ -49,7 +49,7 @@ class Cluster:
 
 
 def start_worker(root: Path, index: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "service.cli", "worker", "--slots", "2"]
+    command = [sys.executable, "-m", "promptserve.service.cli", "worker", "--slots", "2"]
     command += ["--store", str(root / f"worker{index}-store")]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
     environment |= {"HF_HUB_OFFLINE": "1", **env}
@@ -73,7 +73,7 @@ def cluster(
     root = tmp_path_factory.mktemp("cluster")
     database = fresh_database(postgres, f"c{uuid.uuid4().hex[:12]}")
     bucket = f"b{uuid.uuid4().hex[:12]}"
-    from service.objectstore import open_filesystem
+    from promptserve.service.objectstore import open_filesystem
 
     os.environ.update(S3_ENV)
     open_filesystem("s3://x", s3_server.endpoint).mkdir(bucket)

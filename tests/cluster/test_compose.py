@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings
+from promptserve.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

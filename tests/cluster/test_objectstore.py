@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.objectstore import StoreMirror, open_filesystem
+from promptserve.service.objectstore import StoreMirror, open_filesystem
 from tests.cluster.servers import S3_ENV, S3Server
 
 
@@ -130,7 +130,7 @@ def test_a_local_store_path_is_refused_as_a_url(tmp_path: Path) -> None:
     "value", ["s3://bucket/prefix", "s3://bucket/prefix/", Path("s3://bucket/prefix")]
 )
 def test_the_store_setting_may_name_an_object_store(value: str | Path) -> None:
-    from service.settings import Settings
+    from promptserve.service.settings import Settings
 
     settings = Settings(store=value)
     assert settings.store_url == "s3://bucket/prefix"

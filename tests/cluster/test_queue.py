@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs.store import JobStore
+from promptserve.service.jobs.store import JobStore
 from tests.cluster.servers import Postgres, fresh_database
 from tests.service.test_jobstore import SPEC
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import main
-from service.jobs.host import slot_devices
+from promptserve.service.cli import main
+from promptserve.service.jobs.host import slot_devices
 
 
 def test_slots_on_the_cpu() -> None:

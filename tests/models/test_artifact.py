@@ -22,18 +22,18 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from models import artifact
-from models.artifact import (
+from promptserve.models import artifact
+from promptserve.models.artifact import (
     export_classifier,
     list_versions,
     read_manifest,
     resolve_version,
     verify_artifact,
 )
-from models.classifier import load_classifier, load_learner
-from models.errors import ArtifactError, ExportParityError
-from models.export import export_visual_graph
-from models.methods import Learner, create_method, list_methods
+from promptserve.models.classifier import load_classifier, load_learner
+from promptserve.models.errors import ArtifactError, ExportParityError
+from promptserve.models.export import export_visual_graph
+from promptserve.models.methods import Learner, create_method, list_methods
 from tests import helpers
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from models.backbone import Backbone, load_backbone, parse_backbone_spec
-from models.errors import BackboneError
+from promptserve.models.backbone import Backbone, load_backbone, parse_backbone_spec
+from promptserve.models.errors import BackboneError
 
 
 def test_specs_are_parsed() -> None:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from models.backbone import WEIGHTS_DIR, load_backbone
+from promptserve.models.backbone import WEIGHTS_DIR, load_backbone
 
 RANDOM_INIT = "No pretrained weights loaded"
 

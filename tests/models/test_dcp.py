@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.backbone import Backbone, load_backbone
-from models.methods import Batch, create_method, make_config
-from models.methods.dcp import DCPLearner
+from promptserve.models.backbone import Backbone, load_backbone
+from promptserve.models.methods import Batch, create_method, make_config
+from promptserve.models.methods.dcp import DCPLearner
+from promptserve.training.loop import fit
 from tests.helpers import NAMES, perturb, pixels, synthetic_tensors, vision_block_io
-from training.loop import fit
 
 
 def make(backbone: Backbone, **overrides: object) -> DCPLearner:

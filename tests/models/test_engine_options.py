@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.artifact import export_classifier
-from models.engines import (
+from promptserve.models.artifact import export_classifier
+from promptserve.models.engines import (
     ONNX_FILE,
     OnnxEngine,
     OnnxOptions,
@@ -20,7 +20,7 @@ from models.engines import (
     input_side,
     onnx_providers,
 )
-from models.methods import create_method
+from promptserve.models.methods import create_method
 
 CUDA = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.artifact import export_classifier, read_manifest, verify_artifact
-from models.backbone import Backbone
-from models.classifier import load_classifier, load_learner
-from models.engine_pool import EnginePool
-from models.errors import ArtifactError
-from models.graphs import BACKBONES_DIR, GRAPHS_DIR, PLAIN, GraphRef, graph_dir
-from models.input_engines import BoundInputs
-from models.methods import create_method
-from models.standalone import export_standalone
+from promptserve.models.artifact import export_classifier, read_manifest, verify_artifact
+from promptserve.models.backbone import Backbone
+from promptserve.models.classifier import load_classifier, load_learner
+from promptserve.models.engine_pool import EnginePool
+from promptserve.models.errors import ArtifactError
+from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR, PLAIN, GraphRef, graph_dir
+from promptserve.models.input_engines import BoundInputs
+from promptserve.models.methods import create_method
+from promptserve.models.standalone import export_standalone
+from promptserve.training.cli import main
 from tests import helpers
-from training.cli import main
 
 NAMES = ["red circle", "blue square", "green star"]
 OWN = {"manifest.json", "classes.safetensors", "learner.safetensors"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbone import Backbone, hash_state_dict
-from models.methods import Batch, Learner, create_method, list_methods
+from promptserve.models.backbone import Backbone, hash_state_dict
+from promptserve.models.methods import Batch, Learner, create_method, list_methods
 from tests.helpers import NAMES, perturb, pixels
 
 MORE_NAMES = ["purple ring", "orange cross", *NAMES, "pink hexagon"]

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone, load_backbone
-from models.errors import ConfigError
-from models.export import export_visual_graph
-from models.methods import create_method
-from models.methods.coop import CoOpLearner
-from models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
+from promptserve.models.backbone import Backbone, load_backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.export import export_visual_graph
+from promptserve.models.methods import create_method
+from promptserve.models.methods.coop import CoOpLearner
+from promptserve.models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
 from tests.helpers import NAMES, pixels, tiny_run_losses, vision_block_io
 
 

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from models.artifact import export_classifier
-from models.backbone import Backbone
-from models.classifier import load_learner
-from models.methods import create_method
-from models.methods.coop import CoOpLearner
-from models.methods.pre import PRELearner
+from promptserve.models.artifact import export_classifier
+from promptserve.models.backbone import Backbone
+from promptserve.models.classifier import load_learner
+from promptserve.models.methods import create_method
+from promptserve.models.methods.coop import CoOpLearner
+from promptserve.models.methods.pre import PRELearner
 from tests.helpers import NAMES, pixels, tiny_run_losses
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.backbone import Backbone, load_backbone
-from models.prompting import (
+from promptserve.models.backbone import Backbone, load_backbone
+from promptserve.models.prompting import (
     PromptedTextEncoder,
     PromptedVisionEncoder,
     VisionPrompts,

@@ -7,11 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.backbone import Backbone, hash_state_dict, load_backbone
-from models.methods import Batch, create_method, make_config
-from models.methods.provp import ProVPLearner
+from promptserve.models.backbone import Backbone, hash_state_dict, load_backbone
+from promptserve.models.methods import Batch, create_method, make_config
+from promptserve.models.methods.provp import ProVPLearner
+from promptserve.training.loop import fit
 from tests.helpers import NAMES, pixels, synthetic_tensors, vision_block_io
-from training.loop import fit
 
 
 def make(backbone: Backbone, **overrides: object) -> ProVPLearner:

@@ -4,11 +4,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from models.errors import ConfigError, DuplicateMethodError, UnknownMethodError
-from models.methods import create_method, get_method, list_methods, make_config, register_method
-from models.methods.base import Learner
-from models.methods.config import MethodConfig, parse_overrides
-from models.methods.registry import method_needs_training, unregister_method
+from promptserve.models.errors import ConfigError, DuplicateMethodError, UnknownMethodError
+from promptserve.models.methods import (
+    create_method,
+    get_method,
+    list_methods,
+    make_config,
+    register_method,
+)
+from promptserve.models.methods.base import Learner
+from promptserve.models.methods.config import MethodConfig, parse_overrides
+from promptserve.models.methods.registry import method_needs_training, unregister_method
 
 
 def test_core_methods_are_registered() -> None:

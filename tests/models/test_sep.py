@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
-from models.artifact import export_classifier, read_manifest
-from models.backbone import Backbone
-from models.classifier import load_learner
-from models.errors import ConfigError
-from models.methods import Batch, create_method, make_config
-from models.methods import sep as sep_module
-from models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient
-from models.prompting import VisionPrompts
+from promptserve.models.artifact import export_classifier, read_manifest
+from promptserve.models.backbone import Backbone
+from promptserve.models.classifier import load_learner
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods import Batch, create_method, make_config
+from promptserve.models.methods import sep as sep_module
+from promptserve.models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient
+from promptserve.models.prompting import VisionPrompts
 from tests.helpers import NAMES, perturb, pixels
 
 
@@ -291,7 +291,7 @@ def test_artifact_holds_both_passes_with_a_top_k_per_fusion_and_no_head(
 
 
 def _train(backbone: str, data: str, tmp_path: Path, shots: int, **overrides: Any) -> Any:
-    from training.api import TrainRequest, fit_learner
+    from promptserve.training.api import TrainRequest, fit_learner
 
     request = TrainRequest(
         method="sep",

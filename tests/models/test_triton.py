@@ -10,12 +10,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.artifact import export_classifier
-from models.classifier import load_classifier
-from models.errors import ArtifactError
-from models.methods import create_method
-from models.triton import export_triton
-from service.cli import main
+from promptserve.models.artifact import export_classifier
+from promptserve.models.classifier import load_classifier
+from promptserve.models.errors import ArtifactError
+from promptserve.models.methods import create_method
+from promptserve.models.triton import export_triton
+from promptserve.service.cli import main
 
 CLASSES = ["red circle", "blue square", "green star"]
 

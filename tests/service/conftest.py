@@ -23,9 +23,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.app import create_app
-from service.runtime import Runtime
-from service.settings import Settings
+from promptserve.service.app import create_app
+from promptserve.service.runtime import Runtime
+from promptserve.service.settings import Settings
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart", "purple ring"]
 TINY_NAMES = ("default", "shapes")  # both in the template store, each with version 1
@@ -55,9 +55,9 @@ def publish_copy(source: Path, store: Path, name: str, version: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.artifact import export_classifier
-    from models.backbone import load_backbone
-    from models.methods import create_method
+    from promptserve.models.artifact import export_classifier
+    from promptserve.models.backbone import load_backbone
+    from promptserve.models.methods import create_method
 
     learner = create_method("zeroshot", load_backbone("tiny"))
     root = tmp_path_factory.mktemp("tiny-export")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from service.classify.batcher import MicroBatcher
-from service.errors import EngineError, NotReadyError, QueueFullError
+from promptserve.service.classify.batcher import MicroBatcher
+from promptserve.service.errors import EngineError, NotReadyError, QueueFullError
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import ClassifierStore
+from promptserve.service.store import ClassifierStore
 from tests.service.conftest import (
     CLASS_NAMES,
     ClientFactory,
@@ -166,7 +166,7 @@ async def test_health_and_metrics(client_factory: ClientFactory) -> None:
 async def test_not_ready_until_the_default_exists(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("service.runtime.RETRY_S", 0.0)
+    monkeypatch.setattr("promptserve.service.runtime.RETRY_S", 0.0)
     settings = make_settings(store, default_classifier="absent")
     async with serve(settings, wait=False) as (client, runtime):
         assert await runtime.wait_ready(timeout=30) == "failed"

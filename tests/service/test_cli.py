@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import cli
+from promptserve.service import cli
 
 
 def test_serve_is_added_to_the_training_commands() -> None:
@@ -57,7 +57,7 @@ def test_serve_with_workers_starts_the_engine_process_and_workers(
         seen["settings"] = settings
         return 0
 
-    monkeypatch.setattr("service.remote.supervisor.serve_workers", fake_serve_workers)
+    monkeypatch.setattr("promptserve.service.remote.supervisor.serve_workers", fake_serve_workers)
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("one process started"))
     assert cli.main(["serve", "--store", str(tmp_path), "--workers", "3"]) == 0
     assert seen["settings"].workers == 3  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.backbone import WEIGHTS_DIR
+from promptserve.models.backbone import WEIGHTS_DIR
 from tests.service.conftest import (
     CLASS_NAMES,
     b64,
@@ -55,7 +55,7 @@ def free_port() -> int:
 
 def start_server(store: Path, log: Path, timeout: float, **env: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store)]
+    command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
     environment |= {"HF_HUB_OFFLINE": "1", **LIMITS, **env}
@@ -189,7 +189,7 @@ def test_hugging_face_inference_client(server: Server) -> None:
     reason=f"needs the pretrained mini backbone ({MINI_WEIGHTS} is not there yet)",
 )
 def test_default_classifier_is_right_on_easy_images(tmp_path: Path) -> None:
-    from training.synthetic.tasks import SyntheticSpec, color_shape_classes, render_item
+    from promptserve.training.synthetic.tasks import SyntheticSpec, color_shape_classes, render_item
 
     running = start_server(tmp_path / "store", tmp_path / "server.log", timeout=600)
     spec = SyntheticSpec(task="color-shape", style="filled", background="plain")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from service.classify.images import decode_image
-from service.errors import ImageTooLargeError, InvalidImageError
+from promptserve.service.classify.images import decode_image
+from promptserve.service.errors import ImageTooLargeError, InvalidImageError
 from tests.service.conftest import (
     ClientFactory,
     b64,

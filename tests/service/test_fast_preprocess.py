@@ -13,20 +13,20 @@ import pytest
 import torch
 from PIL import Image
 
-from models.backbone import PreprocessConfig, load_backbone
-from models.errors import ConfigError
-from models.methods import create_method
-from models.preprocess import (
+from promptserve.models.backbone import PreprocessConfig, load_backbone
+from promptserve.models.errors import ConfigError
+from promptserve.models.methods import create_method
+from promptserve.models.preprocess import (
     RESIZE_MODES,
     FastEvalTransform,
     eval_transform,
     fast_pixels,
     normalise,
 )
-from service.classify.device_decode import decode_jpegs, split_jpegs
-from service.classify.images import ImagePreparer, decode_image, prepare_image
-from service.errors import ImageTooLargeError, InvalidImageError
-from training.synthetic.world import COLOURS, SHAPES, render, sample_scene
+from promptserve.service.classify.device_decode import decode_jpegs, split_jpegs
+from promptserve.service.classify.images import ImagePreparer, decode_image, prepare_image
+from promptserve.service.errors import ImageTooLargeError, InvalidImageError
+from promptserve.training.synthetic.world import COLOURS, SHAPES, render, sample_scene
 
 MAX_PIXELS = 25_000_000
 COLOUR_NAMES = list(COLOURS)[:6]

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from models.backbone import PreprocessConfig
-from models.preprocess import FastEvalTransform, eval_transform
-from service.classify.images import ImagePreparer
-from service.settings import Settings
-from service.store import ClassifierStore
+from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.preprocess import FastEvalTransform, eval_transform
+from promptserve.service.classify.images import ImagePreparer
+from promptserve.service.settings import Settings
+from promptserve.service.store import ClassifierStore
 
 CUDA = torch.cuda.is_available()
 
@@ -38,7 +38,7 @@ def test_fp16_on_the_cpu_is_refused_at_start(tmp_path: Path) -> None:
 
 
 def test_store_passes_the_options_to_the_engine(tiny_artifact: Path) -> None:
-    from models.engines import OnnxEngine, OnnxOptions
+    from promptserve.models.engines import OnnxEngine, OnnxOptions
 
     store_root = tiny_artifact.parent.parent
     store = ClassifierStore(store_root, onnx_options=OnnxOptions(io_binding=False))

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from models.classifier import check_labels, load_classifier
-from models.errors import InvalidLabelError
-from service.api.middleware import AdmissionMiddleware
-from service.classify.images import decode_image
-from service.classify.labels import BoundedCache, LabelEncoder
-from service.errors import ImageTooLargeError
-from service.jobs.worker import without_paths
+from promptserve.models.classifier import check_labels, load_classifier
+from promptserve.models.errors import InvalidLabelError
+from promptserve.service.api.middleware import AdmissionMiddleware
+from promptserve.service.classify.images import decode_image
+from promptserve.service.classify.labels import BoundedCache, LabelEncoder
+from promptserve.service.errors import ImageTooLargeError
+from promptserve.service.jobs.worker import without_paths
 from tests.service.conftest import ClientFactory, b64, bomb_png, png_bytes
 
 pytestmark = pytest.mark.anyio
@@ -280,7 +280,7 @@ async def test_start_up_removes_leftovers(client_factory: ClientFactory, store: 
 
 
 def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:
-    from service.jobs.store import JobStore
+    from promptserve.service.jobs.store import JobStore
     from tests.service.test_jobstore import SPEC
 
     jobs = JobStore(tmp_path / "jobs.db")
@@ -353,8 +353,8 @@ async def test_datasets_may_not_reach_outside_the_data_root(
 
 
 def test_a_training_run_checks_the_data_root_again(tmp_path: Path) -> None:
-    from training.api import open_within
-    from training.errors import DataError
+    from promptserve.training.api import open_within
+    from promptserve.training.errors import DataError
 
     root, outside = _dataset_root(tmp_path)
     assert len(open_within(str(root / "good"), str(root))) == 2

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from promptserve.training.data import SYNTHETIC_RECIPE
 from tests.service.test_e2e import MINI_WEIGHTS, Server, start_server, stop_server
-from training.data import SYNTHETIC_RECIPE
 
 pytestmark = [
     pytest.mark.slow,
@@ -54,7 +54,7 @@ def png(image: Any) -> bytes:
 
 def shapes(split: str, per_class: int, seed: int = 3) -> list[tuple[bytes, str]]:
     """Colour-shape images of the four PARTS classes, labelled with their part numbers."""
-    from training.synthetic.tasks import SyntheticSpec, render_item
+    from promptserve.training.synthetic.tasks import SyntheticSpec, render_item
 
     spec = SyntheticSpec(task="color-shape", seed=seed)
     return [
@@ -298,7 +298,7 @@ SHIFTED = ("red circle", "orange circle", "yellow star", "green star", "blue hea
 def hue_shifted(split: str, per_class: int) -> list[tuple[bytes, str]]:
     """Images of the SHIFTED classes with every hue rotated by 50 degrees, under their own names:
     a downstream set where mini's zero-shot classifier leaves room (bench/suite.py)."""
-    from training.synthetic.tasks import SyntheticSpec, render_item
+    from promptserve.training.synthetic.tasks import SyntheticSpec, render_item
 
     spec = SyntheticSpec(task="color-shape", seed=4, shift="hue50")
     return [(png(render_item(spec, split, name, i)), name)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs.spec import JobSpec, dump_spec, load_spec
-from service.jobs.store import IdempotencyMismatchError, JobStore
-from training.api import TrainRequest
+from promptserve.service.jobs.spec import JobSpec, dump_spec, load_spec
+from promptserve.service.jobs.store import IdempotencyMismatchError, JobStore
+from promptserve.training.api import TrainRequest
 
 SPEC = JobSpec(
     train=TrainRequest(method="coop", data="/data/demo", store=Path("store"), name="demo"),

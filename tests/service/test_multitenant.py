@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from models.artifact import export_classifier, read_manifest
-from models.backbone import Backbone
-from models.methods import create_method
+from promptserve.models.artifact import export_classifier, read_manifest
+from promptserve.models.backbone import Backbone
+from promptserve.models.methods import create_method
 from tests import helpers
 from tests.service.conftest import CLASS_NAMES, b64, jpeg_bytes, make_settings, png_bytes, serve
 

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from models.classifier import encode_labels, load_classifier, load_learner
-from models.methods import list_methods
-from service.classify.labels import LabelEncoder
-from service.settings import Settings
+from promptserve.models.classifier import encode_labels, load_classifier, load_learner
+from promptserve.models.methods import list_methods
+from promptserve.service.classify.labels import LabelEncoder
+from promptserve.service.settings import Settings
+from promptserve.training.synthetic.tasks import task_classes
 from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, make_settings, png_bytes, serve
-from training.synthetic.tasks import task_classes
 
 NOVEL = task_classes("color-shape-novel")
 BASE = task_classes("color-shape-base")
@@ -32,7 +32,7 @@ TOL = 1e-5
 @pytest.fixture(scope="session")
 def method_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every method trained briefly on the base classes, published under its own name."""
-    from training.api import TrainRequest, train_classifier
+    from promptserve.training.api import TrainRequest, train_classifier
 
     store = tmp_path_factory.mktemp("open-vocab-store")
     for method in list_methods():
@@ -204,7 +204,7 @@ def test_python_api_classifies_with_new_labels(tiny_artifact: Path) -> None:
 def test_cli_classify_with_new_labels(
     template_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from service.cli import main
+    from promptserve.service.cli import main
 
     image = tmp_path / "red.png"
     image.write_bytes(png_bytes())

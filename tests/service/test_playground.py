@@ -66,8 +66,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     """A red star to classify, and four images of each of two classes to tune on."""
     import numpy as np
 
-    from training.synthetic.tasks import SyntheticSpec, render_item
-    from training.synthetic.world import render, sample_scene
+    from promptserve.training.synthetic.tasks import SyntheticSpec, render_item
+    from promptserve.training.synthetic.world import render, sample_scene
 
     root = tmp_path_factory.mktemp("playground-images")
     star = root / "red_star.png"

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.errors import InvalidLabelError
-from service.classify.pipeline import ClassifyQuery
-from service.errors import NotReadyError, ServiceError, TooManyImagesError
-from service.remote.engine import EngineServer
-from service.remote.protocol import (
+from promptserve.models.errors import InvalidLabelError
+from promptserve.service.classify.pipeline import ClassifyQuery
+from promptserve.service.errors import NotReadyError, ServiceError, TooManyImagesError
+from promptserve.service.remote.engine import EngineServer
+from promptserve.service.remote.protocol import (
     error_header,
     pixels_from_bytes,
     pixels_to_bytes,
     raise_error,
 )
-from service.remote.worker import WorkerRuntime, dump_settings, load_settings
-from service.runtime import Runtime
+from promptserve.service.remote.worker import WorkerRuntime, dump_settings, load_settings
+from promptserve.service.runtime import Runtime
 from tests.service.conftest import make_settings, png_bytes
 
 

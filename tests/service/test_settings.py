@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings, get_settings
+from promptserve.service.settings import Settings, get_settings
 
 
 @pytest.fixture
@@ -71,9 +71,9 @@ def test_main_builds_the_app_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_settings: None
 ) -> None:
     monkeypatch.setenv("PROMPTSERVE_STORE", str(tmp_path))
-    sys.modules.pop("service.main", None)
+    sys.modules.pop("promptserve.service.main", None)
     try:
-        main = importlib.import_module("service.main")
+        main = importlib.import_module("promptserve.service.main")
         assert main.app.state.runtime.settings.store == tmp_path
     finally:
-        sys.modules.pop("service.main", None)
+        sys.modules.pop("promptserve.service.main", None)

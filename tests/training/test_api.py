@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from models.backbone import DEFAULT_BACKBONE
-from training import request
-from training.api import default_preset, summarize_dataset, world_class_names
-from training.errors import DataError
+from promptserve.models.backbone import DEFAULT_BACKBONE
+from promptserve.training import request
+from promptserve.training.api import default_preset, summarize_dataset, world_class_names
+from promptserve.training.errors import DataError
 
 
 def test_the_torch_free_request_defaults_to_the_models_backbone() -> None:

@@ -15,9 +15,17 @@ from pathlib import Path
 import pytest
 from torchvision.transforms import v2 as T
 
-from models.backbone import Backbone
-from models.methods import create_method, make_config
-from models.preprocess import train_transform
+from promptserve.models.backbone import Backbone
+from promptserve.models.methods import create_method, make_config
+from promptserve.models.preprocess import train_transform
+from promptserve.training.api import TrainRequest, fit_learner
+from promptserve.training.benchmarks import BASE_TO_NOVEL, VARIANTS, benchmark_path, get_benchmark
+from promptserve.training.cli import main
+from promptserve.training.data import open_dataset
+from promptserve.training.errors import DataError
+from promptserve.training.loop import epoch_learning_rate
+from promptserve.training.protocols import ProtocolRequest, make_plan
+from promptserve.training.recipe import resolve_config
 from tests.benchmark_roots import (
     AIRCRAFT,
     IMAGENET,
@@ -26,14 +34,6 @@ from tests.benchmark_roots import (
     Expected,
     make_benchmark_root,
 )
-from training.api import TrainRequest, fit_learner
-from training.benchmarks import BASE_TO_NOVEL, VARIANTS, benchmark_path, get_benchmark
-from training.cli import main
-from training.data import open_dataset
-from training.errors import DataError
-from training.loop import epoch_learning_rate
-from training.protocols import ProtocolRequest, make_plan
-from training.recipe import resolve_config
 
 
 @pytest.fixture(scope="module")

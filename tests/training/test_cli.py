@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from models.artifact import verify_artifact
+from promptserve.models.artifact import verify_artifact
+from promptserve.training.cli import main
 from tests.helpers import make_image_folder
-from training.cli import main
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 

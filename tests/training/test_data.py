@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.preprocess import eval_transform
-from tests.helpers import make_image_folder
-from training.data import (
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.data import (
     ImageDataset,
     from_memory,
     make_loader,
@@ -22,7 +21,8 @@ from training.data import (
     sample_few_shot,
     split_base_novel,
 )
-from training.errors import DataError
+from promptserve.training.errors import DataError
+from tests.helpers import make_image_folder
 
 COLOURS = {
     "red disc": (220, 30, 30),
@@ -136,7 +136,7 @@ def test_few_shot_keeps_small_classes_whole_and_rejects_zero(
     folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     source = open_dataset(str(folder))
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="promptserve.training.data"):
         sampled = sample_few_shot(source, shots=10, seed=0)
     assert sampled.counts() == source.counts()
     assert "fewer than 10 shots" in caplog.text
@@ -229,6 +229,6 @@ def test_synthetic_specs_open_the_world() -> None:
 
 
 def _cfg(size: int):  # type: ignore[no-untyped-def]
-    from models.backbone import PreprocessConfig
+    from promptserve.models.backbone import PreprocessConfig
 
     return PreprocessConfig(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 from torch import Tensor
 
-from models.backbone import load_backbone
-from models.methods import create_method, get_method, list_methods
-from models.preprocess import eval_transform
-from training.api import TrainRequest, fit_learner
-from training.data import (
+from promptserve.models.backbone import load_backbone
+from promptserve.models.methods import create_method, get_method, list_methods
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.api import TrainRequest, fit_learner
+from promptserve.training.data import (
     ImageDataset,
     make_loader,
     open_dataset,
     restrict_classes,
     split_base_novel,
 )
-from training.loop import evaluate
+from promptserve.training.loop import evaluate
 
 SHIFTED = "synthetic:color-shape?shift=hue50&classes=12&seed=5"
 MARGIN = 10.0  # points over zero-shot on the base classes

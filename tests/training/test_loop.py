@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.backbone import Backbone
-from models.methods import create_method, make_config
-from models.preprocess import eval_transform
+from promptserve.models.backbone import Backbone
+from promptserve.models.methods import create_method, make_config
+from promptserve.models.preprocess import eval_transform
+from promptserve.training.data import ImageDataset, make_loader, open_dataset
+from promptserve.training.errors import TrainingCancelled
+from promptserve.training.loop import FitOptions, Progress, evaluate, fit, learning_rate
 from tests.helpers import make_image_folder
-from training.data import ImageDataset, make_loader, open_dataset
-from training.errors import TrainingCancelled
-from training.loop import FitOptions, Progress, evaluate, fit, learning_rate
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -86,7 +86,7 @@ def test_the_same_seed_gives_the_same_weights(colour_folder: Path, tiny_backbone
 
 
 def test_heldout_images_are_the_ones_not_trained_on(tmp_path: Path) -> None:
-    from training.api import HELDOUT_PER_CLASS, TrainRequest, fit_learner, score_fitted
+    from promptserve.training.api import HELDOUT_PER_CLASS, TrainRequest, fit_learner, score_fitted
 
     request = TrainRequest(
         method="coop",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from promptserve.training.cli import main
+from promptserve.training.loop import Progress
+from promptserve.training.progress import StepReporter, step_progress
 from tests.helpers import make_image_folder
-from training.cli import main
-from training.loop import Progress
-from training.progress import StepReporter, step_progress
 
 
 class Terminal(io.StringIO):

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.cli import main
-from training.data import open_dataset, split_base_novel
-from training.dataset_writer import dataset_name, write_dassl_root
-from training.errors import DataError
-from training.synthetic.shifts import KINDS, Shift, apply_shifts, parse_shifts, rename
-from training.synthetic.tasks import build_task, parse_synthetic_spec
+from promptserve.training.cli import main
+from promptserve.training.data import open_dataset, split_base_novel
+from promptserve.training.dataset_writer import dataset_name, write_dassl_root
+from promptserve.training.errors import DataError
+from promptserve.training.synthetic.shifts import KINDS, Shift, apply_shifts, parse_shifts, rename
+from promptserve.training.synthetic.tasks import build_task, parse_synthetic_spec
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -11,12 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.backbone import load_backbone
-from training.data import open_dataset
-from training.errors import DataError
-from training.synthetic.captions import caption_for, fill_template
-from training.synthetic.pretrain import PretrainConfig, add_arguments, pretrain_mini, run
-from training.synthetic.tasks import (
+from promptserve.models.backbone import load_backbone
+from promptserve.training.data import open_dataset
+from promptserve.training.errors import DataError
+from promptserve.training.synthetic.captions import caption_for, fill_template
+from promptserve.training.synthetic.pretrain import (
+    PretrainConfig,
+    add_arguments,
+    pretrain_mini,
+    run,
+)
+from promptserve.training.synthetic.tasks import (
     TASKS,
     base_novel_split,
     build_task,
@@ -24,7 +29,7 @@ from training.synthetic.tasks import (
     parse_synthetic_spec,
     task_classes,
 )
-from training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
+from promptserve.training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
 
 
 def pixels(scene: Scene, size: int = 64) -> np.ndarray:

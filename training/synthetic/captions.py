@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.synthetic.world import WORDS, Background, Scene, Style
+from promptserve.training.synthetic.world import WORDS, Background, Scene, Style
 
 # {c} colour, {s} shape, {st} style word, {bg} background word; {a} is the article of what follows
 BOTH_TEMPLATES = (

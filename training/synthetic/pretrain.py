@@ -33,12 +33,16 @@ from open_clip.model import CLIP
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from models.backbone import hash_state_dict, register_project_configs
-from training.loop import Progress
-from training.progress import step_progress
-from training.synthetic.captions import Caption, caption_for
-from training.synthetic.pretrain_eval import evaluate_zero_shot, images_to_tensor, quality_bar
-from training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
+from promptserve.models.backbone import hash_state_dict, register_project_configs
+from promptserve.training.loop import Progress
+from promptserve.training.progress import step_progress
+from promptserve.training.synthetic.captions import Caption, caption_for
+from promptserve.training.synthetic.pretrain_eval import (
+    evaluate_zero_shot,
+    images_to_tensor,
+    quality_bar,
+)
+from promptserve.training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
 
 log = logging.getLogger(__name__)
 

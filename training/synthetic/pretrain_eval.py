@@ -23,7 +23,7 @@ from open_clip.model import CLIP
 from PIL import Image
 from torch import Tensor
 
-from training.synthetic.tasks import (
+from promptserve.training.synthetic.tasks import (
     SyntheticSpec,
     base_novel_split,
     build_task,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from training.errors import DataError
+from promptserve.training.errors import DataError
 
 Transform = Callable[[Image.Image, float, np.random.Generator], Image.Image]
 _SHIFT = re.compile(r"^([a-z]+)(-?\d+(?:\.\d+)?)?$")

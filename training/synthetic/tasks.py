@@ -36,10 +36,10 @@ from urllib.parse import parse_qsl
 import numpy as np
 from PIL import Image
 
-from training.errors import DataError
-from training.sources import ImageSource, LabeledImage
-from training.synthetic.shifts import NAMINGS, apply_shifts, parse_shifts, rename
-from training.synthetic.world import (
+from promptserve.training.errors import DataError
+from promptserve.training.sources import ImageSource, LabeledImage
+from promptserve.training.synthetic.shifts import NAMINGS, apply_shifts, parse_shifts, rename
+from promptserve.training.synthetic.world import (
     BACKGROUNDS,
     COLOURS,
     DEFAULT_SIZE,

@@ -7,16 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from models.methods import list_methods
-from service.api.deps import SettingsDep, StoreDep, require_api_key
-from service.api.schemas import (
+from promptserve.models.methods import list_methods
+from promptserve.service.api.deps import SettingsDep, StoreDep, require_api_key
+from promptserve.service.api.schemas import (
     ClassifierListPublic,
     ClassifierPublic,
     ClassifierSummaryPublic,
     ClassifierVersionPublic,
     error_responses,
 )
-from service.store import ClassifierStore
+from promptserve.service.store import ClassifierStore
 
 router = APIRouter(
     prefix="/classifiers",

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from service.api.bodies import (
+from promptserve.service.api.bodies import (
     FORM_TYPES,
     is_json,
     media_type,
@@ -22,8 +22,8 @@ from service.api.bodies import (
     read_json,
     validate_body,
 )
-from service.api.deps import RuntimeDep, require_api_key
-from service.api.schemas import (
+from promptserve.service.api.deps import RuntimeDep, require_api_key
+from promptserve.service.api.schemas import (
     ClassifyCreate,
     ClassifyManyPublic,
     ClassifyPublic,
@@ -32,9 +32,9 @@ from service.api.schemas import (
     error_responses,
     inline_schema,
 )
-from service.classify.pipeline import ClassifyQuery, ClassifyResult
-from service.errors import UnsupportedMediaTypeError
-from service.runtime import ServiceRuntime
+from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult
+from promptserve.service.errors import UnsupportedMediaTypeError
+from promptserve.service.runtime import ServiceRuntime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
 RAW_TYPES = ("application/octet-stream",)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import RuntimeDep
-from service.api.schemas import HealthPublic, error_responses
-from service.errors import NotReadyError, ServiceError
+from promptserve.service.api.deps import RuntimeDep
+from promptserve.service.api.schemas import HealthPublic, error_responses
+from promptserve.service.errors import NotReadyError, ServiceError
 
 router = APIRouter(prefix="/health", tags=["health"])
 

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from service.api.bodies import is_json, media_type, read_form, read_json, validate_body
-from service.api.deps import JobRunnerDep, JobStoreDep, RuntimeDep, require_api_key
-from service.api.schemas import (
+from promptserve.service.api.bodies import is_json, media_type, read_form, read_json, validate_body
+from promptserve.service.api.deps import JobRunnerDep, JobStoreDep, RuntimeDep, require_api_key
+from promptserve.service.api.schemas import (
     AdaptCreate,
     JobEventListPublic,
     JobEventPublic,
@@ -22,15 +22,15 @@ from service.api.schemas import (
     error_responses,
     inline_schema,
 )
-from service.classify.images import decode_all
-from service.errors import (
+from promptserve.service.classify.images import decode_all
+from promptserve.service.errors import (
     InvalidRequestError,
     TooManyJobsError,
     UnsupportedMediaTypeError,
 )
-from service.jobs.plan import AdaptRequest, plan_job, submit_job
-from service.jobs.store import Event, Job
-from service.runtime import ServiceRuntime
+from promptserve.service.jobs.plan import AdaptRequest, plan_job, submit_job
+from promptserve.service.jobs.store import Event, Job
+from promptserve.service.runtime import ServiceRuntime
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 # the job's public fields that are its training request's own

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
-from service.api.deps import RuntimeDep, require_api_key
-from service.metrics import CONTENT_TYPE
+from promptserve.service.api.deps import RuntimeDep, require_api_key
+from promptserve.service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])
 

@@ -22,7 +22,7 @@ router = APIRouter(include_in_schema=False)
 @functools.cache
 def read_static(name: str) -> bytes:
     """A file of ``service/static``, by a name from PAGE or ASSETS (never a request's path)."""
-    return (resources.files("service") / "static" / name).read_bytes()
+    return (resources.files("promptserve.service") / "static" / name).read_bytes()
 
 
 @router.get("/")
