@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 from serve_throughput import Server, latencies, percentile
 
-from promptserve.service.store import create_default_classifier
+from promptserve.service.catalog import create_default_classifier
 from promptserve.training.synthetic.tasks import SyntheticSpec, render_item
 
 CLASSES = {

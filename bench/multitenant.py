@@ -192,7 +192,8 @@ def serve_figures(args: argparse.Namespace) -> None:
 
 def vit_provp_memory(count: int) -> None:
     """Own bytes and RSS added per loaded provp classifier on ViT-B-16 (random weights)."""
-    from promptserve.service.store import ClassifierStore
+    from promptserve.service.catalog import Catalog
+    from promptserve.service.classify.cache import ClassifierCache
 
     backbone = load_backbone("ViT-B-16")
     with tempfile.TemporaryDirectory() as scratch:
@@ -205,7 +206,7 @@ def vit_provp_memory(count: int) -> None:
         )
         del backbone
         gc.collect()
-        classifiers = ClassifierStore(store, max_loaded=count + 1)
+        classifiers = ClassifierCache(Catalog(store), max_loaded=count + 1)
         classifiers.get(names[0])
         before, own_before = rss_mb(os.getpid()), classifiers.loaded_bytes()
         for name in names[1:]:

@@ -21,8 +21,8 @@ import torch
 from promptserve.models.artifact import export_classifier
 from promptserve.models.backbone import load_backbone
 from promptserve.models.classifier import load_classifier
+from promptserve.models.labels import LabelEncoder
 from promptserve.models.methods import create_method
-from promptserve.service.classify.labels import LabelEncoder
 from promptserve.training.synthetic.tasks import task_classes
 
 COUNTS = (1, 10, 100)

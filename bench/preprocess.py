@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.preprocess import FastEvalTransform, eval_transform, normalise
-from promptserve.service.classify.images import decode_image, prepare_image
+from promptserve.service.classify.decoding import decode_image, prepare_image
 
 MAX_PIXELS = 25_000_000
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

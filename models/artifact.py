@@ -2,8 +2,8 @@
 
 An artifact is written into a hidden temporary directory beside its versions, checked (the
 exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
-reader never sees a half-written version. Layout and manifest fields: DESIGN.md, "The
-classifier artifact". The ONNX / TorchScript half lives in `models.export` (writing and
+reader never sees a half-written version. The manifest's fields are those `export_classifier`
+writes below. The ONNX / TorchScript half lives in `models.export` (writing and
 checking the graphs) and `models.engines` (running them).
 
 Two formats are read. Format 1 is self-contained: the version holds its visual graph as

@@ -1,5 +1,6 @@
-"""Loading a published classifier: the inference view (`load_classifier`) and the eager
-learner (`load_learner`) for resuming training or encoding new class names."""
+"""Loading a published classifier for inference (`load_classifier`), and the one implementation
+of labels and scores (`check_labels`, `resolve_labels`, `rank`) for the Python API, the CLI and
+the service. The eager learner (`models.labels.load_learner`) encodes labels a classifier lacks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +17,15 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from promptserve.models.artifact import graph_ref, verify_artifact
-from promptserve.models.backbone import Backbone, PreprocessConfig, load_backbone
+from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.engine_pool import EnginePool
-from promptserve.models.engines import Engine, OnnxOptions, VisualEngine, open_engine
+from promptserve.models.engines import EngineKind, OnnxOptions, VisualEngine, open_engine
 from promptserve.models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
-from promptserve.models.export import CLASSES_FILE, LEARNER_FILE
+from promptserve.models.export import CLASSES_FILE
 from promptserve.models.graphs import INPUTS_FILE, graph_dir, input_names, verify_graph
 from promptserve.models.input_engines import BoundInputs, open_input_engine
-from promptserve.models.methods import Learner, create_method
+from promptserve.models.labels import LabelEncoder, shared_label_encoder
+from promptserve.models.methods import Learner
 from promptserve.models.preprocess import FastEvalTransform
 
 SHOWN_LABELS = 5  # labels named in an error message
@@ -46,24 +48,28 @@ class Classifier:
 
     def __post_init__(self) -> None:
         self.transform = FastEvalTransform(self.preprocess)  # eval_transform, cheaper
-        self._learner: Learner | None = None  # loaded on the first label it lacks
+
+    @property
+    def label_encoder(self) -> LabelEncoder:
+        """The process's shared encoder for this device (the service brings its own)."""
+        return shared_label_encoder(str(self.device))
 
     def text_learner(self) -> Learner:
         """The eager learner of this artifact (loaded once), for encoding labels it lacks."""
-        if self._learner is None:
-            if self.path is None:
-                raise ArtifactError(f"{self.name} version {self.version}: no artifact path")
-            self._learner = load_learner(self.path, device=str(self.device))
-        return self._learner
+        return self.label_encoder.learner(self)
 
-    def label_set(self, labels: Sequence[str] | None, **limits: int) -> LabelSet:
+    def label_set(
+        self, labels: Sequence[str] | None, max_tokens: int | None = None, **limits: int
+    ) -> LabelSet:
         """The labels to score against (all classes when None): names it has come from the
-        stored rows, the rest are encoded by its learned text path (`text_learner()`) in one
-        batch. `limits` go to `check_labels`."""
+        stored rows, the rest are encoded by its learned text path (through `label_encoder`,
+        names over `max_tokens` refused) in one batch. `limits` go to `check_labels`."""
         if labels is None:
             return resolve_labels(self, None)
         request = check_labels(self, labels, **limits)
-        encoded = encode_labels(self.text_learner(), request.new) if request.new else None
+        if not request.new:
+            return resolve_labels(self, request)
+        encoded = self.label_encoder.encode(self, request.new, max_tokens)  # [N, D]
         return resolve_labels(self, request, encoded)
 
     def embed(self, pixels: Tensor) -> Tensor:
@@ -131,8 +137,21 @@ class LabelSet:
     encoded: list[str] = field(default_factory=list)  # names encoded on the fly (not stored)
 
 
+class ClassNames(Protocol):
+    """What label checks read of a classifier version (a loaded one, or its manifest)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def class_names(self) -> list[str]: ...
+
+
 def check_labels(
-    classifier: Classifier,
+    classifier: ClassNames,
     labels: Sequence[str],
     *,
     max_labels: int | None = None,
@@ -220,7 +239,7 @@ def rank(
 def load_classifier(
     path: Path,
     *,
-    engine: Engine = "onnx",
+    engine: EngineKind = "onnx",
     device: str = "cpu",
     threads: int | None = None,
     options: OnnxOptions | None = None,
@@ -261,7 +280,7 @@ def load_classifier(
 def _visual_engine(
     path: Path,
     manifest: dict[str, Any],
-    engine: Engine,
+    engine: EngineKind,
     device: str,
     threads: int | None,
     options: OnnxOptions | None,
@@ -289,48 +308,3 @@ def _visual_engine(
 def preprocess_from_manifest(manifest: dict[str, Any]) -> PreprocessConfig:
     cfg = dict(manifest["preprocessing"])
     return PreprocessConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})
-
-
-def load_learner(path: Path, *, device: str = "cpu", backbone: Backbone | None = None) -> Learner:
-    """Rebuild the eager learner of the artifact at `path` (re-encode classes, resume training).
-
-    `backbone` (loaded from the manifest's spec when None) may be shared by many learners: the
-    towers are frozen and a learner only wraps them.
-
-    Raises:
-        ArtifactError: the files fail verification, or the backbone loaded now is not the one the
-            artifact was built on (its weights hash differs).
-    """
-    path = Path(path)
-    manifest = verify_artifact(path)
-    recorded = manifest["backbone"]
-    if backbone is None:
-        backbone = load_backbone(recorded["spec"], device=device)
-    if backbone.id.weights_sha256 != recorded["weights_sha256"]:
-        raise ArtifactError(
-            f"backbone {recorded['spec']!r} now has weights {backbone.id.weights_sha256[:12]}, "
-            f"but {path} was built on {recorded['weights_sha256'][:12]}"
-        )
-    learner = create_method(manifest["method"], backbone, manifest["config"]).to(device)
-    learner.load_learned_state_dict(load_file(str(path / LEARNER_FILE), device=str(device)))
-    return learner.eval()
-
-
-def encode_labels(learner: Learner, names: list[str]) -> Tensor:
-    """[N] names -> [N, D] normalised embeddings from `learner`'s text path, in eval mode."""
-    was_training = learner.training
-    learner.eval()
-    try:
-        with torch.inference_mode():
-            return learner.encode_classes(list(names)).float()
-    finally:
-        learner.train(was_training)
-
-
-def label_token_count(tokenizer: Any, name: str) -> int:
-    """Tokens `name` takes in a prompt (without start/end tokens)."""
-    encode = getattr(tokenizer, "encode", None)
-    if callable(encode):
-        return len(encode(name))
-    ids = tokenizer([name])[0]  # [T], padded with 0 after the end token
-    return int((ids != 0).sum()) - 2

@@ -17,7 +17,7 @@ import weakref
 from collections import OrderedDict
 from pathlib import Path
 
-from promptserve.models.engines import Engine, OnnxOptions, VisualEngine, open_engine
+from promptserve.models.engines import EngineKind, OnnxOptions, VisualEngine, open_engine
 from promptserve.models.graphs import GraphRef, graph_dir, input_names, verify_graph
 from promptserve.models.input_engines import InputEngine, open_input_engine
 
@@ -29,13 +29,13 @@ class EnginePool:
 
     def __init__(
         self,
-        engine: Engine = "onnx",
+        engine: EngineKind = "onnx",
         device: str = "cpu",
         threads: int | None = None,
         keep: int = 2,
         options: OnnxOptions | None = None,
     ) -> None:
-        self.engine: Engine = engine
+        self.engine: EngineKind = engine
         self.options = options
         self.keep = keep
         self._recent: OrderedDict[tuple[str, str], VisualEngine | InputEngine] = OrderedDict()

@@ -25,7 +25,7 @@ TORCHSCRIPT_FILE = "visual.torchscript.pt"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "embeddings"
 
-Engine = Literal["onnx", "torchscript"]
+EngineKind = Literal["onnx", "torchscript"]
 
 
 class VisualEngine(Protocol):
@@ -192,7 +192,7 @@ class TorchScriptEngine:
 
 def open_engine(
     directory: Path,
-    engine: Engine,
+    engine: EngineKind,
     device: str = "cpu",
     threads: int | None = None,
     options: OnnxOptions | None = None,

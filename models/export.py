@@ -31,7 +31,7 @@ from promptserve.models.engines import (
     ONNX_FILE,
     OUTPUT_NAME,
     TORCHSCRIPT_FILE,
-    Engine,
+    EngineKind,
     VisualEngine,
     open_engine,
     quiet_jit_deprecation,
@@ -152,7 +152,7 @@ def check_parity(
     directory: Path,
     image_size: int,
     tolerance: float,
-    opener: Callable[[Path, Engine], VisualEngine] = open_engine,
+    opener: Callable[[Path, EngineKind], VisualEngine] = open_engine,
 ) -> dict[str, dict[str, float] | float]:
     """Run the graphs already in `directory` against eager `graph` at every parity batch.
 
@@ -164,7 +164,7 @@ def check_parity(
     """
     figures: dict[str, dict[str, float] | float] = {}
     failures = []
-    engines: tuple[Engine, ...] = ("onnx", "torchscript")
+    engines: tuple[EngineKind, ...] = ("onnx", "torchscript")
     for engine_name in engines:
         engine = opener(directory, engine_name)
         per_batch = {}

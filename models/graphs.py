@@ -39,7 +39,7 @@ from torch import Tensor
 from promptserve.models.engines import (
     ONNX_FILE,
     TORCHSCRIPT_FILE,
-    Engine,
+    EngineKind,
     VisualEngine,
     open_engine,
 )
@@ -146,7 +146,7 @@ def publish_visual_graph(learner: Learner, store: Path, tolerance: float) -> Pub
                 store, backbone, None, lambda d: export_visual_graph(graph, d, size, tolerance)
             )
             return PublishedGraph(GraphRef(backbone, figures.pop("graph")), figures, None)
-        opener: Callable[[Path, Engine], VisualEngine]
+        opener: Callable[[Path, EngineKind], VisualEngine]
         if shared is None:
             ref, inputs, opener = GraphRef(backbone, PLAIN), None, _plain_opener
         else:
@@ -189,12 +189,12 @@ def _export_shared(shared: SharedVisual, directory: Path, size: int) -> None:
     export_torchscript(graph, directory / TORCHSCRIPT_FILE, example, inputs)
 
 
-def _plain_opener(directory: Path, kind: Engine) -> VisualEngine:
+def _plain_opener(directory: Path, kind: EngineKind) -> VisualEngine:
     return open_engine(directory, kind)
 
 
-def _bound(inputs: dict[str, Tensor]) -> Callable[[Path, Engine], VisualEngine]:
-    def opener(directory: Path, kind: Engine) -> VisualEngine:
+def _bound(inputs: dict[str, Tensor]) -> Callable[[Path, EngineKind], VisualEngine]:
+    def opener(directory: Path, kind: EngineKind) -> VisualEngine:
         return BoundInputs(open_input_engine(directory, list(inputs), kind), inputs)
 
     return opener

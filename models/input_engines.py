@@ -21,7 +21,7 @@ from promptserve.models.engines import (
     ONNX_FILE,
     OUTPUT_NAME,
     TORCHSCRIPT_FILE,
-    Engine,
+    EngineKind,
     OnnxEngine,
     OnnxOptions,
     TorchScriptEngine,
@@ -71,7 +71,7 @@ class InputTorchScriptEngine:
 def open_input_engine(
     directory: Path,
     names: list[str],
-    engine: Engine,
+    engine: EngineKind,
     device: str = "cpu",
     threads: int | None = None,
     options: OnnxOptions | None = None,

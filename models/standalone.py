@@ -25,11 +25,11 @@ from promptserve.models.artifact import (
     graph_ref,
     verify_artifact,
 )
-from promptserve.models.classifier import load_learner
 from promptserve.models.errors import ArtifactError
 from promptserve.models.export import eager_visual_graph, export_visual_graph
 from promptserve.models.graphs import INPUTS_FILE, copy_graph_files, graph_dir
 from promptserve.models.hashing import sha256_file
+from promptserve.models.labels import load_learner
 
 
 def export_standalone(version: Path, out: Path, tolerance: float = 1e-4) -> Path:

@@ -23,8 +23,8 @@ from promptserve.service.api.routes import (
     metrics,
     playground,
 )
-from promptserve.service.remote.worker import WorkerRuntime, load_settings
-from promptserve.service.runtime import Runtime, ServiceRuntime
+from promptserve.service.remote.worker import load_settings
+from promptserve.service.runtime import Runtime
 from promptserve.service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,8 @@ request is answered 429 with `Retry-After` before its body is read.
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new application over `settings` (the environment's when None)."""
     settings = settings if settings is not None else get_settings()
-    # an API worker of `serve --workers N` sends pixels to the engine process instead
-    runtime: ServiceRuntime = (
-        Runtime(settings) if settings.engine_socket is None else WorkerRuntime(settings)
-    )
+    # an API worker of `serve --workers N` scores through the engine process instead
+    runtime = Runtime(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,22 +1,33 @@
-"""Domain exceptions of the service. Each carries its HTTP status and error code, but this
-module imports no web framework: `service.api.handlers` turns them into responses.
+"""Domain exceptions of the service, and the one mapping of any error to its public answer.
 
-Errors that belong to the model package (bad names, unknown classifiers, versions and labels)
-are raised as `models.errors` types; `HTTP_MEANING` below gives each its status and code.
+Each service error carries its HTTP status and error code, but this module imports no web
+framework. Errors that belong to the model package (bad names, unknown classifiers, versions
+and labels) are raised as `models.errors` types; `HTTP_MEANING` below gives each its status
+and code. `public_error` turns any exception into the (status, code, message, headers) a client
+sees: the HTTP handlers (`service.api.handlers`), the engine socket (`service.remote.protocol`)
+and start-up (`/health/ready`'s message) all answer through it, so one error reads the same in
+one process and across processes.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+from typing import NamedTuple
 
 from promptserve.models import errors as model_errors
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_MESSAGE = (
+    "a stored classifier artifact failed its checks or could not be loaded; see the server log"
+)
 
 
 class ServiceError(Exception):
     """Base of the errors the service raises on purpose; each knows its HTTP status."""
 
-    status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal_error"
+    status: int = 500
+    code: str = "internal_error"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -149,3 +160,45 @@ def http_meaning(exc: Exception) -> tuple[int, str] | None:
         if cls in HTTP_MEANING:
             return HTTP_MEANING[cls]
     return None
+
+
+class PublicError(NamedTuple):
+    """An error as a client sees it: the body's code and message, the status and headers."""
+
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] | None = None
+
+
+class ForwardedError(ServiceError):
+    """An error raised in another process (the engine), raised again here as it was answered."""
+
+    def __init__(self, public: PublicError) -> None:
+        super().__init__(public.message, headers=public.headers)
+        self.status, self.code = public.status, public.code
+
+
+def public_error(exc: BaseException) -> PublicError:
+    """The public answer to `exc`. Internals (paths, tracebacks) never reach it: a broken
+    artifact and an unexpected error name only their kind; the detail goes to the log."""
+    if isinstance(exc, ServiceError):
+        return PublicError(exc.status, exc.code, exc.message, exc.headers)
+    meaning = http_meaning(exc) if isinstance(exc, Exception) else None
+    if meaning is not None:  # what the user asked for: a 4xx with the model package's message
+        return PublicError(*meaning, str(exc))
+    if isinstance(exc, model_errors.ArtifactError):
+        return PublicError(500, "artifact_error", ARTIFACT_MESSAGE)
+    return PublicError(500, "internal_error", f"{type(exc).__name__}; see the server log")
+
+
+def log_failure(where: str, exc: BaseException, public: PublicError) -> None:
+    """Log an error answered with a 5xx (not a 503 of starting up) with its detail."""
+    if public.status < 500 or isinstance(exc, NotReadyError):
+        return
+    if isinstance(exc, ForwardedError):
+        log.error("%s failed in the engine process: %s", where, exc.message)
+    elif isinstance(exc, ServiceError | model_errors.PromptserveError):
+        log.error("%s failed: %s", where, exc)
+    else:
+        log.error("%s failed", where, exc_info=exc)

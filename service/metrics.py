@@ -197,7 +197,7 @@ class Metrics:
 
 
 class EngineHolder(Protocol):
-    """What the store gauges read (`service.store.ClassifierStore` is one)."""
+    """What the store gauges read (`service.classify.cache.ClassifierCache` is one)."""
 
     def engine_count(self) -> int: ...
 

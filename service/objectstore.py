@@ -1,7 +1,7 @@
 """The classifier store on object storage: ``PROMPTSERVE_STORE=s3://bucket/prefix``.
 
 The object store is the source of truth; each process keeps a local directory that mirrors it
-and serves from there (`ClassifierStore` reads only local files). The mirror is generic over
+and serves from there (`service.catalog` reads only local files). The mirror is generic over
 what a version holds: it copies every file of ``<name>/<version>/`` and every entry of a
 dot-directory (``<prefix>/.backbones/<key>/``, say: content-addressed files that versions
 share), whatever their names.
@@ -171,16 +171,6 @@ class StoreMirror:
             self.fs.rm_file(f"{prefix}/{MANIFEST_FILE}")
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(prefix, recursive=True)
-
-    def delete_version(
-        self, store: Any, name: str, version: str, *, protected: str | None = None
-    ) -> None:
-        """Delete a version here (with the store's own checks) and then remotely, with no
-        pull in between (it would download the version again)."""
-        with self.lock:
-            resolved = store.resolve(name, version)
-            store.delete(name, resolved, protected=protected)
-            self.delete(name, resolved)
 
     # --- moving files -------------------------------------------------------------------------
 

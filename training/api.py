@@ -16,7 +16,7 @@ import torch
 
 from promptserve.models.artifact import export_classifier, resolve_version
 from promptserve.models.backbone import Backbone, load_backbone
-from promptserve.models.classifier import load_classifier
+from promptserve.models.classifier import load_classifier, rank, resolve_labels
 from promptserve.models.methods import Learner, create_method, method_needs_training
 from promptserve.models.preprocess import eval_transform, train_transform
 from promptserve.training.data import (
@@ -283,10 +283,12 @@ def evaluate_classifier(
     if unknown:
         raise DataError(f"the data has classes the classifier does not know: {unknown[:10]}")
     dataset = ImageDataset(source, eval_transform(classifier.preprocess), classifier.class_names)
+    classes = resolve_labels(classifier, None)  # scored as the service scores them
     correct = seen = 0
     for pixels, labels in make_loader(dataset, batch_size, shuffle=False, seed=0):
-        logits = classifier.embed(pixels) @ classifier.class_embeddings.t()
-        correct += int((logits.argmax(dim=-1) == labels).sum())
+        best = rank(classifier, classifier.embed(pixels), classes, top_k=1)
+        truth = [classifier.class_names[int(label)] for label in labels]
+        correct += sum(row[0].label == name for row, name in zip(best, truth, strict=True))
         seen += len(labels)
     return EvalResult(
         accuracy=100.0 * correct / max(1, seen),

@@ -1,5 +1,5 @@
 """Request dependencies: one `Annotated` alias per resource a route may need (the runtime, its
-settings, the classifier store, the job store and runner, the metrics), and the API key check."""
+settings, the classifier catalog, the job store and runner, the metrics), and the API key check."""
 
 from __future__ import annotations
 
@@ -10,23 +10,23 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from promptserve.service.catalog import Catalog
 from promptserve.service.errors import UnauthorizedError
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics
-from promptserve.service.runtime import ServiceRuntime
+from promptserve.service.runtime import Runtime
 from promptserve.service.settings import Settings
-from promptserve.service.store import ClassifierStore
 
 _bearer = HTTPBearer(auto_error=False, description="the PROMPTSERVE_API_KEY, when one is set")
 
 
-def get_runtime(request: Request) -> ServiceRuntime:
-    runtime: ServiceRuntime = request.app.state.runtime
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[ServiceRuntime, Depends(get_runtime)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def get_app_settings(runtime: RuntimeDep) -> Settings:
@@ -37,8 +37,8 @@ def get_app_settings(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def _runtime_part(name: str) -> Callable[[ServiceRuntime], Any]:
-    """A dependency that returns one part of the runtime (store, jobs, runner, metrics)."""
+def _runtime_part(name: str) -> Callable[[Runtime], Any]:
+    """A dependency that returns one part of the runtime (catalog, jobs, runner, metrics)."""
 
     def part(runtime: RuntimeDep) -> Any:
         return getattr(runtime, name)
@@ -47,7 +47,7 @@ def _runtime_part(name: str) -> Callable[[ServiceRuntime], Any]:
     return part
 
 
-StoreDep = Annotated[ClassifierStore, Depends(_runtime_part("store"))]
+CatalogDep = Annotated[Catalog, Depends(_runtime_part("catalog"))]
 JobStoreDep = Annotated[JobStore, Depends(_runtime_part("jobs"))]
 JobRunnerDep = Annotated[JobRunner, Depends(_runtime_part("runner"))]
 MetricsDep = Annotated[Metrics, Depends(_runtime_part("metrics"))]

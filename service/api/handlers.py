@@ -1,8 +1,9 @@
-"""The one place that maps every error to HTTP.
+"""Every error as an HTTP response.
 
-Every error response has the body ``{"error": {"code": ..., "message": ...}}``: the service's own
-exceptions (`service.errors`), the model and training packages' exceptions, FastAPI's request
-validation, Starlette's 404 / 405, and anything unexpected (500, logged with its traceback).
+Every error response has the body ``{"error": {"code": ..., "message": ...}}``. The service's
+own exceptions, the model and training packages' and anything unexpected are answered through
+`service.errors.public_error` (the mapping the engine socket uses too); FastAPI's request
+validation, Starlette's 404 / 405 and a client gone mid-body are the web framework's own.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from promptserve.models.errors import ArtifactError, PromptserveError
-from promptserve.service.errors import NotReadyError, ServiceError, http_meaning, validation_message
+from promptserve.models.errors import PromptserveError
+from promptserve.service.errors import (
+    ServiceError,
+    log_failure,
+    public_error,
+    validation_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +45,11 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    if exc.status >= 500 and not isinstance(exc, NotReadyError):  # starting up is no failure
-        log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-
-async def _package_error(request: Request, exc: Exception) -> JSONResponse:
-    # errors of models/ and training/ that reach a route: what the user asked for is a 4xx, a
-    # broken artifact in the store is the server's fault
-    meaning = http_meaning(exc)
-    if meaning is not None:
-        return error_response(*meaning, str(exc))
-    if isinstance(exc, ArtifactError):  # the detail names server paths: log it, do not send it
-        log.error("artifact error on %s: %s", request.url.path, exc)
-        message = "a stored classifier artifact failed its checks or could not be loaded"
-        return error_response(500, "artifact_error", f"{message}; see the server log")
-    log.error("unexpected promptserve error on %s: %s", request.url.path, exc)
-    return error_response(500, "internal_error", f"{type(exc).__name__}; see the server log")
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    # the service's, the model and training packages' and unexpected errors: one mapping
+    public = public_error(exc)
+    log_failure(f"{request.method} {request.url.path}", exc, public)
+    return error_response(*public)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -78,16 +70,11 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "client_disconnected", "the client disconnected mid-request")
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal server error")
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception family to its JSON error response."""
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(PromptserveError, _package_error)
+    app.add_exception_handler(ServiceError, _domain_error)
+    app.add_exception_handler(PromptserveError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, _domain_error)

@@ -1,10 +1,11 @@
 """Cross-request micro-batching: many requests' images, one engine call.
 
-Requests submit preprocessed pixels [n, 3, S, S] with a key (the classifier version) and the
-engine to run. One worker task takes the first waiting request, then keeps collecting until
-`max_batch_size` images are gathered or `max_wait_ms` has passed, groups what it collected by
-key, and runs each group as one engine call in a single worker thread (so the event loop keeps
-accepting and decoding while the engine works, and the engine sees one call at a time). While a
+Requests submit preprocessed pixels [n, 3, S, S] with a key (the engine they run on, see
+below) and the engine to run. One worker task takes the first waiting request, then keeps
+collecting until `max_batch_size` images are gathered or `max_wait_ms` has passed, groups
+what it collected by key, and runs each group as one engine call in a single worker thread (so
+the event loop keeps accepting and decoding while the engine works, and the engine sees one
+call at a time). While a
 batch runs, new requests queue up and form the next batch at once: under load the batches fill
 without waiting. A request larger than `max_batch_size` runs in chunks.
 

@@ -22,7 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.preprocess import check_resize_mode, interpolation_mode, resized_size
-from promptserve.service.classify.images import decode_base64, exif_orientation, open_checked
+from promptserve.service.classify.decoding import decode_base64, exif_orientation, open_checked
 
 
 def upright(pixels: Tensor, orientation: int) -> Tensor:

@@ -23,7 +23,7 @@ from promptserve.models.artifact import check_name, list_versions, read_manifest
 from promptserve.models.backbone import list_architectures
 from promptserve.models.errors import ArtifactError, BackboneError
 from promptserve.models.methods import get_method, make_config
-from promptserve.service.classify.images import decode_image
+from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import (
     BadRequestError,
     IdempotencyConflictError,

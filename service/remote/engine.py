@@ -1,13 +1,13 @@
-"""The engine process of ``serve --workers N``: one `Runtime` (the engines with the one copy of
-the weights, label encoding, the micro-batcher, the job runner) behind a Unix socket.
+"""The engine process of ``serve --workers N``: one `Runtime` whose `LocalEngine` (the engines
+with the one copy of the weights, label encoding, the micro-batcher) and job runner serve the
+API workers behind a Unix socket.
 
-API workers send it prepared pixels with the classifier name and version; each call is answered
-when its batch has run, so requests from every worker meet in the same batches. Calls:
+API workers send it checked score requests with uint8 pixels; each call is answered when its
+batch has run, so requests from every worker meet in the same batches. Calls (their messages
+are encoded and decoded in `service.remote.protocol`):
 
-  classify   header {classifier, version, top_k, labels, shape}, payload float32 pixels
-             -> {classifier, version, predictions: [[[label, score], ...], ...], encoded_labels}
-  classify_many  header {classifiers, top_k, labels, shape}, payload float32 pixels
-             -> {results: [one classify answer per classifier]}
+  score      a `ScoreRequest` {targets, top_k, shape}, payload uint8 pixels
+             -> {results: [one `ClassifyResult` per target]}
   status     -> {state, message, loaded}: "ready", or "starting" / "failed" with the 503's
              message; the classifier versions loaded (for GET /classifiers/{name})
   report     header {worker, http}: a worker's HTTP metric values (every second; kept per
@@ -26,14 +26,14 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult
-from promptserve.service.errors import NotReadyError
+from promptserve.service.errors import NotReadyError, log_failure, public_error
 from promptserve.service.metrics import Counter
 from promptserve.service.remote.protocol import (
     Header,
+    decode_score,
+    encode_error,
     encode_frame,
-    error_header,
-    pixels_from_bytes,
+    encode_results,
     read_frame,
 )
 from promptserve.service.runtime import Runtime
@@ -46,7 +46,10 @@ PARENT_CHECK_S = 1.0
 
 class EngineServer:
     def __init__(self, runtime: Runtime) -> None:
+        if runtime.local is None:
+            raise ValueError("the engine process serves a runtime that runs the engine")
         self.runtime = runtime
+        self.engine = runtime.local
         self.http_states: dict[str, dict[str, Any]] = {}  # worker id -> its HTTP metric values
         self.runtime.metrics.add_gauge(
             "promptserve_api_workers",
@@ -75,9 +78,8 @@ class EngineServer:
         try:
             reply = await self._call(header, payload)
         except Exception as exc:  # every failure goes back to the worker as an error reply
-            if not isinstance(exc, NotReadyError) and error_header(exc)["status"] >= 500:
-                log.exception("engine call %s failed", header.get("op"))
-            reply = {"error": error_header(exc)}
+            log_failure(f"engine call {header.get('op')}", exc, public_error(exc))
+            reply = {"error": encode_error(exc)}
         reply["id"] = header.get("id")
         if not writer.is_closing():
             writer.write(encode_frame(reply))
@@ -86,28 +88,15 @@ class EngineServer:
 
     async def _call(self, header: Header, payload: bytes) -> Header:
         op = header.get("op")
-        if op == "classify":
-            pixels = pixels_from_bytes(header["shape"], payload)
-            query = ClassifyQuery(
-                images=[],
-                classifier=header.get("classifier"),
-                version=header.get("version"),
-                top_k=header.get("top_k"),
-                labels=header.get("labels"),
-            )
-            return result_header(await self.runtime.classify_pixels(query, pixels))
-        if op == "classify_many":
-            pixels = pixels_from_bytes(header["shape"], payload)
-            query = ClassifyQuery(images=[], top_k=header.get("top_k"), labels=header.get("labels"))
-            names = [str(name) for name in header["classifiers"]]
-            results = await self.runtime.classify_many_pixels(query, names, pixels)
-            return {"results": [result_header(result) for result in results]}
+        if op == "score":
+            request, pixels = decode_score(header, payload)
+            return encode_results(await self.engine.score(request, pixels))
         if op == "status":
-            loaded = self.runtime.store.loaded()
+            loaded = self.engine.loaded()
             try:
-                self.runtime.check_ready()
+                self.engine.check_ready()
             except NotReadyError as exc:
-                return {"state": self.runtime.state, "message": exc.message, "loaded": loaded}
+                return {"state": self.engine.state, "message": exc.message, "loaded": loaded}
             return {"state": "ready", "message": "", "loaded": loaded}
         if op in ("report", "metrics"):
             self.http_states[str(header["worker"])] = header["http"]
@@ -131,15 +120,6 @@ class EngineServer:
             per_worker.inc((("worker", worker),), served)
         text = self.runtime.metrics.expose(list(self.http_states.values()))
         return text + "\n".join(per_worker.expose()) + "\n"
-
-
-def result_header(result: ClassifyResult) -> Header:
-    return {
-        "classifier": result.classifier,
-        "version": result.version,
-        "predictions": [[[p.label, p.score] for p in row] for row in result.predictions],
-        "encoded_labels": result.encoded_labels,
-    }
 
 
 async def serve_engine(settings: Settings, socket_path: Path) -> None:

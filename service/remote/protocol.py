@@ -1,17 +1,19 @@
-"""The frames API workers and the engine process exchange over a Unix socket.
+"""The messages API workers and the engine process exchange over a Unix socket, encoded and
+decoded side by side.
 
 A frame is ``[header length][payload length]`` (two big-endian uint32) then a JSON header and
-raw bytes: for a classify call the payload is the pixels ``[n, 3, S, S]`` float32 in C order,
-so a 224 px image costs one 600 KB copy and no encoding. Every request header carries an ``id``
-the reply repeats, so one connection carries many requests at once (the engine answers them as
-its batches finish, in any order). Errors travel as ``{status, code, message, headers}`` and are
-raised again in the worker as a `ServiceError` of that status: a 4xx stays a 4xx.
+raw bytes. A score call (`encode_score`) carries the `ScoreRequest` in the header and the
+pixels ``[n, 3, S, S]`` as uint8 in C order in the payload: a 224 px image costs one 150 KB
+copy and no encoding; the engine normalises them. Every request header carries an ``id`` the
+reply repeats, so one connection carries many requests at once (the engine answers them as
+its batches finish, in any order). An error travels as its public answer
+(`service.errors.public_error`) and is raised again in the worker as a `ForwardedError` with
+that status, code and message: the client reads the same body in both process modes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import struct
 from typing import Any
 
@@ -20,7 +22,9 @@ import orjson
 import torch
 from torch import Tensor
 
-from promptserve.service.errors import ServiceError, http_meaning
+from promptserve.models.classifier import LabelRequest, Prediction
+from promptserve.service.classify.scoring import ClassifyResult, ScoreRequest, ScoreTarget
+from promptserve.service.errors import ForwardedError, PublicError, public_error
 
 LENGTHS = struct.Struct("!II")
 MAX_HEADER_BYTES = 16 * 1024 * 1024
@@ -46,9 +50,67 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Header, bytes]:
     return header, payload
 
 
+# --- score: request and results ---------------------------------------------------------------
+
+
+def encode_score(request: ScoreRequest, pixels: Tensor) -> tuple[Header, bytes]:
+    """A score call: the request in the header, uint8 pixels [n, 3, S, S] as the payload."""
+    shape, data = pixels_to_bytes(pixels)
+    targets = [
+        {
+            "classifier": t.classifier,
+            "version": t.version,
+            "labels": None if t.labels is None else {"names": t.labels.names, "new": t.labels.new},
+        }
+        for t in request.targets
+    ]
+    return {"op": "score", "targets": targets, "top_k": request.top_k, "shape": shape}, data
+
+
+def decode_score(header: Header, payload: bytes) -> tuple[ScoreRequest, Tensor]:
+    """The inverse of `encode_score`."""
+    targets = [
+        ScoreTarget(
+            str(t["classifier"]),
+            str(t["version"]),
+            None if t["labels"] is None else LabelRequest(t["labels"]["names"], t["labels"]["new"]),
+        )
+        for t in header["targets"]
+    ]
+    return ScoreRequest(targets, int(header["top_k"])), pixels_from_bytes(header["shape"], payload)
+
+
+def encode_results(results: list[ClassifyResult]) -> Header:
+    return {
+        "results": [
+            {
+                "classifier": result.classifier,
+                "version": result.version,
+                "predictions": [[[p.label, p.score] for p in row] for row in result.predictions],
+                "encoded_labels": result.encoded_labels,
+            }
+            for result in results
+        ]
+    }
+
+
+def decode_results(reply: Header) -> list[ClassifyResult]:
+    """The inverse of `encode_results`."""
+    return [
+        ClassifyResult(
+            r["classifier"],
+            r["version"],
+            [[Prediction(label, score) for label, score in row] for row in r["predictions"]],
+            r["encoded_labels"],
+        )
+        for r in reply["results"]
+    ]
+
+
 def pixels_to_bytes(pixels: Tensor) -> tuple[list[int], bytes]:
-    """[n, 3, S, S] -> (shape, float32 bytes)."""
-    array = pixels.detach().to("cpu", torch.float32).contiguous().numpy()
+    """uint8 [n, 3, S, S] -> (shape, bytes)."""
+    assert pixels.dtype == torch.uint8, pixels.dtype  # the engine normalises, not the worker
+    array = pixels.detach().cpu().contiguous().numpy()
     return list(array.shape), array.tobytes()
 
 
@@ -56,37 +118,23 @@ def pixels_from_bytes(shape: list[int], data: bytes) -> Tensor:
     """The inverse of `pixels_to_bytes`; a ValueError when the sizes disagree."""
     if len(shape) != 4 or any(not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"pixels need a shape [n, 3, S, S], got {shape!r}")
-    array = np.frombuffer(data, dtype=np.float32)
+    array = np.frombuffer(data, dtype=np.uint8)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{len(data)} bytes of pixels do not fill the shape {shape}")
     return torch.from_numpy(array.reshape(shape).copy())
 
 
-def error_header(exc: Exception) -> Header:
-    """How an exception raised in the engine reaches the API worker (and its client)."""
-    if isinstance(exc, ServiceError):
-        return {
-            "status": exc.status,
-            "code": exc.code,
-            "message": exc.message,
-            "headers": exc.headers,
-        }
-    meaning = http_meaning(exc)
-    if meaning is not None:  # the model package's user-facing errors (unknown label, ...)
-        status, code = meaning
-        return {"status": status, "code": code, "message": str(exc), "headers": None}
-    # internals (paths, tracebacks) stay in the engine's log
-    message = f"{type(exc).__name__} in the engine process; see the server log"
-    return {"status": 500, "code": "internal_error", "message": message, "headers": None}
+# --- errors -----------------------------------------------------------------------------------
+
+
+def encode_error(exc: BaseException) -> Header:
+    """How an exception raised in the engine reaches the API worker: its public answer."""
+    return public_error(exc)._asdict()
 
 
 def raise_error(error: Header) -> None:
-    """Raise the `ServiceError` an `error_header` describes."""
-    kind = error_class(int(error["status"]), str(error["code"]))
-    raise kind(str(error["message"]), headers=error.get("headers"))
-
-
-@functools.cache
-def error_class(status: int, code: str) -> type[ServiceError]:
-    """A `ServiceError` subclass with this status and code (one per pair, made once)."""
-    return type("EngineReplyError", (ServiceError,), {"status": status, "code": code})
+    """Raise the error `encode_error` describes, with its status, code and message."""
+    headers = error.get("headers")
+    raise ForwardedError(
+        PublicError(int(error["status"]), str(error["code"]), str(error["message"]), headers)
+    )

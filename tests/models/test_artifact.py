@@ -30,9 +30,10 @@ from promptserve.models.artifact import (
     resolve_version,
     verify_artifact,
 )
-from promptserve.models.classifier import load_classifier, load_learner
+from promptserve.models.classifier import load_classifier
 from promptserve.models.errors import ArtifactError, ExportParityError
 from promptserve.models.export import export_visual_graph
+from promptserve.models.labels import load_learner
 from promptserve.models.methods import Learner, create_method, list_methods
 from tests import helpers
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from promptserve.models.artifact import export_classifier
 from promptserve.models.backbone import Backbone
-from promptserve.models.classifier import load_learner
+from promptserve.models.labels import load_learner
 from promptserve.models.methods import create_method
 from promptserve.models.methods.coop import CoOpLearner
 from promptserve.models.methods.pre import PRELearner

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from promptserve.models.artifact import export_classifier, read_manifest
 from promptserve.models.backbone import Backbone
-from promptserve.models.classifier import load_learner
 from promptserve.models.errors import ConfigError
+from promptserve.models.labels import load_learner
 from promptserve.models.methods import Batch, create_method, make_config
 from promptserve.models.methods import sep as sep_module
 from promptserve.models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient

@@ -53,6 +53,15 @@ def publish_copy(source: Path, store: Path, name: str, version: str) -> Path:
     return target
 
 
+def corrupt(artifact: Path) -> None:
+    """Flip the last byte of the artifact's class embeddings: it fails its hash check."""
+    with (artifact / "classes.safetensors").open("r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 0xFF]))
+
+
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from promptserve.models.artifact import export_classifier
@@ -105,8 +114,8 @@ async def serve(
     runtime: Runtime = app.state.runtime
     async with app.router.lifespan_context(app):
         if wait:
-            state = await runtime.wait_ready(timeout=120)
-            assert state == "ready", runtime.failure
+            state = await runtime.local.wait_ready(timeout=120)
+            assert state == "ready", runtime.local.failure
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client, runtime

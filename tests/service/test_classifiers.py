@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from promptserve.service.store import ClassifierStore
+from promptserve.service.catalog import Catalog
+from promptserve.service.classify.cache import ClassifierCache
 from tests.service.conftest import (
     CLASS_NAMES,
     ClientFactory,
     b64,
+    corrupt,
     make_settings,
     png_bytes,
     publish_copy,
@@ -109,12 +111,7 @@ async def test_delete_versions(client_factory: ClientFactory, store: Path) -> No
 async def test_altered_artifact_is_refused_and_others_still_served(
     client_factory: ClientFactory, store: Path
 ) -> None:
-    broken = publish_copy(store / "shapes" / "1", store, "broken", "1")
-    with (broken / "classes.safetensors").open("r+b") as handle:  # flip one byte
-        handle.seek(-1, 2)
-        last = handle.read(1)
-        handle.seek(-1, 2)
-        handle.write(bytes([last[0] ^ 0xFF]))
+    corrupt(publish_copy(store / "shapes" / "1", store, "broken", "1"))
     async with client_factory() as (client, _):
         refused = await client.post("/classify", json=IMAGE | {"classifier": "broken"})
         fine = await client.post("/classify", json=IMAGE | {"classifier": "shapes"})
@@ -125,15 +122,16 @@ async def test_altered_artifact_is_refused_and_others_still_served(
 
 
 def test_store_reloads_a_republished_version_number(store: Path) -> None:
-    classifiers = ClassifierStore(store, max_loaded=2)
+    catalog = Catalog(store)
+    classifiers = ClassifierCache(catalog, max_loaded=2)
     first = classifiers.get("shapes")
     assert classifiers.get("shapes", "1") is first  # cached
     publish_copy(store / "shapes" / "1", store, "shapes", "2")
-    classifiers.delete("shapes", "2")
+    catalog.delete("shapes", "2")
     publish_copy(store / "shapes" / "1", store, "shapes", "2")  # the number comes back
     second = classifiers.get("shapes")
     assert second is not classifiers.get("shapes", "1")
-    classifiers.delete("shapes", "2")
+    catalog.delete("shapes", "2")
     publish_copy(store / "shapes" / "1", store, "shapes", "2")
     assert classifiers.get("shapes") is not second  # same key, new files: reloaded
     classifiers.get("default")
@@ -166,10 +164,10 @@ async def test_health_and_metrics(client_factory: ClientFactory) -> None:
 async def test_not_ready_until_the_default_exists(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("promptserve.service.runtime.RETRY_S", 0.0)
+    monkeypatch.setattr("promptserve.service.classify.engine.RETRY_S", 0.0)
     settings = make_settings(store, default_classifier="absent")
     async with serve(settings, wait=False) as (client, runtime):
-        assert await runtime.wait_ready(timeout=30) == "failed"
+        assert await runtime.local.wait_ready(timeout=30) == "failed"
         ready = await client.get("/health/ready")
         live = await client.get("/health/live")
         by_default = await client.post("/classify", json=IMAGE)

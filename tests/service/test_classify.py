@@ -114,15 +114,15 @@ async def test_concurrent_requests_share_one_engine_batch(client_factory: Client
     """LitServe's batching test through the whole app: N requests, one engine call."""
     n = 4
     async with client_factory(max_wait_ms=1500, max_batch_size=32) as (client, runtime):
-        before = runtime.batcher.batches_run
+        before = runtime.local.batcher.batches_run
         payload = {"images": [b64(png_bytes())], "classifier": "shapes"}
         responses = await asyncio.gather(
             *(client.post("/classify", json=payload) for _ in range(n))
         )
-        after = runtime.batcher.batches_run
+        after = runtime.local.batcher.batches_run
     assert [r.status_code for r in responses] == [200] * n
     assert after - before == 1
-    assert runtime.batcher.images_run >= n
+    assert runtime.local.batcher.images_run >= n
 
 
 async def test_batched_results_equal_unbatched(client_factory: ClientFactory) -> None:

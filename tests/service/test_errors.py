@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from torch import Tensor
 
-from promptserve.service.classify.images import decode_image
+from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import ImageTooLargeError, InvalidImageError
 from tests.service.conftest import (
     ClientFactory,
@@ -209,7 +209,7 @@ async def test_no_api_key_means_open(client_factory: ClientFactory) -> None:
 
 async def test_full_queue_answers_429(client_factory: ClientFactory) -> None:
     async with client_factory(queue_size=2, max_images_per_request=2) as (client, runtime):
-        classifier = runtime.store.get("default")
+        classifier = runtime.local.cache.get("default")
         entered, release = threading.Event(), threading.Event()
         embed = classifier.embed
 
@@ -224,7 +224,7 @@ async def test_full_queue_answers_429(client_factory: ClientFactory) -> None:
             await _until(entered.is_set)
             two = {"images": [b64(png_bytes())] * 2}
             waiting = asyncio.create_task(client.post("/classify", json=two))
-            await _until(lambda: runtime.batcher.queue_depth == 2)
+            await _until(lambda: runtime.local.batcher.queue_depth == 2)
             refused = await client.post("/classify", json=png_json())
         finally:
             release.set()

@@ -23,8 +23,9 @@ from promptserve.models.preprocess import (
     fast_pixels,
     normalise,
 )
+from promptserve.service.classify.decoding import decode_image, prepare_image
 from promptserve.service.classify.device_decode import decode_jpegs, split_jpegs
-from promptserve.service.classify.images import ImagePreparer, decode_image, prepare_image
+from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.errors import ImageTooLargeError, InvalidImageError
 from promptserve.training.synthetic.world import COLOURS, SHAPES, render, sample_scene
 

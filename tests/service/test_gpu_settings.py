@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.preprocess import FastEvalTransform, eval_transform
+from promptserve.service.catalog import Catalog
+from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.settings import Settings
-from promptserve.service.store import ClassifierStore
 
 CUDA = torch.cuda.is_available()
 
@@ -41,7 +42,7 @@ def test_store_passes_the_options_to_the_engine(tiny_artifact: Path) -> None:
     from promptserve.models.engines import OnnxEngine, OnnxOptions
 
     store_root = tiny_artifact.parent.parent
-    store = ClassifierStore(store_root, onnx_options=OnnxOptions(io_binding=False))
+    store = ClassifierCache(Catalog(store_root), onnx_options=OnnxOptions(io_binding=False))
     engine = store.get(tiny_artifact.parent.name, tiny_artifact.name).engine
     assert isinstance(engine, OnnxEngine)
     assert not engine.bound

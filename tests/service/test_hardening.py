@@ -17,9 +17,9 @@ from PIL import Image
 
 from promptserve.models.classifier import check_labels, load_classifier
 from promptserve.models.errors import InvalidLabelError
+from promptserve.models.labels import BoundedCache, LabelEncoder
 from promptserve.service.api.middleware import AdmissionMiddleware
-from promptserve.service.classify.images import decode_image
-from promptserve.service.classify.labels import BoundedCache, LabelEncoder
+from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import ImageTooLargeError
 from promptserve.service.jobs.worker import without_paths
 from tests.service.conftest import ClientFactory, b64, bomb_png, png_bytes

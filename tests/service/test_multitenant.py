@@ -77,12 +77,12 @@ async def test_mixed_batch_scores_equal_one_classifier_batches(tenants: Path) ->
     requests = [(name, [image(i), image(i + 1)]) for i, name in enumerate(TENANTS)]
     async with serve(make_settings(tenants, max_wait_ms=5.0)) as (client, runtime):
         alone = [await classify(client, name, images) for name, images in requests]
-        assert runtime.batcher.batches_run == len(requests)  # one call each
-        runtime.batcher.max_wait_s = 0.5  # room to gather every request into one call
-        before = runtime.batcher.batches_run
+        assert runtime.local.batcher.batches_run == len(requests)  # one call each
+        runtime.local.batcher.max_wait_s = 0.5  # room to gather every request into one call
+        before = runtime.local.batcher.batches_run
         mixed = await asyncio.gather(*(classify(client, n, images) for n, images in requests))
-        assert runtime.batcher.batches_run == before + 1  # four classifiers, one engine call
-        assert runtime.store.engine_count() == 1
+        assert runtime.local.batcher.batches_run == before + 1  # four classifiers, one engine call
+        assert runtime.local.cache.engine_count() == 1
     for single, together in zip(alone, mixed, strict=True):
         assert together["classifier"] == single["classifier"]
         assert_same_scores(single, together)
@@ -99,9 +99,9 @@ async def test_scores_never_depend_on_batch_neighbours(tenants: Path, neighbours
             classify(client, TENANTS[1 + i % 3], [b64(jpeg_bytes(30 + 3 * i))])
             for i in range(neighbours)
         ]
-        before = runtime.batcher.batches_run
+        before = runtime.local.batcher.batches_run
         together, *_ = await asyncio.gather(classify(client, "coop-0", [image(0)]), *others)
-        assert runtime.batcher.batches_run == before + 1
+        assert runtime.local.batcher.batches_run == before + 1
     assert_same_scores(alone, together)
 
 
@@ -110,12 +110,12 @@ async def test_one_request_several_classifiers(tenants: Path) -> None:
     names = ["coop-2", "coop-0", "old", "default"]
     async with serve(make_settings(tenants)) as (client, runtime):
         single = {name: await classify(client, name, images) for name in names}
-        before = runtime.batcher.batches_run
+        before = runtime.local.batcher.batches_run
         payload = {"images": images, "classifiers": names, "top_k": 9}
         response = await client.post("/classify", json=payload)
         assert response.status_code == 200, response.text
         # the shared graph once for coop-2, coop-0 and default; "old" is self-contained
-        assert runtime.batcher.batches_run == before + 2
+        assert runtime.local.batcher.batches_run == before + 2
         query = await client.post(
             "/classify?classifiers=coop-1,coop-3&top_k=2", json={"images": images}
         )
@@ -158,7 +158,7 @@ async def test_delete_and_hot_publish_on_a_shared_engine(
     async with serve(make_settings(tenants)) as (client, runtime):
         first = await classify(client, "coop-1", [image(1)])
         await classify(client, "coop-0", [image(1)])
-        engine = runtime.store.get("coop-1").engine
+        engine = runtime.local.cache.get("coop-1").engine
         assert (await client.delete("/classifiers/coop-0/1")).status_code == 204
         gone = await client.post("/classify", json={"images": [image(1)], "classifier": "coop-0"})
         assert gone.status_code == 404
@@ -168,11 +168,11 @@ async def test_delete_and_hot_publish_on_a_shared_engine(
         second = await classify(client, "coop-1", [image(1)])
         assert second["version"] == "2"
         assert scores(second) != scores(first)
-        assert runtime.store.get("coop-1").engine is engine  # same shared engine, no reload
-        assert runtime.store.engines.opened == 1
+        assert runtime.local.cache.get("coop-1").engine is engine  # same shared engine, no reload
+        assert runtime.local.cache.engines.opened == 1
         metrics = (await client.get("/metrics")).text
     assert "promptserve_engines 1" in metrics
-    loaded = runtime.store.loaded_bytes()
+    loaded = runtime.local.cache.loaded_bytes()
     assert loaded > 0
     assert f"promptserve_loaded_classifier_bytes {loaded}" in metrics
 
@@ -184,7 +184,7 @@ async def test_store_with_both_formats(tenants: Path) -> None:
         old = await classify(client, "old", [image(0)])
         new = await classify(client, "coop-0", [image(0)])
         listed = (await client.get("/classifiers")).json()
-        assert runtime.store.engine_count() == 2  # the shared graph, and old's own
+        assert runtime.local.cache.engine_count() == 2  # the shared graph, and old's own
     assert old["version"] == new["version"] == "1"
     names = {c["name"] for c in listed["classifiers"]}
     assert {"old", "coop-0", "default"} <= names
@@ -195,24 +195,24 @@ async def test_max_loaded_bounds_classifiers_not_engines(tenants: Path) -> None:
     async with serve(make_settings(tenants, max_loaded_classifiers=2)) as (client, runtime):
         for name in TENANTS:
             await classify(client, name, [image(0)])
-        assert len(runtime.store.loaded()) == 2
-        assert runtime.store.engine_count() == 1
-        assert runtime.store.engines.opened == 1  # evictions never closed the shared engine
+        assert len(runtime.local.cache.loaded()) == 2
+        assert runtime.local.cache.engine_count() == 1
+        assert runtime.local.cache.engines.opened == 1  # evictions never closed the shared engine
 
 
 async def test_provp_classifiers_batch_together_per_sample(tenants: Path) -> None:
     requests = [(name, [image(i), image(i + 2)]) for i, name in enumerate([*PROVP, *PROVP])]
     async with serve(make_settings(tenants, max_wait_ms=5.0)) as (client, runtime):
         alone = [await classify(client, name, images) for name, images in requests]
-        runtime.batcher.max_wait_s = 0.5
-        before = runtime.batcher.batches_run
+        runtime.local.batcher.max_wait_s = 0.5
+        before = runtime.local.batcher.batches_run
         mixed = await asyncio.gather(*(classify(client, n, images) for n, images in requests))
-        assert runtime.batcher.batches_run == before + 1  # two provp classifiers, one call
-        assert runtime.store.engine_count() == 2  # the provp graph, and default's plain one
+        assert runtime.local.batcher.batches_run == before + 1  # two provp classifiers, one call
+        assert runtime.local.cache.engine_count() == 2  # the provp graph, and default's plain one
         several = await client.post(
             "/classify", json={"images": [image(0)], "classifiers": ["provp-1", "coop-0"]}
         )
-        assert runtime.store.engine_count() == 2  # coop-0 joined default on the plain one
+        assert runtime.local.cache.engine_count() == 2  # coop-0 joined default on the plain one
     for single, together in zip(alone, mixed, strict=True):
         assert_same_scores(single, together)
     assert several.status_code == 200, several.text

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from promptserve.models.classifier import encode_labels, load_classifier, load_learner
+from promptserve.models.classifier import load_classifier
+from promptserve.models.labels import LabelEncoder, encode_labels, load_learner
 from promptserve.models.methods import list_methods
-from promptserve.service.classify.labels import LabelEncoder
 from promptserve.service.settings import Settings
 from promptserve.training.synthetic.tasks import task_classes
 from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, make_settings, png_bytes, serve
@@ -68,8 +68,8 @@ async def test_novel_labels_are_encoded_by_the_method(method_store: Path, method
         (row,) = body["predictions"]
         assert {p["label"] for p in row} == set(labels)
         assert math.isclose(sum(p["score"] for p in row), 1.0, rel_tol=1e-5)
-        classifier = await runtime.pipeline.load(method)
-        served = runtime.pipeline.labels.encode(classifier, NOVEL[:3])  # from the cache
+        classifier = await runtime.local.load(method)
+        served = runtime.local.labels.encode(classifier, NOVEL[:3])  # from the cache
         described = await client.get(f"/classifiers/{method}")
     assert all(v["open_vocabulary"] for v in described.json()["versions"])
 
@@ -106,7 +106,7 @@ async def test_cache_serves_a_repeated_label_without_encoding(
 ) -> None:
     image = [b64(png_bytes())]
     async with client_factory() as (client, runtime):
-        encoder = runtime.pipeline.labels
+        encoder = runtime.local.labels
         calls: list[list[str]] = []
         encode = encoder.encode
 
@@ -140,7 +140,7 @@ async def test_known_labels_need_no_text_path(client_factory: ClientFactory) -> 
         response = await client.post("/classify", json=payload)
     assert response.status_code == 200, response.text
     assert response.json()["encoded_labels"] == []
-    assert runtime.pipeline.labels.encode_calls == 0
+    assert runtime.local.labels.encode_calls == 0
 
 
 @pytest.mark.anyio

@@ -22,7 +22,7 @@ async def test_empty_store_gets_a_zeroshot_default_on_mini(tmp_path: Path) -> No
     async with serve(settings, wait=False) as (client, runtime):
         starting = await client.get("/health/ready")
         early = await client.post("/classify", json=IMAGE)
-        assert await runtime.wait_ready(timeout=600) == "ready", runtime.failure
+        assert await runtime.local.wait_ready(timeout=600) == "ready", runtime.local.failure
         ready = await client.get("/health/ready")
         described = (await client.get("/classifiers/default")).json()
         classified = await client.post("/classify", json=IMAGE | {"top_k": 3})

@@ -102,7 +102,7 @@ def test_both_workers_serve_and_share_engine_batches(server: Server) -> None:
         ({"images": ["bm90IGFuIGltYWdl"]}, 400, "invalid_image"),  # refused in the worker
         ({"images": [b64(png_bytes())] * 5}, 413, "too_many_images"),  # in the worker
         ({"images": [b64(png_bytes())], "classifier": "nope"}, 404, "unknown_classifier"),
-        ({"images": [b64(png_bytes())], "labels": ["dog", "dog"]}, 422, "invalid_label"),  # engine
+        ({"images": [b64(png_bytes())], "labels": ["dog", "dog"]}, 422, "invalid_label"),
     ],
     ids=["not-image", "too-many", "unknown-classifier", "duplicate-label"],
 )

@@ -1,14 +1,14 @@
-"""The classifiers in the store: list, describe (from the manifests), delete a version."""
+"""The classifiers in the catalog: list, describe (from the manifests), delete a version."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from promptserve.models.methods import list_methods
-from promptserve.service.api.deps import SettingsDep, StoreDep, require_api_key
+from promptserve.service.api.deps import CatalogDep, RuntimeDep, SettingsDep, require_api_key
 from promptserve.service.api.schemas import (
     ClassifierListPublic,
     ClassifierPublic,
@@ -16,7 +16,7 @@ from promptserve.service.api.schemas import (
     ClassifierVersionPublic,
     error_responses,
 )
-from promptserve.service.store import ClassifierStore
+from promptserve.service.catalog import Catalog
 
 router = APIRouter(
     prefix="/classifiers",
@@ -27,46 +27,41 @@ router = APIRouter(
 
 
 @router.get("")
-async def list_classifiers(store: StoreDep, settings: SettingsDep) -> ClassifierListPublic:
+async def list_classifiers(catalog: CatalogDep, settings: SettingsDep) -> ClassifierListPublic:
     """Every classifier with a published version."""
-    return await asyncio.to_thread(_list, store, settings.default_classifier)
+    return await asyncio.to_thread(_list, catalog, settings.default_classifier)
 
 
 @router.get("/{name}", responses=error_responses(404, 422))
-async def get_classifier(name: str, store: StoreDep, settings: SettingsDep) -> ClassifierPublic:
+async def get_classifier(name: str, runtime: RuntimeDep) -> ClassifierPublic:
     """All versions of `name`, newest last: method, backbone, classes, metrics, training."""
-    return await asyncio.to_thread(_describe, store, name, settings.default_classifier)
+    default, loaded = runtime.settings.default_classifier, runtime.engine.loaded()
+    return await asyncio.to_thread(_describe, runtime.catalog, name, default, loaded)
 
 
 @router.get("/{name}/{version}", responses=error_responses(404, 422))
 async def get_classifier_version(
-    name: str, version: str, store: StoreDep
+    name: str, version: str, runtime: RuntimeDep
 ) -> ClassifierVersionPublic:
     """One version of `name`."""
-    return await asyncio.to_thread(_version, store, name, version)
+    loaded = runtime.engine.loaded()
+    return await asyncio.to_thread(_version, runtime.catalog, name, version, loaded)
 
 
 @router.delete("/{name}/{version}", status_code=204, responses=error_responses(404, 409, 422))
 async def delete_classifier_version(
-    name: str, version: str, store: StoreDep, settings: SettingsDep, request: Request
+    name: str, version: str, catalog: CatalogDep, settings: SettingsDep
 ) -> Response:
     """Remove one version. The last version of the default classifier cannot be deleted."""
-    sync = getattr(request.app.state.runtime, "sync", None)  # an object store, mirrored here
-    delete = sync.mirror.delete_version if sync is not None else _delete_local
-    await asyncio.to_thread(delete, store, name, version, protected=settings.default_classifier)
+    protected = settings.default_classifier
+    await asyncio.to_thread(catalog.delete, name, version, protected=protected)
     return Response(status_code=204)
 
 
-def _delete_local(
-    store: ClassifierStore, name: str, version: str, *, protected: str | None
-) -> None:
-    store.delete(name, version, protected=protected)
-
-
-def _list(store: ClassifierStore, default: str) -> ClassifierListPublic:
+def _list(catalog: Catalog, default: str) -> ClassifierListPublic:
     summaries = []
-    for name in store.names():
-        versions = store.versions(name)
+    for name in catalog.names():
+        versions = catalog.versions(name)
         summaries.append(
             ClassifierSummaryPublic(
                 name=name, versions=versions, latest=versions[-1], default=name == default
@@ -75,19 +70,23 @@ def _list(store: ClassifierStore, default: str) -> ClassifierListPublic:
     return ClassifierListPublic(default=default, classifiers=summaries)
 
 
-def _describe(store: ClassifierStore, name: str, default: str) -> ClassifierPublic:
-    versions = store.versions(name)
+def _describe(
+    catalog: Catalog, name: str, default: str, loaded: list[tuple[str, str]]
+) -> ClassifierPublic:
+    versions = catalog.versions(name)
     return ClassifierPublic(
         name=name,
         default=name == default,
         latest=versions[-1],
-        versions=[_version(store, name, v) for v in versions],
+        versions=[_version(catalog, name, v, loaded) for v in versions],
     )
 
 
-def _version(store: ClassifierStore, name: str, version: str) -> ClassifierVersionPublic:
-    manifest = store.manifest(name, version)
-    version = store.resolve(name, version)
+def _version(
+    catalog: Catalog, name: str, version: str, loaded: list[tuple[str, str]]
+) -> ClassifierVersionPublic:
+    manifest = catalog.manifest(name, version)
+    version = catalog.resolve(name, version)
     class_names = [str(c) for c in manifest.get("class_names", [])]
     return ClassifierVersionPublic(
         version=version,
@@ -100,7 +99,7 @@ def _version(store: ClassifierStore, name: str, version: str) -> ClassifierVersi
         metrics=_dict(manifest, "metrics"),
         training=_dict(manifest, "training"),
         parity=_dict(manifest, "parity"),
-        loaded=(name, version) in store.loaded(),
+        loaded=(name, version) in loaded,
         open_vocabulary=manifest.get("method") in list_methods(),
     )
 

@@ -32,9 +32,10 @@ from promptserve.service.api.schemas import (
     error_responses,
     inline_schema,
 )
-from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult
+from promptserve.service.classify.pipeline import ClassifyQuery
+from promptserve.service.classify.scoring import ClassifyResult
 from promptserve.service.errors import UnsupportedMediaTypeError
-from promptserve.service.runtime import ServiceRuntime
+from promptserve.service.runtime import Runtime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
 RAW_TYPES = ("application/octet-stream",)
@@ -128,12 +129,11 @@ async def classify(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data, "
             "application/json or an image/* body"
         )
-    several = body.classifiers if body.classifiers is not None else defaults.classifiers
-    if several is not None:
-        query = _query(images, body, defaults)
-        results = await runtime.classify_many(query, several)
+    query = _query(images, body, defaults)
+    results = await runtime.classify(query)
+    if query.classifiers is not None:
         return ClassifyManyPublic(results=[_public(result) for result in results])
-    return _public(await runtime.classify(_query(images, body, defaults)))
+    return _public(results[0])
 
 
 def split_labels(values: list[str] | None) -> list[str] | None:
@@ -153,6 +153,7 @@ def _query(
         version=body.version or defaults.version,
         top_k=body.top_k if body.top_k is not None else defaults.top_k,
         labels=body.labels if body.labels is not None else defaults.labels,
+        classifiers=body.classifiers if body.classifiers is not None else defaults.classifiers,
     )
 
 
@@ -168,9 +169,7 @@ def _public(result: ClassifyResult) -> ClassifyPublic:
     )
 
 
-async def _from_form(
-    request: Request, runtime: ServiceRuntime
-) -> tuple[list[bytes], ClassifyCreate]:
+async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], ClassifyCreate]:
     limit = runtime.settings.max_images_per_request
     form = await read_form(request, fields=FORM_FIELDS, max_files=max(limit * 4, 64))
     lists = ("labels", "classifiers")
@@ -182,7 +181,7 @@ async def _from_form(
 
 
 async def _classify_hf(
-    payload: dict[str, Any], runtime: ServiceRuntime, defaults: ClassifyCreate
+    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyCreate
 ) -> list[PredictionPublic]:
     create = validate_body(HFZeroShotCreate, payload)
     labels = create.parameters.candidate_labels
@@ -193,5 +192,5 @@ async def _classify_hf(
         top_k=len(labels),  # the task answers with every candidate, ranked
         labels=labels,
     )
-    result = await runtime.classify(query)
+    (result,) = await runtime.classify(query)
     return [PredictionPublic(label=p.label, score=p.score) for p in result.predictions[0]]

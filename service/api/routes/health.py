@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from promptserve.models.errors import UnknownClassifierError, UnknownVersionError
 from promptserve.service.api.deps import RuntimeDep
 from promptserve.service.api.schemas import HealthPublic, error_responses
-from promptserve.service.errors import NotReadyError, ServiceError
+from promptserve.service.errors import NotReadyError, public_error
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -20,10 +21,11 @@ async def live() -> HealthPublic:
 @router.get("/ready", responses=error_responses(503))
 async def ready(runtime: RuntimeDep) -> HealthPublic:
     """200 once the default classifier is loaded and warm (and still published), else 503."""
-    runtime.check_ready()
+    await runtime.engine.ready()
     name = runtime.settings.default_classifier
     try:
-        version = runtime.store.resolve(name)
-    except ServiceError as exc:  # the default was removed from the store since start-up
-        raise NotReadyError(f"the default classifier is not available: {exc.message}") from None
+        version = runtime.catalog.resolve(name)
+    except (UnknownClassifierError, UnknownVersionError) as exc:  # removed since start-up
+        message = public_error(exc).message
+        raise NotReadyError(f"the default classifier is not available: {message}") from None
     return HealthPublic(status="ready", default_classifier=name, version=version)

@@ -22,7 +22,7 @@ from promptserve.service.api.schemas import (
     error_responses,
     inline_schema,
 )
-from promptserve.service.classify.images import decode_all
+from promptserve.service.classify.decoding import decode_all
 from promptserve.service.errors import (
     InvalidRequestError,
     TooManyJobsError,
@@ -30,7 +30,7 @@ from promptserve.service.errors import (
 )
 from promptserve.service.jobs.plan import AdaptRequest, plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
-from promptserve.service.runtime import ServiceRuntime
+from promptserve.service.runtime import Runtime
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 # the job's public fields that are its training request's own
@@ -199,7 +199,7 @@ def _iso(timestamp: float | None) -> Any:
 
 
 async def _from_json(
-    request: Request, runtime: ServiceRuntime
+    request: Request, runtime: Runtime
 ) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
     create = validate_body(AdaptCreate, await read_json(request, runtime.intake))
     if create.images is None:
@@ -210,7 +210,7 @@ async def _from_json(
 
 
 async def _from_form(
-    request: Request, runtime: ServiceRuntime
+    request: Request, runtime: Runtime
 ) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
     limit = runtime.settings.max_job_images
     form = await read_form(request, fields=FORM_FIELDS, max_files=limit + 1)

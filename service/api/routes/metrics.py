@@ -19,4 +19,4 @@ async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
     over the workers (each reports every second) and the engine families are the one engine
     process's, whichever worker answers the scrape.
     """
-    return PlainTextResponse(await runtime.expose_metrics(), media_type=CONTENT_TYPE)
+    return PlainTextResponse(await runtime.engine.expose_metrics(), media_type=CONTENT_TYPE)

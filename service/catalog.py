@@ -1,19 +1,20 @@
-"""The classifier store as the service sees it: list, load (verified, cached), delete, create.
+"""The classifier catalog: names, versions, manifests and deletes of the store, no weights.
 
 The directory is the source of truth and is read again on every lookup (a directory listing
 per request, microseconds), so a version published by a training job or another process is
-served by the next request without a restart. Loaded versions are kept in a small LRU cache,
-keyed by name and version and checked against the manifest's inode and mtime, so a version
-number that was deleted and published again is reloaded, never served stale.
+seen by the next request without a restart. Every API process holds a catalog; loaded
+classifiers and their engines are the engine's (`service.classify.cache`).
 
-Format-2 versions run on their store's shared graphs through one `EnginePool`: classifiers on
-the same backbone graph share one engine, and loading one reads only its own small tensors.
-`max_loaded` bounds loaded classifiers; engines live while a loaded classifier uses them.
+`describe` is what a request needs of a version before any model runs: its class names (for
+the label checks) and its preprocessing (to prepare the pixels), read from its manifest and
+kept in a small LRU checked against the manifest's inode and mtime, so a version number that
+was deleted and published again is read again, never served stale.
 
 Deleting: any version may be deleted except the last remaining version of the default
 classifier (409), which would leave the service unable to answer requests that name no
 classifier. A version is first renamed to a hidden name (readers never see half of it), then
-removed. Requests already holding the loaded version finish with it.
+removed. With an object store behind the local directory (`service.objectstore`) a delete
+goes through to it, under the mirror's lock.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptserve.models.artifact import (
     MANIFEST_FILE,
@@ -39,47 +41,45 @@ from promptserve.models.artifact import (
     read_manifest,
     resolve_version,
 )
-from promptserve.models.classifier import Classifier, load_classifier
-from promptserve.models.engine_pool import EnginePool
-from promptserve.models.engines import Engine, OnnxOptions
+from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.classifier import preprocess_from_manifest
 from promptserve.models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
+from promptserve.models.preprocess import FastEvalTransform
 from promptserve.service.errors import DeleteRefusedError
+
+if TYPE_CHECKING:
+    from promptserve.service.objectstore import StoreMirror
 
 log = logging.getLogger(__name__)
 
+Stamp = tuple[int, int]  # (inode, mtime_ns) of a version's manifest.json
+MAX_DESCRIBED = 64  # versions whose description is kept
+
 
 @dataclass(frozen=True)
-class Loaded:
-    """A cached classifier and the manifest stamp it was loaded from."""
+class VersionInfo:
+    """A published version as its manifest describes it: enough to check a request's labels
+    and prepare its images, with no weights loaded."""
 
-    classifier: Classifier
-    stamp: tuple[int, int]  # (inode, mtime_ns) of manifest.json
+    name: str
+    version: str
+    class_names: list[str]
+    preprocess: PreprocessConfig
+    transform: FastEvalTransform  # as `Classifier.transform`
+    stamp: Stamp
 
 
-class ClassifierStore:
-    """Classifiers under `root`: ``<root>/<name>/<version>/`` artifacts (see models.artifact)."""
+class Catalog:
+    """Classifiers under `root`: ``<root>/<name>/<version>/`` artifacts (see models.artifact),
+    mirrored to an object store when `mirror` is given."""
 
-    def __init__(
-        self,
-        root: Path,
-        *,
-        engine: Engine = "onnx",
-        device: str = "cpu",
-        onnx_threads: int | None = None,
-        max_loaded: int = 8,
-        onnx_options: OnnxOptions | None = None,
-    ) -> None:
+    def __init__(self, root: Path, mirror: StoreMirror | None = None) -> None:
         self.root = Path(root)
-        self.engine: Engine = engine
-        self.device = device
-        self.onnx_threads = onnx_threads
-        self.onnx_options = onnx_options  # fp16, IO binding, TensorRT (models.engines)
-        self.max_loaded = max_loaded
-        self.engines = EnginePool(engine, device, onnx_threads, options=onnx_options)
-        self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
-        self._lock = threading.Lock()  # guards the cache
-        self._load_lock = threading.Lock()  # serialises loads (rare, and memory-heavy)
+        self.mirror = mirror
+        self.on_delete: list[Callable[[str, str], None]] = []  # told (name, version) deleted
+        self._described: OrderedDict[tuple[str, str], VersionInfo] = OrderedDict()
+        self._lock = threading.Lock()  # guards `_described`
 
     # --- listing -------------------------------------------------------------------------
 
@@ -116,83 +116,55 @@ class ClassifierStore:
                 ) from None
             raise
 
-    # --- loading -------------------------------------------------------------------------
+    def stamp(self, name: str, version: str) -> Stamp:
+        """The manifest's (inode, mtime_ns): a republished version number has another one."""
+        try:
+            info = (self.root / name / version / MANIFEST_FILE).stat()
+        except OSError:
+            raise UnknownVersionError(f"{name} version {version} was just removed") from None
+        return info.st_ino, info.st_mtime_ns
 
-    def get(self, name: str, version: str | None = None) -> Classifier:
-        """The loaded classifier (newest version unless named); blocking: call off the loop."""
+    def describe(self, name: str, version: str | None = None) -> VersionInfo:
+        """The published version (newest unless named) from its manifest; a listing and a
+        stat when cached, cheap enough for the event loop."""
         version = self.resolve(name, version)
-        path = self.root / name / version
+        stamp = self.stamp(name, version)
         key = (name, version)
-        stamp = _stamp(path)
-        hit = self._cached(key, stamp)
-        if hit is not None:
-            return hit
-        with self._load_lock:  # one load at a time; cache hits never wait for it
-            hit = self._cached(key, stamp)
-            if hit is not None:
+        with self._lock:
+            hit = self._described.get(key)
+            if hit is not None and hit.stamp == stamp:
+                self._described.move_to_end(key)
                 return hit
-            classifier = self._load(path)
-            with self._lock:
-                self._cache[key] = Loaded(classifier, stamp)
-                while len(self._cache) > self.max_loaded:
-                    evicted, _ = self._cache.popitem(last=False)
-                    log.info("unloaded classifier %s version %s (cache full)", *evicted)
-        return classifier
-
-    def get_loaded(self, name: str, version: str | None = None) -> Classifier | None:
-        """The classifier when it is already loaded and still current, else None (never loads).
-
-        A directory listing and a stat, microseconds: cheap enough for the event loop, which
-        saves a thread hop per request; `get` (in a thread) does the loading on a miss.
-        """
-        version = self.resolve(name, version)
-        return self._cached((name, version), _stamp(self.root / name / version))
-
-    def _cached(self, key: tuple[str, str], stamp: tuple[int, int]) -> Classifier | None:
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit is None or hit.stamp != stamp:
-                return None
-            self._cache.move_to_end(key)
-            return hit.classifier
-
-    def loaded(self) -> list[tuple[str, str]]:
-        with self._lock:
-            return list(self._cache)
-
-    def loaded_bytes(self) -> int:
-        """Memory held by the loaded classifiers' own tensors (engines not counted)."""
-        with self._lock:
-            return sum(entry.classifier.own_bytes for entry in self._cache.values())
-
-    def engine_count(self) -> int:
-        """Distinct engines the loaded classifiers run on (a shared graph counts once)."""
-        with self._lock:
-            return len({entry.classifier.engine_key for entry in self._cache.values()})
-
-    def _load(self, path: Path) -> Classifier:
-        classifier = load_classifier(
-            path,
-            engine=self.engine,
-            device=self.device,
-            threads=self.onnx_threads,
-            options=self.onnx_options,
-            engines=self.engines,
+        manifest = self.manifest(name, version)
+        preprocess = preprocess_from_manifest(manifest)
+        info = VersionInfo(
+            name,
+            version,
+            [str(c) for c in manifest["class_names"]],
+            preprocess,
+            FastEvalTransform(preprocess),
+            stamp,
         )
-        log.info(
-            "loaded classifier %s version %s (%d classes, %s on %s)",
-            classifier.name,
-            classifier.version,
-            len(classifier.class_names),
-            self.engine,
-            self.device,
-        )
-        return classifier
+        with self._lock:
+            self._described[key] = info
+            while len(self._described) > MAX_DESCRIBED:
+                self._described.popitem(last=False)
+        return info
 
     # --- changing the store --------------------------------------------------------------
 
     def delete(self, name: str, version: str, *, protected: str | None = None) -> None:
-        """Remove one version; refuse the last version of the `protected` (default) name."""
+        """Remove one version (here and in the object store); refuse the last version of the
+        `protected` (default) name. Blocking: call off the loop."""
+        if self.mirror is None:
+            self._delete_here(name, version, protected)
+            return
+        with self.mirror.lock:  # no pull in between: it would download the version again
+            resolved = self.resolve(name, version)
+            self._delete_here(name, resolved, protected)
+            self.mirror.delete(name, resolved)
+
+    def _delete_here(self, name: str, version: str, protected: str | None) -> None:
         version = self.resolve(name, version)
         if name == protected and len(self.versions(name)) == 1:
             raise DeleteRefusedError(
@@ -202,8 +174,8 @@ class ClassifierStore:
         directory = self.root / name
         doomed = directory / f"{TEMP_PREFIX}deleted-{uuid.uuid4().hex}"
         os.rename(directory / version, doomed)  # atomic: readers see all of it or none
-        with self._lock:
-            self._cache.pop((name, version), None)
+        for forget in self.on_delete:
+            forget(name, version)
         shutil.rmtree(doomed, ignore_errors=True)
         if not list_versions(self.root, name):
             with contextlib.suppress(OSError):  # only if nothing else (a staging dir) is there
@@ -248,13 +220,3 @@ def create_default_classifier(root: Path, name: str, backbone: str) -> Path:
     learner = create_method("zeroshot", load_backbone(backbone))
     summary = {"data": "synthetic:color-shape", "created_by": "service start-up"}
     return export_classifier(learner, world_class_names(), root, name, training=summary)
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        info = (path / MANIFEST_FILE).stat()
-    except OSError:
-        raise UnknownVersionError(
-            f"{path.parent.name} version {path.name} was just removed"
-        ) from None
-    return info.st_ino, info.st_mtime_ns
