@@ -34,7 +34,7 @@ import httpx
 import torch
 from serve_throughput import Server, closed_loop, jpeg_images
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import Backbone, load_backbone
 from promptserve.models.methods import create_method, get_method
 
@@ -53,7 +53,7 @@ def publish(store: Path, backbone: Backbone, method: str, count: int) -> list[st
                 param.add_(0.05 * torch.randn(param.shape, generator=generator))
         labels = [f"{method} {index} class {c}" for c in range(CLASSES)]
         name = f"{method}-{index}"
-        export_classifier(learner, labels, store, name, training={"data": "bench"})
+        publish_classifier(learner, labels, store, name, training={"data": "bench"})
         names.append(name)
     return names
 
@@ -138,7 +138,7 @@ def serve_figures(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch)
         started = time.perf_counter()
-        export_classifier(create_method("zeroshot", backbone), ["a", "b"], store, "default")
+        publish_classifier(create_method("zeroshot", backbone), ["a", "b"], store, "default")
         coop = publish(store, backbone, "coop", args.coop)
         provp = publish(store, backbone, "provp", args.provp)
         print(

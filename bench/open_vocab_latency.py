@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import load_backbone
 from promptserve.models.classifier import load_classifier
 from promptserve.models.labels import LabelEncoder
@@ -36,7 +36,7 @@ def label_names(count: int, round_: int) -> list[str]:
 def run(backbone: str, method: str, repeats: int) -> None:
     with tempfile.TemporaryDirectory() as store:
         learner = create_method(method, load_backbone(backbone))
-        path = export_classifier(learner, task_classes("color-shape-base"), Path(store), "bench")
+        path = publish_classifier(learner, task_classes("color-shape-base"), Path(store), "bench")
         classifier = load_classifier(path)
         encoder = LabelEncoder()
         start = time.perf_counter()

@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 import torch
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import load_backbone
 from promptserve.models.classifier import load_classifier
 from promptserve.models.engines import ONNX_FILE, OnnxEngine
@@ -64,7 +64,7 @@ def publish(store: Path, backbone: str, classes: int) -> str:
     learner = create_method("zeroshot", load_backbone(backbone))
     names = [f"class {i}" for i in range(classes)]
     # self-contained (format 1): this bench opens the version's own visual.onnx below
-    export_classifier(learner, names, store, name, training={"data": "bench"}, format_version=1)
+    publish_classifier(learner, names, store, name, training={"data": "bench"}, format_version=1)
     return name
 
 

@@ -2,9 +2,9 @@
 
 An artifact is written into a hidden temporary directory beside its versions, checked (the
 exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
-reader never sees a half-written version. The manifest's fields are those `export_classifier`
-writes below. The ONNX / TorchScript half lives in `models.export` (writing and
-checking the graphs) and `models.engines` (running them).
+reader never sees a half-written version. The manifest's fields are those `publish_classifier`
+writes below. The ONNX / TorchScript half lives in `models.export` (writing and checking the
+graphs) and `models.engines` (running them).
 
 Two formats are read. Format 1 is self-contained: the version holds its visual graph as
 ``visual.onnx`` and ``visual.torchscript.pt``. Format 2 (written by default) holds only the
@@ -158,10 +158,10 @@ def verify_artifact(path: Path) -> dict[str, Any]:
     return manifest
 
 
-# --- export ---------------------------------------------------------------------------------
+# --- publishing -----------------------------------------------------------------------------
 
 
-def export_classifier(
+def publish_classifier(
     learner: Learner,
     class_names: list[str],
     store: Path,

@@ -36,8 +36,8 @@ from promptserve.models.artifact import (
     MANIFEST_FILE,
     TEMP_PREFIX,
     check_name,
-    export_classifier,
     list_versions,
+    publish_classifier,
     read_manifest,
     resolve_version,
 )
@@ -219,4 +219,4 @@ def create_default_classifier(root: Path, name: str, backbone: str) -> Path:
 
     learner = create_method("zeroshot", load_backbone(backbone))
     summary = {"data": "synthetic:color-shape", "created_by": "service start-up"}
-    return export_classifier(learner, world_class_names(), root, name, training=summary)
+    return publish_classifier(learner, world_class_names(), root, name, training=summary)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from promptserve.models.artifact import export_classifier, resolve_version
+from promptserve.models.artifact import publish_classifier, resolve_version
 from promptserve.models.backbone import Backbone, load_backbone
 from promptserve.models.classifier import load_classifier, rank, resolve_labels
 from promptserve.models.methods import Learner, create_method, method_needs_training
@@ -178,7 +178,7 @@ def train_classifier(
         "template": template_of(fitted.learner.config),
         **fitted.learner.describe(),
     }
-    artifact = export_classifier(
+    artifact = publish_classifier(
         fitted.learner.cpu(),
         fitted.class_names,
         request.store,

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 MAX_LABEL_CHARS = 200
 MAX_REFERENCE_CHARS = 1024
-MANIFEST = "manifest.jsonl"
+DATASET_LIST = "manifest.jsonl"  # the uploads as a dataset (path, label); no artifact manifest
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
 
 
@@ -266,13 +266,13 @@ def _conflict(job: Job) -> IdempotencyConflictError:
 
 
 def _write_uploads(directory: Path, uploads: list[tuple[bytes, str, str]]) -> Path:
-    """Images as ``<n><suffix>`` plus a JSONL manifest (path, label); returns the manifest."""
+    """Images as ``<n><suffix>`` plus a JSONL dataset list (path, label); returns the list."""
     directory.mkdir(parents=True)
     lines = []
     for index, (data, label, suffix) in enumerate(uploads):
         file = f"{index:06d}{suffix}"
         (directory / file).write_bytes(data)
         lines.append(json.dumps({"path": file, "label": label}))
-    manifest = directory / MANIFEST
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return manifest
+    dataset_list = directory / DATASET_LIST
+    dataset_list.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dataset_list

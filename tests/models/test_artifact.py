@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from promptserve.models import artifact
 from promptserve.models.artifact import (
-    export_classifier,
     list_versions,
+    publish_classifier,
     read_manifest,
     resolve_version,
     verify_artifact,
@@ -60,7 +60,7 @@ def exported(request, tiny_backbone, tmp_path_factory) -> Exported:  # type: ign
     helpers.perturb(learner, seed=0, scale=0.1)
     learner.train()
     store = tmp_path_factory.mktemp(f"store-{request.param}")
-    path = export_classifier(
+    path = publish_classifier(
         learner,
         CLASS_NAMES,
         store,
@@ -325,13 +325,13 @@ def test_failed_parity_publishes_nothing_and_versions_increase(
     with monkeypatch.context() as patch:
         patch.setattr(zeroshot, "visual_graph", lambda: _NoisyGraph(zeroshot))
         with pytest.raises(ExportParityError, match="onnx batch 1"):
-            export_classifier(zeroshot, CLASS_NAMES, tmp_path, "zs")
+            publish_classifier(zeroshot, CLASS_NAMES, tmp_path, "zs")
     assert [p.name for p in (tmp_path / "zs").iterdir()] == ["1"]  # no version, no staging
     assert resolve_version(tmp_path, "zs", None) == first
 
     # another exporter published "1" after we looked: the rename fails and we take "2"
     monkeypatch.setattr(artifact, "_next_version", lambda directory: 1)
-    second = export_classifier(zeroshot, CLASS_NAMES[:2], tmp_path, "zs")
+    second = publish_classifier(zeroshot, CLASS_NAMES[:2], tmp_path, "zs")
     assert (first.name, second.name) == ("1", "2")
     assert read_manifest(second)["version"] == "2"
     assert read_manifest(second)["class_names"] == CLASS_NAMES[:2]
@@ -352,7 +352,7 @@ def test_failed_first_export_leaves_no_trace(
 
     monkeypatch.setattr(artifact, "write_files", fail_after_writing)
     with pytest.raises(ExportParityError):
-        export_classifier(zeroshot, CLASS_NAMES, tmp_path, "fresh", format_version=1)
+        publish_classifier(zeroshot, CLASS_NAMES, tmp_path, "fresh", format_version=1)
     assert not (tmp_path / "fresh").exists()  # no version, no staging, no empty name
     assert list_versions(tmp_path, "fresh") == []
     with pytest.raises(ArtifactError, match="no published version"):
@@ -389,7 +389,7 @@ def test_list_versions_sorts_numerically_and_skips_other_entries(tmp_path: Path)
 )
 def test_unsafe_names_are_rejected(zeroshot: Learner, tmp_path: Path, name: str) -> None:
     with pytest.raises(ArtifactError, match="invalid classifier name"):
-        export_classifier(zeroshot, CLASS_NAMES, tmp_path / "store", name)
+        publish_classifier(zeroshot, CLASS_NAMES, tmp_path / "store", name)
     with pytest.raises(ArtifactError, match="invalid classifier name"):
         resolve_version(tmp_path / "store", name, None)
     assert not (tmp_path / "store").exists()
@@ -409,5 +409,5 @@ def test_bad_export_inputs_are_rejected_before_any_work(
     zeroshot: Learner, tmp_path: Path, class_names: list[str], extra: dict
 ) -> None:
     with pytest.raises(ArtifactError):
-        export_classifier(zeroshot, class_names, tmp_path, "c", **extra)
+        publish_classifier(zeroshot, class_names, tmp_path, "c", **extra)
     assert not (tmp_path / "c").exists()

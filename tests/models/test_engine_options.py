@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.engines import (
     ONNX_FILE,
     OnnxEngine,
@@ -29,7 +29,7 @@ CUDA = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_availabl
 def artifact(tiny_backbone: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("store")
     learner = create_method("zeroshot", tiny_backbone)
-    export_classifier(
+    publish_classifier(
         learner, ["a", "b"], store, "tiny", training={"data": "test"}, format_version=1
     )
     return next((store / "tiny").iterdir())

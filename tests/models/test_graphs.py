@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptserve.models.artifact import export_classifier, read_manifest, verify_artifact
+from promptserve.models.artifact import publish_classifier, read_manifest, verify_artifact
 from promptserve.models.backbone import Backbone
 from promptserve.models.classifier import load_classifier
 from promptserve.models.engine_pool import EnginePool
@@ -46,7 +46,7 @@ def store(tiny_backbone: Backbone, tmp_path_factory: pytest.TempPathFactory) -> 
     ]:
         learner = create_method(method, tiny_backbone)
         helpers.perturb(learner, seed=len(name), scale=0.1)
-        export_classifier(learner, NAMES, root, name, format_version=fmt)
+        publish_classifier(learner, NAMES, root, name, format_version=fmt)
     return root
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import Backbone
 from promptserve.models.labels import load_learner
 from promptserve.models.methods import create_method
@@ -85,7 +85,7 @@ def test_artifact_fuses_the_context_and_keeps_the_encoder(
     tiny_backbone: Backbone, tmp_path: Path
 ) -> None:
     learner = make_pre(tiny_backbone)
-    path = export_classifier(learner, NAMES, tmp_path, "pre", format_version=1)
+    path = publish_classifier(learner, NAMES, tmp_path, "pre", format_version=1)
     learned = load_file(str(path / "learner.safetensors"))
     assert "ctx" in learned
     assert any(key.startswith("encoder.lstm.") for key in learned)

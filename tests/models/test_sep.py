@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
-from promptserve.models.artifact import export_classifier, read_manifest
+from promptserve.models.artifact import publish_classifier, read_manifest
 from promptserve.models.backbone import Backbone
 from promptserve.models.errors import ConfigError
 from promptserve.models.labels import load_learner
@@ -270,7 +270,7 @@ def test_artifact_holds_both_passes_with_a_top_k_per_fusion_and_no_head(
 ) -> None:
     learner = make(tiny_backbone)
     learner.prepare_training(NAMES, [(pixels(4), torch.tensor([0, 1, 2, 3]))])
-    path = export_classifier(learner, NAMES, tmp_path, "sep", format_version=1)
+    path = publish_classifier(learner, NAMES, tmp_path, "sep", format_version=1)
     assert "head" not in load_file(str(path / "learner.safetensors"))
     parity = read_manifest(path)["parity"]
     assert max(parity["onnx"].values()) <= 1e-4

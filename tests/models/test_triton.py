@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.classifier import load_classifier
 from promptserve.models.errors import ArtifactError
 from promptserve.models.methods import create_method
@@ -24,9 +24,9 @@ CLASSES = ["red circle", "blue square", "green star"]
 def store(tiny_backbone, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("store")
     learner = create_method("zeroshot", tiny_backbone)
-    export_classifier(learner, CLASSES, root, "shapes")
-    export_classifier(learner, CLASSES, root, "shapes")
-    export_classifier(learner, CLASSES[:2], root, "shapes")
+    publish_classifier(learner, CLASSES, root, "shapes")
+    publish_classifier(learner, CLASSES, root, "shapes")
+    publish_classifier(learner, CLASSES[:2], root, "shapes")
     return root
 
 

@@ -64,13 +64,13 @@ def corrupt(artifact: Path) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from promptserve.models.artifact import export_classifier
+    from promptserve.models.artifact import publish_classifier
     from promptserve.models.backbone import load_backbone
     from promptserve.models.methods import create_method
 
     learner = create_method("zeroshot", load_backbone("tiny"))
     root = tmp_path_factory.mktemp("tiny-export")
-    return export_classifier(learner, CLASS_NAMES, root, "tiny", metrics={"top1": 42.0})
+    return publish_classifier(learner, CLASS_NAMES, root, "tiny", metrics={"top1": 42.0})
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from promptserve.models.artifact import export_classifier, read_manifest
+from promptserve.models.artifact import publish_classifier, read_manifest
 from promptserve.models.backbone import Backbone
 from promptserve.models.methods import create_method
 from tests import helpers
@@ -29,7 +29,7 @@ def publish_coop(
     learner = create_method(method, backbone)
     helpers.perturb(learner, seed=seed, scale=0.5)
     names = CLASS_NAMES[: 3 + seed % 3]  # label sets differ between tenants
-    return export_classifier(learner, names, store, name, format_version=fmt)
+    return publish_classifier(learner, names, store, name, format_version=fmt)
 
 
 @pytest.fixture(scope="module")
