@@ -23,6 +23,8 @@ from promptserve.service.classify.batcher import MicroBatcher
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyResult
 from promptserve.service.errors import NotReadyError, ServiceError, http_meaning
+from promptserve.service.jobs.client import JobClient
+from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics, add_store_gauges
@@ -39,13 +41,13 @@ RETRY_S = 5.0  # a failed start-up is tried again at most this often (on readine
 
 class ServiceRuntime:
     """What every API process holds, whichever process runs the engine: the settings, the
-    classifier store (listing, manifests, deletes), the job store, the metrics, the decode pool
-    and the job intake pool. `Runtime` runs the engine in this process; an API worker of
-    ``serve --workers N`` (`service.remote.worker.WorkerRuntime`) sends pixels to the engine
-    process instead."""
+    classifier store (listing, manifests, deletes), the job store and the job client, the
+    metrics, the decode pool and the job intake pool. `Runtime` runs the engine in this
+    process; an API worker of ``serve --workers N`` (`service.remote.worker.WorkerRuntime`)
+    sends pixels to the engine process instead."""
 
     device: str
-    runner: JobRunner
+    job_client: JobClient
     store_class: type[ClassifierStore] = ClassifierStore
     runs_engine = True  # False in an API worker process: the engine process runs the model
 
@@ -73,6 +75,7 @@ class ServiceRuntime:
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
         self.jobs = JobStore(settings.job_database)
+        self.job_files = JobFiles(settings.job_root, settings.keep_job_uploads)
         # PROMPTSERVE_STORE=s3://...: a local copy, kept fresh by the process running the engine
         # (started there); every process deletes through it
         mirror = open_mirror(settings)
@@ -124,6 +127,7 @@ class Runtime(ServiceRuntime):
             on_engine=self.metrics.observe_engine,
         )
         self.runner = JobRunner(self.jobs, settings)
+        self.job_client = JobClient(self.jobs, self.job_files, wake=self.runner.wake)
         self.state: State = "starting"
         self.failure: str | None = None
         self._startup: asyncio.Task[None] | None = None

@@ -28,6 +28,7 @@ from typing import Any
 
 from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult
 from promptserve.service.errors import NotReadyError
+from promptserve.service.logs import configure_logging
 from promptserve.service.metrics import Counter
 from promptserve.service.remote.protocol import (
     Header,
@@ -174,8 +175,6 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 def run_engine(settings: Settings, socket_path: str) -> None:
     """The engine process's entry point (started with `spawn`)."""
-    from promptserve.service.cli import configure_logging
-
     configure_logging(settings.log_level)
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):

@@ -5,8 +5,8 @@ The worker reads the shared classifier store itself (listings, manifests, delete
 directory is the source of truth for every process), prepares pixels with the classifier
 version's own preprocessing (read from its manifest, no weights loaded), and sends them with the
 name and the resolved version to the engine, which batches them with every other worker's. Jobs
-are written to the shared job store by whichever worker takes the request; the engine process
-runs them (its runner polls the store, and a worker's submission wakes it at once).
+are written to the shared job store by whichever worker takes the request; the engine process's
+runner runs them (it polls the store, and the worker's job client wakes it at once).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from promptserve.models.preprocess import FastEvalTransform
 from promptserve.service.classify.pipeline import ClassifyQuery, ClassifyResult, check_image_count
 from promptserve.service.classify.several import check_classifier_names
 from promptserve.service.errors import InvalidRequestError, NotReadyError
-from promptserve.service.jobs.runner import JobRunner
-from promptserve.service.jobs.store import JobStore
+from promptserve.service.jobs.client import JobClient
 from promptserve.service.remote.link import EngineLink
 from promptserve.service.remote.protocol import pixels_to_bytes
 from promptserve.service.runtime import ServiceRuntime
@@ -38,33 +37,6 @@ log = logging.getLogger(__name__)
 
 REPORT_S = 1.0  # how often a worker refreshes the engine's state and reports its metrics
 WORKER_SETTINGS_ENV = "PROMPTSERVE_WORKER_SETTINGS"  # the settings, as JSON, for a worker
-
-
-class RemoteJobRunner(JobRunner):
-    """The job runner as an API worker sees it: jobs are read, cancelled and submitted through
-    the shared job store; the engine process's runner starts them, and is woken at once."""
-
-    def __init__(self, jobs: JobStore, settings: Settings, link: EngineLink) -> None:
-        super().__init__(jobs, settings)
-        self.link = link
-        self._wakes: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        """Nothing to start: the engine process runs the jobs."""
-
-    async def stop(self) -> None:
-        for task in list(self._wakes):
-            task.cancel()
-
-    def wake(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._wake_engine())
-        self._wakes.add(task)
-        task.add_done_callback(self._wakes.discard)
-
-    async def _wake_engine(self) -> None:
-        # if the engine cannot be told, its runner still sees the job at its next poll
-        with contextlib.suppress(NotReadyError):
-            await self.link.call({"op": "wake"})
 
 
 class EngineViewStore(ClassifierStore):
@@ -87,7 +59,8 @@ class WorkerRuntime(ServiceRuntime):
             raise ValueError("an API worker needs the engine process's socket (engine_socket)")
         self.device = self.store.device
         self.link = EngineLink(settings.engine_socket)
-        self.runner = RemoteJobRunner(self.jobs, settings, self.link)
+        self.job_client = JobClient(self.jobs, self.job_files, wake=self._wake_engine)
+        self._wakes: set[asyncio.Task[Any]] = set()
         self.worker_id = str(os.getpid())
         self.engine_state = "starting"
         self.engine_message = "the service is starting: waiting for the engine process"
@@ -105,9 +78,21 @@ class WorkerRuntime(ServiceRuntime):
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        await self.runner.stop()
+        for task in list(self._wakes):
+            task.cancel()
         await self.link.close()
         self.close_pools()
+
+    def _wake_engine(self) -> None:
+        """Have the engine process's runner poll now (the job client's `wake`)."""
+        task = asyncio.get_running_loop().create_task(self._call_wake())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _call_wake(self) -> None:
+        # if the engine cannot be told, its runner still sees the job at its next poll
+        with contextlib.suppress(NotReadyError):
+            await self.link.call({"op": "wake"})
 
     async def _watch_engine(self) -> None:
         while True:
