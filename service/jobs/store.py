@@ -74,25 +74,19 @@ class JobStore(JobLeases):
         job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). A known idempotency key returns its job
-        (created False) when the fingerprint matches and raises IdempotencyMismatchError if not."""
+        (created False) when the fingerprint matches and raises IdempotencyMismatchError if not.
+
+        This is the one place the key is checked: the insert yields to the key's job, whether
+        that was created long ago or by another process a moment ago."""
         job_id = job_id or new_job_id()
         now = time.time()
         with self._transaction() as db:
-            if idempotency_key is not None:
-                row = db.execute(
-                    "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    existing = job_from_row(row)
-                    if existing.fingerprint != fingerprint:
-                        raise IdempotencyMismatchError(existing)
-                    return existing, False
             inserted = db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at) "
                 "VALUES (?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
                 (job_id, dump_spec(spec), idempotency_key, fingerprint, now),
             ).rowcount
-            if not inserted:  # another process created the key's job since the SELECT
+            if not inserted:
                 assert idempotency_key is not None  # NULL keys never conflict
                 row = db.execute(
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
@@ -109,13 +103,6 @@ class JobStore(JobLeases):
     def get(self, job_id: str) -> Job | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return job_from_row(row) if row is not None else None
-
-    def find_by_key(self, idempotency_key: str) -> Job | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
-            ).fetchone()
         return job_from_row(row) if row is not None else None
 
     def page(self, *, limit: int = 20, after: str | None = None) -> tuple[list[Job], bool]:

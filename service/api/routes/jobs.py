@@ -28,7 +28,7 @@ from promptserve.service.errors import (
     TooManyJobsError,
     UnsupportedMediaTypeError,
 )
-from promptserve.service.jobs.plan import AdaptRequest, plan_job, submit_job
+from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
 from promptserve.service.runtime import ServiceRuntime
 
@@ -104,10 +104,9 @@ async def adapt(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
             "application/json"
         )
-    adapt_request = AdaptRequest(**create.model_dump(exclude={"images"}))
-    plan = await loop.run_in_executor(runtime.intake, plan_job, adapt_request, uploads, settings)
+    plan = await loop.run_in_executor(runtime.intake, plan_job, create, uploads, settings)
     job, created = await loop.run_in_executor(
-        runtime.intake, submit_job, plan, runtime.jobs, settings.job_root, idempotency_key
+        runtime.intake, submit_job, plan, runtime.jobs, runtime.job_files, idempotency_key
     )
     if created:
         runtime.job_client.wake()
