@@ -92,14 +92,14 @@ class Housekeeping:
         hosts are left to their leases."""
         interrupted = []
         for job in self.jobs.running_on(host_of(self.runner_id)) + self._unleased():
-            if job.worker is not None and _process_alive(pid_of(job.worker)):
+            if job.runner is not None and _process_alive(pid_of(job.runner)):
                 continue  # another runner of this host (an API process, a job host) runs it
             error = {
                 "reason": "interrupted",
                 "message": "the service stopped while the job was running",
             }
             if self.jobs.finish(
-                job.id, "failed", error=error, message="job interrupted", worker=job.worker
+                job.id, "failed", error=error, message="job interrupted", runner=job.runner
             ):
                 interrupted.append(job.id)
                 self.files.drop_uploads(job.id)
@@ -115,7 +115,7 @@ class Housekeeping:
 
     def _unleased(self) -> list[Job]:
         """Running jobs without a runner: left by a version before leases, on this host."""
-        return [job for job in self.jobs.in_state("running") if job.worker is None]
+        return [job for job in self.jobs.in_state("running") if job.runner is None]
 
     def prune_when_due(self) -> None:
         if time.monotonic() >= self._next_prune:

@@ -66,7 +66,7 @@ def run_job(launch: JobLaunch) -> None:
     job_id = launch.job_id
     jobs = JobStore(launch.database)
     job = jobs.get(job_id)
-    if job is None or job.state != "running" or job.worker != launch.runner_id:
+    if job is None or job.state != "running" or job.runner != launch.runner_id:
         log.warning("job %s is not running (%s); nothing to do", job_id, job and job.state)
         return
     jobs.set_pid(job_id, os.getpid())
@@ -96,7 +96,7 @@ def run_job(launch: JobLaunch) -> None:
     }
     message = f"published {job.spec.train.name} version {version}"
     runner_id = launch.runner_id
-    if not jobs.finish(job_id, "succeeded", result=result, message=message, worker=runner_id):
+    if not jobs.finish(job_id, "succeeded", result=result, message=message, runner=runner_id):
         log.warning("job %s was ended by the service while it published", job_id)
 
 
@@ -123,17 +123,17 @@ def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Mo
     runner_id = monitor.runner_id
     if isinstance(exc, TrainingCancelled) and monitor.orphaned:
         error = {"reason": "interrupted", "message": "the service that ran the job stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted", worker=runner_id)
+        jobs.finish(job_id, "failed", error=error, message="job interrupted", runner=runner_id)
     elif isinstance(exc, TrainingCancelled):
-        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})", worker=runner_id)
+        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})", runner=runner_id)
     elif isinstance(exc, SystemExit | KeyboardInterrupt):
         error = {"reason": "interrupted", "message": "the job process was stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted", worker=runner_id)
+        jobs.finish(job_id, "failed", error=error, message="job interrupted", runner=runner_id)
     else:
         log.exception("job %s failed", job_id)
         error = {"reason": "error", "message": f"{type(exc).__name__}: {without_paths(str(exc))}"}
         message = f"job failed: {error['message']}"
-        jobs.finish(job_id, "failed", error=error, message=message, worker=runner_id)
+        jobs.finish(job_id, "failed", error=error, message=message, runner=runner_id)
 
 
 class Monitor:

@@ -130,7 +130,7 @@ class JobRunner:
             self._reap()
             self._heartbeat()
             for job in self.jobs.expire_leases(self.max_attempts):
-                log.warning("job %s: the lease of runner %s ran out", job.id, job.worker)
+                log.warning("job %s: the lease of runner %s ran out", job.id, job.runner)
             self._enforce_cancels()
             self._start_queued()
             self.housekeeping.prune_when_due()
@@ -149,7 +149,7 @@ class JobRunner:
                 f"({_describe_exit(process.exitcode)})",
             }
             if self.jobs.finish(
-                job_id, "failed", error=error, message="job process died", worker=self.id
+                job_id, "failed", error=error, message="job process died", runner=self.id
             ):
                 log.error("job %s: %s", job_id, error["message"])
             self.files.drop_uploads(job_id)
@@ -193,7 +193,7 @@ class JobRunner:
             if now - first < self.cancel_grace_s:
                 continue
             message = "job cancelled: its process did not stop in time and was terminated"
-            if self.jobs.finish(job.id, "cancelled", message=message, worker=self.id):
+            if self.jobs.finish(job.id, "cancelled", message=message, runner=self.id):
                 log.warning("job %s: %s", job.id, message)
             self._terminate(self._procs[job.id])
 
@@ -214,7 +214,7 @@ class JobRunner:
             except Exception as exc:
                 log.exception("could not start a process for job %s", job.id)
                 error = {"reason": "error", "message": f"could not start the job process: {exc}"}
-                self.jobs.finish(job.id, "failed", error=error, worker=self.id)
+                self.jobs.finish(job.id, "failed", error=error, runner=self.id)
                 continue
             assert process.pid is not None  # started
             self.jobs.set_pid(job.id, process.pid)
@@ -260,7 +260,7 @@ class JobRunner:
                 # the job process records this itself on SIGTERM; this covers one that could not
                 error = {"reason": "interrupted", "message": "the service stopped"}
                 self.jobs.finish(
-                    job_id, "failed", error=error, message="job interrupted", worker=self.id
+                    job_id, "failed", error=error, message="job interrupted", runner=self.id
                 )
             self._procs.clear()
             self._device_of.clear()
