@@ -2,7 +2,7 @@
 
 An artifact is written into a hidden temporary directory beside its versions, checked (the
 exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
-reader never sees a half-written version. Layout and manifest fields: DESIGN.md, "The
+reader never sees a half-written version. Layout and manifest fields: the README, "The
 classifier artifact". The ONNX / TorchScript half lives in `models.export` (writing and
 checking the graphs) and `models.engines` (running them).
 

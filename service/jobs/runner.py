@@ -56,6 +56,9 @@ STOP_WAIT_S = 10.0  # how long a terminated job process gets before SIGKILL
 
 
 class JobRunner:
+    """Runs jobs from `jobs` in up to `slots` job processes (one per entry of `devices`); `id`
+    is its runner id, named by every lease it holds and every write that ends one of its jobs."""
+
     def __init__(
         self,
         jobs: JobStore,
