@@ -20,7 +20,6 @@ Graphs are never removed with a classifier version: others may share them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -302,14 +301,3 @@ def copy_graph_files(directory: Path, out: Path) -> None:
     verify_graph(directory)
     for name in GRAPH_FILES:
         shutil.copyfile(directory / name, out / name)
-
-
-def store_graph_bytes(store: Path) -> int:
-    """Bytes the store spends on shared graphs (all backbones)."""
-    root = Path(store) / BACKBONES_DIR
-    total = 0
-    for file in root.rglob("*") if root.is_dir() else ():
-        with contextlib.suppress(OSError):
-            if file.is_file():
-                total += file.stat().st_size
-    return total

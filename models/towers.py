@@ -121,7 +121,3 @@ class VisionTower(nn.Module):
         # ln_post is per token, so normalising only CLS equals open_clip's full-sequence norm
         pooled = v.ln_post(x[:, 0])
         return pooled @ v.proj if v.proj is not None else pooled
-
-    def reference_encode(self, pixels: Tensor) -> Tensor:
-        """open_clip's own pooled feature, for parity checks."""
-        return cast(Tensor, self.visual(pixels))

@@ -23,6 +23,7 @@ from promptserve.service.api.routes import (
     metrics,
     playground,
 )
+from promptserve.service.logs import configure_logging
 from promptserve.service.remote.worker import load_settings
 from promptserve.service.runtime import Runtime
 from promptserve.service.settings import Settings, get_settings
@@ -85,8 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def create_worker_app() -> FastAPI:
     """The application of one API worker process of ``serve --workers N`` (uvicorn's factory);
     the supervisor hands it its settings (`service.remote.worker.load_settings`)."""
-    from promptserve.service.cli import configure_logging
-
     settings = load_settings()
     configure_logging(settings.log_level)
     return create_app(settings)

@@ -7,7 +7,6 @@ other command is handed to `training.cli.main` unchanged. `main(argv)` returns a
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,10 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from promptserve.service.logs import configure_logging
 from promptserve.training.cli import build_parser as build_training_parser
 from promptserve.training.cli import main as training_main
-
-OWN_PACKAGES = ("promptserve",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,13 +58,6 @@ def add_worker_command(commands: Any) -> None:
         default=None,
         help="jobs run at once (default: one per GPU, or 1 on the CPU)",
     )
-
-
-def configure_logging(level: str) -> None:
-    """Our packages at `level`; everything else (exporters, ONNX passes) at WARNING."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for package in OWN_PACKAGES:
-        logging.getLogger(package).setLevel(level.upper())
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -1,9 +1,12 @@
 """Prometheus metrics, written in the text exposition format (version 0.0.4) by hand.
 
-Four families are enough for a dashboard: requests by route, method and status; request latency
-by route; engine batch sizes; and the batcher's queue depth plus the number of loaded
-classifiers, read when scraped. Routes are labelled by their template (``/classifiers/{name}``),
-never by the raw path, so label cardinality stays bounded.
+The families `Metrics` keeps: HTTP requests by route, method and status, and their latency by
+route (summed over the API workers of ``serve --workers N``); engine batch sizes, images
+classified and the engine thread's CPU seconds. Gauges read when scraped are added by their
+owners: the batcher's queue depth, loaded classifiers and readiness, the jobs running and
+queued (`service.runtime`), engines and loaded bytes (`add_store_gauges`), and the API workers
+reporting (`service.remote.engine`). Routes are labelled by their template
+(``/classifiers/{name}``), never by the raw path, so label cardinality stays bounded.
 """
 
 from __future__ import annotations

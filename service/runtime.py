@@ -19,12 +19,14 @@ from promptserve.service.classify.engine import LocalEngine
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.pipeline import ClassifyPipeline, ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult, EngineClient
+from promptserve.service.jobs.client import JobClient
+from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics
 from promptserve.service.objectstore import StoreSync, open_mirror
 from promptserve.service.remote.link import EngineLink
-from promptserve.service.remote.worker import RemoteEngine, RemoteJobRunner
+from promptserve.service.remote.worker import RemoteEngine
 from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ class Runtime:
     settings name its socket (`engine_socket`, set by ``serve --workers N``)."""
 
     engine: EngineClient
-    runner: JobRunner
+    job_client: JobClient
+    runner: JobRunner | None  # None in an API worker: the engine process runs the jobs
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -47,6 +50,7 @@ class Runtime:
         mirror = open_mirror(settings)
         self.catalog = Catalog(settings.store, mirror)
         self.jobs = JobStore(settings.job_database)
+        self.job_files = JobFiles(settings.job_root, settings.keep_job_uploads)
         # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")
@@ -55,13 +59,15 @@ class Runtime:
         if settings.engine_socket is None:
             self.local = self.engine = LocalEngine(settings, self.catalog, self.metrics)
             self.runner = JobRunner(self.jobs, settings)
+            self.job_client = JobClient(self.jobs, self.job_files, wake=self.runner.wake)
             self.sync = StoreSync(mirror, settings.store_poll_s) if mirror is not None else None
             self.device = self.local.device
-            self._add_job_gauges()
+            self._add_job_gauges(self.runner)
         else:
             link = EngineLink(settings.engine_socket)
-            self.engine = RemoteEngine(link, self.metrics)
-            self.runner = RemoteJobRunner(self.jobs, settings, link)
+            self.engine = remote = RemoteEngine(link, self.metrics)
+            self.runner = None
+            self.job_client = JobClient(self.jobs, self.job_files, wake=remote.wake_runner)
             self.device = "cpu"  # pixels are prepared here, on the CPU, for the engine process
         # uint8 pixels go to the engine; on CUDA they may be decoded there (one process only)
         self.preparer = ImagePreparer(
@@ -73,14 +79,14 @@ class Runtime:
         )
         self.pipeline = ClassifyPipeline(settings, self.catalog, self.preparer, self.engine)
 
-    def _add_job_gauges(self) -> None:
+    def _add_job_gauges(self, runner: JobRunner) -> None:
         self.metrics.add_gauge(
-            "promptserve_jobs_running", "Tuning jobs running.", lambda: self.runner.running
+            "promptserve_jobs_running", "Tuning jobs running.", lambda: runner.running
         )
         self.metrics.add_gauge(
             "promptserve_jobs_queued",
             "Tuning jobs waiting for a worker.",
-            lambda: self.runner.queued,
+            lambda: runner.queued,
         )
 
     async def start(self) -> None:
@@ -92,11 +98,13 @@ class Runtime:
                 log.warning(
                     "PROMPTSERVE_API_KEY is not set: the API is open to anyone who can reach it"
                 )
-        await self.runner.start()
+        if self.runner is not None:
+            await self.runner.start()
         await self.engine.start()
 
     async def stop(self) -> None:
-        await self.runner.stop()
+        if self.runner is not None:
+            await self.runner.stop()
         if self.sync is not None:
             await self.sync.stop()
         await self.engine.stop()

@@ -70,22 +70,22 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None  # when set, every route but /health/* needs it
     # --- tuning jobs (POST /adapt) ---
     jobs_dir: Path | None = None  # job database and uploads; None: <store>/.jobs
-    max_concurrent_jobs: int = Field(default=1, ge=0)  # worker processes at once; 0 queues only
-    # torch threads of a job's worker; default half the CPUs, so classification keeps the rest
+    max_concurrent_jobs: int = Field(default=1, ge=0)  # job processes at once; 0 queues only
+    # torch threads of a job process; default half the CPUs, so classification keeps the rest
     job_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
-    job_niceness: int = Field(default=10, ge=0, le=19)  # CPU priority drop of the worker process
+    job_niceness: int = Field(default=10, ge=0, le=19)  # CPU priority drop of a job process
     job_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    # how long a cancelled worker gets to stop by itself before it is killed
+    # how long a cancelled job process gets to stop by itself before it is killed
     cancel_grace_s: float = Field(default=10.0, gt=0)
     max_job_images: int = Field(default=1024, ge=2)  # uploaded images per job
     max_job_epochs: int = Field(default=200, ge=1)
-    max_queued_jobs: int = Field(default=16, ge=0)  # jobs waiting for a worker; then 429
+    max_queued_jobs: int = Field(default=16, ge=0)  # jobs waiting for a runner; then 429
     job_retention_days: float = Field(default=30.0, gt=0)  # ended jobs (and events) kept
     # the shared job queue of a cluster (postgresql://...); None: SQLite under jobs_dir
     database_url: SecretStr | None = None
     # a running job's lease: renewed every poll, taken over by another runner once it runs out
     job_lease_s: float = Field(default=30.0, ge=2)
-    job_max_attempts: int = Field(default=2, ge=1)  # runs of a job whose workers keep dying
+    job_max_attempts: int = Field(default=2, ge=1)  # runs of a job whose runners keep dying
     # POST /adapt may publish versions of the default classifier only when this is set
     allow_adapt_default: bool = False
     data_root: Path | None = None  # `dataset` references resolve under it; None: refused

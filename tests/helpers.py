@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.methods import Learner
+from promptserve.models.towers import VisionTower
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]  # a label set for learners
 
@@ -21,6 +23,11 @@ NAMES = ["red star", "blue circle", "green square", "yellow heart"]  # a label s
 def pixels(batch: int, size: int = 32, seed: int = 0) -> Tensor:
     """Seeded standard-normal pixels [batch, 3, size, size] (normalised images are ~N(0, 1))."""
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_encode(tower: VisionTower, pixels: Tensor) -> Tensor:
+    """open_clip's own pooled image feature [B, D], for parity checks against a prompted tower."""
+    return cast(Tensor, tower.visual(pixels))
 
 
 def perturb(learner: Learner, seed: int = 1, scale: float = 0.05) -> None:

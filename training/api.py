@@ -22,19 +22,23 @@ from promptserve.models.preprocess import eval_transform, train_transform
 from promptserve.training.data import (
     ImageDataset,
     ImageSource,
+    from_memory,
     make_loader,
     open_dataset,
     sample_few_shot,
 )
 from promptserve.training.errors import DataError, TrainingCancelled, paths_in
 from promptserve.training.loop import FitOptions, FitResult, Progress, evaluate, fit
-from promptserve.training.recipe import default_preset, recipe_of, resolve_config, template_of
+from promptserve.training.recipe import config_for, default_preset, recipe_of, template_of
 from promptserve.training.request import TrainRequest
 from promptserve.training.synthetic.tasks import color_shape_classes
 
 __all__ = [
     "DatasetSummary",
+    "ImageSource",
+    "config_for",
     "default_preset",
+    "from_memory",
     "TrainRequest",
     "evaluate_classifier",
     "fit_learner",
@@ -88,13 +92,7 @@ def fit_learner(
     class_names = list(source.class_names)
     if len(class_names) < 2:
         raise DataError(f"need at least 2 classes to train a classifier, found {class_names}")
-    overrides = dict(request.overrides)
-    if request.epochs is not None and method_needs_training(request.method):
-        overrides["epochs"] = request.epochs
-    preset = request.preset
-    if preset is None:
-        preset = default_preset(request.method, request.backbone)
-    config = resolve_config(request.method, source, overrides, preset)
+    config = config_for(request, source)
 
     backbone = load_backbone(request.backbone, device=request.device)
     torch.manual_seed(request.seed)

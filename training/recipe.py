@@ -15,8 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from promptserve.models.backbone import parse_backbone_spec
-from promptserve.models.methods import Learner, MethodConfig, get_method, make_config
+from promptserve.models.methods import (
+    Learner,
+    MethodConfig,
+    get_method,
+    make_config,
+    method_needs_training,
+)
 from promptserve.models.methods.config import config_fields
+from promptserve.training.request import TrainRequest
 from promptserve.training.sources import ImageSource
 
 TEMPLATE_FIELDS = ("template", "templates")  # a fixed prompt (provp, sep, pmpo) / ensemble
@@ -63,6 +70,20 @@ def resolve_config(
     preset_values = get_method(method).presets.get(preset, {}) if preset is not None else {}
     from_data = {k: v for k, v in data_defaults(method, source).items() if k not in preset_values}
     return make_config(method, {**from_data, **(overrides or {})}, preset=preset)
+
+
+def config_for(request: TrainRequest, source: ImageSource) -> MethodConfig:
+    """The method config a run of `request` on `source` trains with: its overrides and epochs
+    (when the method trains at all) over its preset (the backbone's own when it names none)
+    over what the data calls for (`resolve_config`). Training and the service's job intake
+    both call this, so a job is checked on the config it will train."""
+    overrides = dict(request.overrides)
+    if request.epochs is not None and method_needs_training(request.method):
+        overrides["epochs"] = request.epochs
+    preset = request.preset
+    if preset is None:
+        preset = default_preset(request.method, request.backbone)
+    return resolve_config(request.method, source, overrides, preset)
 
 
 def recipe_of(config: MethodConfig) -> dict[str, Any]:

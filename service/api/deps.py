@@ -1,5 +1,5 @@
 """Request dependencies: one `Annotated` alias per resource a route may need (the runtime, its
-settings, the classifier catalog, the job store and runner, the metrics), and the API key check."""
+settings, the classifier catalog, the job store and client, the metrics), and the API key check."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from promptserve.service.catalog import Catalog
 from promptserve.service.errors import UnauthorizedError
-from promptserve.service.jobs.runner import JobRunner
+from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics
 from promptserve.service.runtime import Runtime
@@ -38,7 +38,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def _runtime_part(name: str) -> Callable[[Runtime], Any]:
-    """A dependency that returns one part of the runtime (catalog, jobs, runner, metrics)."""
+    """A dependency that returns one part of the runtime (catalog, jobs, job_client, metrics)."""
 
     def part(runtime: RuntimeDep) -> Any:
         return getattr(runtime, name)
@@ -49,7 +49,7 @@ def _runtime_part(name: str) -> Callable[[Runtime], Any]:
 
 CatalogDep = Annotated[Catalog, Depends(_runtime_part("catalog"))]
 JobStoreDep = Annotated[JobStore, Depends(_runtime_part("jobs"))]
-JobRunnerDep = Annotated[JobRunner, Depends(_runtime_part("runner"))]
+JobClientDep = Annotated[JobClient, Depends(_runtime_part("job_client"))]
 MetricsDep = Annotated[Metrics, Depends(_runtime_part("metrics"))]
 
 

@@ -1,1 +1,1 @@
-"""Few-shot tuning jobs: plan a request, store the job, run it in a worker process."""
+"""Few-shot tuning jobs: plan a request, store the job, run it in a job process."""

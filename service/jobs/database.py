@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,                              -- JSON {reason, message}, on failure
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     pid INTEGER,                             -- the job's process, while running
-    worker TEXT,                             -- the runner holding the job's lease
+    worker TEXT,                             -- the id of the runner holding the job's lease
     lease_until REAL,                        -- UNIX time the lease runs out unless renewed
     attempts INTEGER NOT NULL DEFAULT 0      -- how many times a runner has claimed it
 );
@@ -151,7 +151,7 @@ class _PgConnection:
 
 
 class Postgres:
-    """A Postgres database shared by every API process and worker of a cluster.
+    """A Postgres database shared by every API process and job host of a cluster.
 
     Claims lock the row they take with ``FOR UPDATE SKIP LOCKED``: two runners asking at once
     get two different jobs, and neither waits for the other.

@@ -1,10 +1,10 @@
-"""``promptserve worker``: a job runner on its own, without the HTTP API.
+"""``promptserve worker``: a job host, that is a job runner on its own, without the HTTP API.
 
-A worker process claims queued jobs from the shared job store and runs up to `slots` of them at
-once, each in its own process. On a GPU host the slots go one per GPU (``cuda:0``, ``cuda:1``,
+A job host claims queued jobs from the shared job store and runs up to `slots` of them at once,
+each in its own job process. On a GPU host the slots go one per GPU (``cuda:0``, ``cuda:1``,
 ...); on a CPU host they share the CPU (give each job ``job_threads`` threads accordingly).
 SIGTERM or SIGINT stops it: running jobs end as interrupted, queued ones wait for another
-worker.
+runner.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ async def work(settings: Settings, devices: list[str]) -> None:
     )
     await runner.start()
     log.info(
-        "worker %s ready: %d job slot(s) on %s", runner.worker, len(devices), ", ".join(devices)
+        "job host ready, runner %s: %d job slot(s) on %s",
+        runner.id,
+        len(devices),
+        ", ".join(devices),
     )
     try:
         await stop.wait()
     finally:
-        log.info("worker %s stopping", runner.worker)
+        log.info("job host stopping, runner %s", runner.id)
         await runner.stop()

@@ -1,7 +1,9 @@
 """The job runner's housekeeping: recovery after a crash and cleaning up after ended jobs.
 
-`JobRunner` (service.jobs.runner) mixes this in; it runs at start-up (`recover`) and every
-PRUNE_EVERY_S (`prune`), and whenever a job ends (`drop_uploads`).
+`JobRunner` (service.jobs.runner) holds one `Housekeeping`: it runs at start-up (`recover`) and
+every PRUNE_EVERY_S (`prune_when_due`). `JobFiles` are the job folders under the job root,
+shared with whoever ends a job (the runner, the job client) and with job intake, which writes
+the uploads there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from promptserve.service.jobs.store import Job, JobStore
@@ -23,10 +26,41 @@ UPLOADS_DIR = "images"
 PRUNE_EVERY_S = 600.0  # ended jobs past their retention are looked for this often
 
 
-def worker_id() -> str:
+def new_runner_id() -> str:
     """``host:pid:nonce``: unique per runner; names the host so that a runner restarted on it
     can tell its predecessor's jobs from live ones."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def host_of(runner_id: str) -> str:
+    return runner_id.split(":", 1)[0]
+
+
+def pid_of(runner_id: str) -> int:
+    return int(runner_id.split(":")[1])
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The job folders under `root`: ``<job id>/images`` holds a job's uploads."""
+
+    root: Path
+    keep_uploads: bool = False  # keep an ended job's uploads (for debugging a job)
+
+    def uploads(self, job_id: str) -> Path:
+        return self.root / job_id / UPLOADS_DIR
+
+    def drop_uploads(self, job_id: str) -> None:
+        """Remove an ended job's uploaded images (unless they are to be kept), and its folder
+        once that is empty."""
+        if self.keep_uploads:
+            return
+        shutil.rmtree(self.uploads(job_id), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.root / job_id).rmdir()
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -42,12 +76,14 @@ def _process_alive(pid: int) -> bool:
 class Housekeeping:
     """What a runner leaves behind, and what a runner before it left behind."""
 
-    jobs: JobStore
-    jobs_dir: Path
-    worker: str  # this runner's worker id
-    retention_s: float
-    keep_uploads: bool
-    _next_prune: float
+    def __init__(
+        self, jobs: JobStore, files: JobFiles, runner_id: str, *, retention_s: float
+    ) -> None:
+        self.jobs = jobs
+        self.files = files
+        self.runner_id = runner_id
+        self.retention_s = retention_s
+        self._next_prune = 0.0  # monotonic time of the next prune
 
     def recover(self) -> list[str]:
         """Mark jobs that a runner of this host, now gone, left running as failed
@@ -55,19 +91,18 @@ class Housekeeping:
         ended or are unknown, and ended jobs past their retention. Jobs of runners on other
         hosts are left to their leases."""
         interrupted = []
-        host = self.worker.split(":", 1)[0]
-        for job in self.jobs.running_on(host) + self._unleased():
-            if job.worker is not None and _process_alive(int(job.worker.split(":")[1])):
-                continue  # another runner of this host (an API process, a worker) runs it
+        for job in self.jobs.running_on(host_of(self.runner_id)) + self._unleased():
+            if job.runner is not None and _process_alive(pid_of(job.runner)):
+                continue  # another runner of this host (an API process, a job host) runs it
             error = {
                 "reason": "interrupted",
                 "message": "the service stopped while the job was running",
             }
             if self.jobs.finish(
-                job.id, "failed", error=error, message="job interrupted", worker=job.worker
+                job.id, "failed", error=error, message="job interrupted", runner=job.runner
             ):
                 interrupted.append(job.id)
-                self.drop_uploads(job.id)
+                self.files.drop_uploads(job.id)
         if interrupted:
             log.warning(
                 "marked %d job(s) left running as interrupted: %s",
@@ -79,35 +114,29 @@ class Housekeeping:
         return interrupted
 
     def _unleased(self) -> list[Job]:
-        """Running jobs without a worker: left by a version before leases, on this host."""
-        return [job for job in self.jobs.in_state("running") if job.worker is None]
+        """Running jobs without a runner: left by a version before leases, on this host."""
+        return [job for job in self.jobs.in_state("running") if job.runner is None]
+
+    def prune_when_due(self) -> None:
+        if time.monotonic() >= self._next_prune:
+            self.prune()
 
     def prune(self) -> None:
         """Forget ended jobs older than the retention, with their events and files."""
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
         for job_id in self.jobs.prune(time.time() - self.retention_s):
-            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+            self.files.remove(job_id)
 
     def _remove_orphans(self) -> None:
         """Job folders whose job has ended (or is gone) lose their uploads; empty ones go."""
-        if not self.jobs_dir.is_dir():
+        if not self.files.root.is_dir():
             return
         live = {job.id for state in ("queued", "running") for job in self.jobs.in_state(state)}
         known = self.jobs.ids()
-        for folder in self.jobs_dir.iterdir():
+        for folder in self.files.root.iterdir():
             if not folder.is_dir() or folder.name in live:
                 continue
             if folder.name not in known:
-                shutil.rmtree(folder, ignore_errors=True)
+                self.files.remove(folder.name)
             else:
-                self.drop_uploads(folder.name)
-
-    def drop_uploads(self, job_id: str) -> None:
-        """Remove an ended job's uploaded images (unless they are to be kept), and its folder
-        once that is empty."""
-        if self.keep_uploads:
-            return
-        folder = self.jobs_dir / job_id
-        shutil.rmtree(folder / UPLOADS_DIR, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+                self.files.drop_uploads(folder.name)

@@ -1,8 +1,10 @@
 """The job store's leases: how runners claim queued jobs, keep them, and take over the jobs of
 runners that stopped renewing theirs (see `service.jobs.store` for the whole picture).
 
-A mixin of `JobStore`, so that the state machine and its reads stay in one short module and the
-queue operations of several runners in another. Imports no torch.
+`JobLeases` owns the database and the queue operations of several runners; `JobStore` extends it
+with the state machine and its reads, so each stays one short module. A runner is named by its
+runner id (``host:pid:nonce``, `service.jobs.housekeeping.new_runner_id`), kept in the jobs
+table's ``worker`` column. Imports no torch.
 """
 
 from __future__ import annotations
@@ -18,33 +20,35 @@ from promptserve.service.jobs.records import Job, add_event_row, job_from_row
 
 
 class JobLeases:
-    db: Database  # set by JobStore
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    def claim_next(self, worker: str, lease_s: float) -> Job | None:
-        """Take the oldest queued job for `worker`, with a lease of `lease_s` seconds; None
-        when nothing is queued. Two runners asking at once never get the same job."""
+    def claim_next(self, runner: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job for runner id `runner`, with a lease of `lease_s`
+        seconds; None when nothing is queued. Two runners asking at once never get the same
+        job."""
         with self.db.transaction() as db:
             row = db.execute(self.db.next_queued).fetchone()
-            if row is None or not self._claim(db, row["id"], worker, lease_s):
+            if row is None or not self._claim(db, row["id"], runner, lease_s):
                 return None
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         return job_from_row(row)
 
-    def _claim(self, db: Any, job_id: str, worker: str | None, lease_s: float) -> bool:
+    def _claim(self, db: Any, job_id: str, runner: str | None, lease_s: float) -> bool:
         now = time.time()
         changed = db.execute(
             "UPDATE jobs SET state = 'running', started_at = ?, worker = ?, lease_until = ?, "
             "attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
-            (now, worker, now + lease_s if worker else None, job_id),
+            (now, runner, now + lease_s if runner else None, job_id),
         ).rowcount
-        if changed:
-            data: dict[str, Any] = {"state": "running"} | ({"worker": worker} if worker else {})
+        if changed:  # the event's key is public (GET /jobs/{id}/events): it stays "worker"
+            data: dict[str, Any] = {"state": "running"} | ({"worker": runner} if runner else {})
             add_event_row(db, job_id, "job started", data=data)
         return bool(changed)
 
-    def heartbeat(self, worker: str, job_ids: list[str], lease_s: float) -> set[str]:
-        """Renew `worker`'s leases on `job_ids`; returns the ids it still holds (a job missing
-        from the answer was taken from it, or has ended)."""
+    def heartbeat(self, runner: str, job_ids: list[str], lease_s: float) -> set[str]:
+        """Renew runner `runner`'s leases on `job_ids`; returns the ids it still holds (a job
+        missing from the answer was taken from it, or has ended)."""
         if not job_ids:
             return set()
         marks = ",".join("?" * len(job_ids))
@@ -52,11 +56,11 @@ class JobLeases:
             db.execute(
                 f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND state = 'running' "
                 f"AND id IN ({marks})",
-                (time.time() + lease_s, worker, *job_ids),
+                (time.time() + lease_s, runner, *job_ids),
             )
             rows = db.execute(
                 f"SELECT id FROM jobs WHERE worker = ? AND state = 'running' AND id IN ({marks})",
-                (worker, *job_ids),
+                (runner, *job_ids),
             ).fetchall()
         return {row["id"] for row in rows}
 
@@ -69,7 +73,7 @@ class JobLeases:
             rows = db.execute(self.db.expired_leases, (now,)).fetchall()
             expired = [job_from_row(row) for row in rows]
             for job in expired:
-                lost = f"worker {job.worker} stopped renewing its lease"
+                lost = f"runner {job.runner} stopped renewing its lease"
                 if job.attempts < max_attempts:
                     db.execute(
                         "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
@@ -100,7 +104,7 @@ class JobLeases:
         return expired
 
     def running_on(self, host: str) -> list[Job]:
-        """Running jobs whose worker id names `host` (see `service.jobs.runner.worker_id`)."""
+        """Running jobs whose runner id names `host` (see `new_runner_id`)."""
         with self.db.connect() as db:
             rows = db.execute(
                 "SELECT * FROM jobs WHERE state = 'running' AND worker LIKE ? ORDER BY seq",
@@ -108,19 +112,19 @@ class JobLeases:
             ).fetchall()
         return [job_from_row(row) for row in rows]
 
-    def holds(self, job_id: str, worker: str) -> bool:
-        """Whether `worker` still runs `job_id` (its lease was not taken over, the job not
+    def holds(self, job_id: str, runner: str) -> bool:
+        """Whether runner `runner` still runs `job_id` (its lease was not taken over, the job not
         ended by someone else)."""
         with self.db.connect() as db:
             row = db.execute(
                 "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND worker = ?",
-                (job_id, worker),
+                (job_id, runner),
             ).fetchone()
         return row is not None
 
     @contextmanager
     def publish_lock(self, name: str) -> Iterator[None]:
-        """Held while a worker uploads a version of classifier `name` to an object store, so
+        """Held while a job process uploads a version of classifier `name` to an object store, so
         two hosts never take one version number (Postgres: an advisory lock; SQLite serves one
         host, whose exporters already take numbers by an atomic rename)."""
         if self.db.path is not None:

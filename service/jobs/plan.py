@@ -4,8 +4,9 @@ Everything that can be checked before training is checked here, so a job that is
 (202) fails only for reasons that need training to show: the method is registered, the config
 overrides fit the method's typed config, the backbone is a name (never a server path), the images
 decode within the pixel limit, there are at least two classes, a dataset reference stays under
-the data root. Uploaded images are written under the job's directory, with a JSONL manifest the
-training code reads like any other, before the job row exists: a worker never sees a job whose
+the data root, and the method config that training will resolve (the data's layer included)
+stays within the epoch cap. Uploaded images are written under the job's directory, with a JSONL manifest the
+training code reads like any other, before the job row exists: a runner never sees a job whose
 files are missing.
 """
 
@@ -14,15 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 from promptserve.models.artifact import check_name, list_versions, read_manifest
 from promptserve.models.backbone import list_architectures
 from promptserve.models.errors import ArtifactError, BackboneError
-from promptserve.models.methods import get_method, make_config
+from promptserve.models.methods import get_method
+from promptserve.service.api.schemas import AdaptCreate
 from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import (
     BadRequestError,
@@ -31,11 +31,18 @@ from promptserve.service.errors import (
     ProtectedClassifierError,
     TooManyImagesError,
 )
-from promptserve.service.jobs.housekeeping import UPLOADS_DIR
+from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.spec import UPLOAD, JobSpec, dump_spec
 from promptserve.service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
 from promptserve.service.settings import Settings, resolve_device
-from promptserve.training.api import TrainRequest, default_preset, summarize_dataset
+from promptserve.training.api import (
+    ImageSource,
+    TrainRequest,
+    config_for,
+    default_preset,
+    from_memory,
+    open_within,
+)
 from promptserve.training.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -44,21 +51,6 @@ MAX_LABEL_CHARS = 200
 MAX_REFERENCE_CHARS = 1024
 DATASET_LIST = "manifest.jsonl"  # the uploads as a dataset (path, label); no artifact manifest
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
-
-
-@dataclass(frozen=True, kw_only=True)
-class AdaptRequest:
-    """What a client asks of POST /adapt, whatever the body's shape (JSON or multipart)."""
-
-    name: str
-    method: str = "coop"
-    backbone: str | None = None  # None: the default classifier's backbone
-    preset: str | None = None  # None: `mini` on the mini backbone, when the method has one
-    shots: int = 16
-    epochs: int | None = None
-    seed: int = 1
-    config: dict[str, Any] = field(default_factory=dict)  # method config overrides
-    dataset: str | None = None  # a reference under the data root, instead of uploads
 
 
 @dataclass(frozen=True)
@@ -71,52 +63,56 @@ class JobPlan:
 
 
 def plan_job(
-    request: AdaptRequest, uploads: list[tuple[bytes, str]] | None, settings: Settings
+    create: AdaptCreate, uploads: list[tuple[bytes, str]] | None, settings: Settings
 ) -> JobPlan:
     """Validate an adapt request; blocking (decodes images, lists a dataset): call off the loop."""
-    check_name(request.name)
-    if request.name == settings.default_classifier and not settings.allow_adapt_default:
+    check_name(create.name)
+    if create.name == settings.default_classifier and not settings.allow_adapt_default:
         raise ProtectedClassifierError(
-            f"{request.name!r} is the default classifier: tuning jobs may not publish versions "
+            f"{create.name!r} is the default classifier: tuning jobs may not publish versions "
             "of it unless the service allows it (PROMPTSERVE_ALLOW_ADAPT_DEFAULT=true); "
             "choose another name"
         )
-    get_method(request.method)  # unknown -> 422 listing the registered ones
-    backbone = request.backbone or default_backbone(settings)
-    if request.backbone is not None:
-        check_backbone_name(request.backbone)
-    preset = request.preset
-    if preset is None:  # the backbone's own recipe (`mini` on mini), as `promptserve train`
-        preset = default_preset(request.method, backbone)
-    config = make_config(  # unknown fields or bad values -> ConfigError -> 422
-        request.method,
-        request.config | ({"epochs": request.epochs} if request.epochs is not None else {}),
-        preset=preset,
-    )
-    if config.epochs > settings.max_job_epochs:
-        raise InvalidRequestError(
-            f"epochs must be at most {settings.max_job_epochs}, the config asks for {config.epochs}"
-        )
-    if (uploads is None) == (request.dataset is None):
+    get_method(create.method)  # unknown -> 422 listing the registered ones
+    backbone = create.backbone or default_backbone(settings)
+    if create.backbone is not None:
+        check_backbone_name(create.backbone)
+    if (uploads is None) == (create.dataset is None):
         raise InvalidRequestError("send either images with labels, or a dataset reference")
+    preset = create.preset
+    if preset is None:  # the backbone's own recipe (`mini` on mini), as `promptserve train`
+        preset = default_preset(create.method, backbone)
     train = TrainRequest(
-        method=request.method,
+        method=create.method,
         data="",  # set below (a dataset) or when the uploads are written
         store=settings.store,
-        name=request.name,
+        name=create.name,
         backbone=backbone,
-        shots=request.shots,
-        seed=request.seed,
-        epochs=request.epochs,
-        overrides=request.config,
+        shots=create.shots,
+        seed=create.seed,
+        epochs=create.epochs,
+        overrides=create.config,
         preset=preset,
         device=resolve_device(settings.job_device),
         heldout=True,
     )
     if uploads is not None:
-        return _plan_uploads(train, uploads, settings)
-    assert request.dataset is not None  # checked above
-    return _plan_dataset(train, request.dataset, settings)
+        plan, source = _plan_uploads(train, uploads, settings)
+    else:
+        assert create.dataset is not None  # checked above
+        plan, source = _plan_dataset(train, create.dataset, settings)
+    _check_config(plan.spec.train, source, settings)
+    return plan
+
+
+def _check_config(train: TrainRequest, source: ImageSource, settings: Settings) -> None:
+    """Resolve the method config as training will (the data's layer included): unknown fields
+    or bad values are a ConfigError (422), and the epochs it trains must be within the cap."""
+    config = config_for(train, source)
+    if config.epochs > settings.max_job_epochs:
+        raise InvalidRequestError(
+            f"epochs must be at most {settings.max_job_epochs}, the config asks for {config.epochs}"
+        )
 
 
 def check_backbone_name(spec: str) -> None:
@@ -148,7 +144,7 @@ def default_backbone(settings: Settings) -> str:
 
 def _plan_uploads(
     train: TrainRequest, uploads: list[tuple[bytes, str]], settings: Settings
-) -> JobPlan:
+) -> tuple[JobPlan, ImageSource]:
     if not uploads:
         raise InvalidRequestError("no images: send at least one image per class")
     if len(uploads) > settings.max_job_images:
@@ -174,10 +170,13 @@ def _plan_uploads(
     if len(classes) < 2:
         raise InvalidRequestError(f"a classifier needs at least 2 classes; got only {classes}")
     spec = JobSpec(train=train, data=UPLOAD, classes=classes, images=len(files))
-    return JobPlan(spec, _fingerprint(spec, digest.hexdigest()), files)
+    source = from_memory([(data, label) for data, label, _ in files])
+    return JobPlan(spec, _fingerprint(spec, digest.hexdigest()), files), source
 
 
-def _plan_dataset(train: TrainRequest, reference: str, settings: Settings) -> JobPlan:
+def _plan_dataset(
+    train: TrainRequest, reference: str, settings: Settings
+) -> tuple[JobPlan, ImageSource]:
     if settings.data_root is None:
         raise BadRequestError(
             "dataset references are disabled: the service has no data root "
@@ -196,20 +195,20 @@ def _plan_dataset(train: TrainRequest, reference: str, settings: Settings) -> Jo
     if not path.is_relative_to(root):
         raise BadRequestError(f"dataset {reference!r} is outside the data root")
     try:
-        found = summarize_dataset(str(path), within=str(root))
+        source = open_within(str(path), str(root))
     except DataError as exc:
         raise InvalidRequestError(
             f"cannot open dataset {reference!r}: {str(exc).replace(str(root), '<data root>')}"
         ) from None
-    if len(found.class_names) < 2:
+    if len(source.class_names) < 2:
         raise InvalidRequestError(f"dataset {reference!r} has fewer than 2 classes")
     spec = JobSpec(
         train=replace(train, data=str(path), within=str(root)),
         data=reference,
-        classes=found.class_names,
-        images=found.images,
+        classes=list(source.class_names),
+        images=len(source),
     )
-    return JobPlan(spec, _fingerprint(spec, ""))
+    return JobPlan(spec, _fingerprint(spec, "")), source
 
 
 def _fingerprint(spec: JobSpec, images: str) -> str:
@@ -220,49 +219,34 @@ def _fingerprint(spec: JobSpec, images: str) -> str:
 
 
 def submit_job(
-    plan: JobPlan, jobs: JobStore, job_root: Path, idempotency_key: str | None
+    plan: JobPlan, jobs: JobStore, files: JobFiles, idempotency_key: str | None
 ) -> tuple[Job, bool]:
     """Write the job's files, then queue it; returns (job, created).
 
-    A repeated Idempotency-Key returns the first job (created False) without writing anything;
-    the same key with a different request is a 422.
+    The job store checks the Idempotency-Key (`JobStore.create`): a repeated key returns the
+    first job (created False) and the files just written are removed; the same key with a
+    different request is a 422.
     """
-    if idempotency_key is not None:
-        existing = jobs.find_by_key(idempotency_key)
-        if existing is not None:
-            return _same_request(existing, plan), False
     job_id = new_job_id()
-    directory = job_root / job_id
     spec = plan.spec
     try:
         if plan.uploads:
-            spec = spec.with_data_path(_write_uploads(directory / UPLOADS_DIR, plan.uploads))
+            spec = spec.with_data_path(_write_uploads(files.uploads(job_id), plan.uploads))
         job, created = jobs.create(
             spec, fingerprint=plan.fingerprint, idempotency_key=idempotency_key, job_id=job_id
         )
-    except IdempotencyMismatchError as exc:  # a concurrent request with the same key won
-        shutil.rmtree(directory, ignore_errors=True)
-        raise _conflict(exc.job) from None
+    except IdempotencyMismatchError as exc:
+        files.remove(job_id)
+        raise IdempotencyConflictError(
+            f"this Idempotency-Key was used for job {exc.job.id} with a different request; "
+            "use a new key for a new job"
+        ) from None
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        files.remove(job_id)
         raise
     if not created:
-        shutil.rmtree(directory, ignore_errors=True)
-        return _same_request(job, plan), False
-    return job, True
-
-
-def _same_request(job: Job, plan: JobPlan) -> Job:
-    if job.fingerprint != plan.fingerprint:
-        raise _conflict(job)
-    return job
-
-
-def _conflict(job: Job) -> IdempotencyConflictError:
-    return IdempotencyConflictError(
-        f"this Idempotency-Key was used for job {job.id} with a different request; "
-        "use a new key for a new job"
-    )
+        files.remove(job_id)
+    return job, created
 
 
 def _write_uploads(directory: Path, uploads: list[tuple[bytes, str, str]]) -> Path:

@@ -35,7 +35,7 @@ class Job:
     pid: int | None = None
     idempotency_key: str | None = None
     fingerprint: str = ""
-    worker: str | None = None  # the runner holding the lease, while running
+    runner: str | None = None  # the id of the runner holding the lease, while running
     lease_until: float | None = None  # UNIX time the lease runs out unless renewed
     attempts: int = 0  # how many times a runner has claimed the job
 
@@ -86,7 +86,7 @@ def job_from_row(row: Any) -> Job:  # a sqlite3.Row or a psycopg dict row
         pid=row["pid"],
         idempotency_key=row["idempotency_key"],
         fingerprint=row["fingerprint"],
-        worker=row["worker"],
+        runner=row["worker"],  # the column predates the name
         lease_until=row["lease_until"],
         attempts=row["attempts"],
     )

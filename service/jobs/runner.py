@@ -1,31 +1,35 @@
-"""The job runner: claims queued jobs from the job store, runs each in its own worker process,
+"""The job runner: claims queued jobs from the job store, runs each in its own job process,
 keeps their leases, enforces cancellation, and recovers after a crash.
 
-The same runner is embedded in every API process (``promptserve serve``; the one-host default)
-and is the whole of ``promptserve worker`` (dedicated job hosts). Any number of runners may
-share one job store: each has its own worker id, and a job is run by the runner that claimed it.
+The same runner is embedded in the process that runs the engine (``promptserve serve``, or the
+engine process of ``serve --workers N``; the one-host default) and is the whole of
+``promptserve worker`` (a job host). Any number of runners may share one job store: each has its
+own runner id (`new_runner_id`), and a job is run by the runner that claimed it. API processes
+reach jobs through a `service.jobs.client.JobClient`, never through a runner.
 
 One asyncio task polls the job store (every POLL_S, or at once when woken by a new job or a
 cancel request) and, in a thread, does in order:
 
-1. reap: a worker process that exited while its job is still ``running`` died without ending
+1. reap: a job process that exited while its job is still ``running`` died without ending
    it (killed, out of memory, a crash in native code): the job becomes ``failed``
    (reason ``worker_died``);
 2. heartbeat: renew the leases of this runner's running jobs; a job it no longer holds (its
    lease ran out and another runner took it over) has its process terminated at once, and
-   should the job store stay unreachable for half a lease, every worker process is stopped, so
+   should the job store stay unreachable for half a lease, every job process is stopped, so
    that a job is never run twice at once;
 3. expire: any running job whose lease ran out (its runner's host died) is queued again, or
    failed once it was tried ``job_max_attempts`` times;
 4. cancel: a running job whose cancel flag has been set for longer than ``cancel_grace_s`` (the
-   worker checks the flag between steps, so only a worker stuck in one long operation gets
+   job process checks the flag between steps, so only one stuck in one long operation gets
    here) is ended ``cancelled`` and its process terminated;
 5. start: claim queued jobs, oldest first, while this runner has free slots, each in its own
-   ``spawn``-ed process (`service.jobs.worker.run_job`).
+   ``spawn``-ed job process (`service.jobs.process.run_job`, told what to run by a `JobLaunch`);
+
+and, every PRUNE_EVERY_S, forgets ended jobs past their retention (`Housekeeping.prune`).
 
 At start-up, jobs left ``running`` by a runner of this host whose process is gone are marked
 ``failed`` with reason ``interrupted`` at once (no need to wait for their lease); queued jobs
-simply run. At shutdown, running workers get SIGTERM and end their jobs as interrupted.
+simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted.
 """
 
 from __future__ import annotations
@@ -40,19 +44,21 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 
-from promptserve.service.errors import JobFinishedError, UnknownJobError
-from promptserve.service.jobs.housekeeping import Housekeeping, worker_id
-from promptserve.service.jobs.store import Job, JobStore
-from promptserve.service.jobs.worker import run_job
+from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
+from promptserve.service.jobs.process import JobLaunch, run_job
+from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-STOP_WAIT_S = 10.0  # how long a terminated worker gets before SIGKILL
+STOP_WAIT_S = 10.0  # how long a terminated job process gets before SIGKILL
 
 
-class JobRunner(Housekeeping):
+class JobRunner:
+    """Runs jobs from `jobs` in up to `slots` job processes (one per entry of `devices`); `id`
+    is its runner id, named by every lease it holds and every write that ends one of its jobs."""
+
     def __init__(
         self,
         jobs: JobStore,
@@ -62,26 +68,20 @@ class JobRunner(Housekeeping):
         devices: list[str] | None = None,
     ) -> None:
         self.jobs = jobs
-        self.jobs_dir = settings.job_root
-        self.store_root = settings.store
-        # where a job's version is uploaded once published locally (None: a local store)
-        self.publish_to = {"url": settings.store_url, "endpoint_url": settings.s3_endpoint_url}
-        self.device = resolve_device(settings.job_device)
+        self.settings = settings
+        self.id = new_runner_id()
+        self.files = JobFiles(settings.job_root, settings.keep_job_uploads)
+        self.housekeeping = Housekeeping(
+            jobs, self.files, self.id, retention_s=settings.job_retention_days * 86_400
+        )
         self.max_concurrent = settings.max_concurrent_jobs if slots is None else slots
-        # one device per slot (one job per GPU); by default every slot uses `device`
-        self.devices = devices or [self.device]
-        self.worker = worker_id()
+        # one device per slot (one job per GPU); by default every slot uses the job device
+        self.devices = devices or [resolve_device(settings.job_device)]
         self.lease_s = settings.job_lease_s
         self.max_attempts = settings.job_max_attempts
+        self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled job is killed
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
         self._device_of: dict[str, str] = {}
-        self.threads = settings.job_threads  # torch threads in a worker
-        self.niceness = settings.job_niceness  # added to a worker's niceness
-        self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled worker is killed
-        self.keep_uploads = settings.keep_job_uploads
-        self.log_level = settings.log_level
-        self.retention_s = settings.job_retention_days * 86_400
-        self._next_prune = 0.0  # monotonic time of the next prune (see Housekeeping.prune)
         self.queued = 0  # as of the last poll, for the metrics
         self._procs: dict[str, BaseProcess] = {}
         self._cancel_seen: dict[str, float] = {}  # job id -> when its cancel flag was first seen
@@ -98,7 +98,7 @@ class JobRunner(Housekeeping):
     async def start(self) -> None:
         self._stopping = False
         self._wake = asyncio.Event()  # bound to the running loop
-        await asyncio.to_thread(self.recover)
+        await asyncio.to_thread(self.housekeeping.recover)
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     async def stop(self) -> None:
@@ -107,7 +107,7 @@ class JobRunner(Housekeeping):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.to_thread(self._stop_workers)
+        await asyncio.to_thread(self._stop_processes)
 
     def wake(self) -> None:
         """Poll now (a job was created or a cancel requested)."""
@@ -133,13 +133,12 @@ class JobRunner(Housekeeping):
             self._reap()
             self._heartbeat()
             for job in self.jobs.expire_leases(self.max_attempts):
-                log.warning("job %s: the lease of worker %s ran out", job.id, job.worker)
+                log.warning("job %s: the lease of runner %s ran out", job.id, job.runner)
             self._enforce_cancels()
             self._start_queued()
-            if time.monotonic() >= self._next_prune:
-                self.prune()
+            self.housekeeping.prune_when_due()
 
-    # --- the three steps of a poll -------------------------------------------------------
+    # --- the five steps of a poll --------------------------------------------------------
 
     def _reap(self) -> None:
         for job_id, process in list(self._procs.items()):
@@ -149,14 +148,14 @@ class JobRunner(Housekeeping):
             self._forget(job_id)
             error = {
                 "reason": "worker_died",
-                "message": f"the worker process ended without finishing the job "
+                "message": f"the job process ended without finishing the job "
                 f"({_describe_exit(process.exitcode)})",
             }
             if self.jobs.finish(
-                job_id, "failed", error=error, message="worker process died", worker=self.worker
+                job_id, "failed", error=error, message="job process died", runner=self.id
             ):
                 log.error("job %s: %s", job_id, error["message"])
-            self.drop_uploads(job_id)
+            self.files.drop_uploads(job_id)
 
     def _forget(self, job_id: str) -> None:
         del self._procs[job_id]
@@ -168,7 +167,7 @@ class JobRunner(Housekeeping):
             self._last_heartbeat = time.monotonic()
             return
         try:
-            held = self.jobs.heartbeat(self.worker, list(self._procs), self.lease_s)
+            held = self.jobs.heartbeat(self.id, list(self._procs), self.lease_s)
         except Exception:
             if time.monotonic() - self._last_heartbeat > self.lease_s / 2:
                 # another runner may take these jobs over once their leases run out: stop first
@@ -181,8 +180,8 @@ class JobRunner(Housekeeping):
         for job_id in set(self._procs) - held:
             job = self.jobs.get(job_id)
             if job is not None and job.finished:
-                continue  # ended by its worker: reaped once its process exits
-            log.warning("job %s is no longer held by this runner: stopping its worker", job_id)
+                continue  # ended by its job process: reaped once that exits
+            log.warning("job %s is no longer held by this runner: stopping its process", job_id)
             self._terminate(self._procs[job_id])
             self._forget(job_id)
 
@@ -196,47 +195,51 @@ class JobRunner(Housekeeping):
             first = self._cancel_seen.setdefault(job.id, now)
             if now - first < self.cancel_grace_s:
                 continue
-            message = "job cancelled: the worker did not stop in time and was terminated"
-            if self.jobs.finish(job.id, "cancelled", message=message, worker=self.worker):
+            message = "job cancelled: its process did not stop in time and was terminated"
+            if self.jobs.finish(job.id, "cancelled", message=message, runner=self.id):
                 log.warning("job %s: %s", job.id, message)
             self._terminate(self._procs[job.id])
 
     def _start_queued(self) -> None:
         self.queued = self.jobs.count("queued")
         while len(self._procs) < self.max_concurrent and not self._stopping:
-            job = self.jobs.claim_next(self.worker, self.lease_s)
+            job = self.jobs.claim_next(self.id, self.lease_s)
             if job is None:
                 return
             self.queued = max(0, self.queued - 1)
             device = self._free_device()
             try:
+                launch = self._launch(job.id, device)
                 process = self._context.Process(
-                    target=run_job,
-                    args=(
-                        self.jobs.locator,
-                        job.id,
-                        str(self.store_root),
-                        device,
-                        self.threads,
-                        self.niceness,
-                        os.getpid(),
-                        self.log_level,
-                        self.worker,
-                    ),
-                    kwargs={"publish_to": self.publish_to},
-                    name=f"promptserve-{job.id}",
+                    target=run_job, args=(launch,), name=f"promptserve-{job.id}"
                 )
                 process.start()
             except Exception as exc:
-                log.exception("could not start a worker for job %s", job.id)
-                error = {"reason": "error", "message": f"could not start the worker: {exc}"}
-                self.jobs.finish(job.id, "failed", error=error, worker=self.worker)
+                log.exception("could not start a process for job %s", job.id)
+                error = {"reason": "error", "message": f"could not start the job process: {exc}"}
+                self.jobs.finish(job.id, "failed", error=error, runner=self.id)
                 continue
             assert process.pid is not None  # started
             self.jobs.set_pid(job.id, process.pid)
             self._procs[job.id] = process
             self._device_of[job.id] = device
             log.info("job %s started in process %d on %s", job.id, process.pid, device)
+
+    def _launch(self, job_id: str, device: str) -> JobLaunch:
+        settings = self.settings
+        return JobLaunch(
+            database=self.jobs.locator,
+            job_id=job_id,
+            store=settings.store,
+            device=device,
+            threads=settings.job_threads,
+            niceness=settings.job_niceness,
+            runner_id=self.id,
+            runner_pid=os.getpid(),
+            log_level=settings.log_level,
+            store_url=settings.store_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        )
 
     def _free_device(self) -> str:
         """The least used of this runner's devices."""
@@ -245,7 +248,7 @@ class JobRunner(Housekeeping):
 
     # --- stopping ------------------------------------------------------------------------
 
-    def _stop_workers(self) -> None:
+    def _stop_processes(self) -> None:
         with self._lock:
             self._stopping = True
             for process in self._procs.values():
@@ -257,10 +260,10 @@ class JobRunner(Housekeeping):
                 if process.is_alive():
                     process.kill()
                     process.join()
-                # the worker records this itself on SIGTERM; this covers a worker that could not
+                # the job process records this itself on SIGTERM; this covers one that could not
                 error = {"reason": "interrupted", "message": "the service stopped"}
                 self.jobs.finish(
-                    job_id, "failed", error=error, message="job interrupted", worker=self.worker
+                    job_id, "failed", error=error, message="job interrupted", runner=self.id
                 )
             self._procs.clear()
             self._device_of.clear()
@@ -271,38 +274,6 @@ class JobRunner(Housekeeping):
         if process.is_alive():
             process.kill()
             process.join()
-
-    async def cancel(self, job_id: str, *, wait_s: float) -> Job:
-        """Cancel a queued job at once, or flag a running one and wait up to `wait_s` for its
-        worker to stop; returns the job as it then is.
-
-        Raises UnknownJobError, or JobFinishedError when the job had already ended (or
-        published before the flag reached its worker).
-        """
-        job = await self.get(job_id)
-        if job.finished:
-            raise JobFinishedError(f"job {job_id} has already ended ({job.state})")
-        flagged = await asyncio.to_thread(self.jobs.request_cancel, job_id)
-        job = flagged if flagged is not None else job
-        if job.state == "cancelled":  # cancelled while queued: no worker will clean up after it
-            await asyncio.to_thread(self.drop_uploads, job_id)
-        self.wake()
-        deadline = time.monotonic() + wait_s
-        while not job.finished and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            job = await self.get(job_id)
-        if job.state == "succeeded":
-            raise JobFinishedError(
-                f"job {job_id} finished and published before it could be cancelled"
-            )
-        return job
-
-    async def get(self, job_id: str) -> Job:
-        """Job `job_id`; UnknownJobError when there is none."""
-        job = await asyncio.to_thread(self.jobs.get, job_id)
-        if job is None:
-            raise UnknownJobError(f"no job {job_id!r}")
-        return job
 
 
 def _describe_exit(code: int | None) -> str:

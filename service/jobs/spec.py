@@ -1,8 +1,8 @@
-"""The job spec: one typed record of what a job trains, from the route to the worker.
+"""The job spec: one typed record of what a job trains, from the route to the job process.
 
 `plan_job` builds it from a validated request, the job store keeps it as JSON, the job's public
-view reads it, and the worker runs its `train` request as is, through the same entry point as
-``promptserve train``.
+view reads it, and the job process runs its `train` request as is, through the same entry point
+as ``promptserve train``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ UPLOAD = "upload"  # `JobSpec.data` of a job trained on uploaded images
 
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
-    train: TrainRequest  # what the worker runs (its data is a path on the server)
+    train: TrainRequest  # what the job process runs (its data is a path on the server)
     data: str  # what the client named: UPLOAD or the dataset reference under the data root
     classes: list[str]  # the class names found, sorted
     images: int  # images received (or found in the dataset)

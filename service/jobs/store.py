@@ -2,19 +2,20 @@
 runs them.
 
 SQLite (WAL) in the store directory on one host; Postgres when ``PROMPTSERVE_DATABASE_URL``
-names one, for API replicas and workers on several hosts (see `service.jobs.database`). Every
-state change is one conditional ``UPDATE`` (``... WHERE state = 'running'``), so two processes
-can never both move a job: a job cancelled while queued is never started, and a worker cannot
-mark a job that was already given up on.
+names one, for API replicas and job hosts on several machines (see `service.jobs.database`).
+Every state change is one conditional ``UPDATE`` (``... WHERE state = 'running'``), so two
+processes can never both move a job: a job cancelled while queued is never started, and a job
+process cannot mark a job that was already given up on.
 
-Runners take queued jobs with `claim_next`, which holds a lease (``worker``, ``lease_until``)
+Runners take queued jobs with `claim_next`, which holds a lease (the runner id, ``lease_until``)
 that the runner renews while the job runs (`heartbeat`). A job whose lease ran out (its runner's
 host died, or lost the database) is requeued or failed by whichever runner notices first
 (`expire_leases`); its old runner finds the job no longer held and stops it, and every write of
-a job's runner names the worker (`finish(..., worker=...)`), so a late writer changes nothing.
+a job's runner or job process names the runner (`finish(..., runner=...)`), so a late writer
+changes nothing.
 
 Each call opens its own short-lived connection (a connection must not cross threads or
-processes), so a `JobStore` can be used from any thread and rebuilt in a worker from
+processes), so a `JobStore` can be used from any thread and rebuilt in a job process from
 `locator`. This module imports no torch and no web framework.
 """
 
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from promptserve.service.jobs.database import Database, open_database
+from promptserve.service.jobs.database import open_database
 from promptserve.service.jobs.leases import JobLeases
 from promptserve.service.jobs.records import (
     TERMINAL,
@@ -47,8 +48,8 @@ class JobStore(JobLeases):
     (created with its schema when missing)."""
 
     def __init__(self, locator: Path | str) -> None:
-        self.db: Database = open_database(locator)
-        self.locator = self.db.locator  # what a worker process reopens the store from
+        super().__init__(open_database(locator))
+        self.locator = self.db.locator  # what a job process reopens the store from
 
     @property
     def path(self) -> Path:
@@ -74,25 +75,19 @@ class JobStore(JobLeases):
         job_id: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). A known idempotency key returns its job
-        (created False) when the fingerprint matches and raises IdempotencyMismatchError if not."""
+        (created False) when the fingerprint matches and raises IdempotencyMismatchError if not.
+
+        This is the one place the key is checked: the insert yields to the key's job, whether
+        that was created long ago or by another process a moment ago."""
         job_id = job_id or new_job_id()
         now = time.time()
         with self._transaction() as db:
-            if idempotency_key is not None:
-                row = db.execute(
-                    "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    existing = job_from_row(row)
-                    if existing.fingerprint != fingerprint:
-                        raise IdempotencyMismatchError(existing)
-                    return existing, False
             inserted = db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at) "
                 "VALUES (?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
                 (job_id, dump_spec(spec), idempotency_key, fingerprint, now),
             ).rowcount
-            if not inserted:  # another process created the key's job since the SELECT
+            if not inserted:
                 assert idempotency_key is not None  # NULL keys never conflict
                 row = db.execute(
                     "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
@@ -109,13 +104,6 @@ class JobStore(JobLeases):
     def get(self, job_id: str) -> Job | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return job_from_row(row) if row is not None else None
-
-    def find_by_key(self, idempotency_key: str) -> Job | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
-            ).fetchone()
         return job_from_row(row) if row is not None else None
 
     def page(self, *, limit: int = 20, after: str | None = None) -> tuple[list[Job], bool]:
@@ -189,10 +177,10 @@ class JobStore(JobLeases):
 
     # --- state changes -------------------------------------------------------------------
 
-    def claim(self, job_id: str, *, worker: str | None = None, lease_s: float = 0.0) -> bool:
+    def claim(self, job_id: str, *, runner: str | None = None, lease_s: float = 0.0) -> bool:
         """queued -> running; False when the job is no longer queued (cancelled meanwhile)."""
         with self._transaction() as db:
-            return self._claim(db, job_id, worker, lease_s)
+            return self._claim(db, job_id, runner, lease_s)
 
     def set_pid(self, job_id: str, pid: int) -> None:
         with self._connect() as db:
@@ -214,14 +202,14 @@ class JobStore(JobLeases):
         error: dict[str, Any] | None = None,
         message: str | None = None,
         only_from: tuple[JobState, ...] = ("running",),
-        worker: str | None = None,
+        runner: str | None = None,
     ) -> bool:
         """Move a job from one of `only_from` to the terminal `state`; False if it was not there
-        (or, with `worker`, when that worker no longer holds it)."""
+        (or, with `runner`, when that runner no longer holds it)."""
         if state not in TERMINAL:
             raise ValueError(f"{state!r} is not a terminal state")
         marks = ",".join("?" * len(only_from))
-        fence = " AND worker = ?" if worker is not None else ""
+        fence = " AND worker = ?" if runner is not None else ""  # the runner id's column
         with self._transaction() as db:
             changed = db.execute(
                 f"UPDATE jobs SET state = ?, finished_at = ?, result = ?, error = ?, pid = NULL, "
@@ -233,7 +221,7 @@ class JobStore(JobLeases):
                     json.dumps(error) if error is not None else None,
                     job_id,
                     *only_from,
-                    *((worker,) if worker is not None else ()),
+                    *((runner,) if runner is not None else ()),
                 ),
             ).rowcount
             if changed:
@@ -243,7 +231,7 @@ class JobStore(JobLeases):
         return bool(changed)
 
     def request_cancel(self, job_id: str) -> Job | None:
-        """Cancel a queued job at once, or flag a running one for its worker to stop.
+        """Cancel a queued job at once, or flag a running one for its job process to stop.
 
         Returns the job afterwards (None if unknown); a finished job is returned unchanged.
         """

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from promptserve.service.errors import NotReadyError, log_failure, public_error
+from promptserve.service.logs import configure_logging
 from promptserve.service.metrics import Counter
 from promptserve.service.remote.protocol import (
     Header,
@@ -104,7 +105,7 @@ class EngineServer:
                 return {}
             return {"text": self.expose()}
         if op == "wake":
-            self.runtime.runner.wake()
+            self.runtime.job_client.wake()
             return {}
         raise ValueError(f"unknown engine call {op!r}")
 
@@ -154,8 +155,6 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 def run_engine(settings: Settings, socket_path: str) -> None:
     """The engine process's entry point (started with `spawn`)."""
-    from promptserve.service.cli import configure_logging
-
     configure_logging(settings.log_level)
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):

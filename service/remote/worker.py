@@ -23,8 +23,6 @@ from torch import Tensor
 
 from promptserve.service.classify.scoring import ClassifyResult, ScoreRequest
 from promptserve.service.errors import NotReadyError
-from promptserve.service.jobs.runner import JobRunner
-from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics
 from promptserve.service.remote.link import EngineLink
 from promptserve.service.remote.protocol import decode_results, encode_score
@@ -34,33 +32,6 @@ log = logging.getLogger(__name__)
 
 REPORT_S = 1.0  # how often a worker refreshes the engine's state and reports its metrics
 WORKER_SETTINGS_ENV = "PROMPTSERVE_WORKER_SETTINGS"  # the settings, as JSON, for a worker
-
-
-class RemoteJobRunner(JobRunner):
-    """The job runner as an API worker sees it: jobs are read, cancelled and submitted through
-    the shared job store; the engine process's runner starts them, and is woken at once."""
-
-    def __init__(self, jobs: JobStore, settings: Settings, link: EngineLink) -> None:
-        super().__init__(jobs, settings)
-        self.link = link
-        self._wakes: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> None:
-        """Nothing to start: the engine process runs the jobs."""
-
-    async def stop(self) -> None:
-        for task in list(self._wakes):
-            task.cancel()
-
-    def wake(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._wake_engine())
-        self._wakes.add(task)
-        task.add_done_callback(self._wakes.discard)
-
-    async def _wake_engine(self) -> None:
-        # if the engine cannot be told, its runner still sees the job at its next poll
-        with contextlib.suppress(NotReadyError):
-            await self.link.call({"op": "wake"})
 
 
 class RemoteEngine:
@@ -76,6 +47,7 @@ class RemoteEngine:
         self.message = "the service is starting: waiting for the engine process"
         self._loaded: list[tuple[str, str]] = []
         self._watch: asyncio.Task[None] | None = None
+        self._wakes: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self._watch = asyncio.create_task(self._watch_engine(), name="engine-watch")
@@ -85,7 +57,20 @@ class RemoteEngine:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        for task in list(self._wakes):
+            task.cancel()
         await self.link.close()
+
+    def wake_runner(self) -> None:
+        """Have the engine process's job runner poll now (the job client's `wake`)."""
+        task = asyncio.get_running_loop().create_task(self._call_wake())
+        self._wakes.add(task)
+        task.add_done_callback(self._wakes.discard)
+
+    async def _call_wake(self) -> None:
+        # if the engine cannot be told, its runner still sees the job at its next poll
+        with contextlib.suppress(NotReadyError):
+            await self.link.call({"op": "wake"})
 
     async def _watch_engine(self) -> None:
         while True:

@@ -216,11 +216,11 @@ def test_a_dead_workers_job_is_taken_over_after_its_lease_never_twice(cluster: C
     with client(cluster.apis[0]) as a:
         job = submit(a, shapes("train", 8), name="orphan", method="coop", epochs=200)
         deadline = time.monotonic() + 120
-        while (row := jobs.get(job["id"])) is not None and not (row.progress and row.worker):
+        while (row := jobs.get(job["id"])) is not None and not (row.progress and row.runner):
             assert time.monotonic() < deadline, "the job never started training"
             time.sleep(0.2)
         assert row is not None
-        holder = next(w for w in cluster.workers if str(w.pid) == row.worker.split(":")[1])
+        holder = next(w for w in cluster.workers if str(w.pid) == row.runner.split(":")[1])
         os.killpg(holder.pid, signal.SIGKILL)  # the worker's host dies: no one ends the job
         holder.wait()
         killed_at = time.monotonic()
@@ -234,8 +234,8 @@ def test_a_dead_workers_job_is_taken_over_after_its_lease_never_twice(cluster: C
             assert time.monotonic() < deadline
             time.sleep(0.2)
         assert row is not None
-        assert row.worker is not None
-        assert row.worker.split(":")[1] == str(survivor.pid)
+        assert row.runner is not None
+        assert row.runner.split(":")[1] == str(survivor.pid)
         messages = [event.message for event in jobs.events(job["id"], limit=1000)]
         assert sum("stopped renewing its lease" in m for m in messages) == 1
         assert len(starts(jobs, job["id"])) == 2

@@ -39,7 +39,7 @@ def test_claims_take_the_oldest_job_once_with_a_lease(jobs: JobStore) -> None:
     assert claimed is not None
     assert claimed.id == first.id
     assert claimed.state == "running"
-    assert claimed.worker == "host:1:a"
+    assert claimed.runner == "host:1:a"
     assert claimed.attempts == 1
     assert claimed.lease_until is not None
     assert claimed.lease_until > time.time() + 25
@@ -95,14 +95,14 @@ def test_heartbeats_keep_a_lease_and_expiry_retries_then_fails(jobs: JobStore) -
     again = jobs.get(job.id)
     assert again is not None
     assert again.state == "queued"
-    assert again.worker is None
+    assert again.runner is None
     # the first runner lost it: it can neither renew nor end the job
     assert jobs.heartbeat("h:1:a", [job.id], lease_s=30) == set()
     assert not jobs.holds(job.id, "h:1:a")
     retried = jobs.claim_next("h:2:b", lease_s=0.1)
     assert retried is not None
     assert retried.attempts == 2
-    assert not jobs.finish(job.id, "succeeded", result={}, worker="h:1:a")
+    assert not jobs.finish(job.id, "succeeded", result={}, runner="h:1:a")
     assert jobs.holds(job.id, "h:2:b")
     time.sleep(0.3)
     assert [j.id for j in jobs.expire_leases(max_attempts=2)] == [job.id]
@@ -124,7 +124,7 @@ def test_a_cancel_from_another_process_reaches_the_runner(jobs: JobStore) -> Non
     assert flagged is not None
     assert flagged.state == "running"
     assert jobs.cancel_requested(job.id)
-    assert jobs.finish(job.id, "cancelled", worker="h:1:a")
+    assert jobs.finish(job.id, "cancelled", runner="h:1:a")
     assert api.get(job.id).state == "cancelled"  # type: ignore[union-attr]
 
 

@@ -19,7 +19,7 @@ from promptserve.models.labels import load_learner
 from promptserve.models.methods import create_method
 from promptserve.models.methods.coop import CoOpLearner
 from promptserve.models.methods.pre import PRELearner
-from tests.helpers import NAMES, pixels, tiny_run_losses
+from tests.helpers import NAMES, pixels, reference_encode, tiny_run_losses
 
 
 def make_pre(backbone: Backbone, seed: int = 0) -> PRELearner:
@@ -66,7 +66,7 @@ def test_encoder_weights_move_the_classes_and_nothing_on_the_vision_side(
             p.add_(0.1)
         classes_after = learner.encode_classes(NAMES)
         images_after = learner.encode_images(images)
-        unprompted = F.normalize(tiny_backbone.vision_tower().reference_encode(images), dim=-1)
+        unprompted = F.normalize(reference_encode(tiny_backbone.vision_tower(), images), dim=-1)
     assert (classes_after - classes_before).abs().max() > 1e-3
     assert torch.equal(images_after, images_before)
     torch.testing.assert_close(images_after, unprompted, atol=1e-6, rtol=0)
@@ -101,7 +101,7 @@ def test_artifact_fuses_the_context_and_keeps_the_encoder(
     images = pixels(7, seed=2)
     (out,) = session.run(None, {"pixels": images.numpy()})
     with torch.no_grad():
-        unprompted = F.normalize(tiny_backbone.vision_tower().reference_encode(images), dim=-1)
+        unprompted = F.normalize(reference_encode(tiny_backbone.vision_tower(), images), dim=-1)
     assert (torch.from_numpy(out) - unprompted).abs().max() <= 1e-5
 
 

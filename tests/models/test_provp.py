@@ -11,7 +11,13 @@ from promptserve.models.backbone import Backbone, hash_state_dict, load_backbone
 from promptserve.models.methods import Batch, create_method, make_config
 from promptserve.models.methods.provp import ProVPLearner
 from promptserve.training.loop import fit
-from tests.helpers import NAMES, pixels, synthetic_tensors, vision_block_io
+from tests.helpers import (
+    NAMES,
+    pixels,
+    reference_encode,
+    synthetic_tensors,
+    vision_block_io,
+)
 
 
 def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
@@ -99,7 +105,7 @@ def test_frozen_features_never_carry_gradient() -> None:
     frozen = learner.frozen_features(pixels(2))
     assert not frozen.requires_grad
     with torch.no_grad():
-        plain = F.normalize(learner.vision.tower.reference_encode(pixels(2)), dim=-1)
+        plain = F.normalize(reference_encode(learner.vision.tower, pixels(2)), dim=-1)
     torch.testing.assert_close(frozen, plain, atol=1e-5, rtol=0)
 
 

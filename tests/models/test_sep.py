@@ -21,7 +21,7 @@ from promptserve.models.methods import Batch, create_method, make_config
 from promptserve.models.methods import sep as sep_module
 from promptserve.models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient
 from promptserve.models.prompting import VisionPrompts
-from tests.helpers import NAMES, perturb, pixels
+from tests.helpers import NAMES, perturb, pixels, reference_encode
 
 
 def make(backbone: Backbone, seed: int = 0, **overrides: Any) -> SEPLearner:
@@ -200,7 +200,7 @@ def test_frozen_halves_are_the_backbone_and_the_template(tiny_backbone: Backbone
     with torch.no_grad():
         fused_images, frozen_images = learner.image_features(images)
         fused_classes, frozen_classes = learner.class_features(NAMES)
-        reference = F.normalize(learner.vision.tower.reference_encode(images), dim=-1)
+        reference = F.normalize(reference_encode(learner.vision.tower, images), dim=-1)
         torch.testing.assert_close(frozen_images, reference, atol=1e-6, rtol=0)
         torch.testing.assert_close(frozen_classes, zeroshot.encode_classes(NAMES))
     # the fused features lie between the frozen and the prompted ones, not on the frozen ones

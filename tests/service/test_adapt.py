@@ -253,6 +253,35 @@ async def test_dataset_references_stay_under_the_data_root(
         assert_error(response, 422, "invalid_request", "fewer than 2 classes")
 
 
+@pytest.mark.parametrize(
+    ("from_data", "cap", "status"),
+    [
+        (300, 200, 422),  # the data asks for more than the cap; the method's default (50) fits
+        (5, 40, 202),  # the method's default (50) is over the cap; what is trained (5) fits
+    ],
+)
+async def test_the_epoch_cap_holds_for_the_config_that_is_trained(
+    client_factory: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    from_data: int,
+    cap: int,
+    status: int,
+) -> None:
+    """The data's layer of the method config counts (training resolves it through
+    `training.recipe.resolve_config`), so the cap is checked on the epochs training will run."""
+    from promptserve.training import recipe
+
+    monkeypatch.setattr(recipe, "data_defaults", lambda method, source: {"epochs": from_data})
+    async with client_factory(max_concurrent_jobs=0, max_job_epochs=cap) as (client, _):
+        response = await post_json(client, json_body(method="coop"))
+        assert response.status_code == status, response.text
+        if status == 422:
+            assert_error(response, 422, "invalid_request", f"at most {cap}", str(from_data))
+        # an explicit request still wins over the data's layer
+        response = await post_json(client, json_body(method="coop", epochs=cap + 1))
+        assert_error(response, 422, "invalid_request", f"at most {cap}")
+
+
 async def test_idempotency_key_returns_the_same_job(client_factory: ClientFactory) -> None:
     async with client_factory(max_concurrent_jobs=0) as (client, runtime):
         first = await post_json(client, json_body(), **{"Idempotency-Key": "abc"})

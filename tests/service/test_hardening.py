@@ -21,7 +21,7 @@ from promptserve.models.labels import BoundedCache, LabelEncoder
 from promptserve.service.api.middleware import AdmissionMiddleware
 from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import ImageTooLargeError
-from promptserve.service.jobs.worker import without_paths
+from promptserve.service.jobs.process import without_paths
 from tests.service.conftest import ClientFactory, b64, bomb_png, png_bytes
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from promptserve.service.api.bodies import is_json, media_type, read_form, read_json, validate_body
-from promptserve.service.api.deps import JobRunnerDep, JobStoreDep, RuntimeDep, require_api_key
+from promptserve.service.api.deps import JobClientDep, JobStoreDep, RuntimeDep, require_api_key
 from promptserve.service.api.schemas import (
     AdaptCreate,
     JobEventListPublic,
@@ -28,7 +28,7 @@ from promptserve.service.errors import (
     TooManyJobsError,
     UnsupportedMediaTypeError,
 )
-from promptserve.service.jobs.plan import AdaptRequest, plan_job, submit_job
+from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
 from promptserve.service.runtime import Runtime
 
@@ -104,13 +104,12 @@ async def adapt(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
             "application/json"
         )
-    adapt_request = AdaptRequest(**create.model_dump(exclude={"images"}))
-    plan = await loop.run_in_executor(runtime.intake, plan_job, adapt_request, uploads, settings)
+    plan = await loop.run_in_executor(runtime.intake, plan_job, create, uploads, settings)
     job, created = await loop.run_in_executor(
-        runtime.intake, submit_job, plan, runtime.jobs, settings.job_root, idempotency_key
+        runtime.intake, submit_job, plan, runtime.jobs, runtime.job_files, idempotency_key
     )
     if created:
-        runtime.runner.wake()
+        runtime.job_client.wake()
     response.headers["Location"] = f"/jobs/{job.id}"
     return job_public(job)
 
@@ -136,31 +135,31 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", responses=error_responses(401, 404))
-async def get_job(job_id: str, runner: JobRunnerDep) -> JobPublic:
+async def get_job(job_id: str, client: JobClientDep) -> JobPublic:
     """State, progress, and on success the published version with its accuracies."""
-    return job_public(await runner.get(job_id))
+    return job_public(await client.get(job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", responses=error_responses(401, 404, 409))
-async def cancel_job(job_id: str, runner: JobRunnerDep) -> JobPublic:
+async def cancel_job(job_id: str, client: JobClientDep) -> JobPublic:
     """Cancel a queued job at once, or stop a running one (waits up to a few seconds for it).
 
     A running job stops between two training steps and publishes nothing. A job that has
     already ended is a 409.
     """
-    return job_public(await runner.cancel(job_id, wait_s=CANCEL_WAIT_S))
+    return job_public(await client.cancel(job_id, wait_s=CANCEL_WAIT_S))
 
 
 @router.get("/jobs/{job_id}/events", responses=error_responses(401, 404))
 async def list_job_events(
     job_id: str,
-    runner: JobRunnerDep,
+    client: JobClientDep,
     after: Annotated[int, Query(ge=0, description="seq of the last event already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobEventListPublic:
     """The job's events in order: created, started, each epoch, published or the error."""
-    await runner.get(job_id)
-    events = await asyncio.to_thread(runner.jobs.events, job_id, after=after, limit=limit + 1)
+    await client.get(job_id)
+    events = await asyncio.to_thread(client.jobs.events, job_id, after=after, limit=limit + 1)
     return JobEventListPublic(
         data=[_event_public(event) for event in events[:limit]], has_more=len(events) > limit
     )

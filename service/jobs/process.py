@@ -1,18 +1,18 @@
-"""The job worker: what runs inside the separate process of one tuning job.
+"""The job process: what runs inside the separate process of one tuning job.
 
 `run_job` is the process's target (started with ``spawn``: CUDA does not survive ``fork``, and
-a fresh interpreter holds none of the service's threads or sockets). It lowers its own priority
-and bounds its threads first, so classification in the service stays responsive, then runs the
-same entry point as ``promptserve train`` (`training.api.train_classifier`) and ends the job in
-the job store itself: ``succeeded`` with the published version and its accuracies, ``failed``
-with the error, or ``cancelled``.
+a fresh interpreter holds none of the service's threads or sockets), given one `JobLaunch`. It
+lowers its own priority and bounds its threads first, so classification in the service stays
+responsive, then runs the same entry point as ``promptserve train``
+(`training.api.train_classifier`) and ends the job in the job store itself: ``succeeded`` with
+the published version and its accuracies, ``failed`` with the error, or ``cancelled``.
 
 It stops (between two training steps, or before export) when the job's cancel flag is set, when
 its runner no longer holds the job (the lease ran out and another runner took it over: it then
-writes nothing), or when the runner that started it is gone (its parent process changed: a
-crashed service must not leave a worker publishing behind the back of its successor). Every
-write that ends the job names the runner's worker id, so a late one changes nothing. SIGTERM
-raises SystemExit, so an export in progress removes its staging directory on the way out.
+writes nothing), or when the runner's process is gone (its parent process changed: a crashed
+service must not leave a job process publishing behind the back of its successor). Every write
+that ends the job names the runner's id, so a late one changes nothing. SIGTERM raises
+SystemExit, so an export in progress removes its staging directory on the way out.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import logging
 import os
 import signal
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from promptserve.service.jobs.spec import JobSpec
 from promptserve.service.jobs.store import JobStore
+from promptserve.service.logs import configure_logging
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
 log = logging.getLogger(__name__)
@@ -35,38 +36,43 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # progress writes and cancel checks, at most this often
 
 
-def run_job(
-    database: str,
-    job_id: str,
-    store_root: str,
-    device: str,
-    threads: int,
-    niceness: int,
-    parent_pid: int,
-    log_level: str = "info",
-    worker: str | None = None,
-    publish_to: dict[str, str | None] | None = None,
-) -> None:
-    """Run job `job_id` to the end; every outcome is written to the job store."""
-    logging.basicConfig(
-        level=log_level.upper(), format=f"%(asctime)s {job_id} %(levelname)s %(name)s: %(message)s"
-    )
+@dataclass(frozen=True, kw_only=True)
+class JobLaunch:
+    """What a runner tells the job process it starts (picklable: it crosses ``spawn``)."""
+
+    database: str  # the job store's locator (`JobStore.locator`)
+    job_id: str
+    store: Path  # the classifier store the version is published into
+    device: str  # the torch device the job trains on
+    threads: int  # torch threads
+    niceness: int  # added to the process's niceness
+    runner_id: str  # the runner holding the job's lease; every write that ends the job names it
+    runner_pid: int  # the runner's process: the job stops when it is gone
+    log_level: str = "info"
+    store_url: str | None = None  # an object store the published version is uploaded to
+    s3_endpoint_url: str | None = None
+
+
+def run_job(launch: JobLaunch) -> None:
+    """Run the launched job to the end; every outcome is written to the job store."""
+    configure_logging(launch.log_level)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if niceness > 0:
-        os.nice(niceness)
+    if launch.niceness > 0:
+        os.nice(launch.niceness)
     import torch  # after the niceness: imports are the slow part of the start
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(launch.threads)
     torch.set_num_interop_threads(1)
-    jobs = JobStore(database)
+    job_id = launch.job_id
+    jobs = JobStore(launch.database)
     job = jobs.get(job_id)
-    if job is None or job.state != "running" or (worker and job.worker != worker):
+    if job is None or job.state != "running" or job.runner != launch.runner_id:
         log.warning("job %s is not running (%s); nothing to do", job_id, job and job.state)
         return
     jobs.set_pid(job_id, os.getpid())
-    monitor = Monitor(jobs, job_id, parent_pid, worker)
+    monitor = Monitor(jobs, job_id, launch.runner_pid, launch.runner_id)
     try:
-        outcome = _train(job.spec, Path(store_root), device, monitor)
+        outcome = _train(job.spec, launch.store, launch.device, monitor)
     except BaseException as exc:  # every way out is recorded; SystemExit included
         if not monitor.lost:
             _record_failure(jobs, job_id, exc, monitor)
@@ -74,9 +80,9 @@ def run_job(
             raise
         return
     version = outcome.version
-    if publish_to and publish_to.get("url"):
+    if launch.store_url is not None:
         try:
-            version = _upload(jobs, job.spec.train.name, version, Path(store_root), publish_to)
+            version = _upload(jobs, job.spec.train.name, version, launch)
         except Exception as exc:
             _record_failure(jobs, job_id, exc, monitor)
             return
@@ -89,59 +95,55 @@ def run_job(
         **outcome.metrics,
     }
     message = f"published {job.spec.train.name} version {version}"
-    if not jobs.finish(job_id, "succeeded", result=result, message=message, worker=worker):
+    runner_id = launch.runner_id
+    if not jobs.finish(job_id, "succeeded", result=result, message=message, runner=runner_id):
         log.warning("job %s was ended by the service while it published", job_id)
 
 
-def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> Any:
-    """Run the spec's training request on this worker's store and device."""
+def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor) -> Any:
+    """Run the spec's training request on this host's store and device."""
     from promptserve.training.api import train_classifier
 
-    request = replace(spec.train, store=store_root, device=device)
+    request = replace(spec.train, store=store, device=device)
     return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
 
 
-def _upload(
-    jobs: JobStore, name: str, version: str, store_root: Path, publish_to: dict[str, str | None]
-) -> str:
+def _upload(jobs: JobStore, name: str, version: str, launch: JobLaunch) -> str:
     """Upload the published version to the object store; returns its number there (another
     host may have taken this one meanwhile)."""
     from promptserve.service.objectstore import StoreMirror
 
-    url = publish_to["url"]
-    assert url is not None  # checked by the caller
-    mirror = StoreMirror(url, store_root, endpoint_url=publish_to.get("endpoint_url"))
+    assert launch.store_url is not None  # checked by the caller
+    mirror = StoreMirror(launch.store_url, launch.store, endpoint_url=launch.s3_endpoint_url)
     with jobs.publish_lock(name):
         return mirror.push(name, version)
 
 
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
-    worker = monitor.worker
+    runner_id = monitor.runner_id
     if isinstance(exc, TrainingCancelled) and monitor.orphaned:
         error = {"reason": "interrupted", "message": "the service that ran the job stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted", worker=worker)
+        jobs.finish(job_id, "failed", error=error, message="job interrupted", runner=runner_id)
     elif isinstance(exc, TrainingCancelled):
-        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})", worker=worker)
+        jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})", runner=runner_id)
     elif isinstance(exc, SystemExit | KeyboardInterrupt):
-        error = {"reason": "interrupted", "message": "the worker process was stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted", worker=worker)
+        error = {"reason": "interrupted", "message": "the job process was stopped"}
+        jobs.finish(job_id, "failed", error=error, message="job interrupted", runner=runner_id)
     else:
         log.exception("job %s failed", job_id)
         error = {"reason": "error", "message": f"{type(exc).__name__}: {without_paths(str(exc))}"}
         message = f"job failed: {error['message']}"
-        jobs.finish(job_id, "failed", error=error, message=message, worker=worker)
+        jobs.finish(job_id, "failed", error=error, message=message, runner=runner_id)
 
 
 class Monitor:
     """The training loop's progress callback and cancellation check for one job."""
 
-    def __init__(
-        self, jobs: JobStore, job_id: str, parent_pid: int, worker: str | None = None
-    ) -> None:
+    def __init__(self, jobs: JobStore, job_id: str, runner_pid: int, runner_id: str) -> None:
         self.jobs = jobs
         self.job_id = job_id
-        self.parent_pid = parent_pid
-        self.worker = worker
+        self.runner_pid = runner_pid
+        self.runner_id = runner_id
         self.orphaned = False
         self.lost = False  # another runner took the job over: write nothing more
         self._last_write = 0.0
@@ -184,9 +186,9 @@ class Monitor:
         if self._cancel or now - self._last_check < PROGRESS_EVERY_S:
             return self._cancel
         self._last_check = now
-        if os.getppid() != self.parent_pid:
+        if os.getppid() != self.runner_pid:
             self.orphaned = self._cancel = True
-        elif self.worker is not None and not self.jobs.holds(self.job_id, self.worker):
+        elif not self.jobs.holds(self.job_id, self.runner_id):
             self.lost = self._cancel = True
         elif self.jobs.cancel_requested(self.job_id):
             self._cancel = True
