@@ -19,15 +19,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from promptserve.models.devices import choose_device
 from promptserve.service.classify.batcher import MicroBatcher
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyResult
 from promptserve.service.errors import NotReadyError, ServiceError, http_meaning
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
-from promptserve.service.metrics import Metrics, add_store_gauges
+from promptserve.service.metrics import Metrics, add_device_metrics, add_store_gauges
 from promptserve.service.objectstore import StoreSync, open_mirror
-from promptserve.service.settings import Settings, resolve_device
+from promptserve.service.settings import Settings
 from promptserve.service.store import ClassifierStore
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,17 @@ class ServiceRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.device_choice = choose_device(settings.device, settings.engine, self.runs_engine)
         self.store = self.store_class(
             settings.store,
             engine=settings.engine,
-            device=resolve_device(settings.device),
+            device=self.device_choice.device,
             onnx_threads=settings.onnx_threads,
             max_loaded=settings.max_loaded_classifiers,
             onnx_options=settings.onnx_options(),
         )
         self.metrics = Metrics()
+        add_device_metrics(self.metrics, self.device_choice)
         # pixels go to the engine's device when the engine runs in this process; an API worker
         # prepares them on the CPU and sends them to the engine process
         self.preparer = ImagePreparer(

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     onnx_io_binding: bool = True  # the engine reads and writes torch tensors in place
     onnx_tensorrt: bool = False  # TensorRT provider first, when ONNX Runtime has it
     trt_cache_dir: Path | None = None  # TensorRT engine/timing caches; None: <store>/.trt-cache
-    device_decode: bool = True  # on CUDA: decode a request's JPEGs in one nvJPEG call
+    device_decode: bool = False  # on CUDA: decode JPEGs with nvJPEG (off until gpu_check passes)
     # threads decoding and preprocessing images; default min(4, CPU count)
     decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
     # a request of one image up to this size (bytes, or base64 characters) is decoded on the

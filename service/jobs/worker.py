@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from promptserve.models.devices import pin_gpu  # torch-free
 from promptserve.service.jobs.spec import JobSpec
 from promptserve.service.jobs.store import JobStore
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
@@ -51,6 +52,7 @@ def run_job(
     logging.basicConfig(
         level=log_level.upper(), format=f"%(asctime)s {job_id} %(levelname)s %(name)s: %(message)s"
     )
+    device = pin_gpu(device)  # before torch: CUDA reads CUDA_VISIBLE_DEVICES when it starts
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if niceness > 0:
         os.nice(niceness)

@@ -1,0 +1,19 @@
+"""The target of a spawned job process in `test_engine_devices`; kept in its own module
+because the test module loads torch, and the child must import this one without it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+
+def report_job_environment(queue: Any, database: str, store: str, device: str) -> None:
+    """Run `run_job` (for a job that does not exist), then report whether torch was loaded
+    before it and what ``CUDA_VISIBLE_DEVICES`` the process ended with."""
+    torch_before = "torch" in sys.modules
+    from promptserve.service.jobs.worker import run_job
+
+    torch_before = torch_before or "torch" in sys.modules
+    run_job(database, "no-such-job", store, device, 1, 0, os.getppid())
+    queue.put((torch_before, os.environ.get("CUDA_VISIBLE_DEVICES")))
