@@ -134,6 +134,16 @@ def engine_session_options(device: torch.device, threads: int | None) -> ort.Ses
     return options
 
 
+def warm_batch_sizes(device: str, max_batch: int) -> list[int]:
+    """Batch sizes to run once before serving: on CUDA the powers of two up to `max_batch`
+    and `max_batch` itself (a shape's first call allocates the arena and picks kernels), on
+    the CPU 1."""
+    if torch.device(device).type != "cuda":
+        return [1]
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return [*sizes, max_batch]
+
+
 def input_side(path: Path) -> int | None:
     """S of the graph's input [B, 3, S, S], read from the file's header (no session)."""
     import onnx

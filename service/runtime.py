@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from promptserve.models.devices import choose_device
+from promptserve.models.engines import warm_batch_sizes
 from promptserve.service.classify.batcher import MicroBatcher
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.pipeline import ClassifyPipeline, ClassifyQuery, ClassifyResult
@@ -200,7 +201,8 @@ class Runtime(ServiceRuntime):
             classifier = await self.pipeline.load(name)
             size = classifier.preprocess.size
             # one call outside the batcher, so warm-up shows in no request metric
-            await asyncio.to_thread(classifier.embed, torch.zeros(1, 3, size, size))
+            for batch in warm_batch_sizes(self.device, self.settings.max_batch_size):
+                await asyncio.to_thread(classifier.embed, torch.zeros(batch, 3, size, size))
         except Exception as exc:  # reported by /health/ready; the process stays up
             log.exception("could not prepare the default classifier %r", name)
             # /health/ready is public: name the problem, keep paths and internals in the log

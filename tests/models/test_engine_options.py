@@ -19,6 +19,7 @@ from promptserve.models.engines import (
     float16_graph,
     input_side,
     onnx_providers,
+    warm_batch_sizes,
 )
 from promptserve.models.methods import create_method
 from promptserve.models.providers import cuda_problem
@@ -90,3 +91,9 @@ def test_cuda_engine_reads_device_tensors(artifact: Path, fp16: bool) -> None:
     assert out.device.type == "cuda"
     cosine = torch.nn.functional.cosine_similarity(out.cpu(), reference)
     assert cosine.min() > (0.999 if fp16 else 0.99999)
+
+
+def test_warm_up_covers_the_batch_sizes_in_use_on_cuda() -> None:
+    assert warm_batch_sizes("cpu", 32) == [1]
+    assert warm_batch_sizes("cuda", 32) == [1, 2, 4, 8, 16, 32]
+    assert warm_batch_sizes("cuda:1", 12) == [1, 2, 4, 8, 12]

@@ -136,3 +136,11 @@ def test_every_device_decode_fallback_is_logged_and_counted(
         assert device_decode.decode_jpegs([b"\xff\xd8 not a jpeg"], [1], cfg, "cpu") is None
     assert device_decode.decode_fallbacks() == before + 1
     assert "device decoding refused 1 JPEG(s), using the CPU" in caplog.text
+
+
+def test_the_gpu_memory_budget_is_split_over_the_engines_open_at_once(tmp_path: Path) -> None:
+    settings = Settings(store=tmp_path, gpu_mem_budget_mib=1000, max_loaded_classifiers=8)
+    assert settings.onnx_options().gpu_mem_limit == 1000 * 1024 * 1024 // 10
+    assert Settings(store=tmp_path).onnx_options().gpu_mem_limit is None
+    assert Settings(store=tmp_path).onnx_options().tf32 is False
+    assert Settings(store=tmp_path).device_decode is False  # until gpu_check's nvJPEG step passes
