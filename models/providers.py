@@ -184,7 +184,7 @@ def cuda_problem(device_id: int = 0) -> str | None:
     options.log_severity_level = 4  # the reason is reported here, not as a warning
     try:
         session = ort.InferenceSession(
-            _probe_graph(), options, providers=[(CUDA, {"device_id": device_id}), CPU]
+            probe_graph(), options, providers=[(CUDA, {"device_id": device_id}), CPU]
         )
     except Exception as exc:  # an invalid device id raises
         return f"no CUDA device {device_id}: {exc}"
@@ -227,7 +227,7 @@ def _ort_cuda() -> str:
 
 
 @functools.cache
-def _probe_graph() -> bytes:
+def probe_graph() -> bytes:
     from onnx import TensorProto, helper
 
     value = helper.make_tensor_value_info
