@@ -208,6 +208,12 @@ def compare(reference: torch.Tensor, got: torch.Tensor, classes: torch.Tensor) -
     }
 
 
+def engine_name(engine: Any) -> str:
+    """The engine's class, and the shared graph's engine behind a classifier's view of it."""
+    inner = getattr(engine, "engine", None)
+    return type(engine).__name__ + (f"/{type(inner).__name__}" if inner is not None else "")
+
+
 def parity(check: Check) -> dict[str, Any]:
     result: dict[str, Any] = {"failures": []}
     variants: dict[str, tuple[str, OnnxOptions | None]] = {
@@ -239,7 +245,7 @@ def parity(check: Check) -> dict[str, Any]:
                     classifier.embed(pixels.to(check.device)),
                     classifier.class_embeddings.cpu(),
                 )
-                row["engine"] = type(classifier.engine).__name__
+                row["engine"] = engine_name(classifier.engine)
             except Exception as exc:
                 rows[variant] = {"error": f"{type(exc).__name__}: {exc}"}
                 result["failures"].append(f"{method} {variant}")

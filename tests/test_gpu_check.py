@@ -35,7 +35,9 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path: Path) -> None:
     assert env_step["session_providers"]["bare"]["torch"] is False
     assert "CPUExecutionProvider" in env_step["session_providers"]["bare"]["providers"]
     assert steps["providers"]["result"]["bound"] == ["CPUExecutionProvider"]
-    assert steps["parity"]["result"]["provp"]["onnx-bound"]["engine"] == "InputOnnxEngine"
+    assert (
+        steps["parity"]["result"]["provp"]["onnx-bound"]["engine"] == "BoundInputs/InputOnnxEngine"
+    )
     assert steps["concurrency"]["result"]["differ"] == []
     assert steps["pinned_job"]["result"]["seen"]["visible"] == "1"
 

@@ -181,3 +181,22 @@ def test_traced_graphs_hold_no_device_constants(tiny_backbone: Any, method: str)
     with torch.no_grad():
         traced = torch.jit.freeze(torch.jit.trace(graph, (pixels, *extra), check_trace=False))
     assert device_constants(traced.graph) == []
+
+
+class _FallbackSession:
+    """What ONNX Runtime's own fallback leaves: CUDA present, but on device 0."""
+
+    def get_providers(self) -> list[str]:
+        return [CUDA, CPU]
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return {CUDA: {"device_id": "0"}, CPU: {}}
+
+
+def test_a_session_that_lost_its_device_id_is_refused() -> None:
+    from promptserve.models.providers import check_providers
+
+    asked = [(CUDA, {"device_id": 1}), CPU]
+    with pytest.raises(ProviderError, match="runs on another device than 1"):
+        check_providers(_FallbackSession(), asked)  # type: ignore[arg-type]
+    check_providers(_FallbackSession(), [(CUDA, {"device_id": 0}), CPU])  # type: ignore[arg-type]
