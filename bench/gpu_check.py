@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", nargs="*", default=STEP_NAMES, choices=STEP_NAMES)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gpu_check_steps import STEPS, Check
+    from gpu_check_serving import STEPS
+    from gpu_check_steps import Check
 
-    assert list(STEPS) == STEP_NAMES, "gpu_check_steps.STEPS and STEP_NAMES disagree"
+    assert list(STEPS) == STEP_NAMES, "STEP_NAMES and gpu_check_serving.STEPS disagree"
     device = args.device or ("cpu" if args.smoke else "cuda")
     backbone = args.backbone or ("tiny" if args.smoke else "mini")
     with tempfile.TemporaryDirectory() as scratch:
