@@ -234,7 +234,7 @@ def machine(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
-        "providers": ort.get_available_providers(),
+        "providers_built": ort.get_available_providers(),  # the build; each row has its own
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
