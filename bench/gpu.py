@@ -49,6 +49,7 @@ from serve_throughput import Server, publish  # noqa: E402
 from promptserve.models.classifier import load_classifier  # noqa: E402
 from promptserve.models.engines import OnnxOptions  # noqa: E402
 from promptserve.models.preprocess import FastEvalTransform  # noqa: E402
+from promptserve.models.providers import tensorrt_problem  # noqa: E402
 from promptserve.service.classify.images import ImagePreparer  # noqa: E402
 
 VARIANTS: dict[str, OnnxOptions] = {
@@ -74,13 +75,14 @@ class Rate:
     what: str  # variant or input
     batch: int  # engine batch, images per request, or HTTP clients
     img_s: float
+    providers: str = ""  # the ONNX Runtime providers the engine's session really got
 
 
 def usable(variant: str, device: str) -> bool:
     options = VARIANTS[variant]
     if device == "cpu":
         return not options.fp16 and not options.tensorrt
-    return not options.tensorrt or "TensorrtExecutionProvider" in ort.get_available_providers()
+    return not options.tensorrt or tensorrt_problem() is None  # libnvinfer really loads
 
 
 def sync(device: str) -> None:
@@ -114,6 +116,7 @@ def engine_rates(version: Path, args: argparse.Namespace, cache: Path) -> list[R
                 max_batch_size=max(args.batch),
             )
         classifier = load_classifier(version, device=args.device, options=options)
+        got = ",".join(getattr(classifier.engine, "providers", []))
         size = classifier.preprocess.size
         for batch in args.batch:
             pixels = torch.randn(batch, 3, size, size, device=args.device)
@@ -122,8 +125,11 @@ def engine_rates(version: Path, args: argparse.Namespace, cache: Path) -> list[R
                 classifier.embed(pixels)
                 return int(pixels.shape[0])
 
-            rows.append(Rate("engine", variant, batch, rate(run, args.device, args.seconds)))
-            print(f"engine {variant} batch {batch}: {rows[-1].img_s:.0f} img/s", file=sys.stderr)
+            rows.append(Rate("engine", variant, batch, rate(run, args.device, args.seconds), got))
+            print(
+                f"engine {variant} batch {batch}: {rows[-1].img_s:.0f} img/s on {got}",
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -228,7 +234,7 @@ def machine(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
-        "providers": ort.get_available_providers(),
+        "providers_built": ort.get_available_providers(),  # the build; each row has its own
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -45,7 +45,9 @@ class EnginePool:
             weakref.WeakValueDictionary()
         )
         self._lock = threading.Lock()  # guards the table
-        self._open_lock = threading.Lock()  # one open at a time (seconds, memory-heavy)
+        # one open per graph at a time: a first TensorRT build takes minutes on a large
+        # backbone and must not hold up requests for graphs that are open or quick to open
+        self._open_locks: dict[tuple[str, str], threading.Lock] = {}
         self.opened = 0  # engines opened so far (a reopen after release counts again)
 
     def get(self, store: Path, ref: GraphRef) -> VisualEngine:
@@ -62,7 +64,9 @@ class EnginePool:
         hit = self._lookup(ref)
         if hit is not None:
             return hit
-        with self._open_lock:
+        with self._lock:
+            opening = self._open_locks.setdefault(ref.key, threading.Lock())
+        with opening:
             hit = self._lookup(ref)
             if hit is not None:
                 return hit
@@ -81,7 +85,7 @@ class EnginePool:
             with self._lock:
                 self._engines[ref.key] = engine
                 self._remember(ref.key, engine)
-            self.opened += 1
+                self.opened += 1
             log.info(
                 "opened the %s graph of backbone %s (%s on %s)",
                 ref.graph[:12],

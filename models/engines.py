@@ -11,14 +11,16 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
 import torch
 from torch import Tensor
+
+from promptserve.models.fp16 import check_fp16, float16_graph
+from promptserve.models.providers import OnnxOptions, onnx_providers, open_session
 
 ONNX_FILE = "visual.onnx"
 TORCHSCRIPT_FILE = "visual.torchscript.pt"
@@ -42,25 +44,12 @@ def quiet_jit_deprecation() -> Iterator[None]:
         yield
 
 
-@dataclass(frozen=True, kw_only=True)
-class OnnxOptions:
-    """How ONNX Runtime runs the graph; all but `io_binding` matter only on CUDA."""
-
-    fp16: bool = False  # float16 graph (inputs/outputs, LayerNorm, Softmax stay float32); CUDA
-    io_binding: bool = True  # bind torch tensors in place (on CUDA: no host round trip)
-    tensorrt: bool = False  # TensorRT provider first, when ONNX Runtime has it
-    trt_cache_dir: Path | None = None  # TensorRT engine and timing caches (slow to build)
-    max_batch_size: int = 32  # TensorRT's optimisation profile: batch 1..max
-
-
-FP32_OPS = ["LayerNormalization", "Softmax", "ReduceL2"]  # kept float32 in the fp16 graph
-
-
 class OnnxEngine:
-    """An ONNX Runtime session over ``visual.onnx``; CUDA (and TensorRT) first when asked for
-    and present. With IO binding the input is read from the torch tensor's memory and the
-    output written into a torch tensor on `device`, so on CUDA pixels already on the GPU
-    stay there."""
+    """An ONNX Runtime session over ``visual.onnx``; CUDA (and TensorRT) first when the device
+    is CUDA, and an error (`ProviderError`) when they cannot run, never a quiet CPU session.
+    With IO binding every input is read from its torch tensor's memory and the output written
+    into a torch tensor on `device`, so on CUDA tensors already on the GPU stay there. A
+    float16 graph is checked against the float32 one when it opens (`models.fp16`)."""
 
     def __init__(
         self,
@@ -75,97 +64,84 @@ class OnnxEngine:
             raise ValueError(
                 "fp16 needs device 'cuda': ONNX Runtime's CPU provider has few float16 kernels"
             )
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
-        session_options.log_severity_level = 3  # errors only; ORT warns about unused initializers
+        # before any float16 graph opens: in a CPU-only session it crashes ORT's optimiser
         providers = onnx_providers(self.device, self.options, path)
-        model: str | bytes = float16_graph(path) if self.options.fp16 else str(path)
-        self.session = ort.InferenceSession(
-            model, sess_options=session_options, providers=providers
-        )
+        session_options = engine_session_options(self.device, threads)
+        if self.options.fp16:
+            self.session = open_session(
+                float16_graph(path),
+                session_options,
+                providers,
+                disabled_optimizers=["NchwcTransformer"],
+            )
+            full = open_session(str(path), session_options, providers)
+            self.fp16_cosine = check_fp16(full, self.session)
+            del full
+        else:
+            self.session = open_session(str(path), session_options, providers)
+        self.providers: list[str] = self.session.get_providers()  # what it really runs on
         width = self.session.get_outputs()[0].shape[-1]
         self.width = width if isinstance(width, int) else None  # D, when the graph fixes it
         self.bound = self.options.io_binding and self.width is not None
 
     def __call__(self, pixels: Tensor) -> Tensor:
+        return self.run({INPUT_NAME: pixels})
+
+    def run(self, feeds: dict[str, Tensor]) -> Tensor:
+        """Inputs {name: [B, ...]} (pixels and, for a shared graph, the classifier tensors)
+        -> embeddings [B, D] on `device`."""
         if self.bound:
-            return self._run_bound(pixels)
-        array = np.ascontiguousarray(pixels.detach().to("cpu", torch.float32).numpy())
-        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
+            return self._run_bound(feeds)
+        arrays = {name: host_array(tensor) for name, tensor in feeds.items()}
+        (out,) = self.session.run([OUTPUT_NAME], arrays)
         return torch.from_numpy(out).to(self.device)
 
-    def _run_bound(self, pixels: Tensor) -> Tensor:
-        x = pixels.detach().to(self.device, torch.float32).contiguous()  # [B, 3, S, S]
-        out = torch.empty((x.shape[0], self.width or 0), dtype=torch.float32, device=self.device)
+    def _run_bound(self, feeds: dict[str, Tensor]) -> Tensor:
+        # held until the run ends: ONNX Runtime reads their memory
+        inputs = {
+            n: t.detach().to(self.device, torch.float32).contiguous() for n, t in feeds.items()
+        }
+        batch = int(inputs[INPUT_NAME].shape[0])
+        out = torch.empty((batch, self.width or 0), dtype=torch.float32, device=self.device)
         kind, index = self.device.type, self.device.index or 0
         binding = self.session.io_binding()
-        binding.bind_input(INPUT_NAME, kind, index, np.float32, tuple(x.shape), x.data_ptr())
+        for name, x in inputs.items():
+            binding.bind_input(name, kind, index, np.float32, tuple(x.shape), x.data_ptr())
         binding.bind_output(OUTPUT_NAME, kind, index, np.float32, tuple(out.shape), out.data_ptr())
-        if kind == "cuda":  # torch wrote `x` on its own stream; ONNX Runtime reads on another
+        if (
+            kind == "cuda"
+        ):  # torch wrote the inputs on its own stream; ONNX Runtime reads on another
             torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
         return out
 
 
-def float16_graph(path: Path) -> bytes:
-    """``visual.onnx`` converted to float16 (what `OnnxOptions.fp16` runs), as model bytes."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(
-        onnx.load(str(path)), keep_io_types=True, op_block_list=FP32_OPS
-    )
-    # the converter inserts one Cast per use of an initializer that several float32 ops share
-    # (e.g. a LayerNorm weight used in every prompt pass), all with the same name and output
-    seen: set[tuple[str, ...]] = set()
-    unique = []
-    for node in model.graph.node:
-        if tuple(node.output) not in seen:
-            seen.add(tuple(node.output))
-            unique.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(unique)
-    return model.SerializeToString()  # type: ignore[no-any-return]
+def host_array(tensor: Tensor) -> np.ndarray:
+    """A tensor as a contiguous float32 array in host memory (what `session.run` takes)."""
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
 
-def onnx_providers(
-    device: torch.device, options: OnnxOptions | None = None, path: Path | None = None
-) -> list[str | tuple[str, dict[str, Any]]]:
-    """Execution providers for `device`; CPU always last, as ONNX Runtime's fallback."""
-    available = ort.get_available_providers()
-    if device.type != "cuda" or "CUDAExecutionProvider" not in available:
-        return ["CPUExecutionProvider"]
-    cuda = ("CUDAExecutionProvider", {"device_id": device.index or 0})
-    providers: list[str | tuple[str, dict[str, Any]]] = [cuda, "CPUExecutionProvider"]
-    if options is not None and options.tensorrt and "TensorrtExecutionProvider" in available:
-        providers.insert(0, ("TensorrtExecutionProvider", tensorrt_options(device, options, path)))
-    return providers
+def engine_session_options(device: torch.device, threads: int | None) -> ort.SessionOptions:
+    """Session options: errors-only logging; on CUDA one non-spinning intra-op thread (the GPU
+    does the work, the CPU decodes images), else min(4, CPUs) threads unless `threads`."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only; ORT warns about unused initializers
+    if device.type == "cuda":
+        options.intra_op_num_threads = threads or 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+    return options
 
 
-def tensorrt_options(
-    device: torch.device, options: OnnxOptions, path: Path | None
-) -> dict[str, Any]:
-    """TensorRT provider options: fp16 as asked, caches on disk, one profile for batch
-    1..`max_batch_size` at the graph's input side."""
-    trt: dict[str, Any] = {"device_id": device.index or 0, "trt_fp16_enable": options.fp16}
-    if options.trt_cache_dir is not None:
-        options.trt_cache_dir.mkdir(parents=True, exist_ok=True)
-        cache = str(options.trt_cache_dir)
-        trt |= {
-            "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": cache,
-            "trt_timing_cache_enable": True,
-            "trt_timing_cache_path": cache,
-        }
-    side = input_side(path) if path is not None else None
-    if side is not None:
-        shape = f"{INPUT_NAME}:{{}}x3x{side}x{side}"
-        trt |= {
-            "trt_profile_min_shapes": shape.format(1),
-            "trt_profile_opt_shapes": shape.format(options.max_batch_size),
-            "trt_profile_max_shapes": shape.format(options.max_batch_size),
-        }
-    return trt
+def warm_batch_sizes(device: str, max_batch: int) -> list[int]:
+    """Batch sizes to run once before serving: on CUDA the powers of two up to `max_batch`
+    and `max_batch` itself (a shape's first call allocates the arena and picks kernels), on
+    the CPU 1."""
+    if torch.device(device).type != "cuda":
+        return [1]
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return [*sizes, max_batch]
 
 
 def input_side(path: Path) -> int | None:

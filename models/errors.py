@@ -58,3 +58,11 @@ class UnknownLabelError(LabelError):
 
 class ExportParityError(ArtifactError):
     """An exported graph disagrees with eager PyTorch beyond tolerance; nothing is published."""
+
+
+class ProviderError(PromptserveError):
+    """An execution provider or device asked for cannot run here; names what is missing."""
+
+
+class Fp16AccuracyError(ArtifactError):
+    """A float16 graph strays from its float32 graph beyond tolerance when it opens."""

@@ -98,7 +98,22 @@ def export_torchscript(
         args = (example, *(inputs or {}).values())
         traced = torch.jit.trace(graph, args, check_trace=False)
         frozen = torch.jit.freeze(traced, optimize_numerics=False)
+        fixed = device_constants(frozen.graph)
+        if fixed:  # traced on the CPU, the graph would then fail on any other device
+            raise ArtifactError(f"the traced graph fixes devices {fixed}; derive them from inputs")
         torch.jit.save(frozen, str(path))
+
+
+def device_constants(graph: torch.Graph) -> list[str]:
+    """The devices a TorchScript graph holds as constants (a trace records the device of
+    every tensor created from scratch in forward, e.g. ``torch.arange(n, device=x.device)``)."""
+    return sorted(
+        {
+            str(node.output().toIValue())
+            for node in graph.findAllNodes("prim::Constant")  # type: ignore[attr-defined]
+            if node.output().type().kind() == "DeviceObjType"
+        }
+    )
 
 
 def parity_pixels(batch: int, size: int, seed: int = PARITY_SEED) -> Tensor:
@@ -234,8 +249,9 @@ def _eval_mode(learner: Learner) -> Iterator[None]:
 
 @contextmanager
 def _on_cpu(learner: Learner) -> Iterator[None]:
-    # Exporting on the CPU keeps the graphs device-neutral (a trace records the device of any
-    # tensor created in forward) and the parity check free of TF32 and kernel differences.
+    # Exporting on the CPU keeps the parity check free of TF32 and kernel differences. A trace
+    # records the device of any tensor created in forward (here: cpu), so the graph is refused
+    # when it holds one (`device_constants`): it could run nowhere else.
     device = learner.device
     learner.to("cpu")
     try:

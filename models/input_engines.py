@@ -12,14 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from promptserve.models.engines import (
     INPUT_NAME,
     ONNX_FILE,
-    OUTPUT_NAME,
     TORCHSCRIPT_FILE,
     EngineKind,
     OnnxEngine,
@@ -34,11 +32,10 @@ class InputEngine(Protocol):
     def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor: ...
 
 
-def _array(tensor: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
-
-
 class InputOnnxEngine:
+    """A shared prompt graph in ONNX Runtime: every input bound in place, like the plain
+    graph's pixels (`OnnxEngine.run`)."""
+
     def __init__(
         self,
         path: Path,
@@ -51,9 +48,7 @@ class InputOnnxEngine:
         self.names = list(names)
 
     def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor:
-        feed = {INPUT_NAME: _array(pixels)} | {name: _array(inputs[name]) for name in self.names}
-        (out,) = self.onnx.session.run([OUTPUT_NAME], feed)
-        return torch.from_numpy(out).to(self.onnx.device)
+        return self.onnx.run({INPUT_NAME: pixels} | {name: inputs[name] for name in self.names})
 
 
 class InputTorchScriptEngine:

@@ -85,6 +85,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
+    problem = device_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"promptserve serve: {problem}\n")
+        return 3
     if settings.workers > 1:
         from promptserve.service.remote.supervisor import serve_workers
 
@@ -97,6 +101,26 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=settings.log_level == "debug",
     )
     return 0
+
+
+def device_problem(settings: Any) -> str | None:
+    """Why the engine's device cannot serve as set (no GPU, a CUDA library, TensorRT), before
+    anything starts; with several API workers the engine process re-checks it with a probe
+    session (the supervisor should hold no CUDA context)."""
+    from promptserve.models.devices import check_engine_device
+    from promptserve.models.errors import ProviderError
+
+    try:
+        check_engine_device(
+            settings.device,
+            settings.engine,
+            fp16=settings.onnx_fp16,
+            tensorrt=settings.onnx_tensorrt,
+            probe=settings.workers == 1,
+        )
+    except ProviderError as exc:
+        return str(exc)
+    return None
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -15,7 +15,10 @@ import bisect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from promptserve.models.devices import DeviceChoice
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -98,15 +101,20 @@ class Histogram:
 
 @dataclass
 class Gauge:
+    """A value read when scraped; `kind` "counter" for a total kept elsewhere, "gauge" with
+    constant `labels` and value 1 for an info metric."""
+
     name: str
     help: str
     read: Callable[[], float]
+    kind: str = "gauge"
+    labels: Labels = ()
 
     def expose(self) -> list[str]:
         return [
             f"# HELP {self.name} {self.help}",
-            f"# TYPE {self.name} gauge",
-            f"{self.name} {_number(self.read())}",
+            f"# TYPE {self.name} {self.kind}",
+            f"{self.name}{_format_labels(self.labels)} {_number(self.read())}",
         ]
 
 
@@ -136,8 +144,14 @@ class Metrics:
         self.engine_seconds.inc(amount=0)
         self.gauges: list[Gauge] = []
 
-    def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
-        self.gauges.append(Gauge(name, help, read))
+    def add_gauge(
+        self, name: str, help: str, read: Callable[[], float], kind: str = "gauge"
+    ) -> None:
+        self.gauges.append(Gauge(name, help, read, kind))
+
+    def add_info(self, name: str, help: str, labels: dict[str, str]) -> None:
+        """A constant 1 whose labels carry the information (Prometheus's info idiom)."""
+        self.gauges.append(Gauge(name, help, lambda: 1.0, labels=_labels(list(labels.items()))))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -218,4 +232,27 @@ def add_store_gauges(metrics: Metrics, store: EngineHolder) -> None:
         "promptserve_loaded_classifier_bytes",
         "Bytes of the loaded classifiers' own tensors (class embeddings), engines excluded.",
         lambda: float(store.loaded_bytes()),
+    )
+
+
+def add_device_metrics(metrics: Metrics, choice: DeviceChoice) -> None:
+    """Which device and ONNX Runtime providers the engine runs on (and why `auto` passed over
+    CUDA), and how many images the device decoder handed back to the CPU path."""
+    from promptserve.service.classify.device_decode import decode_fallbacks
+
+    metrics.add_info(
+        "promptserve_device_info",
+        "The engine's device and ONNX Runtime providers, as chosen at start-up.",
+        {
+            "asked": choice.asked,
+            "device": choice.device,
+            "providers": ",".join(choice.providers),
+            "reason": choice.reason,
+        },
+    )
+    metrics.add_gauge(
+        "promptserve_device_decode_fallbacks_total",
+        "Requests whose JPEGs the device decoder refused, decoded on the CPU instead.",
+        lambda: float(decode_fallbacks()),
+        kind="counter",
     )

@@ -16,6 +16,7 @@ from promptserve.models.engines import OnnxOptions
 from promptserve.models.errors import ArtifactError
 
 MiB = 1024 * 1024
+ENGINES_KEPT = 2  # engines the pool keeps open beyond the loaded classifiers' (EnginePool.keep)
 
 
 class Settings(BaseSettings):
@@ -43,7 +44,11 @@ class Settings(BaseSettings):
     onnx_io_binding: bool = True  # the engine reads and writes torch tensors in place
     onnx_tensorrt: bool = False  # TensorRT provider first, when ONNX Runtime has it
     trt_cache_dir: Path | None = None  # TensorRT engine/timing caches; None: <store>/.trt-cache
-    device_decode: bool = True  # on CUDA: decode a request's JPEGs in one nvJPEG call
+    # CUDA memory all ONNX Runtime sessions may hold, split evenly over the engines that can be
+    # open at once (max_loaded_classifiers + ENGINES_KEPT); None: each arena unbounded
+    gpu_mem_budget_mib: int | None = Field(default=None, ge=64)
+    onnx_tf32: bool = False  # TF32 matmuls on CUDA: faster, ~1e-3 off the float32 reference
+    device_decode: bool = False  # on CUDA: decode JPEGs with nvJPEG (off until gpu_check passes)
     # threads decoding and preprocessing images; default min(4, CPU count)
     decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
     # a request of one image up to this size (bytes, or base64 characters) is decoded on the
@@ -113,7 +118,16 @@ class Settings(BaseSettings):
             tensorrt=self.onnx_tensorrt,
             trt_cache_dir=cache if self.onnx_tensorrt else None,
             max_batch_size=self.max_batch_size,
+            gpu_mem_limit=self.gpu_mem_limit,
+            tf32=self.onnx_tf32,
         )
+
+    @property
+    def gpu_mem_limit(self) -> int | None:
+        """Bytes one engine's CUDA arena may hold: the budget over the engines open at once."""
+        if self.gpu_mem_budget_mib is None:
+            return None
+        return self.gpu_mem_budget_mib * MiB // (self.max_loaded_classifiers + ENGINES_KEPT)
 
     @property
     def job_database(self) -> str | Path:

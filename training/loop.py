@@ -38,7 +38,7 @@ class Progress:
 @dataclass(frozen=True, kw_only=True)
 class FitOptions:
     device: str = "cpu"
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA from Ampere on, else fp32
     seed: int = 1
     progress: Callable[[Progress], None] | None = None
     should_stop: Callable[[], bool] | None = None  # polled every step; True cancels the run
@@ -90,6 +90,8 @@ def autocast_for(
 ) -> contextlib.AbstractContextManager[None]:
     if device.type != "cuda" or precision == "fp32":
         return contextlib.nullcontext()
+    if precision == "auto" and torch.cuda.get_device_capability(device)[0] < 8:
+        return contextlib.nullcontext()  # bf16 before Ampere is emulated: slower than fp32
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return torch.autocast(device_type="cuda", dtype=dtype)
 

@@ -94,7 +94,8 @@ def salient_indices(energy: Tensor, k: int) -> Tensor:
     ahead of it; the ranks are a permutation, so the top-k over them has no ties to break and
     eager, TorchScript and ONNX agree exactly.
     """
-    position = torch.arange(energy.shape[1], device=energy.device)
+    # from the input, not torch.arange: a trace records arange's device as a constant
+    position = torch.ones_like(energy[0], dtype=torch.long).cumsum(0) - 1  # [L]: 0..L-1
     before = position.unsqueeze(0) < position.unsqueeze(1)  # [L, L]: [i, j] = j comes before i
     value_i, value_j = energy.unsqueeze(2), energy.unsqueeze(1)  # [B, L, 1], [B, 1, L]
     ahead = (value_j > value_i) | ((value_j == value_i) & before)  # [B, L, L]: j ranks above i

@@ -8,11 +8,21 @@ device: the pixels cross the bus once, as compressed bytes. Images that are not 
 the device decoder refuses (CMYK, some progressive files, corrupt data), take the CPU path, so
 a bad image still gets the CPU path's precise 400.
 
+nvJPEG is ordered explicitly (`decode_on_device`): torchvision decodes on a stream of its own
+that it never orders after the caller's queued work, so on the default stream the caching
+allocator could hand it a block another request's kernels still read (wrong pixels, silently;
+pytorch/vision#9606 on Hopper). Decoding runs on one private stream, under one lock, that
+waits for the caller's stream; the caller's stream then waits for it, and every output is
+recorded on the caller's stream, so its block is not reused while the caller still reads it.
+Every fallback to the CPU path is logged and counted (`decode_fallbacks`, a metric).
+
 The same code runs on the CPU (`device="cpu"`), which is how it is tested without a GPU.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +33,17 @@ from torchvision.transforms.v2 import functional as TF
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.preprocess import check_resize_mode, interpolation_mode, resized_size
 from promptserve.service.classify.decoding import decode_base64, exif_orientation, open_checked
+
+log = logging.getLogger(__name__)
+
+_decode_lock = threading.Lock()  # one nvJPEG call at a time on the private stream
+_streams: dict[torch.device, torch.cuda.Stream] = {}
+_fallbacks = 0  # requests handed back to the CPU decoder, for the metric
+
+
+def decode_fallbacks() -> int:
+    """How many requests' JPEGs the device decoder refused in this process."""
+    return _fallbacks
 
 
 def upright(pixels: Tensor, orientation: int) -> Tensor:
@@ -76,11 +97,36 @@ def decode_jpegs(
     """JPEG bytes -> uint8 [n, 3, S, S] on `device`, decoded in one call; None when the
     decoder refuses any of them (the caller falls back to the CPU path)."""
     check_resize_mode(cfg)
+    global _fallbacks
     encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
     try:
-        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
+        decoded = decode_on_device(encoded, device)
+    except RuntimeError as exc:  # CMYK, some progressive files, no nvJPEG, out of memory
+        with _decode_lock:
+            _fallbacks += 1
+        log.warning("device decoding refused %d JPEG(s), using the CPU: %s", len(datas), exc)
         return None
     return torch.stack(
         [resize_on_device(upright(p, o), cfg) for p, o in zip(decoded, orientations, strict=True)]
     )
+
+
+def decode_on_device(encoded: list[Tensor], device: str) -> list[Tensor]:
+    """Encoded JPEGs -> uint8 [3, H, W] each on `device`; on CUDA ordered with the caller's
+    stream (see the module's docstring). `device` goes to torchvision as given: it keeps one
+    decoder per device string."""
+    where = torch.device(device)
+    if where.type != "cuda":
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # type: ignore[no-any-return]
+    caller = torch.cuda.current_stream(where)
+    with _decode_lock:
+        stream = _streams.get(where)
+        if stream is None:
+            stream = _streams[where] = torch.cuda.Stream(where)
+        stream.wait_stream(caller)
+        with torch.cuda.stream(stream):
+            decoded: list[Tensor] = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        caller.wait_stream(stream)
+        for pixels in decoded:
+            pixels.record_stream(caller)
+    return decoded

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 
 from promptserve.models.classifier import Classifier, rank
+from promptserve.models.devices import choose_device
+from promptserve.models.engines import warm_batch_sizes
 from promptserve.models.input_engines import BoundInputs, repeat_inputs
 from promptserve.models.preprocess import normalise
 from promptserve.service.catalog import Catalog
@@ -41,8 +43,8 @@ from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.labels import AsyncLabelEncoder
 from promptserve.service.classify.scoring import ClassifyResult, ScoreRequest
 from promptserve.service.errors import InvalidRequestError, NotReadyError, public_error
-from promptserve.service.metrics import Metrics, add_store_gauges
-from promptserve.service.settings import Settings, resolve_device
+from promptserve.service.metrics import Metrics, add_device_metrics, add_store_gauges
+from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,12 @@ class LocalEngine:
         self.settings = settings
         self.catalog = catalog
         self.metrics = metrics
+        self.device_choice = choose_device(settings.device, settings.engine)
+        add_device_metrics(metrics, self.device_choice)
         self.cache = ClassifierCache(
             catalog,
             engine_kind=settings.engine,
-            device=resolve_device(settings.device),
+            device=self.device_choice.device,
             onnx_threads=settings.onnx_threads,
             max_loaded=settings.max_loaded_classifiers,
             onnx_options=settings.onnx_options(),
@@ -139,7 +143,8 @@ class LocalEngine:
             classifier = await self.load(name)
             size = classifier.preprocess.size
             # one call outside the batcher, so warm-up shows in no request metric
-            await asyncio.to_thread(classifier.embed, torch.zeros(1, 3, size, size))
+            for batch in warm_batch_sizes(self.device, self.settings.max_batch_size):
+                await asyncio.to_thread(classifier.embed, torch.zeros(batch, 3, size, size))
         except Exception as exc:  # reported by /health/ready; the process stays up
             log.exception("could not prepare the default classifier %r", name)
             self.failure = public_error(exc).message  # public: no paths, the log has them

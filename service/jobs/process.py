@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from promptserve.models.devices import pin_gpu  # torch-free
 from promptserve.service.jobs.spec import JobSpec
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.logs import configure_logging
@@ -56,6 +57,7 @@ class JobLaunch:
 def run_job(launch: JobLaunch) -> None:
     """Run the launched job to the end; every outcome is written to the job store."""
     configure_logging(launch.log_level)
+    device = pin_gpu(launch.device)  # before torch: CUDA reads CUDA_VISIBLE_DEVICES when it starts
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if launch.niceness > 0:
         os.nice(launch.niceness)
@@ -72,7 +74,7 @@ def run_job(launch: JobLaunch) -> None:
     jobs.set_pid(job_id, os.getpid())
     monitor = Monitor(jobs, job_id, launch.runner_pid, launch.runner_id)
     try:
-        outcome = _train(job.spec, launch.store, launch.device, monitor)
+        outcome = _train(job.spec, launch.store, device, monitor)
     except BaseException as exc:  # every way out is recorded; SystemExit included
         if not monitor.lost:
             _record_failure(jobs, job_id, exc, monitor)

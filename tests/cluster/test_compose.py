@@ -64,6 +64,12 @@ def test_gpus_are_reserved_for_replicas_and_workers(services: dict[str, Any]) ->
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia"
         assert device["capabilities"] == ["gpu"]
+    # a GPU chosen per service, not `count: 1` (which lands every replica on GPU 0)
+    api, worker = (
+        services[name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]
+        for name in ("api", "worker")
+    )
+    assert (api, worker) == (["${PROMPTSERVE_API_GPU:-0}"], ["${PROMPTSERVE_WORKER_GPU:-0}"])
 
 
 def test_the_image_holds_the_cluster_drivers() -> None:

@@ -4,7 +4,13 @@ checks run only where CUDA is."""
 from __future__ import annotations
 
 import io
+import logging
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,13 +19,16 @@ from PIL import Image
 from pydantic import ValidationError
 
 from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.devices import choose_device, cuda_device_problem
 from promptserve.models.preprocess import FastEvalTransform, eval_transform
 from promptserve.service.catalog import Catalog
+from promptserve.service.classify import device_decode
 from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.settings import Settings
 
 CUDA = torch.cuda.is_available()
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_settings_choose_the_engine_options(tmp_path: Path) -> None:
@@ -82,3 +91,57 @@ def _png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGBA", (200, 100), (10, 200, 30, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@pytest.mark.skipif(cuda_device_problem("cuda") is None, reason="this host can serve on CUDA")
+def test_serve_on_cuda_without_it_exits_at_once_naming_what_is_missing(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(tmp_path)]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
+    environment |= {"PROMPTSERVE_DEVICE": "cuda", "PROMPTSERVE_PORT": "0", "HF_HUB_OFFLINE": "1"}
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, timeout=60)
+    assert done.returncode == 3, done.stderr.decode()
+    assert time.monotonic() - started < 60
+    message = done.stderr.decode()
+    assert "PROMPTSERVE_DEVICE=cuda cannot run here: torch sees no CUDA GPU" in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.anyio
+async def test_auto_says_in_the_log_and_the_metrics_what_it_chose(
+    client_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    choose_device.cache_clear()
+    with caplog.at_level(logging.INFO, logger="promptserve.models.devices"):
+        async with client_factory(device="auto") as (client, runtime):
+            text = (await client.get("/metrics")).text
+    choice = runtime.device_choice
+    assert choice.asked == "auto"
+    assert f"device auto: running on {'the CPU' if choice.device == 'cpu' else choice.device}" in (
+        caplog.text
+    )
+    providers = ",".join(choice.providers)
+    assert (
+        f'promptserve_device_info{{asked="auto",device="{choice.device}",providers="{providers}"'
+        in text
+    )
+    assert "promptserve_device_decode_fallbacks_total" in text
+
+
+def test_every_device_decode_fallback_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = PreprocessConfig(size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    before = device_decode.decode_fallbacks()
+    with caplog.at_level(logging.WARNING, logger="promptserve.service.classify.device_decode"):
+        assert device_decode.decode_jpegs([b"\xff\xd8 not a jpeg"], [1], cfg, "cpu") is None
+    assert device_decode.decode_fallbacks() == before + 1
+    assert "device decoding refused 1 JPEG(s), using the CPU" in caplog.text
+
+
+def test_the_gpu_memory_budget_is_split_over_the_engines_open_at_once(tmp_path: Path) -> None:
+    settings = Settings(store=tmp_path, gpu_mem_budget_mib=1000, max_loaded_classifiers=8)
+    assert settings.onnx_options().gpu_mem_limit == 1000 * 1024 * 1024 // 10
+    assert Settings(store=tmp_path).onnx_options().gpu_mem_limit is None
+    assert Settings(store=tmp_path).onnx_options().tf32 is False
+    assert Settings(store=tmp_path).device_decode is False  # until gpu_check's nvJPEG step passes

@@ -13,7 +13,14 @@ from promptserve.models.methods import create_method, make_config
 from promptserve.models.preprocess import eval_transform
 from promptserve.training.data import ImageDataset, make_loader, open_dataset
 from promptserve.training.errors import TrainingCancelled
-from promptserve.training.loop import FitOptions, Progress, evaluate, fit, learning_rate
+from promptserve.training.loop import (
+    FitOptions,
+    Progress,
+    autocast_for,
+    evaluate,
+    fit,
+    learning_rate,
+)
 from tests.helpers import make_image_folder
 
 COLOURS = {
@@ -113,3 +120,12 @@ def test_heldout_images_are_the_ones_not_trained_on(tmp_path: Path) -> None:
     plain = fit_learner(dataclasses.replace(request, heldout=False))
     assert plain.heldout is None
     assert set(score_fitted(plain)) == {"train_accuracy"}
+
+
+@pytest.mark.parametrize(("capability", "autocast"), [((7, 5), False), ((8, 0), True)])
+def test_auto_precision_uses_bf16_only_where_it_is_native(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], autocast: bool
+) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    context = autocast_for(torch.device("cuda"), "auto")
+    assert isinstance(context, torch.autocast) is autocast
