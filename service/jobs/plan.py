@@ -5,9 +5,9 @@ Everything that can be checked before training is checked here, so a job that is
 overrides fit the method's typed config, the backbone is a name (never a server path), the images
 decode within the pixel limit, there are at least two classes, a dataset reference stays under
 the data root, and the method config that training will resolve (the data's layer included)
-stays within the epoch cap. Uploaded images are written under the job's directory, with a JSONL manifest the
-training code reads like any other, before the job row exists: a runner never sees a job whose
-files are missing.
+stays within the epoch cap. Uploaded images are written under the job's directory, with a
+JSONL manifest the training code reads like any other, before the job row exists: a runner
+never sees a job whose files are missing.
 """
 
 from __future__ import annotations
