@@ -47,6 +47,7 @@ class Housekeeping:
     worker: str  # this runner's worker id
     retention_s: float
     keep_uploads: bool
+    publish_to: dict[str, str | None]  # the object store ("url" None: none), for the uploads
     _next_prune: float
 
     def recover(self) -> list[str]:
@@ -109,5 +110,10 @@ class Housekeeping:
             return
         folder = self.jobs_dir / job_id
         shutil.rmtree(folder / UPLOADS_DIR, ignore_errors=True)
+        from promptserve.service.job_uploads import UploadStore  # here: it loads torch
+
+        store = UploadStore.at(self.publish_to)
+        if store is not None:
+            store.drop(job_id)
         with contextlib.suppress(OSError):
             folder.rmdir()

@@ -31,6 +31,7 @@ from promptserve.service.errors import (
     ProtectedClassifierError,
     TooManyImagesError,
 )
+from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.housekeeping import UPLOADS_DIR
 from promptserve.service.jobs.spec import UPLOAD, JobSpec, dump_spec
 from promptserve.service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
@@ -220,9 +221,14 @@ def _fingerprint(spec: JobSpec, images: str) -> str:
 
 
 def submit_job(
-    plan: JobPlan, jobs: JobStore, job_root: Path, idempotency_key: str | None
+    plan: JobPlan,
+    jobs: JobStore,
+    job_root: Path,
+    idempotency_key: str | None,
+    uploads_to: UploadStore | None = None,
 ) -> tuple[Job, bool]:
-    """Write the job's files, then queue it; returns (job, created).
+    """Write the job's files (to the object store too, when there is one), then queue it;
+    returns (job, created).
 
     A repeated Idempotency-Key returns the first job (created False) without writing anything;
     the same key with a different request is a 422.
@@ -236,20 +242,30 @@ def submit_job(
     spec = plan.spec
     try:
         if plan.uploads:
-            spec = spec.with_data_path(_write_uploads(directory / UPLOADS_DIR, plan.uploads))
+            manifest = _write_uploads(directory / UPLOADS_DIR, plan.uploads)
+            if uploads_to is not None:
+                uploads_to.push(job_id, manifest)
+            spec = spec.with_data_path(manifest)
         job, created = jobs.create(
             spec, fingerprint=plan.fingerprint, idempotency_key=idempotency_key, job_id=job_id
         )
     except IdempotencyMismatchError as exc:  # a concurrent request with the same key won
-        shutil.rmtree(directory, ignore_errors=True)
+        _discard(directory, job_id, uploads_to)
         raise _conflict(exc.job) from None
     except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        _discard(directory, job_id, uploads_to)
         raise
     if not created:
-        shutil.rmtree(directory, ignore_errors=True)
+        _discard(directory, job_id, uploads_to)
         return _same_request(job, plan), False
     return job, True
+
+
+def _discard(directory: Path, job_id: str, uploads_to: UploadStore | None) -> None:
+    """The files of a job that was not queued."""
+    shutil.rmtree(directory, ignore_errors=True)
+    if uploads_to is not None:
+        uploads_to.drop(job_id)
 
 
 def _same_request(job: Job, plan: JobPlan) -> Job:

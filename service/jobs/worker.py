@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from promptserve.service.jobs.spec import JobSpec
+from promptserve.service.jobs.spec import UPLOAD, JobSpec
 from promptserve.service.jobs.store import JobStore
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
@@ -66,6 +66,8 @@ def run_job(
     jobs.set_pid(job_id, os.getpid())
     monitor = Monitor(jobs, job_id, parent_pid, worker)
     try:
+        if job.spec.data == UPLOAD:
+            _pull_uploads(job_id, job.spec, publish_to)
         outcome = _train(job.spec, Path(store_root), device, monitor)
     except BaseException as exc:  # every way out is recorded; SystemExit included
         if not monitor.lost:
@@ -91,6 +93,15 @@ def run_job(
     message = f"published {job.spec.train.name} version {version}"
     if not jobs.finish(job_id, "succeeded", result=result, message=message, worker=worker):
         log.warning("job %s was ended by the service while it published", job_id)
+
+
+def _pull_uploads(job_id: str, spec: JobSpec, publish_to: dict[str, str | None] | None) -> None:
+    """The images of a job that another host may have taken: from the object store."""
+    from promptserve.service.job_uploads import UploadStore  # here: it loads torch
+
+    store = UploadStore.at(publish_to)
+    if store is not None:
+        store.pull(job_id, Path(spec.train.data))
 
 
 def _train(spec: JobSpec, store_root: Path, device: str, monitor: Monitor) -> Any:

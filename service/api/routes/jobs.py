@@ -28,6 +28,7 @@ from promptserve.service.errors import (
     TooManyJobsError,
     UnsupportedMediaTypeError,
 )
+from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.plan import AdaptRequest, plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
 from promptserve.service.runtime import ServiceRuntime
@@ -106,8 +107,15 @@ async def adapt(
         )
     adapt_request = AdaptRequest(**create.model_dump(exclude={"images"}))
     plan = await loop.run_in_executor(runtime.intake, plan_job, adapt_request, uploads, settings)
+    uploads_to = UploadStore.of(settings)  # no folder shared between hosts: the object store
     job, created = await loop.run_in_executor(
-        runtime.intake, submit_job, plan, runtime.jobs, settings.job_root, idempotency_key
+        runtime.intake,
+        submit_job,
+        plan,
+        runtime.jobs,
+        settings.job_root,
+        idempotency_key,
+        uploads_to,
     )
     if created:
         runtime.runner.wake()
