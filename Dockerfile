@@ -25,16 +25,18 @@ RUN apt-get update \
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# dependencies first, so code edits do not reinstall torch: empty packages under the same
-# folders (pyproject.toml maps them to promptserve.*) let pip resolve the project's metadata
-COPY pyproject.toml README.md ./
+# dependencies first, so code and README edits do not reinstall torch: an empty README and
+# empty packages under the same folders (pyproject.toml maps them to promptserve.*) let pip
+# resolve the project's metadata
+COPY pyproject.toml ./
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && touch README.md \
     && for p in models models/methods training training/synthetic service service/api \
         service/api/routes service/classify service/jobs service/remote; do \
         mkdir -p "$p" && touch "$p/__init__.py"; done \
     && pip install $PIP_OPTIONS '.[cluster]' && pip uninstall -y promptserve \
-    && rm -rf build *.egg-info models training service \
+    && rm -rf build *.egg-info README.md models training service \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 # the dependencies as the image holds them: no pip (one layer of several GB, rebuilt only
@@ -44,6 +46,7 @@ RUN rm -rf /opt/venv/lib/python3.11/site-packages/pip* /opt/venv/bin/pip*
 
 # the project alone, staged under its final paths (a small layer for every code change)
 FROM deps AS project
+COPY README.md ./
 COPY models ./models
 COPY training ./training
 COPY service ./service
