@@ -200,7 +200,7 @@ def test_start_up_on_cuda_without_a_gpu_fails_and_names_the_device(image: str) -
             ready = ["exec", container, "curl", "-fsS", "http://127.0.0.1:8000/health/ready"]
             assert subprocess.run([DOCKER, *ready], capture_output=True).returncode != 0
     finally:
-        docker("rm", "-f", container, check=False)
+        docker("rm", "-f", "-v", container, check=False)  # with its anonymous volumes
 
 
 def test_the_image_holds_the_pinned_onnx_runtime_and_the_package_data(image: str) -> None:
