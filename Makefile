@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard models training service tests bench)
 
-.PHONY: setup test lint format serve clean
+.PHONY: setup test test-image lint format serve clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,18 @@ format: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# The image built from the Dockerfile and run with compose (tests/deploy). Without a Docker
+# daemon it says so loudly and exits 0; .ci/run installs and starts one.
+test-image: setup
+	@if $(BIN)/python -c "import sys; from tests.deploy.docker import daemon_answers as d; sys.exit(not d())"; then \
+		$(BIN)/python -m pytest -q -m docker -o log_cli=true -o log_cli_level=WARNING tests/deploy; \
+	else \
+		echo "********************************************************************" >&2; \
+		echo "*** make test-image SKIPPED: no Docker daemon answers.            ***" >&2; \
+		echo "*** The image was NOT built or run. Start dockerd and rerun.     ***" >&2; \
+		echo "********************************************************************" >&2; \
+	fi
 
 # Serves ./store on 127.0.0.1:8000; the first start creates the default zero-shot classifier.
 serve: setup

@@ -19,6 +19,7 @@ from promptserve.service.classify.engine import LocalEngine
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.pipeline import ClassifyPipeline, ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult, EngineClient
+from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.runner import JobRunner
@@ -50,7 +51,9 @@ class Runtime:
         mirror = open_mirror(settings)
         self.catalog = Catalog(settings.store, mirror)
         self.jobs = JobStore(settings.job_database)
-        self.job_files = JobFiles(settings.job_root, settings.keep_job_uploads)
+        self.job_files = JobFiles(
+            settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
+        )
         # /adapt bodies are parsed, decoded, checked and written on their own thread, so job
         # intake cannot starve classification (which decodes on the preparer's pool)
         self.intake = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake")

@@ -17,8 +17,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from promptserve.service.jobs.store import Job, JobStore
+
+if TYPE_CHECKING:
+    from promptserve.service.job_uploads import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +50,35 @@ class JobFiles:
 
     root: Path
     keep_uploads: bool = False  # keep an ended job's uploads (for debugging a job)
+    # with an s3:// store the uploads live on the object store too, so that any host's runner
+    # can take the job (`service.job_uploads`); None for a local store
+    shared: UploadStore | None = None
 
     def uploads(self, job_id: str) -> Path:
         return self.root / job_id / UPLOADS_DIR
 
+    def share(self, job_id: str, dataset_list: Path) -> None:
+        """Copy a new job's uploads (the folder of `dataset_list`) to the object store."""
+        if self.shared is not None:
+            self.shared.push(job_id, dataset_list)
+
     def drop_uploads(self, job_id: str) -> None:
-        """Remove an ended job's uploaded images (unless they are to be kept), and its folder
-        once that is empty."""
+        """Remove an ended job's uploaded images (unless they are to be kept), here and on the
+        object store, and its folder once that is empty."""
         if self.keep_uploads:
             return
         shutil.rmtree(self.uploads(job_id), ignore_errors=True)
+        self._drop_shared(job_id)
         with contextlib.suppress(OSError):
             (self.root / job_id).rmdir()
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.root / job_id, ignore_errors=True)
+        self._drop_shared(job_id)
+
+    def _drop_shared(self, job_id: str) -> None:
+        if self.shared is not None:
+            self.shared.drop(job_id)
 
 
 def _process_alive(pid: int) -> bool:

@@ -221,7 +221,8 @@ def _fingerprint(spec: JobSpec, images: str) -> str:
 def submit_job(
     plan: JobPlan, jobs: JobStore, files: JobFiles, idempotency_key: str | None
 ) -> tuple[Job, bool]:
-    """Write the job's files, then queue it; returns (job, created).
+    """Write the job's files (to the object store too, when there is one), then queue it;
+    returns (job, created).
 
     The job store checks the Idempotency-Key (`JobStore.create`): a repeated key returns the
     first job (created False) and the files just written are removed; the same key with a
@@ -231,7 +232,9 @@ def submit_job(
     spec = plan.spec
     try:
         if plan.uploads:
-            spec = spec.with_data_path(_write_uploads(files.uploads(job_id), plan.uploads))
+            dataset_list = _write_uploads(files.uploads(job_id), plan.uploads)
+            files.share(job_id, dataset_list)  # to the object store, when there is one
+            spec = spec.with_data_path(dataset_list)
         job, created = jobs.create(
             spec, fingerprint=plan.fingerprint, idempotency_key=idempotency_key, job_id=job_id
         )

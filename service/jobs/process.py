@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from promptserve.models.devices import pin_gpu  # torch-free
-from promptserve.service.jobs.spec import JobSpec
+from promptserve.service.jobs.spec import UPLOAD, JobSpec
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.logs import configure_logging
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
@@ -74,6 +74,8 @@ def run_job(launch: JobLaunch) -> None:
     jobs.set_pid(job_id, os.getpid())
     monitor = Monitor(jobs, job_id, launch.runner_pid, launch.runner_id)
     try:
+        if job.spec.data == UPLOAD:
+            _pull_uploads(launch, job.spec)
         outcome = _train(job.spec, launch.store, device, monitor)
     except BaseException as exc:  # every way out is recorded; SystemExit included
         if not monitor.lost:
@@ -100,6 +102,15 @@ def run_job(launch: JobLaunch) -> None:
     runner_id = launch.runner_id
     if not jobs.finish(job_id, "succeeded", result=result, message=message, runner=runner_id):
         log.warning("job %s was ended by the service while it published", job_id)
+
+
+def _pull_uploads(launch: JobLaunch, spec: JobSpec) -> None:
+    """The images of a job that another host may have taken: from the object store."""
+    if launch.store_url is None:
+        return
+    from promptserve.service.job_uploads import UploadStore  # here: it loads torch
+
+    UploadStore(launch.store_url, launch.s3_endpoint_url).pull(launch.job_id, Path(spec.train.data))
 
 
 def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor) -> Any:

@@ -44,6 +44,7 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 
+from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
 from promptserve.service.jobs.process import JobLaunch, run_job
 from promptserve.service.jobs.store import JobStore
@@ -70,7 +71,9 @@ class JobRunner:
         self.jobs = jobs
         self.settings = settings
         self.id = new_runner_id()
-        self.files = JobFiles(settings.job_root, settings.keep_job_uploads)
+        self.files = JobFiles(
+            settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
+        )
         self.housekeeping = Housekeeping(
             jobs, self.files, self.id, retention_s=settings.job_retention_days * 86_400
         )

@@ -84,7 +84,8 @@ def cluster(
         "PROMPTSERVE_STORE_URL": f"s3://{bucket}/store",
         "PROMPTSERVE_S3_ENDPOINT_URL": s3_server.endpoint,
         "PROMPTSERVE_STORE_POLL_S": "0.5",
-        # uploads are written by the API and read by the worker: one shared folder
+        # the same jobs path for every process, as on hosts run with one configuration; the
+        # uploads still travel through the object store (the API removes its copy at once)
         "PROMPTSERVE_JOBS_DIR": str(root / "jobs"),
         "PROMPTSERVE_JOB_LEASE_S": str(LEASE_S),
         "PROMPTSERVE_JOB_MAX_ATTEMPTS": "2",

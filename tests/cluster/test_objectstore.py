@@ -4,22 +4,12 @@ versions, renumbering on a race, deletes reaching every replica, dot-directories
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
 
-from promptserve.service.objectstore import StoreMirror, open_filesystem
-from tests.cluster.servers import S3_ENV, S3Server
-
-
-@pytest.fixture
-def bucket_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in S3_ENV.items():
-        monkeypatch.setenv(key, value)
-    name = f"b{uuid.uuid4().hex[:12]}"
-    open_filesystem("s3://x", s3_server.endpoint).mkdir(name)
-    return f"s3://{name}/classifiers"
+from promptserve.service.objectstore import StoreMirror
+from tests.cluster.servers import S3Server
 
 
 def mirror(url: str, local: Path, s3_server: S3Server) -> StoreMirror:

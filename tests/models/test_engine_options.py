@@ -23,6 +23,7 @@ from promptserve.models.engines import (
 )
 from promptserve.models.methods import create_method
 from promptserve.models.providers import cuda_problem
+from tests.numerics import assert_close
 
 CUDA = torch.cuda.is_available() and cuda_problem(0) is None
 
@@ -46,8 +47,8 @@ def test_io_binding_gives_the_same_embeddings(artifact: Path) -> None:
     out = bound(pixels)
     assert out.shape == (3, bound.width)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, copied(pixels), rtol=0, atol=1e-6)
-    torch.testing.assert_close(bound(pixels[:1]), out[:1], rtol=0, atol=1e-5)  # other batch
+    assert_close(out, copied(pixels))
+    assert_close(bound(pixels[:1]), out[:1])  # other batch
 
 
 def test_fp16_is_refused_on_the_cpu(artifact: Path) -> None:

@@ -21,6 +21,7 @@ from promptserve.models.methods import create_method
 from promptserve.models.methods.coop import CoOpLearner
 from promptserve.models.methods.pmpo import PMPOConfig, PMPOLearner, partition_sizes
 from tests.helpers import NAMES, pixels, tiny_run_losses, vision_block_io
+from tests.numerics import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def test_each_partition_receives_its_prompts_projection(
             if index == 0 and learner.config.prompts_through_ln_pre:  # as the patch tokens do
                 expected = learner.vision.tower.ln_pre(expected)
             got = inputs[index][:, slots]
-            torch.testing.assert_close(got, expected.expand_as(got), atol=1e-6, rtol=0)
+            assert_close(got, expected.expand_as(got))
     for index in range(len(owners), len(inputs)):  # after the partition: carried
         assert torch.equal(inputs[index][:, slots], outputs[index - 1][:, slots])
 
@@ -136,9 +137,7 @@ def test_one_prompt_without_the_template_is_coop(tiny_backbone: Backbone) -> Non
     with torch.no_grad():
         pmpo.prompts.add_(0.05 * torch.randn_like(pmpo.prompts))
         coop.ctx.copy_(pmpo.prompts[0])
-        torch.testing.assert_close(
-            pmpo.encode_classes(NAMES), coop.encode_classes(NAMES), atol=1e-6, rtol=0
-        )
+        assert_close(pmpo.encode_classes(NAMES), coop.encode_classes(NAMES))
 
 
 def test_class_embedding_is_the_mean_of_prompt_and_template_features(
@@ -155,7 +154,7 @@ def test_class_embedding_is_the_mean_of_prompt_and_template_features(
             feats.append(coop.encode_classes(NAMES))  # norm(g_k)
         feats.append(template.encode_classes(NAMES))  # norm(h)
         expected = F.normalize(torch.stack(feats).mean(dim=0), dim=-1)
-        torch.testing.assert_close(learner.encode_classes(NAMES), expected, atol=1e-6, rtol=0)
+        assert_close(learner.encode_classes(NAMES), expected)
 
 
 def test_export_folds_the_visual_prompts_into_constants(

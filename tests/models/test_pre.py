@@ -20,6 +20,7 @@ from promptserve.models.methods import create_method
 from promptserve.models.methods.coop import CoOpLearner
 from promptserve.models.methods.pre import PRELearner
 from tests.helpers import NAMES, pixels, reference_encode, tiny_run_losses
+from tests.numerics import RTOL_EXPORT, assert_close
 
 
 def make_pre(backbone: Backbone, seed: int = 0) -> PRELearner:
@@ -50,7 +51,7 @@ def test_context_is_the_encoder_output_plus_the_residual(tiny_backbone: Backbone
         out, _ = learner.encoder.lstm(learner.ctx.unsqueeze(1))  # the same sequence, batched
         context = learner.context()
     assert context.shape == learner.ctx.shape
-    torch.testing.assert_close(context, out.squeeze(1) + learner.ctx, atol=1e-6, rtol=0)
+    assert_close(context, out.squeeze(1) + learner.ctx)
     assert not torch.allclose(context, learner.ctx)
 
 
@@ -69,7 +70,7 @@ def test_encoder_weights_move_the_classes_and_nothing_on_the_vision_side(
         unprompted = F.normalize(reference_encode(tiny_backbone.vision_tower(), images), dim=-1)
     assert (classes_after - classes_before).abs().max() > 1e-3
     assert torch.equal(images_after, images_before)
-    torch.testing.assert_close(images_after, unprompted, atol=1e-6, rtol=0)
+    assert_close(images_after, unprompted)
 
 
 def test_inference_is_coop_with_the_fused_context(tiny_backbone: Backbone) -> None:
@@ -102,7 +103,7 @@ def test_artifact_fuses_the_context_and_keeps_the_encoder(
     (out,) = session.run(None, {"pixels": images.numpy()})
     with torch.no_grad():
         unprompted = F.normalize(reference_encode(tiny_backbone.vision_tower(), images), dim=-1)
-    assert (torch.from_numpy(out) - unprompted).abs().max() <= 1e-5
+    assert_close(out, unprompted, RTOL_EXPORT)  # ONNX Runtime against torch
 
 
 def test_a_short_run_on_the_synthetic_task_lowers_the_loss(tmp_path: Path) -> None:

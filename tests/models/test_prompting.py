@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -12,6 +14,7 @@ from promptserve.models.prompting import (
     VisionPrompts,
     replace_slots,
 )
+from tests.numerics import RTOL_FLOAT64, assert_close
 
 TEXTS = ["a photo of a red star.", "a blue outlined hexagon on a striped background", "cat"]
 
@@ -23,15 +26,17 @@ def encoders(backbone: Backbone) -> tuple[PromptedTextEncoder, PromptedVisionEnc
 
 
 def assert_parity(backbone: Backbone, batch: int) -> None:
+    """The same function as open_clip's, so compared in float64 (on a copy of the backbone)."""
+    backbone = copy.deepcopy(backbone)
+    backbone.model.double()
     text, vision = encoders(backbone)
     ids = backbone.tokenize(TEXTS)
     size = backbone.preprocess.size
     pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        text_diff = (text.encode_ids(ids) - backbone.model.encode_text(ids)).abs().max()
-        image_diff = (vision(pixels) - backbone.model.encode_image(pixels)).abs().max()
-    assert text_diff <= 1e-6
-    assert image_diff <= 1e-6
+        assert_close(text.encode_ids(ids), backbone.model.encode_text(ids), RTOL_FLOAT64)
+        pixels = pixels.double()
+        assert_close(vision(pixels), backbone.model.encode_image(pixels), RTOL_FLOAT64)
 
 
 def test_parity_with_open_clip_on_tiny(tiny_backbone: Backbone) -> None:
@@ -100,13 +105,14 @@ def test_prompts_through_ln_pre_are_normalised(tiny_backbone: Backbone) -> None:
             torch.randn(1, 3, 32, 32), VisionPrompts(tokens, through_ln_pre=True), record=record
         )
     expected = vision.tower.ln_pre(tokens)
-    assert torch.allclose(record[0][0, -2:], expected, atol=1e-6)
+    assert_close(record[0][0, -2:], expected)
 
 
 def test_text_prefix_states_equal_full_sequence_states(tiny_backbone: Backbone) -> None:
-    """The causal mask lets methods compute class-independent context states once."""
-    text, _ = encoders(tiny_backbone)
-    context = torch.randn(4, text.width)
+    """The causal mask lets methods compute class-independent context states once (an exact
+    claim: float64, on a copy of the encoder)."""
+    text = copy.deepcopy(encoders(tiny_backbone)[0]).double()
+    context = torch.randn(4, text.width, dtype=torch.float64)
     tokens = text.class_tokens(["red star", "a much longer class name here"], 4)
     full: list[torch.Tensor] = []
     prefix: list[torch.Tensor] = []
@@ -114,7 +120,7 @@ def test_text_prefix_states_equal_full_sequence_states(tiny_backbone: Backbone) 
         text.run(tokens.with_context(context), record=full)
         text.run(tokens.with_context(context)[:1, :5], record=prefix)
     for a, b in zip(full, prefix, strict=True):
-        assert torch.allclose(a[:, :5], b.expand(2, -1, -1), atol=1e-6)
+        assert_close(a[:, :5], b.expand(2, -1, -1), RTOL_FLOAT64)
 
 
 def test_class_tokens_shift_the_eot_index(tiny_backbone: Backbone) -> None:

@@ -18,6 +18,7 @@ from tests.helpers import (
     synthetic_tensors,
     vision_block_io,
 )
+from tests.numerics import assert_close
 
 
 def make(backbone: Backbone, **overrides: object) -> ProVPLearner:
@@ -70,7 +71,7 @@ def test_progressive_link_matches_a_direct_computation(tiny_backbone: Backbone) 
         slots = 0.01 * out[:, 1 : 1 + m] + 0.99 * bank[1]
         expected = torch.cat([out[:, :1], slots, out[:, 1 + m :]], dim=1)
     torch.testing.assert_close(seen[0], x, atol=0, rtol=0)
-    torch.testing.assert_close(seen[1], expected, atol=1e-6, rtol=0)
+    assert_close(seen[1], expected)
 
 
 def test_class_embeddings_are_zeroshots(tiny_backbone: Backbone) -> None:
@@ -106,7 +107,7 @@ def test_frozen_features_never_carry_gradient() -> None:
     assert not frozen.requires_grad
     with torch.no_grad():
         plain = F.normalize(reference_encode(learner.vision.tower, pixels(2)), dim=-1)
-    torch.testing.assert_close(frozen, plain, atol=1e-5, rtol=0)
+    assert_close(frozen, plain)
 
 
 def test_the_frozen_pass_runs_only_in_the_loss(tiny_backbone: Backbone) -> None:

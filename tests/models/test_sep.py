@@ -22,6 +22,7 @@ from promptserve.models.methods import sep as sep_module
 from promptserve.models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient
 from promptserve.models.prompting import VisionPrompts
 from tests.helpers import NAMES, perturb, pixels, reference_encode
+from tests.numerics import assert_close
 
 
 def make(backbone: Backbone, seed: int = 0, **overrides: Any) -> SEPLearner:
@@ -126,7 +127,7 @@ def test_images_with_different_salient_tokens_embed_as_alone(
         assert any(set(i[0].tolist()) != set(i[1].tolist()) for i in chosen)  # rows differ
         for row in range(2):
             alone = learner.encode_images(images[row : row + 1])[0]
-            assert (together[row] - alone).abs().max() <= 1e-5
+            assert_close(together[row], alone)
 
 
 def test_fusion_attends_within_each_sample() -> None:
@@ -138,8 +139,8 @@ def test_fusion_attends_within_each_sample() -> None:
         other = tfm(prompts, torch.cat([reps[:1], torch.randn(2, 4, 16)]))
         for row in range(3):
             alone = tfm(prompts[row : row + 1], reps[row : row + 1])[0]
-            torch.testing.assert_close(together[row], alone, atol=1e-6, rtol=0)
-    torch.testing.assert_close(together[0], other[0], atol=1e-6, rtol=0)
+            assert_close(together[row], alone)
+    assert_close(together[0], other[0])
 
 
 def test_text_fusion_reads_the_tokens_after_the_context(tiny_backbone: Backbone) -> None:
@@ -187,7 +188,7 @@ def test_class_embedding_depends_only_on_its_own_name(tiny_backbone: Backbone) -
         for others in (["blue circle"], ["pink hexagon", "a much longer class name here"], NAMES):
             names = [*others, "red star"] if "red star" not in others else others
             inside = learner.encode_classes(names)[names.index("red star")]
-            assert (alone - inside).abs().max() <= 1e-5
+            assert_close(alone, inside)
 
 
 # --- fused features and the loss ------------------------------------------------------------
@@ -201,7 +202,7 @@ def test_frozen_halves_are_the_backbone_and_the_template(tiny_backbone: Backbone
         fused_images, frozen_images = learner.image_features(images)
         fused_classes, frozen_classes = learner.class_features(NAMES)
         reference = F.normalize(reference_encode(learner.vision.tower, images), dim=-1)
-        torch.testing.assert_close(frozen_images, reference, atol=1e-6, rtol=0)
+        assert_close(frozen_images, reference)
         torch.testing.assert_close(frozen_classes, zeroshot.encode_classes(NAMES))
     # the fused features lie between the frozen and the prompted ones, not on the frozen ones
     assert 0.0 < float((fused_images * frozen_images).sum(-1).min()) < 1.0
@@ -242,10 +243,10 @@ def test_head_starts_at_the_class_means_of_frozen_features(tiny_backbone: Backbo
         template = learner.class_features(NAMES)[1]
     means = [frozen[labels == c].mean(0) for c in range(3)]
     expected = F.normalize(torch.stack([*means, template[3]]), dim=-1)
-    torch.testing.assert_close(learner.head.detach(), expected, atol=1e-6, rtol=0)
+    assert_close(learner.head.detach(), expected)
 
     learner.prepare_training(NAMES, None)  # no images at hand: the zero-shot text embeddings
-    torch.testing.assert_close(learner.head.detach(), template, atol=1e-6, rtol=0)
+    assert_close(learner.head.detach(), template)
 
 
 def test_head_trains_but_stays_out_of_the_learned_state(tiny_backbone: Backbone) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.numerics import RTOL_SCORES, assert_close
 from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.anyio
@@ -139,7 +140,7 @@ async def test_batched_results_equal_unbatched(client_factory: ClientFactory) ->
         a = {p["label"]: p["score"] for p in single["predictions"][0]}
         b = {p["label"]: p["score"] for p in batched.json()["predictions"][0]}
         assert a.keys() == b.keys()
-        assert all(math.isclose(a[k], b[k], abs_tol=1e-5) for k in a)
+        assert_close([b[k] for k in a], [a[k] for k in a], RTOL_SCORES)
 
 
 async def test_torchscript_engine(client_factory: ClientFactory) -> None:

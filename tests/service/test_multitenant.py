@@ -14,6 +14,7 @@ from promptserve.models.artifact import publish_classifier, read_manifest
 from promptserve.models.backbone import Backbone
 from promptserve.models.methods import create_method
 from tests import helpers
+from tests.numerics import RTOL_SCORES, assert_close
 from tests.service.conftest import CLASS_NAMES, b64, jpeg_bytes, make_settings, png_bytes, serve
 
 pytestmark = pytest.mark.anyio
@@ -70,7 +71,7 @@ def scores(body: dict[str, Any]) -> list[dict[str, float]]:
 def assert_same_scores(a: dict[str, Any], b: dict[str, Any]) -> None:
     for row_a, row_b in zip(scores(a), scores(b), strict=True):
         assert row_a.keys() == row_b.keys()
-        assert all(abs(row_a[k] - row_b[k]) <= 1e-5 for k in row_a)
+        assert_close([row_b[k] for k in row_a], list(row_a.values()), RTOL_SCORES)
 
 
 async def test_mixed_batch_scores_equal_one_classifier_batches(tenants: Path) -> None:

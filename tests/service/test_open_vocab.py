@@ -22,11 +22,11 @@ from promptserve.models.labels import LabelEncoder, encode_labels, load_learner
 from promptserve.models.methods import list_methods
 from promptserve.service.settings import Settings
 from promptserve.training.synthetic.tasks import task_classes
+from tests.numerics import assert_close
 from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, make_settings, png_bytes, serve
 
 NOVEL = task_classes("color-shape-novel")
 BASE = task_classes("color-shape-base")
-TOL = 1e-5
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ async def test_novel_labels_are_encoded_by_the_method(method_store: Path, method
 
     artifact = method_store / method / classifier.version
     offline = encode_labels(load_learner(artifact), NOVEL[:3])  # [3, D]
-    assert torch.allclose(served.cpu(), offline, atol=TOL, rtol=0)
+    assert_close(served, offline)
 
     # the scores are those of the stored base rows and the offline novel rows
     reference = load_classifier(artifact)
@@ -97,7 +97,7 @@ def test_label_embedding_is_per_sample(method_store: Path, method: str) -> None:
     classifier = load_classifier(method_store / method / "1")
     alone = LabelEncoder().encode(classifier, [NOVEL[3]])  # [1, D]
     crowd = LabelEncoder().encode(classifier, [NOVEL[4], NOVEL[3], NOVEL[5], BASE[2]])
-    assert torch.allclose(alone[0], crowd[1], atol=TOL, rtol=0)
+    assert_close(alone[0], crowd[1])
 
 
 @pytest.mark.anyio
@@ -195,7 +195,7 @@ def test_python_api_classifies_with_new_labels(tiny_artifact: Path) -> None:
     assert sorted(name for name, _ in row) == sorted(labels)
     rows = classifier.label_set(labels).embeddings  # [3, D]
     offline = load_learner(tiny_artifact).encode_classes(labels[1:])
-    assert torch.allclose(rows[1:], offline, atol=TOL, rtol=0)
+    assert_close(rows[1:], offline)
     assert torch.equal(rows[0], classifier.class_embeddings[1])
     with pytest.raises(ValueError, match="distinct"):
         classifier.classify([image], labels=["owl", "owl"])
