@@ -115,7 +115,8 @@ async def test_auto_says_in_the_log_and_the_metrics_what_it_chose(
     with caplog.at_level(logging.INFO, logger="promptserve.models.devices"):
         async with client_factory(device="auto") as (client, runtime):
             text = (await client.get("/metrics")).text
-    choice = runtime.device_choice
+    assert runtime.local is not None
+    choice = runtime.local.device_choice
     assert choice.asked == "auto"
     assert f"device auto: running on {'the CPU' if choice.device == 'cpu' else choice.device}" in (
         caplog.text
