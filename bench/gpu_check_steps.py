@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import Backbone, load_backbone
 from promptserve.models.classifier import load_classifier
 from promptserve.models.devices import choose_device
@@ -73,7 +73,7 @@ class Check:
         if key not in self._versions:
             learner = perturbed(method, self.model(), seed)
             name = f"{method}-f{format_version}-s{seed}"
-            export_classifier(
+            publish_classifier(
                 learner,
                 CLASSES,
                 self.store,

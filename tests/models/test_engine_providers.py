@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from promptserve.models import providers
-from promptserve.models.artifact import export_classifier
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.engines import ONNX_FILE, OnnxEngine, OnnxOptions, input_side
 from promptserve.models.errors import Fp16AccuracyError, ProviderError
 from promptserve.models.export import device_constants
@@ -41,7 +41,7 @@ def _artifact(backbone: Any, store: Path, seed: int, method: str = "zeroshot") -
     with torch.no_grad():
         for parameter in learner.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
-    export_classifier(learner, ["a", "b"], store, method, training={"data": "t"}, format_version=1)
+    publish_classifier(learner, ["a", "b"], store, method, training={"data": "t"}, format_version=1)
     return next((store / method).iterdir())
 
 
@@ -128,7 +128,7 @@ def test_tensorrt_options_give_each_graph_its_own_cache(
 
 
 def test_profiles_cover_the_shared_graphs_extra_inputs(tiny_backbone: Any, tmp_path: Path) -> None:
-    export_classifier(create_method("provp", tiny_backbone), ["a", "b"], tmp_path, "p")
+    publish_classifier(create_method("provp", tiny_backbone), ["a", "b"], tmp_path, "p")
     shared = [
         path
         for path in tmp_path.glob(".backbones/*/graphs/*/" + ONNX_FILE)
