@@ -34,8 +34,8 @@ from promptserve.service.jobs.store import JobStore  # noqa: E402
 from promptserve.service.objectstore import open_filesystem  # noqa: E402
 from tests.cluster.servers import S3_ENV, fresh_database, running_postgres, running_s3  # noqa: E402
 from tests.cluster.test_cluster_e2e import start_worker  # noqa: E402
-from tests.service.test_e2e import Server, start_server, stop_server  # noqa: E402
-from tests.service.test_jobs_e2e import AUTH, KEY, shapes, submit  # noqa: E402
+from tests.service.jobs.helpers import AUTH, KEY, shapes, submit  # noqa: E402
+from tests.service.servers import Server, start_server, stop_server  # noqa: E402
 
 
 async def throughput(urls: list[str], image: bytes, clients: int, seconds: float) -> float:

@@ -1,13 +1,20 @@
-"""Shared fixtures: tiny random-init backbones only; nothing is downloaded."""
+"""Shared fixtures: tiny random-init backbones only; nothing is downloaded. Every test runs
+isolated from the caller's environment and from the tests before it (`isolated`)."""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: no test may reach a hub
+# The service reads every PROMPTSERVE_* variable; a test pins what it means (Settings arguments,
+# monkeypatch.setenv, a subprocess's env), so none may come from the shell that runs pytest.
+for _name in [name for name in os.environ if name.startswith("PROMPTSERVE_")]:
+    del os.environ[_name]
 # OMP_NUM_THREADS, when set, picks the kernels' thread count (the tolerances must hold for any)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
@@ -17,3 +24,34 @@ def tiny_backbone():  # type: ignore[no-untyped-def]
     from promptserve.models.backbone import load_backbone
 
     return load_backbone("tiny")
+
+
+@pytest.fixture(autouse=True)
+def isolated() -> Iterator[None]:
+    """Around every test: no PROMPTSERVE_* variable set, and afterwards the environment, the
+    working directory and the logging configuration (levels, handlers) as they were before it."""
+    environment = dict(os.environ)
+    for name in [name for name in os.environ if name.startswith("PROMPTSERVE_")]:
+        del os.environ[name]
+    directory = os.getcwd()
+    root = logging.getLogger()
+    named = {name: logging.getLogger(name) for name in list(logging.root.manager.loggerDict)}
+    saved = {
+        name: (log.level, list(log.handlers), log.propagate, log.disabled)
+        for name, log in named.items()
+    }
+    root_level, root_handlers = root.level, list(root.handlers)
+    yield
+    os.environ.clear()
+    os.environ.update(environment)
+    os.chdir(directory)
+    root.setLevel(root_level)
+    for handler in root.handlers[:]:  # pytest moves its own capture handlers per test phase
+        if handler not in root_handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    for name in list(logging.root.manager.loggerDict):
+        log = logging.getLogger(name)
+        level, handlers, propagate, disabled = saved.get(name, (logging.NOTSET, [], True, False))
+        log.setLevel(level)
+        log.handlers[:] = handlers
+        log.propagate, log.disabled = propagate, disabled

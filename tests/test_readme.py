@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.service.test_e2e import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 README_URL = "http://127.0.0.1:8000"

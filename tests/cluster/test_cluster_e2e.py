@@ -27,8 +27,8 @@ import pytest
 
 from promptserve.service.jobs.store import JobStore
 from tests.cluster.servers import S3_ENV, Postgres, S3Server, fresh_database
-from tests.service.test_e2e import MINI_WEIGHTS, REPO, Server, start_server, stop_server
-from tests.service.test_jobs_e2e import AUTH, KEY, shapes, submit, wait_for
+from tests.service.jobs.helpers import AUTH, KEY, shapes, submit, wait_for
+from tests.service.servers import MINI_WEIGHTS, REPO, Server, start_server, stop_server
 
 pytestmark = [
     pytest.mark.slow,
@@ -75,7 +75,9 @@ def cluster(
     bucket = f"b{uuid.uuid4().hex[:12]}"
     from promptserve.service.objectstore import open_filesystem
 
-    os.environ.update(S3_ENV)
+    credentials = pytest.MonkeyPatch()  # s3fs in this process reads them; undone at teardown
+    for name, value in S3_ENV.items():
+        credentials.setenv(name, value)
     open_filesystem("s3://x", s3_server.endpoint).mkdir(bucket)
     env = {
         **S3_ENV,
@@ -107,6 +109,7 @@ def cluster(
     try:
         yield Cluster(apis, workers, database, env, root)
     finally:
+        credentials.undo()
         for api in apis:
             stop_server(api)
         for worker in workers:
@@ -243,4 +246,3 @@ def test_a_dead_workers_job_is_taken_over_after_its_lease_never_twice(cluster: C
         cancelled = a.post(f"/jobs/{job['id']}/cancel")
         assert cancelled.status_code == 200, cancelled.text
         assert wait_for(a, job["id"], ENDED, timeout=60)["state"] == "cancelled"
-    assert a.is_closed

@@ -13,7 +13,7 @@ import pytest
 
 from promptserve.service.jobs.store import JobStore
 from tests.cluster.servers import Postgres, fresh_database
-from tests.service.test_jobstore import SPEC
+from tests.service.jobs.helpers import SPEC
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

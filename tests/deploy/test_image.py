@@ -32,7 +32,7 @@ from tests.deploy.docker import (
     merged_compose,
     wait_healthy,
 )
-from tests.service.test_jobs_e2e import PARTS, shapes, submit, versions, wait_for
+from tests.service.jobs.helpers import PARTS, shapes, submit, versions, wait_for
 
 pytestmark = pytest.mark.docker
 log = logging.getLogger(__name__)

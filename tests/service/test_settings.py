@@ -63,10 +63,6 @@ def test_invalid_settings_are_refused(bad: dict[str, object]) -> None:
         Settings(**bad)  # type: ignore[arg-type]
 
 
-def test_get_settings_is_cached(fresh_settings: None) -> None:
-    assert get_settings() is get_settings()
-
-
 def test_main_builds_the_app_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_settings: None
 ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from promptserve.training.synthetic.tasks import color_shape_classes
-from tests.service.conftest import b64, make_settings, png_bytes, serve
+from tests.service.helpers import b64, make_settings, png_bytes, serve
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import pytest
 
 from promptserve.service.catalog import Catalog
 from promptserve.service.classify.cache import ClassifierCache
-from tests.service.conftest import (
+from tests.service.helpers import (
     CLASS_NAMES,
     ClientFactory,
     b64,

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from promptserve.models.input_engines import BoundInputs
 from tests.numerics import RTOL_SCORES, assert_close
-from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, jpeg_bytes, png_bytes
+from tests.service.helpers import CLASS_NAMES, ClientFactory, b64, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -128,14 +129,17 @@ async def test_concurrent_requests_share_one_engine_batch(client_factory: Client
 
 async def test_batched_results_equal_unbatched(client_factory: ClientFactory) -> None:
     images = [png_bytes((200, 40, 40)), png_bytes((40, 40, 200)), jpeg_bytes()]
-    async with client_factory(max_wait_ms=200) as (client, _):
+    # as many requests as the batch holds, and a long window: the gathered ones are one batch
+    async with client_factory(max_wait_ms=1000, max_batch_size=len(images)) as (client, runtime):
         alone = [
             (await client.post("/classify", json={"images": [b64(i)], "top_k": 99})).json()
             for i in images
         ]
+        before = runtime.local.batcher.batches_run
         together = await asyncio.gather(
             *(client.post("/classify", json={"images": [b64(i)], "top_k": 99}) for i in images)
         )
+        assert runtime.local.batcher.batches_run - before == 1  # they really ran together
     for single, batched in zip(alone, together, strict=True):
         a = {p["label"]: p["score"] for p in single["predictions"][0]}
         b = {p["label"]: p["score"] for p in batched.json()["predictions"][0]}
@@ -143,10 +147,19 @@ async def test_batched_results_equal_unbatched(client_factory: ClientFactory) ->
         assert_close([b[k] for k in a], [a[k] for k in a], RTOL_SCORES)
 
 
-async def test_torchscript_engine(client_factory: ClientFactory) -> None:
-    async with client_factory(engine="torchscript") as (client, _):
+@pytest.mark.parametrize("kind", ["onnx", "torchscript"])
+async def test_the_engine_setting_picks_the_engine_that_scores(
+    client_factory: ClientFactory, kind: str
+) -> None:
+    async with client_factory(engine=kind) as (client, runtime):
         response = await client.post("/classify", json={"images": [b64(png_bytes())]})
+        classifier = runtime.local.cache.get("default")
     assert response.status_code == 200, response.text
+    engine = classifier.engine
+    if isinstance(engine, BoundInputs):  # a prompt graph shared by the backbone's classifiers
+        engine = engine.engine
+    running = "torchscript" if "TorchScript" in type(engine).__name__ else "onnx"
+    assert running == kind, type(engine)
 
 
 async def test_openapi_documents_the_classify_bodies(client_factory: ClientFactory) -> None:

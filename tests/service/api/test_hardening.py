@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from promptserve.models.classifier import check_labels, load_classifier
 from promptserve.models.errors import InvalidLabelError
@@ -22,7 +22,8 @@ from promptserve.service.api.middleware import AdmissionMiddleware
 from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import ImageTooLargeError
 from promptserve.service.jobs.process import without_paths
-from tests.service.conftest import ClientFactory, b64, bomb_png, png_bytes
+from tests.service.helpers import ClientFactory, b64, bomb_png, engine_held, png_bytes
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -34,16 +35,29 @@ JOB_IMAGES = [  # two classes of two images: the smallest valid /adapt
 ]
 
 
+def _never(what: str) -> Any:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError(what)
+
+    return refuse
+
+
+@pytest.fixture
+def never_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if Pillow decodes any image's pixels: a refusal must come from the header."""
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _never("pixels were decoded"))
+
+
 # --- labels ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", ["json", "hf", "multipart", "query"])
 async def test_twenty_thousand_labels_are_refused_at_once(
-    client_factory: ClientFactory, shape: str
+    client_factory: ClientFactory, shape: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = png_bytes()
+    monkeypatch.setattr(LabelEncoder, "encode", _never("a refused label list was encoded"))
     async with client_factory() as (client, _):
-        start = time.perf_counter()
         if shape == "json":
             response = await client.post(
                 "/classify", json={"images": [b64(image)], "labels": MANY_LABELS}
@@ -64,20 +78,24 @@ async def test_twenty_thousand_labels_are_refused_at_once(
                 headers={"Content-Type": "image/png"},
                 params={"labels": ",".join(MANY_LABELS[:3000])},
             )
-        elapsed = time.perf_counter() - start
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "invalid_label"
     assert "at most 1000" in response.json()["error"]["message"]
-    assert elapsed < 1.0
 
 
 def test_label_checks_are_linear(tiny_artifact: Path) -> None:
     classifier = load_classifier(tiny_artifact)
     names = [f"name {i}" for i in range(200_000)]
-    start = time.perf_counter()
-    request = check_labels(classifier, names)  # no limits: everything is counted and compared
-    assert time.perf_counter() - start < 2.0  # quadratic counting took minutes
-    assert len(request.new) == len(names)
+
+    def seconds(count: int) -> float:
+        start = time.perf_counter()
+        check_labels(classifier, names[:count])  # no limits: everything is counted and compared
+        return time.perf_counter() - start
+
+    small = min(seconds(20_000) for _ in range(3))
+    large = min(seconds(200_000) for _ in range(3))
+    assert large < 30 * small + 0.05, (small, large)  # linear: ~10x; quadratic: ~100x
+    assert len(check_labels(classifier, names).new) == len(names)
     with pytest.raises(InvalidLabelError, match="duplicate"):
         check_labels(classifier, [*names, "name 7"])
 
@@ -105,22 +123,21 @@ def test_the_tokenizer_forgets_old_words(tiny_artifact: Path) -> None:
 
 
 @pytest.mark.parametrize(("width", "height"), [(1_562_500, 16), (25_000_000, 1), (16, 1_562_500)])
-def test_long_thin_images_are_refused_before_decoding(width: int, height: int) -> None:
-    start = time.perf_counter()
+def test_long_thin_images_are_refused_before_decoding(
+    width: int, height: int, never_decoded: None
+) -> None:
     with pytest.raises(ImageTooLargeError, match="aspect ratio"):
         decode_image(bomb_png(width, height), max_pixels=25_000_000, resize_to=64)
-    assert time.perf_counter() - start < 0.1
 
 
-async def test_sixteen_strips_in_one_request_are_a_413(client_factory: ClientFactory) -> None:
+async def test_sixteen_strips_in_one_request_are_a_413(
+    client_factory: ClientFactory, never_decoded: None
+) -> None:
     strips = [("images", (f"{i}.png", bomb_png(1_562_500, 16))) for i in range(16)]
     async with client_factory(max_images_per_request=16) as (client, _):
-        start = time.perf_counter()
         response = await client.post("/classify", files=strips)
-        elapsed = time.perf_counter() - start
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "image_too_large"
-    assert elapsed < 2.0
 
 
 def test_exif_orientation_is_applied() -> None:
@@ -199,6 +216,47 @@ async def test_admission_budgets_body_bytes() -> None:
         gate.release.set()
         assert (await big).status_code == 200
     assert second.status_code == 429
+
+
+async def test_the_app_admits_at_most_its_limit_and_never_refuses_health(
+    client_factory: ClientFactory,
+) -> None:
+    """Admission as `create_app` wires it: a request beyond MAX_INFLIGHT_REQUESTS is a 429
+    while the one in flight is held in the engine; health and metrics still answer."""
+    async with client_factory(max_inflight_requests=1, retry_after_s=7) as (client, runtime):
+        body = {"images": [b64(png_bytes())]}
+        with engine_held(runtime) as entered:
+            running = asyncio.create_task(client.post("/classify", json=body))
+            await eventually(entered.is_set)
+            refused = await client.post("/classify", json=body)
+            exempt = [await client.get(url) for url in ("/health/live", "/metrics")]
+        assert (await running).status_code == 200
+        after = await client.post("/classify", json=body)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert refused.headers["Retry-After"] == "7"
+    assert [r.status_code for r in exempt] == [200, 200]
+    assert 'status="429"' in exempt[1].text
+    assert after.status_code == 200  # the slot came back
+
+
+async def test_admission_refuses_before_the_body_limit_reads_anything(
+    client_factory: ClientFactory,
+) -> None:
+    """With the slot taken, a request over the body limit is refused by admission (429), which
+    runs outside the body limit (413) and reads nothing."""
+    async with client_factory(max_inflight_requests=1, max_body_bytes=1000) as (client, runtime):
+        image = png_bytes(size=8)
+        with engine_held(runtime) as entered:
+            running = asyncio.create_task(
+                client.post("/classify", content=image, headers={"Content-Type": "image/png"})
+            )
+            await eventually(entered.is_set)
+            refused = await client.post("/classify", content=b"x" * 5000)
+        assert (await running).status_code == 200
+        too_big = await client.post("/classify", content=b"x" * 5000)
+    assert refused.status_code == 429
+    assert too_big.status_code == 413
 
 
 # --- metrics, docs, the default classifier, jobs ---------------------------------------------
@@ -281,7 +339,7 @@ async def test_start_up_removes_leftovers(client_factory: ClientFactory, store: 
 
 def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:
     from promptserve.service.jobs.store import JobStore
-    from tests.service.test_jobstore import SPEC
+    from tests.service.jobs.helpers import SPEC
 
     jobs = JobStore(tmp_path / "jobs.db")
     old, _ = jobs.create(SPEC, fingerprint="a")
@@ -294,6 +352,38 @@ def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:
     assert jobs.get(old.id) is None
     assert jobs.events(old.id) == []
     assert jobs.get(live.id) is not None  # queued jobs are never pruned
+
+
+async def test_start_up_forgets_ended_jobs_past_their_retention(
+    client_factory: ClientFactory, store: Path
+) -> None:
+    """The runner's housekeeping prunes at start-up (and every PRUNE_EVERY_S): an ended job
+    older than JOB_RETENTION_DAYS is gone with its events and files; a recent one stays."""
+    import sqlite3
+
+    from promptserve.service.jobs.store import JobStore
+    from tests.service.jobs.helpers import SPEC
+
+    root = store / ".jobs"
+    jobs = JobStore(root / "jobs.db")
+    ids = []
+    for fingerprint in ("old", "recent"):
+        job, _ = jobs.create(SPEC, fingerprint=fingerprint)
+        assert jobs.claim(job.id)
+        jobs.finish(job.id, "succeeded", result={}, message="done")
+        (root / job.id).mkdir(parents=True)
+        (root / job.id / "log.txt").write_text("kept with the job")
+        ids.append(job.id)
+    old, recent = ids
+    with sqlite3.connect(root / "jobs.db") as db:
+        db.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (time.time() - 3 * 86400, old))
+    async with client_factory(job_retention_days=2) as (client, _):
+        gone = await client.get(f"/jobs/{old}")
+        kept = await client.get(f"/jobs/{recent}")
+    assert gone.status_code == 404
+    assert kept.status_code == 200
+    assert not (root / old).exists()
+    assert (root / recent / "log.txt").exists()
 
 
 @pytest.mark.parametrize("reference", ["a\0b", "x" * 5000])

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service.conftest import b64, bomb_png, png_bytes
-from tests.service.test_e2e import Server, start_server, stop_server
+from tests.service.helpers import b64, bomb_png, png_bytes
+from tests.service.servers import Server, start_server, stop_server
 
 pytestmark = pytest.mark.anyio
 

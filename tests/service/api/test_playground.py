@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.test_e2e import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

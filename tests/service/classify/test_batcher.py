@@ -11,6 +11,7 @@ from torch import Tensor
 
 from promptserve.service.classify.batcher import MicroBatcher
 from promptserve.service.errors import EngineError, NotReadyError, QueueFullError
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -24,9 +25,11 @@ class FakeEngine:
         self.fail = fail
         self.release = threading.Event()
         self.release.set()
+        self.entered = threading.Event()  # set once a batch is inside the engine
 
     def __call__(self, pixels: Tensor) -> Tensor:
-        self.release.wait(timeout=10)
+        self.entered.set()
+        self.release.wait(timeout=60)
         self.calls.append(int(pixels.shape[0]))
         if self.fail:
             raise RuntimeError("engine exploded")
@@ -109,10 +112,9 @@ async def test_queue_full_is_refused_and_the_batcher_recovers() -> None:
     await batcher.start()
     try:
         running = asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine))
-        await asyncio.sleep(0.05)  # the worker takes it and blocks in the engine
+        await eventually(engine.entered.is_set)  # the worker took it and blocks in the engine
         waiting = asyncio.create_task(batcher.submit("clf", pixels(3, 1.0), engine))
-        await asyncio.sleep(0.05)
-        assert batcher.queue_depth == 3
+        await eventually(lambda: batcher.queue_depth == 3)
         with pytest.raises(QueueFullError):
             await batcher.submit("clf", pixels(1, 1.0), engine)
         engine.release.set()

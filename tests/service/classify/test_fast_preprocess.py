@@ -178,7 +178,7 @@ def test_normalise_checks_its_input() -> None:
 
 def test_fast_path_keeps_the_limits() -> None:
     fast = FastEvalTransform(PreprocessConfig(size=64, mean=(0, 0, 0), std=(1, 1, 1)))
-    from tests.service.conftest import bomb_png, truncated_png
+    from tests.service.helpers import bomb_png, truncated_png
 
     with pytest.raises(ImageTooLargeError):
         prepare_image(bomb_png(), fast, MAX_PIXELS)

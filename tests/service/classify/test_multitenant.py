@@ -15,7 +15,7 @@ from promptserve.models.backbone import Backbone
 from promptserve.models.methods import create_method
 from tests import helpers
 from tests.numerics import RTOL_SCORES, assert_close
-from tests.service.conftest import CLASS_NAMES, b64, jpeg_bytes, make_settings, png_bytes, serve
+from tests.service.helpers import CLASS_NAMES, b64, jpeg_bytes, make_settings, png_bytes, serve
 
 pytestmark = pytest.mark.anyio
 

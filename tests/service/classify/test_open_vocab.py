@@ -23,7 +23,7 @@ from promptserve.models.methods import list_methods
 from promptserve.service.settings import Settings
 from promptserve.training.synthetic.tasks import task_classes
 from tests.numerics import assert_close
-from tests.service.conftest import CLASS_NAMES, ClientFactory, b64, make_settings, png_bytes, serve
+from tests.service.helpers import CLASS_NAMES, ClientFactory, b64, make_settings, png_bytes, serve
 
 NOVEL = task_classes("color-shape-novel")
 BASE = task_classes("color-shape-base")

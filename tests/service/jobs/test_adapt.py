@@ -1,7 +1,7 @@
 """POST /adapt and /jobs in process: request shapes, every refusal, idempotency, paging, cancel.
 
 Jobs here never run (``max_concurrent_jobs=0`` queues only); running them is the end-to-end
-test's business (tests/service/test_jobs_e2e.py).
+test's business (tests/service/jobs/test_jobs_e2e.py).
 """
 
 from __future__ import annotations
@@ -11,46 +11,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.service.conftest import (
-    ClientFactory,
-    b64,
-    bomb_png,
-    jpeg_bytes,
-    png_bytes,
-    truncated_png,
+from tests.service.helpers import ClientFactory, b64, bomb_png, jpeg_bytes, png_bytes, truncated_png
+from tests.service.jobs.helpers import (
+    BLUE,
+    RED,
+    assert_error,
+    json_body,
+    multipart,
+    post_json,
 )
 
 pytestmark = pytest.mark.anyio
-
-RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-def json_body(**fields: Any) -> dict[str, Any]:
-    images = [
-        {"data": b64(png_bytes(RED)), "label": "red thing"},
-        {"data": b64(png_bytes(BLUE)), "label": "blue thing"},
-    ]
-    return {"name": "mine", "images": images} | fields
-
-
-def multipart(labels: list[str], images: list[bytes] | None = None) -> list[tuple[str, Any]]:
-    images = images if images is not None else [png_bytes(RED), png_bytes(BLUE)]
-    return [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
-
-
-async def post_json(client: httpx.AsyncClient, body: Any, **headers: str) -> httpx.Response:
-    return await client.post("/adapt", json=body, headers=headers)
-
-
-def assert_error(response: httpx.Response, status: int, code: str, *words: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    for word in words:
-        assert word in error["message"], error["message"]
 
 
 async def test_json_adapt_queues_a_job_with_its_files(client_factory: ClientFactory) -> None:

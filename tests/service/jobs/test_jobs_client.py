@@ -11,8 +11,8 @@ import pytest
 from promptserve.service.jobs.client import JobClient
 from promptserve.service.remote.engine import EngineServer
 from promptserve.service.runtime import Runtime
-from tests.service.conftest import ClientFactory, make_settings
-from tests.service.test_adapt import assert_error, json_body, post_json
+from tests.service.helpers import ClientFactory, make_settings
+from tests.service.jobs.helpers import assert_error, json_body, post_json
 
 pytestmark = pytest.mark.anyio
 

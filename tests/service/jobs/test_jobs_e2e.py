@@ -9,7 +9,6 @@ users bring it for, names the backbone has never seen.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -17,101 +16,29 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from promptserve.training.data import SYNTHETIC_RECIPE
-from tests.service.test_e2e import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.jobs.helpers import (
+    AUTH,
+    JOB_ENV,
+    PARTS,
+    accuracy,
+    png,
+    shapes,
+    submit,
+    versions,
+    wait_for,
+    wait_running_with_progress,
+)
+from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"),
 ]
-
-KEY = "e2e-secret"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-PARTS = {
-    "red circle": "part 17",
-    "blue square": "part 42",
-    "green star": "part 88",
-    "yellow heart": "part 95",
-}
-JOB_ENV = {
-    "PROMPTSERVE_API_KEY": KEY,
-    "PROMPTSERVE_JOB_THREADS": "1",
-    "PROMPTSERVE_CANCEL_GRACE_S": "20",
-    "PROMPTSERVE_ALLOW_ADAPT_DEFAULT": "true",  # a failing job must leave the default alone
-}
-
-
-def png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def shapes(split: str, per_class: int, seed: int = 3) -> list[tuple[bytes, str]]:
-    """Colour-shape images of the four PARTS classes, labelled with their part numbers."""
-    from promptserve.training.synthetic.tasks import SyntheticSpec, render_item
-
-    spec = SyntheticSpec(task="color-shape", seed=seed)
-    return [
-        (png(render_item(spec, split, name, i)), part)
-        for name, part in PARTS.items()
-        for i in range(per_class)
-    ]
-
-
-def submit(client: httpx.Client, images: list[tuple[bytes, str]], **fields: Any) -> dict[str, Any]:
-    files = [("images", (f"{i}.png", data, "image/png")) for i, (data, _) in enumerate(images)]
-    data = {"labels": [label for _, label in images]} | {k: str(v) for k, v in fields.items()}
-    response = client.post("/adapt", files=files, data=data)
-    assert response.status_code == 202, response.text
-    return dict(response.json())
-
-
-def wait_for(
-    client: httpx.Client, job_id: str, states: set[str], timeout: float = 300
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in states:
-            return dict(job)
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job}")
-
-
-def wait_running_with_progress(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] == "running" and job["progress"]:
-            return dict(job)
-        assert job["state"] in ("queued", "running"), job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not start training")
-
-
-def accuracy(client: httpx.Client, images: list[tuple[bytes, str]], **fields: Any) -> float:
-    correct = 0
-    for start in range(0, len(images), 4):
-        chunk = images[start : start + 4]
-        files = [("images", (f"{i}.png", data, "image/png")) for i, (data, _) in enumerate(chunk)]
-        response = client.post("/classify", files=files, data=fields)
-        assert response.status_code == 200, response.text
-        for row, (_, label) in zip(response.json()["predictions"], chunk, strict=True):
-            correct += row[0]["label"] == label
-    return 100.0 * correct / len(images)
-
-
-def versions(client: httpx.Client, name: str) -> list[str]:
-    response = client.get(f"/classifiers/{name}")
-    if response.status_code == 404:
-        return []
-    return [v["version"] for v in response.json()["versions"]]
 
 
 @pytest.fixture(scope="module")
@@ -281,15 +208,26 @@ def _store_of(server: Server) -> Path:
 
 
 def test_events_and_listing_over_http(server: Server, client: httpx.Client) -> None:
+    """Self-contained: the jobs it lists are its own (cancelled at once), whatever ran before."""
+    mine = [
+        submit(client, shapes("train", 1), name=f"listed-{i}", method="zeroshot")["id"]
+        for i in range(3)
+    ]
+    for job_id in mine:
+        assert client.post(f"/jobs/{job_id}/cancel").status_code in (200, 409)
     listing = client.get("/jobs", params={"limit": 2}).json()
     assert len(listing["data"]) == 2
     assert listing["has_more"]
     rest = client.get("/jobs", params={"after": listing["next_after"], "limit": 100}).json()
     ids = [j["id"] for j in listing["data"] + rest["data"]]
-    assert len(ids) == len(set(ids)) >= 4
+    assert len(ids) == len(set(ids))
+    assert set(mine) <= set(ids)
     created = [j["created_at"] for j in listing["data"] + rest["data"]]
     assert created == sorted(created, reverse=True)
-    assert json.dumps(listing)  # plain JSON all the way down
+    events = client.get(f"/jobs/{mine[0]}/events").json()["data"]
+    assert events
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    assert all(isinstance(e["message"], str) and e["message"] for e in events)
 
 
 SHIFTED = ("red circle", "orange circle", "yellow star", "green star", "blue heart", "purple heart")

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from promptserve.service.jobs.spec import JobSpec, dump_spec, load_spec
+from promptserve.service.jobs.spec import dump_spec, load_spec
 from promptserve.service.jobs.store import IdempotencyMismatchError, JobStore
-from promptserve.training.api import TrainRequest
-
-SPEC = JobSpec(
-    train=TrainRequest(method="coop", data="/data/demo", store=Path("store"), name="demo"),
-    data="demo",
-    classes=["a", "b"],
-    images=4,
-)
+from tests.service.jobs.helpers import SPEC
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from promptserve.service.remote.protocol import (
 from promptserve.service.remote.worker import RemoteEngine, dump_settings, load_settings
 from promptserve.service.runtime import Runtime
 from promptserve.service.settings import Settings
-from tests.service.conftest import b64, corrupt, make_settings, png_bytes, publish_copy, serve
+from tests.service.helpers import b64, corrupt, make_settings, png_bytes, publish_copy, serve
 
 IMAGE = {"images": [b64(png_bytes())]}
 

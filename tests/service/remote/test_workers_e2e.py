@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import b64, png_bytes, publish_copy
-from tests.service.test_e2e import Server, start_server, stop_server
+from tests.service.helpers import b64, png_bytes, publish_copy
+from tests.service.servers import Server, start_server, stop_server
 
 BATCH = 8
 TWO_WORKERS = {

@@ -1,0 +1,73 @@
+"""A real `promptserve serve` process on a free port, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from promptserve.models.backbone import WEIGHTS_DIR
+
+REPO = Path(__file__).resolve().parents[2]
+MINI_WEIGHTS = WEIGHTS_DIR / "mini.safetensors"
+LIMITS = {
+    "PROMPTSERVE_MAX_BODY_BYTES": "200000",
+    "PROMPTSERVE_MAX_IMAGES_PER_REQUEST": "4",
+    "PROMPTSERVE_MAX_WAIT_MS": "5",
+    "PROMPTSERVE_DEVICE": "cpu",
+    "PROMPTSERVE_ONNX_THREADS": "1",
+    "PROMPTSERVE_DECODE_THREADS": "2",
+}
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(store: Path, log: Path, timeout: float, **env: str) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
+    environment |= {"HF_HUB_OFFLINE": "1", **LIMITS, **env}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    raise AssertionError(f"server not ready after {timeout}s:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
