@@ -36,7 +36,7 @@ test: setup lint docs
 # the strict build fails on a broken link, a missing page or a page left out of the nav.
 docs: setup
 	$(BIN)/python docs/gen_reference.py --check
-	$(BIN)/mkdocs build --strict --quiet --site-dir .site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 # The image built from the Dockerfile and run with compose (tests/deploy). Without a Docker
 # daemon it says so loudly and exits 0; .ci/run installs and starts one.
