@@ -169,9 +169,8 @@ def shell_script(code: str, url: str) -> tuple[str, list[Any]]:
 def local_command(line: str) -> str:
     """A docs command line as it runs here: the docs' .venv is this interpreter's."""
     promptserve = f"{sys.executable} -m promptserve.service.cli"
-    return line.replace(".venv/bin/promptserve", promptserve).replace(
-        ".venv/bin/python", sys.executable
-    )
+    line = line.replace(".venv/bin/python", sys.executable)  # first: it holds .venv/bin/python
+    return line.replace(".venv/bin/promptserve", promptserve)
 
 
 class PageServers:
