@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := $(wildcard models training service tests bench)
+SOURCES := $(wildcard models training service tests bench docs/*.py)
 
-.PHONY: setup test test-image lint format serve clean
+.PHONY: setup test test-image lint format docs serve clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,14 @@ format: setup
 	$(BIN)/ruff format $(SOURCES)
 	$(BIN)/ruff check --fix $(SOURCES)
 
-test: setup lint
+test: setup lint docs
 	$(BIN)/python -m pytest -q
+
+# The docs site (mkdocs.yml, docs/): the generated reference pages must match the code, and
+# the strict build fails on a broken link, a missing page or a page left out of the nav.
+docs: setup
+	$(BIN)/python docs/gen_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
 
 # The image built from the Dockerfile and run with compose (tests/deploy). Without a Docker
 # daemon it says so loudly and exits 0; .ci/run installs and starts one.
@@ -49,4 +55,4 @@ serve: setup
 	$(BIN)/promptserve serve --host 127.0.0.1 --port 8000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck .site

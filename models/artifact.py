@@ -2,9 +2,10 @@
 
 An artifact is written into a hidden temporary directory beside its versions, checked (the
 exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
-reader never sees a half-written version. The manifest's fields are those `publish_classifier`
-writes below. The ONNX / TorchScript half lives in `models.export` (writing and checking the
-graphs) and `models.engines` (running them).
+reader never sees a half-written version. Layout, manifest fields and both formats:
+docs/reference/artifact.md (tested against what `publish_classifier` below writes). The ONNX /
+TorchScript half lives in `models.export` (writing and checking the graphs) and
+`models.engines` (running them).
 
 Two formats are read. Format 1 is self-contained: the version holds its visual graph as
 ``visual.onnx`` and ``visual.torchscript.pt``. Format 2 (written by default) holds only the

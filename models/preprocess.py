@@ -12,8 +12,8 @@ multiply-add. A JPEG decoded in draft mode (DCT-domain downscale, see
 `service.classify.images`) is passed with its draft scale; that is the one approximation.
 
 Normalisation is not moved into the exported graph: the artifact's visual graph takes
-normalised float pixels (see `models.export`), and artifacts already published would need
-re-exporting.
+normalised float pixels (docs/reference/artifact.md), and artifacts already published would
+need re-exporting.
 """
 
 from __future__ import annotations

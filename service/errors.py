@@ -54,10 +54,14 @@ class InvalidImageError(ServiceError):
 
 
 class UnauthorizedError(ServiceError):
+    """No ``Authorization: Bearer <key>`` header, or the wrong key, while an API key is set."""
+
     status, code = 401, "unauthorized"
 
 
 class UnknownJobError(ServiceError):
+    """No job has this id (it never existed, or ended longer ago than the retention)."""
+
     status, code = 404, "unknown_job"
 
 
@@ -80,14 +84,20 @@ class ImageTooLargeError(ServiceError):
 
 
 class BodyTooLargeError(ServiceError):
+    """A body larger than ``max_body_bytes``, declared or streamed (chunked)."""
+
     status, code = 413, "body_too_large"
 
 
 class TooManyImagesError(ServiceError):
+    """More images in one request than ``max_images_per_request`` (or a job's limit)."""
+
     status, code = 413, "too_many_images"
 
 
 class UnsupportedMediaTypeError(ServiceError):
+    """A body that is neither JSON nor multipart form data."""
+
     status, code = 415, "unsupported_media_type"
 
 
@@ -122,11 +132,31 @@ class QueueFullError(ServiceError):
 
 
 class NotReadyError(ServiceError):
+    """The service is still starting (the default classifier is not loaded yet), or failed to."""
+
     status, code = 503, "not_ready"
 
 
 class EngineError(ServiceError):
+    """The engine failed to score a batch; the detail is in the server log."""
+
     status, code = 500, "engine_error"
+
+
+# codes answered without a class of their own above: by public_error's fallbacks, the
+# admission middleware and the web framework (service.api.handlers); the reference
+# (docs/reference/api.md) lists them beside the classes' docstrings
+OTHER_CODES: dict[str, tuple[int, str]] = {
+    "artifact_error": (500, "A stored classifier artifact failed its checks or did not load"),
+    "internal_error": (500, "An unexpected error; the answer names its kind, the log the rest"),
+    "overloaded": (429, "Too many requests (or body bytes) in flight; retry after Retry-After"),
+    "client_disconnected": (400, "The client hung up before its body was read"),
+    "bad_request": (400, "A request the service or the web framework refuses as such"),
+    "forbidden": (403, "The web framework refused the request"),
+    "not_found": (404, "No route has this path"),
+    "method_not_allowed": (405, "The route exists, but not with this HTTP method"),
+    "invalid_request": (422, "The request does not validate (a field's type or range)"),
+}
 
 
 def validation_message(errors: object) -> str:

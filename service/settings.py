@@ -20,89 +20,225 @@ ENGINES_KEPT = 2  # engines the pool keeps open beyond the loaded classifiers' (
 
 
 class Settings(BaseSettings):
-    """Everything the service can be told; each field is ``PROMPTSERVE_<FIELD>``."""
+    """Everything the service can be told; each field is ``PROMPTSERVE_<FIELD>``.
+
+    Every field has a description: docs/reference/settings.md is generated from them
+    (docs/gen_reference.py).
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="PROMPTSERVE_", env_file=".env", extra="ignore", frozen=True
     )
 
-    store: Path = Path("store")  # the classifier store directory (its local copy, with store_url)
-    # PROMPTSERVE_STORE=s3://bucket/prefix: the classifiers live there, `store` (default
-    # ./store, or PROMPTSERVE_STORE_CACHE) mirrors them locally
-    store_url: str | None = None
-    store_cache: Path | None = None  # the local copy of store_url; None: ./store
-    s3_endpoint_url: str | None = None  # an S3-compatible service (MinIO); None: AWS
-    store_poll_s: float = Field(default=2.0, gt=0)  # how often the local copy is refreshed
-    default_classifier: str = "default"  # served when a request names no classifier
-    default_backbone: str = "mini"  # backbone of the default classifier created on first start
-    create_default: bool = True  # create the default classifier when the store lacks it
-    engine: Literal["onnx", "torchscript"] = "onnx"
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    onnx_threads: int | None = Field(default=None, ge=1)  # None: min(4, CPU count)
+    store: Path = Field(
+        default=Path("store"),
+        description="The classifier store directory; with an s3:// store, its local copy",
+    )
+    store_url: str | None = Field(
+        default=None,
+        description="The object store holding the classifiers (s3://bucket/prefix); set it "
+        "by giving PROMPTSERVE_STORE an s3:// URL. None: the store is the local directory",
+    )
+    store_cache: Path | None = Field(
+        default=None, description="The local copy of an s3:// store; None: ./store"
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible service to use instead of AWS (MinIO)"
+    )
+    store_poll_s: float = Field(
+        default=2.0, gt=0, description="Seconds between refreshes of an s3:// store's local copy"
+    )
+    default_classifier: str = Field(
+        default="default", description="The classifier served when a request names none"
+    )
+    default_backbone: str = Field(
+        default="mini",
+        description="Backbone of the default classifier created on first start (mini, ARCH, "
+        "ARCH:TAG such as ViT-B-16:openai, ARCH@FILE)",
+    )
+    create_default: bool = Field(
+        default=True, description="Create the default classifier when the store lacks it"
+    )
+    engine: Literal["onnx", "torchscript"] = Field(
+        default="onnx", description="Which exported graph the service runs"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where the engines run; auto: CUDA when it really works"
+    )
+    onnx_threads: int | None = Field(
+        default=None, ge=1, description="ONNX Runtime intra-op threads; None: min(4, CPU count)"
+    )
     # --- the GPU path (each is ignored on the CPU but onnx_fp16, which needs CUDA) ---
-    onnx_fp16: bool = False  # run the visual graph in float16 (LayerNorm, Softmax stay fp32)
-    onnx_io_binding: bool = True  # the engine reads and writes torch tensors in place
-    onnx_tensorrt: bool = False  # TensorRT provider first, when ONNX Runtime has it
-    trt_cache_dir: Path | None = None  # TensorRT engine/timing caches; None: <store>/.trt-cache
-    # CUDA memory all ONNX Runtime sessions may hold, split evenly over the engines that can be
-    # open at once (max_loaded_classifiers + ENGINES_KEPT); None: each arena unbounded
-    gpu_mem_budget_mib: int | None = Field(default=None, ge=64)
-    onnx_tf32: bool = False  # TF32 matmuls on CUDA: faster, ~1e-3 off the float32 reference
-    device_decode: bool = False  # on CUDA: decode JPEGs with nvJPEG (off until gpu_check passes)
-    # threads decoding and preprocessing images; default min(4, CPU count)
-    decode_threads: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)
-    # a request of one image up to this size (bytes, or base64 characters) is decoded on the
-    # event loop instead of the decode pool (0: always the pool)
-    inline_decode_bytes: int = Field(default=32 * 1024, ge=0)
-    max_batch_size: int = Field(default=32, ge=1)  # images per engine call
-    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)  # how long a batch waits to fill
-    queue_size: int = Field(default=512, ge=1)  # images waiting for the engine; then 429
-    max_loaded_classifiers: int = Field(default=8, ge=1)  # loaded versions kept (LRU)
-    max_images_per_request: int = Field(default=16, ge=1)
-    max_image_pixels: int = Field(default=25_000_000, ge=1)  # declared width x height
-    max_body_bytes: int = Field(default=20 * MiB, ge=1)
-    # admission control: requests (and their declared body bytes) in flight at once; beyond
-    # either, a request is answered 429 with Retry-After before its body is read
-    max_inflight_requests: int = Field(default_factory=lambda: 32 * (os.cpu_count() or 1), ge=1)
-    max_inflight_bytes: int = Field(default=64 * MiB, ge=1)
-    retry_after_s: int = Field(default=1, ge=1)  # the Retry-After of a 429
-    max_labels: int = Field(default=1000, ge=1)  # labels named in one request
-    max_new_labels: int = Field(default=100, ge=0)  # labels a classifier lacks, per request
-    max_label_tokens: int = Field(default=32, ge=1)  # tokens in one label name
-    max_label_chars: int = Field(default=300, ge=1)  # characters in one label, before tokenizing
-    max_cached_labels: int = Field(default=10_000, ge=1)  # encoded labels kept (LRU)
-    default_top_k: int = Field(default=5, ge=1)
-    api_key: SecretStr | None = None  # when set, every route but /health/* needs it
+    onnx_fp16: bool = Field(
+        default=False,
+        description="Run the visual graph in float16 on CUDA (LayerNorm, Softmax stay float32)",
+    )
+    onnx_io_binding: bool = Field(
+        default=True, description="The engine reads and writes torch tensors in place"
+    )
+    onnx_tensorrt: bool = Field(
+        default=False, description="Put the TensorRT provider first (needs libnvinfer.so.10)"
+    )
+    trt_cache_dir: Path | None = Field(
+        default=None, description="TensorRT engine and timing caches; None: <store>/.trt-cache"
+    )
+    # split evenly over the engines that can be open at once (max_loaded_classifiers +
+    # ENGINES_KEPT): see gpu_mem_limit
+    gpu_mem_budget_mib: int | None = Field(
+        default=None,
+        ge=64,
+        description="CUDA memory (MiB) all ONNX Runtime sessions may hold, split evenly over "
+        "max_loaded_classifiers + 2 sessions; None: each arena unbounded",
+    )
+    onnx_tf32: bool = Field(
+        default=False,
+        description="TF32 matmuls on CUDA: faster, about 1e-3 off the float32 reference",
+    )
+    device_decode: bool = Field(
+        default=False,
+        description="On CUDA, decode a request's JPEGs with nvJPEG (off until bench/gpu_check.py "
+        "passes on the host)",
+    )
+    decode_threads: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        description="Threads decoding and preprocessing images; default min(4, CPU count)",
+    )
+    inline_decode_bytes: int = Field(
+        default=32 * 1024,
+        ge=0,
+        description="A request of one image up to this size (bytes, or base64 characters) is "
+        "decoded on the event loop instead of the decode pool (0: always the pool)",
+    )
+    max_batch_size: int = Field(default=32, ge=1, description="Images per engine call")
+    max_wait_ms: float = Field(
+        default=5.0, ge=0, le=10_000, description="How long a batch waits to fill (ms)"
+    )
+    queue_size: int = Field(
+        default=512, ge=1, description="Images waiting for the engine; beyond, a 429 queue_full"
+    )
+    max_loaded_classifiers: int = Field(
+        default=8, ge=1, description="Loaded classifier versions kept (least recently used out)"
+    )
+    max_images_per_request: int = Field(
+        default=16, ge=1, description="Images in one request; beyond, a 413 too_many_images"
+    )
+    max_image_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Declared width x height of one image; beyond, a 413 image_too_large",
+    )
+    max_body_bytes: int = Field(
+        default=20 * MiB, ge=1, description="Request body bytes; beyond, a 413 body_too_large"
+    )
+    # admission control: beyond either limit a request is answered 429 with Retry-After before
+    # its body is read
+    max_inflight_requests: int = Field(
+        default_factory=lambda: 32 * (os.cpu_count() or 1),
+        ge=1,
+        description="Requests in flight at once (health and metrics exempt); default 32 per CPU",
+    )
+    max_inflight_bytes: int = Field(
+        default=64 * MiB, ge=1, description="Declared body bytes of the requests in flight"
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="The Retry-After header of a 429")
+    max_labels: int = Field(default=1000, ge=1, description="Labels named in one request")
+    max_new_labels: int = Field(
+        default=100,
+        ge=0,
+        description="Labels a classifier lacks, encoded per request (0: refused, unknown_label)",
+    )
+    max_label_tokens: int = Field(default=32, ge=1, description="Tokens in one label name")
+    max_label_chars: int = Field(
+        default=300, ge=1, description="Characters in one label, checked before tokenizing"
+    )
+    max_cached_labels: int = Field(
+        default=10_000, ge=1, description="Encoded labels kept (least recently used out)"
+    )
+    default_top_k: int = Field(
+        default=5, ge=1, description="Labels per image when a request gives no top_k"
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="When set, every route but /health/* and the playground page needs "
+        "Authorization: Bearer <key>",
+    )
     # --- tuning jobs (POST /adapt) ---
-    jobs_dir: Path | None = None  # job database and uploads; None: <store>/.jobs
-    max_concurrent_jobs: int = Field(default=1, ge=0)  # job processes at once; 0 queues only
-    # torch threads of a job process; default half the CPUs, so classification keeps the rest
-    job_threads: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2), ge=1)
-    job_niceness: int = Field(default=10, ge=0, le=19)  # CPU priority drop of a job process
-    job_device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    # how long a cancelled job process gets to stop by itself before it is killed
-    cancel_grace_s: float = Field(default=10.0, gt=0)
-    max_job_images: int = Field(default=1024, ge=2)  # uploaded images per job
-    max_job_epochs: int = Field(default=200, ge=1)
-    max_queued_jobs: int = Field(default=16, ge=0)  # jobs waiting for a runner; then 429
-    job_retention_days: float = Field(default=30.0, gt=0)  # ended jobs (and events) kept
-    # the shared job queue of a cluster (postgresql://...); None: SQLite under jobs_dir
-    database_url: SecretStr | None = None
-    # a running job's lease: renewed every poll, taken over by another runner once it runs out
-    job_lease_s: float = Field(default=30.0, ge=2)
-    job_max_attempts: int = Field(default=2, ge=1)  # runs of a job whose runners keep dying
-    # POST /adapt may publish versions of the default classifier only when this is set
-    allow_adapt_default: bool = False
-    data_root: Path | None = None  # `dataset` references resolve under it; None: refused
-    keep_job_uploads: bool = False  # keep a job's uploaded images after it ends
-    # API worker processes of `promptserve serve` sharing the port; with more than one, one
-    # engine process owns the model weights, the batcher and the job runner (service.remote)
-    workers: int = Field(default=1, ge=1, le=256)
-    # set by `promptserve serve` in each API worker it starts: the engine process's socket
-    engine_socket: Path | None = None
-    host: str = "127.0.0.1"  # for `promptserve serve`
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    jobs_dir: Path | None = Field(
+        default=None, description="The job database and uploads; None: <store>/.jobs"
+    )
+    max_concurrent_jobs: int = Field(
+        default=1, ge=0, description="Job processes this process runs at once; 0 queues only"
+    )
+    job_threads: int = Field(
+        default_factory=lambda: max(1, (os.cpu_count() or 2) // 2),
+        ge=1,
+        description="Torch threads of a job process; default half the CPUs, so classification "
+        "keeps the rest",
+    )
+    job_niceness: int = Field(
+        default=10, ge=0, le=19, description="CPU priority drop of a job process"
+    )
+    job_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where jobs train; auto: CUDA when available"
+    )
+    cancel_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a cancelled job process gets to stop by itself before it is killed",
+    )
+    max_job_images: int = Field(default=1024, ge=2, description="Uploaded images per job")
+    max_job_epochs: int = Field(
+        default=200, ge=1, description="Epochs a job may train (its resolved recipe's)"
+    )
+    max_queued_jobs: int = Field(
+        default=16, ge=0, description="Jobs waiting for a runner; beyond, a 429 too_many_jobs"
+    )
+    job_retention_days: float = Field(
+        default=30.0, gt=0, description="Days ended jobs (and their events) are kept"
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The shared job queue of a cluster (postgresql://...); None: SQLite under "
+        "the jobs directory",
+    )
+    job_lease_s: float = Field(
+        default=30.0,
+        ge=2,
+        description="A running job's lease: renewed every poll, taken over by another runner "
+        "once it runs out",
+    )
+    job_max_attempts: int = Field(
+        default=2, ge=1, description="Runs of a job whose runners keep dying, then worker_died"
+    )
+    allow_adapt_default: bool = Field(
+        default=False, description="Let POST /adapt publish versions of the default classifier"
+    )
+    data_root: Path | None = Field(
+        default=None,
+        description="Where /adapt `dataset` references resolve; None: they are refused",
+    )
+    keep_job_uploads: bool = Field(
+        default=False, description="Keep a job's uploaded images after it ends"
+    )
+    # with more than one, one engine process owns the model weights, the batcher and the job
+    # runner (service.remote)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="API worker processes of `promptserve serve` sharing the port",
+    )
+    engine_socket: Path | None = Field(
+        default=None,
+        description="Internal: the engine process's socket, set by `promptserve serve` in each "
+        "API worker it starts",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface `promptserve serve` binds")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `promptserve serve` binds")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of every process"
+    )
 
     @property
     def job_root(self) -> Path:

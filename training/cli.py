@@ -44,16 +44,20 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     (the service adds ``serve``, since imports flow service -> training only)."""
     parser = argparse.ArgumentParser(prog="promptserve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--version", action="version", version=f"promptserve {package_version()}",
+        help="print the package version and exit",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
     if add_commands is not None:
         add_commands(commands)
 
     train = commands.add_parser("train", help="learn prompts and publish a classifier version")
-    train.add_argument("--method", required=True, choices=list_methods())
+    train.add_argument("--method", required=True, choices=list_methods(), help="the method")
     train.add_argument("--data", default=None, help="image folder, CSV/JSONL manifest, ...")
     add_dataset_arguments(train)
     train.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
-    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--seed", type=int, default=1, help="shot sampling and init (default 1)")
     train.add_argument("--epochs", type=int, default=None, help="default: the method's recipe")
     train.add_argument("--store", type=Path, required=True, help="classifier store directory")
     train.add_argument("--name", required=True, help="classifier name")
@@ -62,14 +66,7 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
         default=DEFAULT_BACKBONE,
         help="mini (default), ARCH (random init), ARCH:TAG (pretrained), ARCH@FILE or FILE",
     )
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a field of the method's config (repeatable)",
-    )
+    add_overrides_argument(train)
     train.add_argument("--preset", default=None, help="a named recipe preset of the method")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument(
@@ -84,28 +81,40 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
         description="Either score a stored classifier (--store, --name, --data) or run a "
         "protocol end to end (--protocol, --method; synthetic world by default).",
     )
-    evaluate.add_argument("--store", type=Path, default=None)
-    evaluate.add_argument("--name", default=None)
-    evaluate.add_argument("--version", default=None, help="default: the newest")
+    evaluate.add_argument("--store", type=Path, default=None, help="classifier store directory")
+    evaluate.add_argument("--name", default=None, help="the stored classifier to score")
+    add_classifier_version_argument(evaluate)
     evaluate.add_argument("--data", default=None, help="default for protocols: synthetic")
     add_dataset_arguments(evaluate)
-    evaluate.add_argument("--engine", choices=["onnx", "torchscript"], default="onnx")
+    evaluate.add_argument(
+        "--engine", choices=["onnx", "torchscript"], default="onnx", help="graph to run"
+    )
     evaluate.add_argument("--json", type=Path, default=None, help="also write the result here")
-    evaluate.add_argument("--protocol", choices=PROTOCOLS, default=None)
-    evaluate.add_argument("--method", choices=list_methods(), default=None)
-    evaluate.add_argument("--shots", type=int, default=16)
-    evaluate.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    evaluate.add_argument("--epochs", type=int, default=None)
-    evaluate.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    evaluate.add_argument(
+        "--protocol", choices=PROTOCOLS, default=None, help="run this protocol end to end"
+    )
+    evaluate.add_argument(
+        "--method", choices=list_methods(), default=None, help="the method a protocol trains"
+    )
+    evaluate.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
+    evaluate.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed (default 1 2 3)"
+    )
+    evaluate.add_argument("--epochs", type=int, default=None, help="default: the method's recipe")
+    evaluate.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help="as for train (default mini)"
+    )
     evaluate.add_argument(
         "--target",
         action="append",
         default=[],
         help="domain/cross test set: a path, or a benchmark name with --data-root",
     )
-    evaluate.add_argument("--set", dest="overrides", action="append", default=[])
-    evaluate.add_argument("--preset", default=None)
-    evaluate.add_argument("--device", default="cpu")
+    add_overrides_argument(evaluate)
+    evaluate.add_argument(
+        "--preset", default=None, help="a named recipe preset (default: the backbone's, if any)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
     evaluate.add_argument("--workers", type=int, default=0, help="data-loader processes")
     pretrain = commands.add_parser(
         "pretrain-mini",
@@ -116,6 +125,17 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     add_export_command(commands)
     add_make_dataset_command(commands)
     return parser
+
+
+def add_overrides_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the method's config (repeatable)",
+    )
 
 
 def add_dataset_arguments(command: argparse.ArgumentParser) -> None:
@@ -161,11 +181,35 @@ def add_classify_command(commands: Any) -> None:
     classify.add_argument("images", nargs="+", type=Path, help="image files")
     classify.add_argument("--classifier", required=True, help="classifier name")
     classify.add_argument("--store", type=Path, required=True, help="classifier store directory")
-    classify.add_argument("--version", default=None, help="default: the newest")
+    add_classifier_version_argument(classify)
     classify.add_argument("--labels", nargs="+", default=None, help="default: its classes")
-    classify.add_argument("--top-k", type=int, default=5)
-    classify.add_argument("--engine", choices=["onnx", "torchscript"], default="onnx")
-    classify.add_argument("--device", default="cpu")
+    classify.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
+    classify.add_argument(
+        "--engine", choices=["onnx", "torchscript"], default="onnx", help="graph to run"
+    )
+    classify.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def add_classifier_version_argument(command: argparse.ArgumentParser) -> None:
+    # `--version` was this flag's first spelling; it stays accepted, though `promptserve
+    # --version` (before the command) now prints the package version
+    command.add_argument(
+        "--classifier-version",
+        "--version",
+        dest="version",
+        default=None,
+        help="the classifier version (default: the newest); --version is the older spelling",
+    )
+
+
+def package_version() -> str:
+    """The installed promptserve's version (pyproject.toml's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("promptserve")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def request_from_args(cls: type[R], args: argparse.Namespace, **given: Any) -> R:

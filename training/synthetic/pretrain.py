@@ -51,24 +51,47 @@ log = logging.getLogger(__name__)
 class PretrainConfig:
     """The pretraining recipe; the committed `mini` weights record the one they were built with."""
 
-    architecture: str = "mini"  # open_clip config in models/configs
-    steps: int = 2200  # fixed schedule length (no wall-clock schedule: runs are reproducible)
+    # what each field means: OPTION_HELP below, which `pretrain-mini --help` shows
+    architecture: str = "mini"
+    steps: int = 2200
     batch_size: int = 96
-    lr: float = 1e-3  # AdamW peak learning rate
-    warmup_fraction: float = 0.05  # linear warm-up, then cosine to zero
-    weight_decay: float = 0.1  # not applied to norms, biases, embeddings or the logit scale
+    lr: float = 1e-3
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.1
     grad_clip: float = 1.0
-    shape_loss_weight: float = 1.0  # auxiliary CE from the image embedding to the shape label
-    colour_loss_weight: float = 0.2  # ... and to the colour label
-    head_scale: float = 10.0  # the normalised embedding is multiplied by this before the heads
-    single_attribute: float = 0.3  # share of captions naming only the shape or only the colour
-    few_colour_fraction: float = 0.5  # share of each batch drawn from only `few_colours` colours
+    shape_loss_weight: float = 1.0
+    colour_loss_weight: float = 0.2
+    head_scale: float = 10.0
+    single_attribute: float = 0.3
+    few_colour_fraction: float = 0.5
     few_colours: int = 2
     seed: int = 0
-    threads: int = 2  # torch intra-op threads
-    eval_per_class: int = 16  # held-out images per class (64 classes -> 1024 per test set)
-    eval_every: int = 500  # steps between interim evaluations; 0 evaluates only at the end
-    init: str = ""  # weights (.safetensors) to continue from; "" starts from scratch
+    threads: int = 2
+    eval_per_class: int = 16
+    eval_every: int = 500
+    init: str = ""
+
+
+OPTION_HELP = {
+    "architecture": "open_clip config in models/configs",
+    "steps": "fixed schedule length (no wall-clock schedule: runs are reproducible)",
+    "batch_size": "images (and captions) per step",
+    "lr": "AdamW peak learning rate",
+    "warmup_fraction": "share of the steps in linear warm-up, then cosine to zero",
+    "weight_decay": "AdamW weight decay; not applied to norms, biases, embeddings, logit scale",
+    "grad_clip": "gradient norm clip",
+    "shape_loss_weight": "auxiliary cross-entropy from the image embedding to the shape label",
+    "colour_loss_weight": "auxiliary cross-entropy from the image embedding to the colour label",
+    "head_scale": "the normalised embedding is multiplied by this before the auxiliary heads",
+    "single_attribute": "share of captions naming only the shape or only the colour",
+    "few_colour_fraction": "share of each batch drawn from only --few-colours colours",
+    "few_colours": "colours in the few-colour part of a batch",
+    "seed": "seed of the batches and the initial weights",
+    "threads": "torch intra-op threads",
+    "eval_per_class": "held-out images per class (64 classes -> 1024 per test set)",
+    "eval_every": "steps between interim evaluations; 0 evaluates only at the end",
+    "init": "weights (.safetensors) to continue from; empty starts from scratch",
+}
 
 
 @dataclass(frozen=True)
@@ -285,7 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--" + field.name.replace("_", "-"),
             type=type(default),
             default=default,
-            help=f"default {default}",
+            help=f"{OPTION_HELP[field.name]} (default {default!r})",
         )
 
 

@@ -1,7 +1,7 @@
 """The playground page in a real browser: headless Chromium (Debian's `chromium` and
 `chromium-driver`, driven by Selenium) against a real `promptserve serve` on the mini backbone.
 
-Set PLAYGROUND_SCREENSHOT=docs/playground.png to refresh the README's screenshot from this run.
+Set PLAYGROUND_SCREENSHOT=docs/playground.png to refresh the docs' screenshot from this run.
 """
 
 from __future__ import annotations
