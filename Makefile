@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard models training service tests bench docs/*.py)
 
-.PHONY: setup test test-image lint format docs serve clean
+.PHONY: setup test test-quick test-image lint format docs serve clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,11 @@ test: setup lint docs
 docs: setup
 	$(BIN)/python docs/gen_reference.py --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
+
+# The quick local loop: everything but the slow end-to-end tests (real servers, jobs, the docs'
+# examples) and the image; make test runs them all.
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow and not docker"
 
 # The image built from the Dockerfile and run with compose (tests/deploy). Without a Docker
 # daemon it says so loudly and exits 0; .ci/run installs and starts one.

@@ -104,9 +104,10 @@ def concurrency(check: Check) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         app = create_app(settings)
         async with app.router.lifespan_context(app):
-            state = await app.state.runtime.wait_ready(timeout=300)
+            engine = app.state.runtime.local  # this process runs the engine
+            state = await engine.wait_ready(timeout=300)
             if state != "ready":
-                raise RuntimeError(f"the service did not become ready: {app.state.runtime.failure}")
+                raise RuntimeError(f"the service did not become ready: {engine.failure}")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
 

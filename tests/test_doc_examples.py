@@ -25,13 +25,14 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.servers import Server, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -41,10 +42,7 @@ ANY = "…"
 MARKER = "@@docs-check {}@@"
 NOT_RUN = re.compile(r"<!-- not-run: (?P<why>[^>]*?) -->\n*$")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"),
-]
+pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)
@@ -173,43 +171,32 @@ def local_command(line: str) -> str:
     return line.replace(".venv/bin/promptserve", promptserve)
 
 
-class PageServers:
-    """One fresh server per page, in a directory of its own where the page's examples run;
-    the examples are ordered by page, so only the current page's server is kept running."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.page: str | None = None
-        self.server: Server | None = None
-
-    def workdir(self, page: str) -> tuple[Path, Server]:
-        directory = self.root / page.replace("/", "_")
-        if page != self.page:
-            self.close()
-            directory.mkdir()
-            self.server = start_server(
-                directory / "store",
-                directory / "server.log",
-                timeout=300,
-                PROMPTSERVE_MAX_BODY_BYTES=str(20 * 1024 * 1024),  # the service's defaults, not
-                PROMPTSERVE_MAX_IMAGES_PER_REQUEST="16",  # the small limits of the HTTP tests
-                PROMPTSERVE_JOB_THREADS="1",
-            )
-            self.page = page
-        assert self.server is not None
-        return directory, self.server
-
-    def close(self) -> None:
-        if self.server is not None:
-            stop_server(self.server)
-        self.page, self.server = None, None
+SERVER_ENV = {
+    "PROMPTSERVE_MAX_BODY_BYTES": str(20 * 1024 * 1024),  # the service's defaults, not the
+    "PROMPTSERVE_MAX_IMAGES_PER_REQUEST": "16",  # small limits of the HTTP tests
+    "PROMPTSERVE_JOB_THREADS": "1",
+}
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PageServers]:
-    running = PageServers(tmp_path_factory.mktemp("docs"))
-    yield running
-    running.close()
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store as a first `make serve` leaves it (the default classifier created): each page's
+    server starts on a copy, so the mini export runs once, not once per page."""
+    root = tmp_path_factory.mktemp("docs-template")
+    first = start_server(root / "store", root / "server.log", timeout=300, **SERVER_ENV)
+    stop_server(first)
+    return root / "store"
+
+
+@contextmanager
+def page_server(template: Path, directory: Path) -> Iterator[Server]:
+    """A fresh server for one page, on a copy of the template store in `directory`."""
+    shutil.copytree(template, directory / "store")
+    server = start_server(directory / "store", directory / "server.log", timeout=300, **SERVER_ENV)
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def test_the_docs_have_checked_examples() -> None:
@@ -232,15 +219,25 @@ def test_examples_that_do_not_run_say_why() -> None:
                 assert block.not_run.strip(), f"{block.where}: not-run needs a reason"
 
 
+def executed_pages() -> list[str]:
+    return sorted({block.page for block in all_examples()})
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (the examples use it)")
-@pytest.mark.parametrize("block", all_examples(), ids=lambda b: f"{b.page}:{b.line}")
-def test_example(block: Block, servers: PageServers, monkeypatch: pytest.MonkeyPatch) -> None:
-    root, server = servers.workdir(block.page)
-    if block.language == "sh":
-        run_shell(block, root, server)
-    else:
-        monkeypatch.chdir(root)
-        run_python(block, server)
+@pytest.mark.parametrize("page", executed_pages())
+def test_page_examples(
+    page: str, template_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page's examples, block by block in its order, against a server of its own: a page
+    builds on its earlier blocks (a file written, a job started), never on another page."""
+    blocks = page_examples(ROOT / page)
+    monkeypatch.chdir(tmp_path)
+    with page_server(template_store, tmp_path) as server:
+        for block in blocks:
+            if block.language == "sh":
+                run_shell(block, tmp_path, server)
+            else:
+                run_python(block, server)
 
 
 def run_shell(block: Block, root: Path, server: Server) -> None:

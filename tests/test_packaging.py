@@ -42,3 +42,13 @@ def test_no_module_imports_the_bare_folder_names() -> None:
         if bare.match(line)
     ]
     assert offenders == []
+
+
+def test_the_mini_weights_are_committed_in_full() -> None:
+    """The mini backbone is never a reason to skip: a packaging or LFS slip fails here."""
+    from promptserve.models.backbone import WEIGHTS_DIR
+
+    weights = WEIGHTS_DIR / "mini.safetensors"
+    assert weights.is_file(), weights
+    assert weights.stat().st_size > 1_000_000, "a pointer file, not the weights"
+    assert not weights.read_bytes()[:100].startswith(b"version https://git-lfs")

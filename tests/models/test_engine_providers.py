@@ -4,6 +4,7 @@ ONNX Runtime's block list and passes its gate; traced graphs hold no device cons
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,10 @@ needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="this host has a working 
 
 
 def _artifact(backbone: Any, store: Path, seed: int, method: str = "zeroshot") -> Path:
+    """A classifier whose weights, the backbone's included, differ by `seed`; on a copy of the
+    backbone, which the session shares with every other test."""
     torch.manual_seed(seed)
-    learner = create_method(method, backbone)
+    learner = create_method(method, copy.deepcopy(backbone))
     with torch.no_grad():
         for parameter in learner.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))

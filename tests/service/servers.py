@@ -40,6 +40,18 @@ def free_port() -> int:
 
 
 def start_server(store: Path, log: Path, timeout: float, **env: str) -> Server:
+    """`promptserve serve` on a free port, ready. A free port can be taken between choosing it
+    and the server binding it (another test's server): then the server cannot bind and exits,
+    and it is started again on another port. Ready means our process answers: its own log says
+    it listens on the port, and /health/ready is 200 there."""
+    for _ in range(3):
+        server = _launch(store, log, **env)
+        if _wait_ready(server, timeout):
+            return server
+    raise AssertionError(f"server could not bind a free port:\n{log.read_text()}")
+
+
+def _launch(store: Path, log: Path, **env: str) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
@@ -49,19 +61,28 @@ def start_server(store: Path, log: Path, timeout: float, **env: str) -> Server:
         process = subprocess.Popen(
             command, cwd=REPO, env=environment, stdout=sink, stderr=subprocess.STDOUT
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log)
+    return Server(f"http://127.0.0.1:{port}", process, log)
+
+
+def _wait_ready(server: Server, timeout: float) -> bool:
+    """True once ready; False if it exited because its port was taken; fails otherwise."""
+    listening = f"Uvicorn running on {server.url}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        if server.process.poll() is not None:
+            text = server.log.read_text()
+            if "address already in use" in text.lower():
+                return False
+            raise AssertionError(f"server exited with {server.process.returncode}:\n{text}")
         try:
-            if httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200:
-                return server
+            ready = httpx.get(f"{server.url}/health/ready", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
+            ready = False
+        if ready and listening in server.log.read_text():
+            return True
         time.sleep(0.5)
     stop_server(server)
-    raise AssertionError(f"server not ready after {timeout}s:\n{log.read_text()}")
+    raise AssertionError(f"server not ready after {timeout}s:\n{server.log.read_text()}")
 
 
 def stop_server(server: Server) -> None:

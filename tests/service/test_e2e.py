@@ -20,7 +20,7 @@ from tests.service.helpers import (
     png_bytes,
     truncated_png,
 )
-from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.servers import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +120,6 @@ def test_hugging_face_inference_client(server: Server) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not MINI_WEIGHTS.is_file(),
-    reason=f"needs the pretrained mini backbone ({MINI_WEIGHTS} is not there yet)",
-)
 def test_default_classifier_is_right_on_easy_images(tmp_path: Path) -> None:
     from promptserve.training.synthetic.tasks import SyntheticSpec, color_shape_classes, render_item
 

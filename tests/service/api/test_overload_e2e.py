@@ -53,23 +53,30 @@ async def test_a_plain_classify_answers_while_heavy_requests_are_in_flight(serve
     plain = png_bytes()
     limits = httpx.Limits(max_connections=64)
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
+
+        async def plain_latency() -> float:
+            start = time.perf_counter()
+            response = await client.post(
+                "/classify", content=plain, headers={"Content-Type": "image/png"}
+            )
+            assert response.status_code == 200, response.text
+            return time.perf_counter() - start
+
+        baseline = sorted([await plain_latency() for _ in range(5)])[2]  # idle, same machine
         heavy = [
             client.post("/classify", json={"images": [b64(plain)], "labels": labels}),
             client.post("/classify", files=strips),
             *[client.post("/adapt", files=uploads, data=fields) for _ in range(6)],
         ]
         in_flight = [asyncio.create_task(request) for request in heavy]
-        await asyncio.sleep(0.3)
-        latencies = []
-        for _ in range(3):
-            start = time.perf_counter()
-            response = await client.post(
-                "/classify", content=plain, headers={"Content-Type": "image/png"}
-            )
-            latencies.append(time.perf_counter() - start)
-            assert response.status_code == 200, response.text
+        await asyncio.sleep(0)  # let them start sending
+        latencies = [await plain_latency() for _ in range(3)]
+        overlapped = not all(task.done() for task in in_flight[2:])
         answers = await asyncio.gather(*in_flight)
-    assert max(latencies) < 0.5, latencies
+    assert overlapped, "the uploads ended before the plain requests were measured"
+    assert max(latencies) < 0.5 + 10 * baseline, (baseline, latencies)
     assert answers[0].status_code == 422
     assert answers[1].status_code == 413
-    assert {r.status_code for r in answers[2:]} <= {202, 429}, [r.text for r in answers[2:]]
+    codes = [r.status_code for r in answers[2:]]
+    assert set(codes) <= {202, 429}, [r.text for r in answers[2:]]
+    assert 202 in codes  # at least one upload was admitted and read while we measured

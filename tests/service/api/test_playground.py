@@ -14,16 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.servers import Server, start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 KEY = "playground-secret"
 WAIT_S = 90
 
-pytestmark = pytest.mark.skipif(
-    not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"
-)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="needs the Debian packages chromium and chromium-driver "

@@ -33,12 +33,9 @@ from tests.service.jobs.helpers import (
     wait_for,
     wait_running_with_progress,
 )
-from tests.service.servers import MINI_WEIGHTS, Server, start_server, stop_server
+from tests.service.servers import Server, start_server, stop_server
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not MINI_WEIGHTS.is_file(), reason="needs the committed mini backbone"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
