@@ -1,14 +1,16 @@
 """End to end with ``promptserve serve --workers 2``: two uvicorn API worker processes on one
 port, one engine process. Classify is served by both workers, their requests meet in the same
-engine batch, a bad request refused in a worker stays a 4xx, and a version published or deleted
-in the shared store is seen by every worker. Each request below opens its own connection, so
-the kernel spreads them over the workers."""
+engine batch, a bad request refused in a worker stays a 4xx, a version published or deleted in
+the shared store is seen by every worker, and the service exits when its engine process dies.
+Each request below opens its own connection, so the kernel spreads them over the workers."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,3 +137,23 @@ def test_publish_and_delete_seen_by_every_worker(
     per_worker = metric(scrape(server), "promptserve_api_worker_requests_total")
     assert len(per_worker) == 2, per_worker
     assert min(per_worker.values()) > 0, per_worker
+
+
+def test_the_service_exits_when_its_engine_process_dies(
+    template_store: Path, tmp_path: Path
+) -> None:
+    """The supervisor's safety path: the engine process killed, the API workers are stopped and
+    `serve` exits 1 (a process manager restarts it), instead of workers answering 5xx forever."""
+    shutil.copytree(template_store, tmp_path / "store")
+    log = tmp_path / "server.log"
+    server = start_server(tmp_path / "store", log, timeout=300, PROMPTSERVE_WORKERS="2")
+    try:
+        started = re.search(r"engine process (\d+) up", log.read_text())
+        assert started, log.read_text()
+        os.kill(int(started.group(1)), signal.SIGKILL)
+        code = server.process.wait(timeout=120)
+    finally:
+        if server.process.poll() is None:
+            stop_server(server)
+    assert code == 1, log.read_text()
+    assert "the engine process exited" in log.read_text()
