@@ -29,7 +29,9 @@ and, every PRUNE_EVERY_S, forgets ended jobs past their retention (`Housekeeping
 
 At start-up, jobs left ``running`` by a runner of this host whose process is gone are marked
 ``failed`` with reason ``interrupted`` at once (no need to wait for their lease); queued jobs
-simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted.
+simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted;
+a runner that hands its jobs back (``promptserve worker``, one of several on a shared job store)
+first queues them again for another runner, and its job processes then end writing nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class JobRunner:
         *,
         slots: int | None = None,
         devices: list[str] | None = None,
+        hand_back: bool = False,
     ) -> None:
         self.jobs = jobs
         self.settings = settings
@@ -83,6 +86,7 @@ class JobRunner:
         self.lease_s = settings.job_lease_s
         self.max_attempts = settings.job_max_attempts
         self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled job is killed
+        self.hand_back = hand_back  # at stop: queue running jobs again instead of failing them
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
         self._device_of: dict[str, str] = {}
         self.queued = 0  # as of the last poll, for the metrics
@@ -254,6 +258,9 @@ class JobRunner:
     def _stop_processes(self) -> None:
         with self._lock:
             self._stopping = True
+            if self.hand_back:  # before the signal: the job's writes then name a lost runner
+                for job in self.jobs.hand_back(self.id, list(self._procs), self.max_attempts):
+                    log.warning("job %s handed back to the queue: this runner stops", job.id)
             for process in self._procs.values():
                 if process.is_alive() and process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -264,6 +271,7 @@ class JobRunner:
                     process.kill()
                     process.join()
                 # the job process records this itself on SIGTERM; this covers one that could not
+                # (a handed-back job is no longer this runner's: nothing changes)
                 error = {"reason": "interrupted", "message": "the service stopped"}
                 self.jobs.finish(
                     job_id, "failed", error=error, message="job interrupted", runner=self.id
