@@ -1,7 +1,7 @@
-"""The cluster compose file says what a several-host deployment needs (read, not run: there is
-no Docker engine here): Postgres and MinIO with health checks and volumes, API replicas behind
-a proxy that run no jobs, GPU workers, and the settings that point them all at one queue and
-one bucket."""
+"""The cluster compose file says what a several-host deployment needs (read here; started for
+real by tests/deploy/test_cluster.py under `make test-image`): Postgres and MinIO with health
+checks and volumes, API replicas behind a proxy that run no jobs, GPU workers, and the settings
+that point them all at one queue and one bucket."""
 
 from __future__ import annotations
 
