@@ -133,10 +133,12 @@ def build_image(
     args: dict[str, str] | None = None,
 ) -> None:
     """The repository's Dockerfile (or `dockerfile`, built in its own folder) on `base`, with
-    pip reading only the served wheels."""
+    pip reading only the served wheels.
+
+    Their URL reaches pip as the secret `pip_config`, not as a build argument: its port changes
+    every run, and a build argument would be part of the cache key of the layers that install.
+    """
     command = ["build", "--network", "host", "-t", tag, "--build-arg", f"BASE_IMAGE={base}"]
-    if wheels_url is not None:
-        command += ["--build-arg", f"PIP_OPTIONS=--no-index --find-links {wheels_url}"]
     for name, value in (args or {}).items():
         command += ["--build-arg", f"{name}={value}"]
     cert = pip_cert()
@@ -144,7 +146,12 @@ def build_image(
         command += ["--secret", f"id=pip_cert,src={cert}"]
     if dockerfile is not None:
         command += ["-f", str(dockerfile)]
-    docker(*command, str(dockerfile.parent if dockerfile else ROOT), timeout=3600)
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheels_url is not None:
+            config = Path(tmp) / "pip.conf"
+            config.write_text(f"[global]\nno-index = true\nfind-links = {wheels_url}\n")
+            command += ["--secret", f"id=pip_config,src={config}"]
+        docker(*command, str(dockerfile.parent if dockerfile else ROOT), timeout=3600)
 
 
 def pip_cert() -> str | None:
