@@ -55,7 +55,9 @@ from promptserve.service.settings import Settings, resolve_device
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-STOP_WAIT_S = 10.0  # how long a terminated job process gets before SIGKILL
+# how long terminated job processes get before SIGKILL, all of them together: a stop then ends
+# within it whatever the slots (docker-compose*.yml give the container more than this)
+STOP_WAIT_S = 10.0
 
 
 class JobRunner:
@@ -265,8 +267,9 @@ class JobRunner:
                 if process.is_alive() and process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_WAIT_S
             for job_id, process in self._procs.items():
-                process.join(STOP_WAIT_S)
+                process.join(max(0.0, deadline - time.monotonic()))
                 if process.is_alive():
                     process.kill()
                     process.join()
