@@ -267,12 +267,23 @@ class JobRunner:
                 if process.is_alive() and process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_WAIT_S
+            start = time.monotonic()
             for job_id, process in self._procs.items():
-                process.join(max(0.0, deadline - time.monotonic()))
+                process.join(max(0.0, start + STOP_WAIT_S - time.monotonic()))
                 if process.is_alive():
+                    log.warning(
+                        "job %s: its process outlived SIGTERM by %.0f s, killed",
+                        job_id,
+                        STOP_WAIT_S,
+                    )
                     process.kill()
                     process.join()
+                else:
+                    log.info(
+                        "job %s: its process ended %.1f s after SIGTERM",
+                        job_id,
+                        time.monotonic() - start,
+                    )
                 # the job process records this itself on SIGTERM; this covers one that could not
                 # (a handed-back job is no longer this runner's: nothing changes)
                 error = {"reason": "interrupted", "message": "the service stopped"}

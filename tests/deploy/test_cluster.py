@@ -194,7 +194,8 @@ def test_a_stopped_worker_container_hands_its_job_to_another(cluster: Cluster) -
         other = second if holder == first else first
         stopped_at = time.monotonic()
         docker("stop", holder, timeout=120)
-        log.warning("the worker stopped in %.1f s", time.monotonic() - stopped_at)
+        seconds = time.monotonic() - stopped_at
+        log.warning("the worker stopped in %.1f s:\n%s", seconds, logs(holder, tail=4))
         # within the stop grace: it exited itself, not killed by Docker (137)
         assert docker("inspect", "-f", "{{.State.ExitCode}}", holder).strip() == "0", logs(holder)
         taken = wait_until(lambda: len(starts(balancer, job["id"])) == 2, 120, "not handed over")
