@@ -14,9 +14,9 @@
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu22.04
 
 FROM ${BASE_IMAGE} AS deps
-# PIP_OPTIONS: extra pip arguments, e.g. `--no-index --find-links URL` for wheels served to the
-# build (make test-image serves torch's from disk); the CA bundle of a TLS-intercepting proxy
-# comes as the secret `pip_cert`, never as a layer
+# PIP_OPTIONS: extra pip arguments. Two optional secrets, never layers nor cache keys: `pip_cert`,
+# the CA bundle of a TLS-intercepting proxy, and `pip_config`, a pip.conf (make test-image's says
+# `no-index` and `find-links` to the wheels it serves from disk on a port that changes every run)
 ARG PIP_OPTIONS=
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
@@ -29,8 +29,9 @@ WORKDIR /src
 # empty packages under the same folders (pyproject.toml maps them to promptserve.*) let pip
 # resolve the project's metadata
 COPY pyproject.toml ./
-RUN --mount=type=secret,id=pip_cert \
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_config \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && if [ -s /run/secrets/pip_config ]; then export PIP_CONFIG_FILE=/run/secrets/pip_config; fi \
     && touch README.md \
     && for p in models models/methods training training/synthetic service service/api \
         service/api/routes service/classify service/jobs service/remote; do \
@@ -50,7 +51,10 @@ COPY README.md ./
 COPY models ./models
 COPY training ./training
 COPY service ./service
-RUN pip install $PIP_OPTIONS --no-deps . \
+RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_config \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && if [ -s /run/secrets/pip_config ]; then export PIP_CONFIG_FILE=/run/secrets/pip_config; fi \
+    && pip install $PIP_OPTIONS --no-deps . \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} + \
     && site=lib/python3.11/site-packages \
     && mkdir -p /stage/opt/venv/$site /stage/opt/venv/bin \

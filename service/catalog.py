@@ -47,6 +47,7 @@ from promptserve.models.errors import ArtifactError, UnknownClassifierError, Unk
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from promptserve.models.preprocess import FastEvalTransform
 from promptserve.service.errors import DeleteRefusedError
+from promptserve.service.objectstore import STARTUP_CREATOR
 
 if TYPE_CHECKING:
     from promptserve.service.objectstore import StoreMirror
@@ -218,5 +219,5 @@ def create_default_classifier(root: Path, name: str, backbone: str) -> Path:
     from promptserve.training.api import world_class_names
 
     learner = create_method("zeroshot", load_backbone(backbone))
-    summary = {"data": "synthetic:color-shape", "created_by": "service start-up"}
+    summary = {"data": "synthetic:color-shape", "created_by": STARTUP_CREATOR}
     return publish_classifier(learner, world_class_names(), root, name, training=summary)

@@ -15,7 +15,9 @@ manifests never sees half a version; a dot-directory entry is visible once its
 a staging folder, renamed into place), removes local versions that were deleted remotely, and
 uploads versions that were created locally and never seen remotely (the default classifier a
 fresh replica creates on start-up). Workers publish with `push`, which renumbers a version when
-another host took its number meanwhile. Remote listings go through fsspec (s3fs for ``s3://``),
+another host took its number meanwhile; a start-up default whose number another replica took
+(replicas started together on an empty bucket) is dropped for theirs instead, so a fresh
+cluster has one default version, not one per replica. Remote listings go through fsspec (s3fs for ``s3://``),
 with no listing cache: every pull sees the bucket as it is.
 """
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = ".mirror-complete"  # last object of a dot-directory entry
 LOCAL_ONLY = (".jobs",)  # dot-directories that stay on their host
 PUSH_ATTEMPTS = 20  # version numbers tried when other hosts keep taking the next one
+STARTUP_CREATOR = "service start-up"  # `training.created_by` of the default made at start-up
 
 
 @dataclass
@@ -144,7 +147,9 @@ class StoreMirror:
             self._remove_local(name, version)
             report.removed.append((name, version))
         for name, version in sorted(local - remote - self.seen):
-            report.pushed.append((name, self.push(name, version)))
+            pushed = self._push(name, version, renumber=not self._made_at_start_up(name, version))
+            if pushed is not None:
+                report.pushed.append((name, pushed))
         self.seen = remote | set(report.pushed)
         return report
 
@@ -152,6 +157,13 @@ class StoreMirror:
         """Upload local version `name/version` manifest-last and return its remote version:
         the same, or the next free number when another host published that one meanwhile
         (the local copy is renumbered to match)."""
+        pushed = self._push(name, version, renumber=True)
+        assert pushed is not None  # only a push that may not renumber drops its version
+        return pushed
+
+    def _push(self, name: str, version: str, *, renumber: bool) -> str | None:
+        """`push`; with `renumber` False a taken number drops the local copy instead (None:
+        the next pull downloads the other host's)."""
         self._push_entries()
         for _ in range(PUSH_ATTEMPTS):
             taken = {v for n, v in self.remote_versions() if n == name}
@@ -160,8 +172,22 @@ class StoreMirror:
                 self.seen.add((name, version))
                 log.info("uploaded classifier %s version %s to %s", name, version, self.url)
                 return version
+            if not renumber:
+                self._remove_local(name, version)
+                log.info("%s version %s was published by another host first", name, version)
+                return None
             version = self._renumber(name, version, taken)
         raise RuntimeError(f"could not find a free version of {name} in {self.url}")
+
+    def _made_at_start_up(self, name: str, version: str) -> bool:
+        """Whether the local version is a default classifier created at start-up (any replica
+        makes the same one, so another's serves as well)."""
+        try:
+            manifest = json.loads((self.local / name / version / MANIFEST_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            return False
+        training = manifest.get("training") if isinstance(manifest, dict) else None
+        return isinstance(training, dict) and training.get("created_by") == STARTUP_CREATOR
 
     def delete(self, name: str, version: str) -> None:
         """Remove a version remotely: its manifest first, so no replica downloads it again.

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from promptserve.service.jobs.runner import STOP_WAIT_S
 from promptserve.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +126,14 @@ def test_compose_checks_readiness_and_publishes_the_port(api: dict[str, Any]) ->
     assert any("/health/ready" in part for part in api["healthcheck"]["test"])
     assert any(str(port).endswith(":8000") for port in api["ports"])
     assert api["build"] == "."
+
+
+def test_compose_stops_after_the_job_processes_had_their_wait(api: dict[str, Any]) -> None:
+    # Docker kills a container that has not exited after its grace (default 10 s): the service
+    # first gives its job processes STOP_WAIT_S
+    grace = re.fullmatch(r"(\d+)s", api["stop_grace_period"])
+    assert grace is not None
+    assert int(grace[1]) >= 2 * STOP_WAIT_S
 
 
 def test_the_cpu_override_drops_the_gpu_and_runs_on_the_cpu() -> None:

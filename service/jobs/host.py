@@ -3,8 +3,9 @@
 A job host claims queued jobs from the shared job store and runs up to `slots` of them at once,
 each in its own job process. On a GPU host the slots go one per GPU (``cuda:0``, ``cuda:1``,
 ...); on a CPU host they share the CPU (give each job ``job_threads`` threads accordingly).
-SIGTERM or SIGINT stops it: running jobs end as interrupted, queued ones wait for another
-runner.
+SIGTERM or SIGINT stops it (`docker stop`, a rolling update): its running jobs go back to the
+queue at once, for another worker to run from the start (their job processes are stopped and
+write nothing), and count as an attempt, as when a host dies; queued ones wait.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ async def work(settings: Settings, devices: list[str]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runner = JobRunner(
-        JobStore(settings.job_database), settings, slots=len(devices), devices=devices
+        JobStore(settings.job_database),
+        settings,
+        slots=len(devices),
+        devices=devices,
+        hand_back=True,
     )
     await runner.start()
     log.info(

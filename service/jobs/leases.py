@@ -73,35 +73,25 @@ class JobLeases:
             rows = db.execute(self.db.expired_leases, (now,)).fetchall()
             expired = [job_from_row(row) for row in rows]
             for job in expired:
-                lost = f"runner {job.runner} stopped renewing its lease"
-                if job.attempts < max_attempts:
-                    db.execute(
-                        "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
-                        "pid = NULL, progress = NULL WHERE id = ? AND state = 'running'",
-                        (job.id,),
-                    )
-                    add_event_row(
-                        db,
-                        job.id,
-                        f"{lost}; job queued again (attempt {job.attempts + 1} of {max_attempts})",
-                        level="warning",
-                        data={"state": "queued"},
-                    )
-                    continue
-                error = {"reason": "worker_died", "message": f"{lost} (attempt {job.attempts})"}
-                db.execute(
-                    "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, pid = NULL, "
-                    "lease_until = NULL WHERE id = ? AND state = 'running'",
-                    (now, json.dumps(error), job.id),
-                )
-                add_event_row(
-                    db,
-                    job.id,
-                    "worker lost",
-                    level="error",
-                    data={"state": "failed", "error": error},
-                )
+                _requeue(db, job, f"runner {job.runner} stopped renewing its lease", max_attempts)
         return expired
+
+    def hand_back(self, runner: str, job_ids: list[str], max_attempts: int) -> list[Job]:
+        """Give up runner `runner`'s running `job_ids` before it stops (its host is shutting
+        down): each is queued again at once for another runner, or failed once tried
+        `max_attempts` times, as when its lease runs out. Returns the jobs as they were."""
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        with self.db.transaction() as db:
+            rows = db.execute(
+                f"SELECT * FROM jobs WHERE worker = ? AND state = 'running' AND id IN ({marks})",
+                (runner, *job_ids),
+            ).fetchall()
+            given = [job_from_row(row) for row in rows]
+            for job in given:
+                _requeue(db, job, f"runner {runner} stopped and handed the job back", max_attempts)
+        return given
 
     def running_on(self, host: str) -> list[Job]:
         """Running jobs whose runner id names `host` (see `new_runner_id`)."""
@@ -133,3 +123,30 @@ class JobLeases:
         with self.db.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"publish:{name}",))
             yield
+
+
+def _requeue(db: Any, job: Job, lost: str, max_attempts: int) -> None:
+    """Queue a running job again after its runner lost it (`lost` says how), or fail it
+    (``worker_died``) once it has been tried `max_attempts` times."""
+    if job.attempts < max_attempts:
+        db.execute(
+            "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
+            "pid = NULL, progress = NULL WHERE id = ? AND state = 'running'",
+            (job.id,),
+        )
+        add_event_row(
+            db,
+            job.id,
+            f"{lost}; job queued again (attempt {job.attempts + 1} of {max_attempts})",
+            level="warning",
+            data={"state": "queued"},
+        )
+        return
+    error = {"reason": "worker_died", "message": f"{lost} (attempt {job.attempts})"}
+    db.execute(
+        "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, pid = NULL, "
+        "lease_until = NULL WHERE id = ? AND state = 'running'",
+        (time.time(), json.dumps(error), job.id),
+    )
+    data = {"state": "failed", "error": error}
+    add_event_row(db, job.id, "worker lost", level="error", data=data)

@@ -29,7 +29,9 @@ and, every PRUNE_EVERY_S, forgets ended jobs past their retention (`Housekeeping
 
 At start-up, jobs left ``running`` by a runner of this host whose process is gone are marked
 ``failed`` with reason ``interrupted`` at once (no need to wait for their lease); queued jobs
-simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted.
+simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted;
+a runner that hands its jobs back (``promptserve worker``, one of several on a shared job store)
+first queues them again for another runner, and its job processes then end writing nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ from promptserve.service.settings import Settings, resolve_device
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5
-STOP_WAIT_S = 10.0  # how long a terminated job process gets before SIGKILL
+# how long terminated job processes get before SIGKILL, all of them together: a stop then ends
+# within it whatever the slots (docker-compose*.yml give the container more than this)
+STOP_WAIT_S = 10.0
 
 
 class JobRunner:
@@ -67,6 +71,7 @@ class JobRunner:
         *,
         slots: int | None = None,
         devices: list[str] | None = None,
+        hand_back: bool = False,
     ) -> None:
         self.jobs = jobs
         self.settings = settings
@@ -83,6 +88,7 @@ class JobRunner:
         self.lease_s = settings.job_lease_s
         self.max_attempts = settings.job_max_attempts
         self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled job is killed
+        self.hand_back = hand_back  # at stop: queue running jobs again instead of failing them
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
         self._device_of: dict[str, str] = {}
         self.queued = 0  # as of the last poll, for the metrics
@@ -254,16 +260,32 @@ class JobRunner:
     def _stop_processes(self) -> None:
         with self._lock:
             self._stopping = True
+            if self.hand_back:  # before the signal: the job's writes then name a lost runner
+                for job in self.jobs.hand_back(self.id, list(self._procs), self.max_attempts):
+                    log.warning("job %s handed back to the queue: this runner stops", job.id)
             for process in self._procs.values():
                 if process.is_alive() and process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGTERM)
+            start = time.monotonic()
             for job_id, process in self._procs.items():
-                process.join(STOP_WAIT_S)
+                process.join(max(0.0, start + STOP_WAIT_S - time.monotonic()))
                 if process.is_alive():
+                    log.warning(
+                        "job %s: its process outlived SIGTERM by %.0f s, killed",
+                        job_id,
+                        STOP_WAIT_S,
+                    )
                     process.kill()
                     process.join()
+                else:
+                    log.info(
+                        "job %s: its process ended %.1f s after SIGTERM",
+                        job_id,
+                        time.monotonic() - start,
+                    )
                 # the job process records this itself on SIGTERM; this covers one that could not
+                # (a handed-back job is no longer this runner's: nothing changes)
                 error = {"reason": "interrupted", "message": "the service stopped"}
                 self.jobs.finish(
                     job_id, "failed", error=error, message="job interrupted", runner=self.id

@@ -1,16 +1,18 @@
-"""The cluster compose file says what a several-host deployment needs (read, not run: there is
-no Docker engine here): Postgres and MinIO with health checks and volumes, API replicas behind
-a proxy that run no jobs, GPU workers, and the settings that point them all at one queue and
-one bucket."""
+"""The cluster compose file says what a several-host deployment needs (read here; started for
+real by tests/deploy/test_cluster.py under `make test-image`): Postgres and MinIO with health
+checks and volumes, API replicas behind a proxy that run no jobs, GPU workers, and the settings
+that point them all at one queue and one bucket."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from promptserve.service.jobs.runner import STOP_WAIT_S
 from promptserve.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +28,14 @@ def test_every_long_running_service_has_a_health_check(services: dict[str, Any])
         check = services[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
         assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_a_stopped_worker_exits_before_docker_kills_it(services: dict[str, Any]) -> None:
+    # it hands its jobs back, then gives their processes STOP_WAIT_S; Docker's default grace is
+    # 10 s, after which the worker would be killed (exit 137) on its way out
+    grace = re.fullmatch(r"(\d+)s", services["worker"]["stop_grace_period"])
+    assert grace is not None
+    assert int(grace[1]) >= 2 * STOP_WAIT_S
 
 
 def test_state_lives_in_volumes(services: dict[str, Any]) -> None:

@@ -4,11 +4,13 @@ versions, renumbering on a race, deletes reaching every replica, dot-directories
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from promptserve.service.objectstore import StoreMirror
+from promptserve.service.objectstore import STARTUP_CREATOR, StoreMirror
 from tests.cluster.servers import S3Server
 
 
@@ -109,6 +111,30 @@ def test_a_version_created_locally_is_uploaded_by_the_next_pull(
     assert replica.pull().pushed == [("default", "1")]
     other = mirror(bucket_url, tmp_path / "other", s3_server)
     assert other.pull().added == [("default", "1")]
+
+
+def test_replicas_started_together_keep_one_start_up_default(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    first, second = (mirror(bucket_url, tmp_path / n, s3_server) for n in ("first", "second"))
+    for replica, payload in ((first, b"first's"), (second, b"second's")):
+        directory = write_version(replica.local, "default", "1", payload)
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["training"] = {"created_by": STARTUP_CREATOR}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+    # the second replica lists the bucket just before the first uploads its default
+    second.remote_versions = _empty_once(second.remote_versions)  # type: ignore[method-assign]
+    assert first.pull().pushed == [("default", "1")]
+    assert second.pull().pushed == []  # not renumbered to a second copy: dropped
+    assert first.remote_versions() == {("default", "1")}
+    assert second.pull().added == [("default", "1")]
+    assert (second.local / "default" / "1" / "classes.safetensors").read_bytes() == b"first's"
+
+
+def _empty_once(listing: Callable[[], set[tuple[str, str]]]) -> Callable[[], set[Any]]:
+    """A listing of the bucket that finds it empty once, then lists it as it is."""
+    calls = iter(range(1_000_000))
+    return lambda: set() if next(calls) == 0 else listing()
 
 
 def test_a_local_store_path_is_refused_as_a_url(tmp_path: Path) -> None:

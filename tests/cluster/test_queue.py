@@ -156,3 +156,29 @@ def test_counting_listing_and_events_read_the_same_on_both(jobs: JobStore) -> No
     assert [e.message for e in events] == ["job created", "job started", "hello"]
     assert events[-1].data == {"x": 1}
     assert jobs.events(made[0].id, after=events[0].seq)[0].message == "job started"
+
+
+def test_a_stopping_runner_hands_its_jobs_back_at_once(jobs: JobStore) -> None:
+    job, _ = jobs.create(SPEC, fingerprint="a")
+    other, _ = jobs.create(SPEC, fingerprint="b")
+    assert jobs.claim_next("h:1:a", lease_s=30) is not None
+    assert jobs.claim_next("h:2:b", lease_s=30) is not None
+    # only its own running jobs: the other runner's stays where it is
+    assert [j.id for j in jobs.hand_back("h:1:a", [job.id, other.id], max_attempts=2)] == [job.id]
+    again = jobs.get(job.id)
+    assert again is not None
+    assert (again.state, again.runner) == ("queued", None)
+    assert not jobs.finish(job.id, "failed", error={"reason": "interrupted"}, runner="h:1:a")
+    assert jobs.get(other.id).state == "running"  # type: ignore[union-attr]
+    retried = jobs.claim_next("h:3:c", lease_s=30)
+    assert retried is not None
+    assert (retried.id, retried.attempts) == (job.id, 2)
+    # the last attempt handed back fails, as a lost lease does
+    assert [j.id for j in jobs.hand_back("h:3:c", [job.id], max_attempts=2)] == [job.id]
+    failed = jobs.get(job.id)
+    assert failed is not None
+    assert failed.state == "failed"
+    assert failed.error == {
+        "reason": "worker_died",
+        "message": "runner h:3:c stopped and handed the job back (attempt 2)",
+    }

@@ -85,23 +85,22 @@ def make_base_image() -> str:
     return BASE_IMAGE
 
 
-def wheel_folder() -> Path:
-    """Every wheel the image installs, kept in the cache: pip reads torch and its CUDA wheels
-    from this machine's local indexes (pip config), the rest from the package index once."""
-    folder = CACHE / "wheels"
+def wheel_folder(name: str = "wheels", requirements: tuple[str, ...] = ()) -> Path:
+    """Every wheel an image installs, kept in the cache (by default the project's own): pip
+    reads torch and its CUDA wheels from this machine's local indexes (pip config), the rest
+    from the package index once."""
+    folder = CACHE / name
     folder.mkdir(parents=True, exist_ok=True)
-    stamp = (
-        folder
-        / f".complete-{hashlib.sha256((ROOT / 'pyproject.toml').read_bytes()).hexdigest()[:16]}"
-    )
-    if stamp.is_file():  # already downloaded for these dependencies
+    wanted = requirements or (f"{ROOT}[cluster]", "setuptools>=68")
+    key = (ROOT / "pyproject.toml").read_bytes() if not requirements else "\n".join(wanted).encode()
+    stamp = folder / f".complete-{hashlib.sha256(key).hexdigest()[:16]}"
+    if stamp.is_file():  # already downloaded for these requirements
         return folder
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder),
-         f"{ROOT}[cluster]", "setuptools>=68"],
+        [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(folder), *wanted],
         check=True,
         timeout=1800,
-    )  # fmt: skip
+    )
     stamp.touch()
     return folder
 
@@ -125,14 +124,34 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def build_image(tag: str, base: str, wheels_url: str) -> None:
-    """The repository's Dockerfile on `base`, with pip reading only the served wheels."""
-    args = ["build", "--network", "host", "-t", tag, "--build-arg", f"BASE_IMAGE={base}",
-            "--build-arg", f"PIP_OPTIONS=--no-index --find-links {wheels_url}"]  # fmt: skip
+def build_image(
+    tag: str,
+    base: str,
+    wheels_url: str | None,
+    *,
+    dockerfile: Path | None = None,
+    args: dict[str, str] | None = None,
+) -> None:
+    """The repository's Dockerfile (or `dockerfile`, built in its own folder) on `base`, with
+    pip reading only the served wheels.
+
+    Their URL reaches pip as the secret `pip_config`, not as a build argument: its port changes
+    every run, and a build argument would be part of the cache key of the layers that install.
+    """
+    command = ["build", "--network", "host", "-t", tag, "--build-arg", f"BASE_IMAGE={base}"]
+    for name, value in (args or {}).items():
+        command += ["--build-arg", f"{name}={value}"]
     cert = pip_cert()
     if cert:
-        args += ["--secret", f"id=pip_cert,src={cert}"]
-    docker(*args, str(ROOT), timeout=3600)
+        command += ["--secret", f"id=pip_cert,src={cert}"]
+    if dockerfile is not None:
+        command += ["-f", str(dockerfile)]
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheels_url is not None:
+            config = Path(tmp) / "pip.conf"
+            config.write_text(f"[global]\nno-index = true\nfind-links = {wheels_url}\n")
+            command += ["--secret", f"id=pip_config,src={config}"]
+        docker(*command, str(dockerfile.parent if dockerfile else ROOT), timeout=3600)
 
 
 def pip_cert() -> str | None:
