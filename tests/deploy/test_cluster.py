@@ -181,28 +181,36 @@ def test_a_version_deleted_through_one_replica_is_not_served_by_the_other(
 def test_a_stopped_worker_container_hands_its_job_to_another(cluster: Cluster) -> None:
     project = cluster.project
     project.compose("up", "-d", "--no-recreate", "--scale", "api=2", "--scale", "worker=2")
-    first, second = project.containers("worker")
-    with http(cluster.url) as balancer:
-        job = submit(balancer, shapes("train", 4), name="handed", method="coop", epochs=200)
-        wait_until(
-            lambda: balancer.get(f"/jobs/{job['id']}").json().get("progress") is not None,
-            300,
-            "the job never started training",
-        )
-        (runner,) = starts(balancer, job["id"])
-        holder = {hostname(c): c for c in (first, second)}[runner.split(":")[0]]
-        other = second if holder == first else first
-        stopped_at = time.monotonic()
-        docker("stop", holder, timeout=120)
-        seconds = time.monotonic() - stopped_at
-        log.warning("the worker stopped in %.1f s:\n%s", seconds, logs(holder, tail=4))
-        # within the stop grace: it exited itself, not killed by Docker (137)
-        assert docker("inspect", "-f", "{{.State.ExitCode}}", holder).strip() == "0", logs(holder)
-        taken = wait_until(lambda: len(starts(balancer, job["id"])) == 2, 120, "not handed over")
-        log.warning("the job restarted on the other worker %.1f s after the stop", taken)
-        assert time.monotonic() - stopped_at < 60
-        assert starts(balancer, job["id"])[1].split(":")[0] == hostname(other)
-        row = balancer.get(f"/jobs/{job['id']}").json()
-        assert row["state"] == "running", row
-        assert balancer.post(f"/jobs/{job['id']}/cancel").status_code == 200
-        assert wait_for(balancer, job["id"], ENDED, timeout=120)["state"] == "cancelled"
+    try:
+        first, second = project.containers("worker")
+        with http(cluster.url) as balancer:
+            job = submit(balancer, shapes("train", 4), name="handed", method="coop", epochs=200)
+            wait_until(
+                lambda: balancer.get(f"/jobs/{job['id']}").json().get("progress") is not None,
+                300,
+                "the job never started training",
+            )
+            (runner,) = starts(balancer, job["id"])
+            holder = {hostname(c): c for c in (first, second)}[runner.split(":")[0]]
+            other = second if holder == first else first
+            stopped_at = time.monotonic()
+            docker("stop", holder, timeout=120)
+            seconds = time.monotonic() - stopped_at
+            log.warning("the worker stopped in %.1f s:\n%s", seconds, logs(holder, tail=4))
+            # within the stop grace: it exited itself, not killed by Docker (137)
+            assert docker("inspect", "-f", "{{.State.ExitCode}}", holder).strip() == "0", logs(
+                holder
+            )
+            taken = wait_until(
+                lambda: len(starts(balancer, job["id"])) == 2, 120, "not handed over"
+            )
+            log.warning("the job restarted on the other worker %.1f s after the stop", taken)
+            assert time.monotonic() - stopped_at < 60
+            assert starts(balancer, job["id"])[1].split(":")[0] == hostname(other)
+            row = balancer.get(f"/jobs/{job['id']}").json()
+            assert row["state"] == "running", row
+            assert balancer.post(f"/jobs/{job['id']}/cancel").status_code == 200
+            assert wait_for(balancer, job["id"], ENDED, timeout=120)["state"] == "cancelled"
+    finally:  # back to one fresh worker, as the other tests expect, whatever their order
+        project.compose("rm", "-fs", "worker")
+        project.compose("up", "-d", "--no-recreate", "--scale", "api=2", "--scale", "worker=1")
