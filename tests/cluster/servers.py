@@ -22,11 +22,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.service.servers import free_port
 
 
 def _postgres_bin() -> Path | None:

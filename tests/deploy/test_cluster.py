@@ -29,8 +29,8 @@ from tests.deploy.cluster import (
     wait_until,
 )
 from tests.deploy.docker import docker, health, logs, make_base_image, wait_healthy
-from tests.deploy.test_image import free_port
 from tests.service.jobs.helpers import shapes, submit, wait_for
+from tests.service.servers import free_port
 
 pytestmark = pytest.mark.docker
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import time
 import uuid
@@ -33,6 +32,7 @@ from tests.deploy.docker import (
     wait_healthy,
 )
 from tests.service.jobs.helpers import PARTS, shapes, submit, versions, wait_for
+from tests.service.servers import free_port
 
 pytestmark = pytest.mark.docker
 log = logging.getLogger(__name__)
@@ -49,12 +49,6 @@ class Stack:
     compose: list[str]  # the compose command with its project and file
     container: str
     url: str
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

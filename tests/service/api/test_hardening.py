@@ -183,12 +183,10 @@ async def test_admission_answers_429_before_reading_the_body() -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         held = [asyncio.create_task(client.post("/classify", content=b"x" * 10)) for _ in range(2)]
-        while gate.entered < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: gate.entered == 2)
         refused = await client.post("/classify", content=b"x" * 10)
         health = asyncio.create_task(client.get("/health/live"))  # never refused
-        await asyncio.sleep(0.05)
-        assert gate.entered == 3
+        await eventually(lambda: gate.entered == 3)
         gate.release.set()
         assert [r.status_code for r in await asyncio.gather(*held, health)] == [200, 200, 200]
         bodies_read = gate.bodies_read
@@ -210,8 +208,7 @@ async def test_admission_budgets_body_bytes() -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         big = asyncio.create_task(client.post("/adapt", content=b"x" * 5_000))  # alone: admitted
-        while gate.entered < 1:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: gate.entered == 1)
         second = await client.post("/adapt", content=b"x" * 10)
         gate.release.set()
         assert (await big).status_code == 200
