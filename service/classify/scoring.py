@@ -41,6 +41,7 @@ class ClassifyResult:
     version: str
     predictions: list[list[Prediction]]  # per image, best first
     encoded_labels: list[str] = field(default_factory=list)  # labels encoded on the fly
+    alias: str | None = None  # the alias the version was chosen by (None: named by number)
 
 
 class EngineClient(Protocol):

@@ -135,6 +135,9 @@ def encode_error(exc: BaseException) -> Header:
 def raise_error(error: Header) -> None:
     """Raise the error `encode_error` describes, with its status, code and message."""
     headers = error.get("headers")
+    fields = error.get("fields")
     raise ForwardedError(
-        PublicError(int(error["status"]), str(error["code"]), str(error["message"]), headers)
+        PublicError(
+            int(error["status"]), str(error["code"]), str(error["message"]), headers, fields
+        )
     )

@@ -37,7 +37,7 @@ FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images
 TRAIN_FIELDS = ("name", "method", "backbone", "preset", "shots", "epochs", "seed")
 CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job to stop
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])  # under /v1 too
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -110,7 +110,8 @@ async def adapt(
     )
     if created:
         runtime.job_client.wake()
-    response.headers["Location"] = f"/jobs/{job.id}"
+    prefix = "/v1" if request.url.path.startswith("/v1/") else ""
+    response.headers["Location"] = f"{prefix}/jobs/{job.id}"
     return job_public(job)
 
 
