@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from torch import Tensor
+
 from promptserve.models.artifact import check_name
 from promptserve.models.classifier import LabelRequest, check_labels
 from promptserve.service.aliases import parse_ref
@@ -24,6 +26,7 @@ from promptserve.service.catalog import Catalog, Resolved, VersionInfo
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.scoring import (
     ClassifyResult,
+    EmbedRequest,
     EngineClient,
     ScoreRequest,
     ScoreTarget,
@@ -83,6 +86,33 @@ class ClassifyPipeline:
         if parse_ref(ref)[0] == self.settings.default_classifier:
             await self.engine.ready()  # 503 until the default is loaded and warm
         return self.catalog.lookup(ref, version)
+
+    async def embed(
+        self,
+        ref: str | None,
+        *,
+        images: list[bytes] | list[str] | None = None,
+        texts: list[str] | None = None,
+    ) -> tuple[Resolved, Tensor]:
+        """The classifier's embeddings of `images` (the prompted visual embedding it scores)
+        or of label `texts` (its own text path), L2-normalised [n, D], in input order. The
+        same checks and limits as classify: image count, pixels, label count and length."""
+        resolved = await self.resolve_one(ref)
+        info = self.catalog.version_info(resolved.name, resolved.version)
+        if images is not None:
+            check_image_count(len(images), self.settings.max_images_per_request)
+            pixels = await self.preparer.pixels(images, info.transform, info.preprocess.size)
+            request = EmbedRequest(resolved.name, resolved.version)
+            return resolved, await self.engine.embed(request, pixels)
+        if not texts:
+            raise InvalidRequestError("no input: send at least one text")
+        distinct = list(dict.fromkeys(text.strip() for text in texts))
+        labels = self._labels(info, distinct)
+        request = EmbedRequest(resolved.name, resolved.version, labels)
+        rows = await self.engine.embed(request, None)  # [distinct, D]
+        assert labels is not None
+        index = {name: i for i, name in enumerate(labels.names)}
+        return resolved, rows[[index[text.strip()] for text in texts]]
 
     def _labels(self, version: VersionInfo, names: list[str] | None) -> LabelRequest | None:
         if names is None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from promptserve.service.aliases import ALIASES_FILE
 from promptserve.service.api.middleware import AdmissionMiddleware, RequestIdMiddleware
-from tests.service.helpers import ClientFactory, b64, png_bytes, publish_copy
+from tests.service.helpers import CLASS_NAMES, ClientFactory, b64, png_bytes, publish_copy
 
 pytestmark = pytest.mark.anyio
 
@@ -281,3 +282,41 @@ async def test_latest_skips_candidates(client_factory: ClientFactory, store: Pat
     # an alias set to a candidate makes it an ordinary version: latest follows it again
     assert promoted["latest"] == "2"
     assert [v["candidate"] for v in promoted["versions"]] == [False, False]
+
+
+async def test_embeddings_are_what_the_classifier_scores_with(
+    client_factory: ClientFactory,
+) -> None:
+    images = [png_bytes((220, 30, 30)), png_bytes((30, 30, 220)), png_bytes((30, 200, 30))]
+    async with client_factory() as (client, _):
+        embedded = await client.post(
+            "/v1/embeddings",
+            json={"classifier": "shapes@1", "input": [b64(i) for i in images]},
+        )
+        texts = await client.post(
+            "/v1/embeddings",
+            json={"classifier": "shapes", "input": CLASS_NAMES, "modality": "text"},
+        )
+        classified = await client.post(
+            "/v1/classify", json={"classifier": "shapes", "images": [b64(i) for i in images]}
+        )
+        files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+        form = await client.post("/v1/embeddings", files=files, data={"classifier": "shapes"})
+        empty = await client.post("/v1/embeddings", json={"input": [], "modality": "text"})
+        too_many = await client.post("/v1/embeddings", json={"input": [b64(images[0])] * 1000})
+    assert embedded.status_code == 200, embedded.text
+    body = embedded.json()
+    assert (body["object"], body["model"], body["version"]) == ("list", "shapes@1", "1")
+    assert body["usage"] == {"images": 3, "texts": 0}
+    vectors = torch.tensor([d["embedding"] for d in body["data"]])
+    words = torch.tensor([d["embedding"] for d in texts.json()["data"]])
+    assert [d["modality"] for d in texts.json()["data"]] == ["text"] * len(CLASS_NAMES)
+    assert vectors.shape[1] == words.shape[1]
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(3), atol=1e-4)
+    assert torch.allclose(words.norm(dim=-1), torch.ones(len(CLASS_NAMES)), atol=1e-4)
+    top = [row[0]["label"] for row in classified.json()["results"][0]["predictions"]]
+    assert [CLASS_NAMES[i] for i in (vectors @ words.T).argmax(dim=-1).tolist()] == top
+    form_vectors = torch.tensor([d["embedding"] for d in form.json()["data"]])
+    assert torch.allclose(form_vectors, vectors, atol=1e-5)
+    assert empty.status_code == 422
+    assert too_many.status_code == 413

@@ -260,3 +260,20 @@ async def test_ready_is_503_when_the_default_is_deleted_behind_the_service(
         shutil.rmtree(store / "default")
         behind = await client.get("/health/ready", headers={"X-Request-ID": "ready"})
     assert (behind.status_code, behind.json()) == (alone.status_code, alone.json())
+
+
+@pytest.mark.anyio
+async def test_embeddings_read_the_same_in_both_process_modes(store: Path, tmp_path: Path) -> None:
+    settings = make_settings(store)
+    image = {"classifier": "shapes", "input": [b64(png_bytes())]}
+    text = {"classifier": "shapes", "input": ["red circle", "teal kite"], "modality": "text"}
+    async with serve(settings) as (client, _):
+        alone = [(await client.post("/v1/embeddings", json=b)).json() for b in (image, text)]
+    async with serve_two_workers_mode(settings, tmp_path) as client:
+        behind = [(await client.post("/v1/embeddings", json=b)).json() for b in (image, text)]
+    for one, other in zip(alone, behind, strict=True):
+        assert one["model"] == other["model"] == "shapes@1"
+        for a, b in zip(one["data"], other["data"], strict=True):
+            assert torch.allclose(
+                torch.tensor(a["embedding"]), torch.tensor(b["embedding"]), atol=1e-5
+            )
