@@ -250,10 +250,14 @@ class JobPublic(BaseModel):
         description="epoch, epochs, step, total_steps, loss, lr, eta_s; while running and after"
     )
     result: dict[str, Any] | None = Field(
-        description="classifier, version, accuracies (train, held-out, zero-shot held-out)"
+        description="classifier, version, accuracies (train, held-out, zero-shot held-out); "
+        "published (alias or candidate), alias, gate {passed, reason, heldout {new, zeroshot, "
+        "current}}"
     )
     error: JobErrorPublic | None
     cancel_requested: bool
+    publish: str = Field(default="always", description="gated or always")
+    alias: str = Field(default="latest", description="the alias the new version takes")
 
 
 class JobListPublic(BaseModel):
