@@ -87,7 +87,7 @@ def test_gated_publishing(client: httpx.Client) -> None:
 
 
 def test_embeddings_over_http(client: httpx.Client) -> None:
-    images = [b64(data) for data, _ in shapes("test", 2)]
+    images = [b64(data) for data, _ in shapes("test", 1)]  # 4: the per-request limit
     labels = sorted(PARTS)  # the default classifier's colour-shape classes among them
     embedded = client.post("/v1/embeddings", json={"input": images}).json()
     texts = client.post("/v1/embeddings", json={"input": labels, "modality": "text"}).json()
