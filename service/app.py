@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 from fastapi import FastAPI
 
@@ -13,6 +15,7 @@ from promptserve.service.api.middleware import (
     AdmissionMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
+    RequestIdMiddleware,
 )
 from promptserve.service.api.routes import (
     classifiers,
@@ -23,6 +26,7 @@ from promptserve.service.api.routes import (
     metrics,
     playground,
 )
+from promptserve.service.api.schemas import error_responses
 from promptserve.service.logs import configure_logging
 from promptserve.service.remote.worker import load_settings
 from promptserve.service.runtime import Runtime
@@ -30,13 +34,27 @@ from promptserve.service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+API_PREFIX = "/v1"
+
 DESCRIPTION = """Classify images with prompt-tuned CLIP classifiers from a classifier store.
 
-Every error answers `{"error": {"code": ..., "message": ...}}`. When `PROMPTSERVE_API_KEY` is
+The API lives under `/v1`; the unversioned paths (`/classify`, `/adapt`, `/jobs`,
+`/classifiers`) still answer as before, deprecated (`Deprecation: true` and a
+`Link: </v1/...>; rel="successor-version"` header). Every error answers
+`{"error": {"code": ..., "message": ..., "request_id": ...}}` (a 422 adds `fields`, the path of
+each problem), and every response carries `X-Request-ID`. When `PROMPTSERVE_API_KEY` is
 set, every route except `/health/*` and the playground page (`/`, `/static/*`, which hold no
 data) needs `Authorization: Bearer <key>`, these docs included. Beyond the in-flight budget a
 request is answered 429 with `Retry-After` before its body is read.
 """
+
+
+def service_version() -> str:
+    """The installed package's version (the OpenAPI document's `info.version`)."""
+    try:
+        return package_version("promptserve")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     open_docs = settings.api_key is None  # with a key, the docs need it like every route
     app = FastAPI(
         title="promptserve",
+        version=service_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs" if open_docs else None,
@@ -64,7 +83,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if open_docs else None,
     )
     app.state.runtime = runtime
-    for module in (classify, jobs, classifiers, health, metrics, playground):
+    # one handler per route, under /v1 and (deprecated, as before) without the prefix
+    # (a 422 answers the ErrorPublic body, not FastAPI's own validation schema)
+    invalid = error_responses(422)
+    app.include_router(classify.v1_router, prefix=API_PREFIX, responses=invalid)
+    app.include_router(classifiers.v1_router, prefix=API_PREFIX, responses=invalid)
+    app.include_router(jobs.router, prefix=API_PREFIX, responses=invalid)
+    app.include_router(classify.router, responses=invalid)
+    app.include_router(classifiers.router, responses=invalid)
+    app.include_router(jobs.router, deprecated=True, responses=invalid)
+    for module in (health, metrics, playground):  # operational: not versioned
         app.include_router(module.router)
     if not open_docs:
         app.include_router(docs.router)
@@ -80,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retry_after_s=settings.retry_after_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
     return app
 
 

@@ -12,7 +12,7 @@ one process and across processes.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from promptserve.models import errors as model_errors
 
@@ -29,10 +29,17 @@ class ServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        fields: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers
+        self.fields = fields  # a 422's problems: [{"path": [...], "message": ...}]
 
 
 class InvalidBodyError(ServiceError):
@@ -72,9 +79,16 @@ class JobFinishedError(ServiceError):
 
 
 class DeleteRefusedError(ServiceError):
-    """Deleting this version would leave the service without its default classifier."""
+    """Deleting this version would leave the service without its default classifier, or an
+    alias set explicitly points at it."""
 
     status, code = 409, "conflict"
+
+
+class UnknownAliasError(ServiceError):
+    """Deleting an alias the classifier does not have."""
+
+    status, code = 404, "unknown_alias"
 
 
 class ImageTooLargeError(ServiceError):
@@ -171,6 +185,20 @@ def validation_message(errors: object) -> str:
     return "; ".join(parts) + more
 
 
+def validation_fields(errors: object, prefix: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Each of pydantic's errors as ``{"path": [...], "message": ...}``: the field path of the
+    problem (``["body", "images", 0]``), `prefix` put in front of paths that lack it."""
+    if not isinstance(errors, list | tuple):
+        return []
+    fields = []
+    for error in errors:
+        loc = [p if isinstance(p, int) else str(p) for p in error.get("loc", ())]
+        if prefix and loc[: len(prefix)] != list(prefix):
+            loc = [*prefix, *loc]
+        fields.append({"path": loc, "message": str(error.get("msg", "invalid"))})
+    return fields
+
+
 # status and code of the model and training packages' errors that reach a request; the most
 # specific class in an exception's MRO wins (see `http_meaning`)
 HTTP_MEANING: dict[type[Exception], tuple[int, str]] = {
@@ -199,13 +227,14 @@ class PublicError(NamedTuple):
     code: str
     message: str
     headers: dict[str, str] | None = None
+    fields: list[dict[str, Any]] | None = None  # a 422's field paths
 
 
 class ForwardedError(ServiceError):
     """An error raised in another process (the engine), raised again here as it was answered."""
 
     def __init__(self, public: PublicError) -> None:
-        super().__init__(public.message, headers=public.headers)
+        super().__init__(public.message, headers=public.headers, fields=public.fields)
         self.status, self.code = public.status, public.code
 
 
@@ -213,7 +242,7 @@ def public_error(exc: BaseException) -> PublicError:
     """The public answer to `exc`. Internals (paths, tracebacks) never reach it: a broken
     artifact and an unexpected error name only their kind; the detail goes to the log."""
     if isinstance(exc, ServiceError):
-        return PublicError(exc.status, exc.code, exc.message, exc.headers)
+        return PublicError(exc.status, exc.code, exc.message, exc.headers, exc.fields)
     meaning = http_meaning(exc) if isinstance(exc, Exception) else None
     if meaning is not None:  # what the user asked for: a 4xx with the model package's message
         return PublicError(*meaning, str(exc))

@@ -6,7 +6,12 @@ what a version holds: it copies every file of ``<name>/<version>/`` and every en
 dot-directory (``<prefix>/.backbones/<key>/``, say: content-addressed files that versions
 share), whatever their names.
 
-Keys are immutable: a published version is never overwritten. Visibility is manifest-last: a
+Keys of versions are immutable: a published version is never overwritten. The one mutable key
+per classifier is its aliases file (``<name>/aliases.json``, `service.aliases`): a change is
+read from the store, applied and uploaded at once (`pull_aliases`, then `push_aliases`), and
+every pull downloads the files that differ from the local copies; two replicas changing the
+aliases of one classifier in the same instant may lose one of the two changes (the last upload
+wins), never corrupt the file. Visibility is manifest-last: a
 version's other files are uploaded first and ``manifest.json`` last, so a reader that lists
 manifests never sees half a version; a dot-directory entry is visible once its
 ``.mirror-complete`` marker is (uploaded last). Deleting removes the manifest first.
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from promptserve.models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
+from promptserve.service.aliases import ALIASES_FILE, write_file_atomically
 from promptserve.service.settings import Settings, is_store_url
 
 log = logging.getLogger(__name__)
@@ -151,7 +157,44 @@ class StoreMirror:
             if pushed is not None:
                 report.pushed.append((name, pushed))
         self.seen = remote | set(report.pushed)
+        self._sync_aliases()
         return report
+
+    # --- aliases files ------------------------------------------------------------------------
+
+    def _sync_aliases(self) -> None:
+        """Download the aliases files that differ from the local ones; upload a local one the
+        store lacks (written here while the store could not be reached)."""
+        remote = set()
+        for path in self.fs.glob(f"{self.base}/*/{ALIASES_FILE}"):
+            name = path.rstrip("/").split("/")[-2]
+            if not name.startswith("."):
+                remote.add(name)
+                self.pull_aliases(name)
+        for local in self.local.glob(f"*/{ALIASES_FILE}") if self.local.is_dir() else ():
+            name = local.parent.name
+            if not name.startswith(".") and name not in remote:
+                self.push_aliases(name)
+
+    def pull_aliases(self, name: str) -> None:
+        """The store's aliases file of `name` into the local directory, if it differs."""
+        try:
+            data = self.fs.cat_file(f"{self.base}/{name}/{ALIASES_FILE}")
+        except FileNotFoundError:
+            return
+        local = self.local / name / ALIASES_FILE
+        try:
+            same = local.read_bytes() == data
+        except OSError:
+            same = False
+        if not same:
+            write_file_atomically(local, data)
+            log.info("aliases of %s updated from %s", name, self.url)
+
+    def push_aliases(self, name: str) -> None:
+        """Upload the local aliases file of `name` (one object, replaced whole)."""
+        local = self.local / name / ALIASES_FILE
+        self.fs.pipe_file(f"{self.base}/{name}/{ALIASES_FILE}", local.read_bytes())
 
     def push(self, name: str, version: str) -> str:
         """Upload local version `name/version` manifest-last and return its remote version:

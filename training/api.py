@@ -151,15 +151,19 @@ def train_classifier(
     request: TrainRequest,
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    gate: Callable[[FittedLearner, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> TrainOutcome:
     """Fit the method on the request's data, score it, then export and publish a version.
 
     `should_stop` is also asked between the stages after training, so a cancelled run never
-    publishes (once the export has begun, the version is published).
+    publishes (once the export has begun, the version is published). `gate` (the service's
+    gated publishing) is given the fitted learner and its metrics before the export; what it
+    returns is recorded as the manifest's ``training.publish`` (and in the outcome's summary).
     """
     fitted = fit_learner(request, progress, should_stop)
     _check_stop(should_stop, "after training")
     metrics = score_fitted(fitted, request.device)
+    publish = gate(fitted, metrics) if gate is not None else None
     _check_stop(should_stop, "before export")
     result = fitted.result
     summary = {
@@ -176,6 +180,8 @@ def train_classifier(
         "template": template_of(fitted.learner.config),
         **fitted.learner.describe(),
     }
+    if publish is not None:
+        summary["publish"] = publish
     artifact = publish_classifier(
         fitted.learner.cpu(),
         fitted.class_names,

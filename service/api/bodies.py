@@ -15,7 +15,12 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from promptserve.service.errors import InvalidBodyError, InvalidRequestError, validation_message
+from promptserve.service.errors import (
+    InvalidBodyError,
+    InvalidRequestError,
+    validation_fields,
+    validation_message,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,7 +42,9 @@ def validate_body(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequestError(validation_message(exc.errors())) from None
+        errors = exc.errors()
+        fields = validation_fields(errors, ("body",))
+        raise InvalidRequestError(validation_message(errors), fields=fields) from None
 
 
 async def read_json(request: Request, pool: Executor | None = None) -> Any:

@@ -1,6 +1,8 @@
 """Every error as an HTTP response.
 
-Every error response has the body ``{"error": {"code": ..., "message": ...}}``. The service's
+Every error response has the body ``{"error": {"code": ..., "message": ..., "request_id": ...}}``
+(a 422 adds ``fields``: the path of each problem) and the ``X-Request-ID`` header
+(`service.api.middleware.RequestIdMiddleware` chooses the id). The service's
 own exceptions, the model and training packages' and anything unexpected are answered through
 `service.errors.public_error` (the mapping the engine socket uses too); FastAPI's request
 validation, Starlette's 404 / 405 and a client gone mid-body are the web framework's own.
@@ -9,18 +11,21 @@ validation, Starlette's 404 / 405 and a client gone mid-body are the web framewo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Scope
 
 from promptserve.models.errors import PromptserveError
 from promptserve.service.errors import (
     ServiceError,
     log_failure,
     public_error,
+    validation_fields,
     validation_message,
 )
 
@@ -38,36 +43,74 @@ HTTP_CODES = {
 }
 
 
+REQUEST_ID_KEY = "promptserve.request_id"  # where the middleware keeps the id in the scope
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id `RequestIdMiddleware` gave this request (None outside it)."""
+    value = scope.get(REQUEST_ID_KEY)
+    return value if isinstance(value, str) else None
+
+
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    fields: list[dict[str, Any]] | None = None,
+    *,
+    request_id: str | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    """The one error body: code, message, the request's id, and a 422's `fields`."""
+    error: dict[str, Any] = {"code": code, "message": message, "request_id": request_id}
+    if status == 422:
+        error["fields"] = fields or []
+    if request_id is not None:  # also set here: a 500 is sent outside the middleware
+        headers = {**(headers or {}), "X-Request-ID": request_id}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     # the service's, the model and training packages' and unexpected errors: one mapping
     public = public_error(exc)
     log_failure(f"{request.method} {request.url.path}", exc, public)
-    return error_response(*public)
+    return error_response(*public, request_id=request_id_of(request.scope))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, "invalid_request", validation_message(exc.errors()))
+    errors = exc.errors()
+    return error_response(
+        422,
+        "invalid_request",
+        validation_message(errors),
+        fields=validation_fields(errors),
+        request_id=request_id_of(request.scope),
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return error_response(
+        exc.status_code,
+        code,
+        str(exc.detail),
+        dict(exc.headers or {}),
+        request_id=request_id_of(request.scope),
+    )
 
 
 async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
     # the client hung up while its body was being read: nothing failed here, and nobody is
     # left to read the answer (a load generator stopping, a browser tab closed)
     log.info("client left during %s %s before its body was read", request.method, request.url.path)
-    return error_response(400, "client_disconnected", "the client disconnected mid-request")
+    return error_response(
+        400,
+        "client_disconnected",
+        "the client disconnected mid-request",
+        request_id=request_id_of(request.scope),
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,12 @@
-"""Pure ASGI middleware: admission control, the request body limit and the request metrics.
+"""Pure ASGI middleware: request ids, admission control, the request body limit and the
+request metrics.
+
+The request id comes first (outermost): every request gets one (the client's own
+``X-Request-ID`` when it is 1-128 characters of ``[A-Za-z0-9._:-]``, else a new random one),
+kept in the scope for the error bodies and answered in ``X-Request-ID`` on every response. The
+same middleware marks the unversioned API paths deprecated (``Deprecation`` and ``Link:
+</v1/...>; rel="successor-version"``). It costs one scan of the request headers and one header
+appended to the response.
 
 Admission acts first, on the headers alone: while the requests (or declared body bytes) in
 flight are at their budget, a new request is answered 429 with ``Retry-After`` before a byte of
@@ -12,15 +20,67 @@ streamed body (chunked, or lying about its length) is cut off as soon as it pass
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Callable
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from promptserve.service.api.handlers import error_response
+from promptserve.service.api.handlers import REQUEST_ID_KEY, error_response, request_id_of
 from promptserve.service.errors import BodyTooLargeError
 from promptserve.service.metrics import Metrics
+
+VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+LEGACY_PREFIXES = ("/classify", "/adapt", "/jobs", "/classifiers")  # now under /v1
+
+
+def successor_path(path: str) -> str | None:
+    """The /v1 path that replaces an unversioned API path; None for any other path."""
+    if not path.startswith(LEGACY_PREFIXES):
+        return None
+    parts = path.strip("/").split("/")
+    if parts[0] not in ("classify", "adapt", "jobs", "classifiers"):
+        return None  # /classifyx and the like
+    if parts[0] == "classifiers" and len(parts) == 3:  # /classifiers/{name}/{version}
+        parts.insert(2, "versions")
+    return "/v1/" + "/".join(parts)
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (see the module docstring) and marks deprecated paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope.get("headers", ()):
+            if name == b"x-request-id":
+                given = value
+                break
+        if given is not None and VALID_REQUEST_ID.fullmatch(given):
+            request_id = given.decode("ascii")
+        else:
+            request_id = uuid.uuid4().hex
+        scope[REQUEST_ID_KEY] = request_id
+        extra = [(b"x-request-id", request_id.encode("ascii"))]
+        successor = successor_path(scope["path"])
+        if successor is not None:
+            extra.append((b"deprecation", b"true"))
+            extra.append((b"link", f'<{successor}>; rel="successor-version"'.encode()))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class BodyLimitMiddleware:
@@ -59,13 +119,16 @@ class BodyLimitMiddleware:
         except BodyTooLargeError as exc:  # raised where no handler caught it (outside a route)
             if started:
                 raise
-            await error_response(413, exc.code, exc.message)(scope, receive, send)
+            response = error_response(413, exc.code, exc.message, request_id=request_id_of(scope))
+            await response(scope, receive, send)
 
     def _message(self, what: str) -> str:
         return f"request body too large ({what}); the limit is {self.max_body_bytes} bytes"
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
-        response = error_response(413, BodyTooLargeError.code, self._message(what))
+        response = error_response(
+            413, BodyTooLargeError.code, self._message(what), request_id=request_id_of(scope)
+        )
         response.headers["Connection"] = "close"  # the unread body must not be parsed as a request
         await response(scope, receive, send)
 
@@ -135,7 +198,11 @@ class AdmissionMiddleware:
             f"body bytes in flight; retry after {self.retry_after_s} s"
         )
         response = error_response(
-            429, "overloaded", message, headers={"Retry-After": str(self.retry_after_s)}
+            429,
+            "overloaded",
+            message,
+            headers={"Retry-After": str(self.retry_after_s)},
+            request_id=request_id_of(scope),
         )
         await response(scope, receive, send)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -16,8 +16,13 @@ class ClassifyCreate(BaseModel):
     images: list[str] = Field(
         default_factory=list, description="base64-encoded image files (PNG, JPEG, ...)"
     )
-    classifier: str | None = Field(default=None, description="default classifier when omitted")
-    version: str | None = Field(default=None, description="newest version when omitted")
+    classifier: str | None = Field(
+        default=None,
+        description="name, name@alias or name@<version>; the default classifier when omitted",
+    )
+    version: str | None = Field(
+        default=None, description="a version or an alias; the alias `latest` when omitted"
+    )
     top_k: int | None = Field(default=None, ge=1, description="labels returned per image")
     labels: list[str] | None = Field(
         default=None,
@@ -25,8 +30,8 @@ class ClassifyCreate(BaseModel):
     )
     classifiers: list[str] | None = Field(
         default=None,
-        description="several classifiers on one backbone, each scoring every image (newest "
-        "versions); the answer is then a list of results, one per classifier",
+        description="several classifiers on one backbone (each name, name@alias or "
+        "name@<version>), each scoring every image; the answer lists one result per classifier",
     )
 
     @field_validator("version", mode="before")
@@ -61,6 +66,11 @@ class PredictionPublic(BaseModel):
 class ClassifyPublic(BaseModel):
     classifier: str
     version: str
+    alias: str | None = Field(
+        default=None,
+        description="the alias the version was chosen by (`latest` for a plain name); null "
+        "when the request named a version",
+    )
     predictions: list[list[PredictionPublic]] = Field(description="per image, best first")
     encoded_labels: list[str] = Field(
         default_factory=list,
@@ -75,8 +85,11 @@ class ClassifyManyPublic(BaseModel):
 class ClassifierSummaryPublic(BaseModel):
     name: str
     versions: list[str]
-    latest: str
+    latest: str = Field(description="the version the alias `latest` (a plain name) serves")
     default: bool
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="every alias with its version, `latest` included"
+    )
 
 
 class ClassifierListPublic(BaseModel):
@@ -99,6 +112,12 @@ class ClassifierVersionPublic(BaseModel):
     open_vocabulary: bool = Field(
         default=False, description="labels outside class_names can be requested (encoded)"
     )
+    aliases: list[str] = Field(default_factory=list, description="the aliases pointing at it")
+    candidate: bool = Field(
+        default=False,
+        description="published by a tuning job that failed its gate, and no alias set to it "
+        "since: `latest` does not follow it",
+    )
 
 
 class ClassifierPublic(BaseModel):
@@ -106,6 +125,60 @@ class ClassifierPublic(BaseModel):
     default: bool
     latest: str
     versions: list[ClassifierVersionPublic]
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="every alias with its version, `latest` included"
+    )
+
+
+class AliasCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="the version the alias points at (digits, or an alias)")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class AliasPublic(BaseModel):
+    alias: str
+    version: str
+
+
+class EmbeddingsCreate(BaseModel):
+    """An embeddings request: base64 images or label texts, embedded by one classifier."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classifier: str | None = Field(
+        default=None, description="name, name@alias or name@<version>; default classifier"
+    )
+    input: list[str] = Field(
+        description="base64 images (a data: URL prefix is accepted) or label texts"
+    )
+    modality: Literal["image", "text"] = "image"
+
+
+class EmbeddingPublic(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    modality: Literal["image", "text"]
+    embedding: list[float] = Field(description="L2-normalised")
+
+
+class EmbeddingUsagePublic(BaseModel):
+    images: int
+    texts: int
+
+
+class EmbeddingListPublic(BaseModel):
+    object: Literal["list"] = "list"
+    model: str = Field(description="name@version")
+    classifier: str
+    version: str
+    data: list[EmbeddingPublic]
+    usage: EmbeddingUsagePublic
 
 
 class AdaptImageCreate(BaseModel):
@@ -139,6 +212,16 @@ class AdaptCreate(BaseModel):
         default=None, description="a folder or manifest under the data root, instead of images"
     )
     images: list[AdaptImageCreate] | None = None
+    publish: Literal["gated", "always"] | None = Field(
+        default=None,
+        description="gated: the new version takes `alias` only when its held-out accuracy "
+        "beats zero-shot and the alias's current version on the same images, else it is a "
+        "candidate; always: it takes `alias` whatever it scores. Default: gated on /v1, "
+        "always on the deprecated /adapt",
+    )
+    alias: str | None = Field(
+        default=None, description="the alias the new version takes (default `latest`)"
+    )
 
 
 class JobErrorPublic(BaseModel):
@@ -167,10 +250,14 @@ class JobPublic(BaseModel):
         description="epoch, epochs, step, total_steps, loss, lr, eta_s; while running and after"
     )
     result: dict[str, Any] | None = Field(
-        description="classifier, version, accuracies (train, held-out, zero-shot held-out)"
+        description="classifier, version, accuracies (train, held-out, zero-shot held-out); "
+        "published (alias or candidate), alias, gate {passed, reason, heldout {new, zeroshot, "
+        "current}}"
     )
     error: JobErrorPublic | None
     cancel_requested: bool
+    publish: str = Field(default="always", description="gated or always")
+    alias: str = Field(default="latest", description="the alias the new version takes")
 
 
 class JobListPublic(BaseModel):
@@ -198,9 +285,20 @@ class HealthPublic(BaseModel):
     version: str | None = None
 
 
+class FieldErrorPublic(BaseModel):
+    path: list[Any] = Field(
+        description='where the problem is, names and list indices: ["body", "images", 0]'
+    )
+    message: str
+
+
 class ErrorDetailPublic(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(default=None, description="as in the X-Request-ID header")
+    fields: list[FieldErrorPublic] | None = Field(
+        default=None, description="422 only: each problem with its field path"
+    )
 
 
 class ErrorPublic(BaseModel):

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from promptserve.models.classifier import Classifier, rank
@@ -41,7 +42,7 @@ from promptserve.service.catalog import Catalog
 from promptserve.service.classify.batcher import MicroBatcher
 from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.labels import AsyncLabelEncoder
-from promptserve.service.classify.scoring import ClassifyResult, ScoreRequest
+from promptserve.service.classify.scoring import ClassifyResult, EmbedRequest, ScoreRequest
 from promptserve.service.errors import InvalidRequestError, NotReadyError, public_error
 from promptserve.service.metrics import Metrics, add_device_metrics, add_store_gauges
 from promptserve.service.settings import Settings
@@ -217,6 +218,27 @@ class LocalEngine:
                 request.targets, classifiers, label_sets, strict=True
             )
         ]
+
+    async def embed(self, request: EmbedRequest, pixels: Tensor | None) -> Tensor:
+        """The embeddings the classifier scores with (see `EngineClient.embed`): images through
+        the batcher like any classify request; label texts from its stored rows, or encoded
+        by its own text path on the label thread (as open-vocabulary labels are)."""
+        classifier = await self.load(request.classifier, request.version)
+        if request.labels is not None:
+            max_tokens = self.settings.max_label_tokens
+            labels = await self.labels.resolve(classifier, request.labels, max_tokens)
+            embeddings = labels.embeddings
+        else:
+            assert pixels is not None
+            cfg = classifier.preprocess
+            if tuple(pixels.shape[1:]) != (3, cfg.size, cfg.size):
+                raise InvalidRequestError(
+                    f"pixels of shape {tuple(pixels.shape)} do not fit {classifier.name} "
+                    f"{classifier.version} ([n, 3, {cfg.size}, {cfg.size}])"
+                )
+            normalised = normalise(pixels.to(self.device, non_blocking=True), cfg)
+            embeddings = await self._embed(classifier, normalised)
+        return F.normalize(embeddings.float(), dim=-1).cpu()
 
     async def _embed(self, classifier: Classifier, pixels: Tensor) -> Tensor:
         """[n, 3, S, S] -> [n, D] through the batcher, batched with every request whose

@@ -15,14 +15,18 @@ pass over the images.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from torch import Tensor
 
 from promptserve.models.artifact import check_name
 from promptserve.models.classifier import LabelRequest, check_labels
-from promptserve.service.catalog import Catalog, VersionInfo
+from promptserve.service.aliases import parse_ref
+from promptserve.service.catalog import Catalog, Resolved, VersionInfo
 from promptserve.service.classify.images import ImagePreparer
 from promptserve.service.classify.scoring import (
     ClassifyResult,
+    EmbedRequest,
     EngineClient,
     ScoreRequest,
     ScoreTarget,
@@ -39,8 +43,8 @@ class ClassifyQuery:
     bytes, or base64 text from a JSON body)."""
 
     images: list[bytes] | list[str]
-    classifier: str | None = None  # None: the default classifier
-    version: str | None = None  # None: the newest version
+    classifier: str | None = None  # name, name@alias, name@3; None: the default classifier
+    version: str | None = None  # a version or an alias; None: the alias `latest`
     top_k: int | None = None  # None: the configured default; "all" is len(labels)
     labels: list[str] | None = None  # None: all of the classifier's classes
     classifiers: list[str] | None = None  # several classifiers (then `classifier` is unused)
@@ -58,22 +62,57 @@ class ClassifyPipeline:
     async def __call__(self, query: ClassifyQuery) -> list[ClassifyResult]:
         """One result per classifier the query names (one, unless `query.classifiers`)."""
         check_image_count(len(query.images), self.settings.max_images_per_request)
-        versions = await self._versions(query)
+        resolved = await self._resolve(query)
+        versions = [self.catalog.version_info(r.name, r.version) for r in resolved]
         check_same_input(versions)
         targets = [ScoreTarget(v.name, v.version, self._labels(v, query.labels)) for v in versions]
         first = versions[0]
         pixels = await self.preparer.pixels(query.images, first.transform, first.preprocess.size)
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
-        return await self.engine.score(ScoreRequest(targets, top_k), pixels)  # uint8 pixels
+        results = await self.engine.score(ScoreRequest(targets, top_k), pixels)  # uint8 pixels
+        return [replace(res, alias=r.alias) for res, r in zip(results, resolved, strict=True)]
 
-    async def _versions(self, query: ClassifyQuery) -> list[VersionInfo]:
+    async def _resolve(self, query: ClassifyQuery) -> list[Resolved]:
+        """The classifier versions the query names, in order."""
         if query.classifiers is not None:
-            names = check_classifier_names(query.classifiers, query.version)
-            return [self.catalog.describe(name) for name in names]
-        name = query.classifier or self.settings.default_classifier
-        if name == self.settings.default_classifier:
+            refs = check_classifier_names(query.classifiers, query.version)
+            return [self.catalog.lookup(ref) for ref in refs]
+        return [await self.resolve_one(query.classifier, query.version)]
+
+    async def resolve_one(self, ref: str | None, version: str | None = None) -> Resolved:
+        """One classifier reference (None: the default classifier), resolved; 503 while the
+        default classifier is not ready."""
+        ref = ref or self.settings.default_classifier
+        if parse_ref(ref)[0] == self.settings.default_classifier:
             await self.engine.ready()  # 503 until the default is loaded and warm
-        return [self.catalog.describe(name, query.version)]
+        return self.catalog.lookup(ref, version)
+
+    async def embed(
+        self,
+        ref: str | None,
+        *,
+        images: list[bytes] | list[str] | None = None,
+        texts: list[str] | None = None,
+    ) -> tuple[Resolved, Tensor]:
+        """The classifier's embeddings of `images` (the prompted visual embedding it scores)
+        or of label `texts` (its own text path), L2-normalised [n, D], in input order. The
+        same checks and limits as classify: image count, pixels, label count and length."""
+        resolved = await self.resolve_one(ref)
+        info = self.catalog.version_info(resolved.name, resolved.version)
+        if images is not None:
+            check_image_count(len(images), self.settings.max_images_per_request)
+            pixels = await self.preparer.pixels(images, info.transform, info.preprocess.size)
+            request = EmbedRequest(resolved.name, resolved.version)
+            return resolved, await self.engine.embed(request, pixels)
+        if not texts:
+            raise InvalidRequestError("no input: send at least one text")
+        distinct = list(dict.fromkeys(text.strip() for text in texts))
+        labels = self._labels(info, distinct)
+        request = EmbedRequest(resolved.name, resolved.version, labels)
+        rows = await self.engine.embed(request, None)  # [distinct, D]
+        assert labels is not None
+        index = {name: i for i, name in enumerate(labels.names)}
+        return resolved, rows[[index[text.strip()] for text in texts]]
 
     def _labels(self, version: VersionInfo, names: list[str] | None) -> LabelRequest | None:
         if names is None:
@@ -96,10 +135,11 @@ def check_image_count(count: int, limit: int) -> None:
 
 
 def check_classifier_names(names: Sequence[str], version: str | None) -> list[str]:
-    """The distinct, safe names of a several-classifier request, in request order."""
+    """The distinct, safe references (name, name@alias, name@3) of a several-classifier
+    request, in request order."""
     if version is not None:
         raise InvalidRequestError(
-            "version applies to one classifier; a request naming several uses their newest"
+            "version applies to one classifier; name each version as name@version instead"
         )
     if not names:
         raise InvalidRequestError("classifiers must name at least one classifier")
@@ -109,7 +149,9 @@ def check_classifier_names(names: Sequence[str], version: str | None) -> list[st
         )
     if len(set(names)) != len(names):
         raise InvalidRequestError("classifiers must be distinct")
-    return [check_name(name) for name in names]
+    for name in names:
+        check_name(parse_ref(name)[0])
+    return list(names)
 
 
 def check_same_input(versions: Sequence[VersionInfo]) -> None:

@@ -36,11 +36,22 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True)
+class EmbedRequest:
+    """Embeddings from one classifier version: of the images sent with it (`labels` None), or
+    of the checked label texts `labels` through the classifier's own text path."""
+
+    classifier: str
+    version: str  # resolved
+    labels: LabelRequest | None = None
+
+
+@dataclass(frozen=True)
 class ClassifyResult:
     classifier: str
     version: str
     predictions: list[list[Prediction]]  # per image, best first
     encoded_labels: list[str] = field(default_factory=list)  # labels encoded on the fly
+    alias: str | None = None  # the alias the version was chosen by (None: named by number)
 
 
 class EngineClient(Protocol):
@@ -58,6 +69,11 @@ class EngineClient(Protocol):
 
     async def score(self, request: ScoreRequest, pixels: Tensor) -> list[ClassifyResult]:
         """uint8 pixels [n, 3, S, S] -> one result per target, in request order."""
+
+    async def embed(self, request: EmbedRequest, pixels: Tensor | None) -> Tensor:
+        """uint8 pixels [n, 3, S, S] (or, with `request.labels`, None) -> the L2-normalised
+        embeddings [n, D] the classifier scores with (float32, on the CPU): the prompted
+        visual embedding of each image, or each label's row (stored or encoded)."""
 
     async def expose_metrics(self) -> str:
         """The Prometheus text of the whole service."""

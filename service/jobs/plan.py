@@ -22,6 +22,7 @@ from promptserve.models.artifact import check_name, list_versions, read_manifest
 from promptserve.models.backbone import list_architectures
 from promptserve.models.errors import ArtifactError, BackboneError
 from promptserve.models.methods import get_method
+from promptserve.service.aliases import LATEST, check_alias
 from promptserve.service.api.schemas import AdaptCreate
 from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import (
@@ -96,11 +97,15 @@ def plan_job(
         device=resolve_device(settings.job_device),
         heldout=True,
     )
+    publish = create.publish or "gated"
+    alias = check_alias(create.alias or LATEST)
     if uploads is not None:
         plan, source = _plan_uploads(train, uploads, settings)
     else:
         assert create.dataset is not None  # checked above
         plan, source = _plan_dataset(train, create.dataset, settings)
+    spec = replace(plan.spec, publish=publish, alias=alias)
+    plan = replace(plan, spec=spec, fingerprint=_fingerprint(spec, plan.fingerprint))
     _check_config(plan.spec.train, source, settings)
     return plan
 

@@ -76,7 +76,7 @@ def run_job(launch: JobLaunch) -> None:
     try:
         if job.spec.data == UPLOAD:
             _pull_uploads(launch, job.spec)
-        outcome = _train(job.spec, launch.store, device, monitor)
+        outcome = _train(job.spec, launch.store, device, monitor, launch)
     except BaseException as exc:  # every way out is recorded; SystemExit included
         if not monitor.lost:
             _record_failure(jobs, job_id, exc, monitor)
@@ -84,21 +84,30 @@ def run_job(launch: JobLaunch) -> None:
             raise
         return
     version = outcome.version
-    if launch.store_url is not None:
-        try:
-            version = _upload(jobs, job.spec.train.name, version, launch)
-        except Exception as exc:
-            _record_failure(jobs, job_id, exc, monitor)
-            return
+    name = job.spec.train.name
+    publish = outcome.summary.get("publish") or {}
+    try:
+        if launch.store_url is not None:
+            version = _upload(jobs, name, version, launch)
+        if publish.get("published") == "alias":
+            _apply_alias(launch, name, version, job.spec.alias)
+    except Exception as exc:
+        _record_failure(jobs, job_id, exc, monitor)
+        return
     result = {
-        "classifier": job.spec.train.name,
+        "classifier": name,
         "version": version,
         "seconds": outcome.summary["seconds"],
         "steps": outcome.summary["steps"],
         "final_loss": outcome.summary["final_loss"],
         **outcome.metrics,
+        "published": publish.get("published", "alias"),
+        "alias": job.spec.alias,
+        "gate": publish.get("gate"),
     }
-    message = f"published {job.spec.train.name} version {version}"
+    message = f"published {name} version {version}"
+    if result["published"] == "candidate":
+        message += f" as a candidate ({result['gate']['reason']})"
     runner_id = launch.runner_id
     if not jobs.finish(job_id, "succeeded", result=result, message=message, runner=runner_id):
         log.warning("job %s was ended by the service while it published", job_id)
@@ -113,12 +122,33 @@ def _pull_uploads(launch: JobLaunch, spec: JobSpec) -> None:
     UploadStore(launch.store_url, launch.s3_endpoint_url).pull(launch.job_id, Path(spec.train.data))
 
 
-def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor) -> Any:
-    """Run the spec's training request on this host's store and device."""
+def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor, launch: JobLaunch) -> Any:
+    """Run the spec's training request on this host's store and device, gated
+    (`service.jobs.gate`)."""
+    from promptserve.service.jobs.gate import make_gate
     from promptserve.training.api import train_classifier
 
+    if launch.store_url is not None:  # the alias files as the store has them now
+        _mirror(launch).pull_aliases(spec.train.name)
     request = replace(spec.train, store=store, device=device)
-    return train_classifier(request, progress=monitor.progress, should_stop=monitor.should_stop)
+    gate = make_gate(store, spec.train.name, spec.publish, spec.alias)
+    return train_classifier(
+        request, progress=monitor.progress, should_stop=monitor.should_stop, gate=gate
+    )
+
+
+def _mirror(launch: JobLaunch) -> Any:
+    from promptserve.service.objectstore import StoreMirror
+
+    assert launch.store_url is not None
+    return StoreMirror(launch.store_url, launch.store, endpoint_url=launch.s3_endpoint_url)
+
+
+def _apply_alias(launch: JobLaunch, name: str, version: str, alias: str) -> None:
+    from promptserve.service.jobs.gate import apply_alias
+
+    mirror = _mirror(launch) if launch.store_url is not None else None
+    apply_alias(launch.store, name, version, alias, mirror)
 
 
 def _upload(jobs: JobStore, name: str, version: str, launch: JobLaunch) -> str:

@@ -27,6 +27,8 @@ class JobSpec:
     data: str  # what the client named: UPLOAD or the dataset reference under the data root
     classes: list[str]  # the class names found, sorted
     images: int  # images received (or found in the dataset)
+    publish: str = "always"  # "gated" or "always" (service.jobs.gate); older rows: always
+    alias: str = "latest"  # the alias the new version takes (when it passes the gate)
 
     def with_data_path(self, path: Path) -> JobSpec:
         return replace(self, train=replace(self.train, data=str(path)))

@@ -8,6 +8,8 @@ are encoded and decoded in `service.remote.protocol`):
 
   score      a `ScoreRequest` {targets, top_k, shape}, payload uint8 pixels
              -> {results: [one `ClassifyResult` per target]}
+  embed      an `EmbedRequest` {classifier, version, labels[, shape]}, payload uint8 pixels
+             (images) or none (labels) -> {embeddings: [[float, ...], ...]}
   status     -> {state, message, loaded}: "ready", or "starting" / "failed" with the 503's
              message; the classifier versions loaded (for GET /classifiers/{name})
   report     header {worker, http}: a worker's HTTP metric values (every second; kept per
@@ -31,7 +33,9 @@ from promptserve.service.logs import configure_logging
 from promptserve.service.metrics import Counter
 from promptserve.service.remote.protocol import (
     Header,
+    decode_embed,
     decode_score,
+    encode_embeddings,
     encode_error,
     encode_frame,
     encode_results,
@@ -92,6 +96,9 @@ class EngineServer:
         if op == "score":
             request, pixels = decode_score(header, payload)
             return encode_results(await self.engine.score(request, pixels))
+        if op == "embed":
+            embed_request, pixels = decode_embed(header, payload)
+            return encode_embeddings(await self.engine.embed(embed_request, pixels))
         if op == "status":
             loaded = self.engine.loaded()
             try:

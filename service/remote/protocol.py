@@ -23,7 +23,12 @@ import torch
 from torch import Tensor
 
 from promptserve.models.classifier import LabelRequest, Prediction
-from promptserve.service.classify.scoring import ClassifyResult, ScoreRequest, ScoreTarget
+from promptserve.service.classify.scoring import (
+    ClassifyResult,
+    EmbedRequest,
+    ScoreRequest,
+    ScoreTarget,
+)
 from promptserve.service.errors import ForwardedError, PublicError, public_error
 
 LENGTHS = struct.Struct("!II")
@@ -78,6 +83,47 @@ def decode_score(header: Header, payload: bytes) -> tuple[ScoreRequest, Tensor]:
         for t in header["targets"]
     ]
     return ScoreRequest(targets, int(header["top_k"])), pixels_from_bytes(header["shape"], payload)
+
+
+def _labels_header(labels: LabelRequest | None) -> Header | None:
+    return None if labels is None else {"names": labels.names, "new": labels.new}
+
+
+def _labels_of(header: Header | None) -> LabelRequest | None:
+    return None if header is None else LabelRequest(header["names"], header["new"])
+
+
+def encode_embed(request: EmbedRequest, pixels: Tensor | None) -> tuple[Header, bytes]:
+    """An embed call: the request in the header, uint8 pixels (images) as the payload."""
+    header: Header = {
+        "op": "embed",
+        "classifier": request.classifier,
+        "version": request.version,
+        "labels": _labels_header(request.labels),
+    }
+    if pixels is None:
+        return header, b""
+    shape, data = pixels_to_bytes(pixels)
+    return header | {"shape": shape}, data
+
+
+def decode_embed(header: Header, payload: bytes) -> tuple[EmbedRequest, Tensor | None]:
+    """The inverse of `encode_embed`."""
+    request = EmbedRequest(
+        str(header["classifier"]), str(header["version"]), _labels_of(header["labels"])
+    )
+    if "shape" not in header:
+        return request, None
+    return request, pixels_from_bytes(header["shape"], payload)
+
+
+def encode_embeddings(embeddings: Tensor) -> Header:
+    """[n, D] float embeddings as a reply (float32 as JSON numbers)."""
+    return {"embeddings": embeddings.float().tolist()}
+
+
+def decode_embeddings(reply: Header) -> Tensor:
+    return torch.tensor(reply["embeddings"], dtype=torch.float32)
 
 
 def encode_results(results: list[ClassifyResult]) -> Header:
@@ -135,6 +181,9 @@ def encode_error(exc: BaseException) -> Header:
 def raise_error(error: Header) -> None:
     """Raise the error `encode_error` describes, with its status, code and message."""
     headers = error.get("headers")
+    fields = error.get("fields")
     raise ForwardedError(
-        PublicError(int(error["status"]), str(error["code"]), str(error["message"]), headers)
+        PublicError(
+            int(error["status"]), str(error["code"]), str(error["message"]), headers, fields
+        )
     )

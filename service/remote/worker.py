@@ -21,11 +21,16 @@ from typing import Any
 import orjson
 from torch import Tensor
 
-from promptserve.service.classify.scoring import ClassifyResult, ScoreRequest
+from promptserve.service.classify.scoring import ClassifyResult, EmbedRequest, ScoreRequest
 from promptserve.service.errors import NotReadyError
 from promptserve.service.metrics import Metrics
 from promptserve.service.remote.link import EngineLink
-from promptserve.service.remote.protocol import decode_results, encode_score
+from promptserve.service.remote.protocol import (
+    decode_embeddings,
+    decode_results,
+    encode_embed,
+    encode_score,
+)
 from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,10 @@ class RemoteEngine:
     async def score(self, request: ScoreRequest, pixels: Tensor) -> list[ClassifyResult]:
         header, payload = encode_score(request, pixels)
         return decode_results(await self.link.call(header, payload))
+
+    async def embed(self, request: EmbedRequest, pixels: Tensor | None) -> Tensor:
+        header, payload = encode_embed(request, pixels)
+        return decode_embeddings(await self.link.call(header, payload))
 
     async def expose_metrics(self) -> str:
         header = {"op": "metrics", "worker": self.worker_id, "http": self.metrics.http_state()}

@@ -61,10 +61,10 @@ async function checkHealth() {
 
 async function loadClassifiers(select) {
   try {
-    const list = await api("/classifiers");
+    const list = await api("/v1/classifiers");
     state.defaultName = list.default;
     const details = await Promise.all(
-      list.classifiers.map((c) => api("/classifiers/" + encodeURIComponent(c.name))));
+      list.classifiers.map((c) => api("/v1/classifiers/" + encodeURIComponent(c.name))));
     state.classifiers = new Map(details.map((d) => [d.name, d]));
     notice("");
   } catch (error) {
@@ -133,8 +133,9 @@ async function classify() {
   }
   $("classify-status").textContent = "classifying…";
   try {
-    const body = await api("/classify", { method: "POST", body: form });
+    const answer = await api("/v1/classify", { method: "POST", body: form });
     if (request !== classifyRequests) return; // a later request (other labels) was sent
+    const body = answer.results[0]; // one classifier: one result
     renderResults(body);
     $("classify-status").textContent = `${body.classifier} v${body.version}`;
   } catch (error) {
@@ -224,7 +225,7 @@ async function startJob() {
   $("start-job").disabled = true;
   $("job-events").replaceChildren();
   try {
-    const job = await api("/adapt", { method: "POST", body: form });
+    const job = await api("/v1/adapt", { method: "POST", body: form });
     state.job = { id: job.id, seq: 0 };
     showJob(job);
     pollJob();
@@ -259,7 +260,9 @@ function showJob(job) {
   }
   if (job.state === "succeeded" && job.result) {
     const r = job.result;
-    detail = `serving ${r.classifier} v${r.version} · train ${percent(r.train_accuracy)}`;
+    const served = r.published === "candidate" ? "published as a candidate" : "serving";
+    detail = `${served} ${r.classifier} v${r.version} · train ${percent(r.train_accuracy)}`;
+    if (r.gate && r.published === "candidate") detail += ` · ${r.gate.reason}`;
     if (r.heldout_images) {
       detail += ` · held-out ${percent(r.heldout_accuracy)} vs zero-shot ` +
         `${percent(r.heldout_zeroshot_accuracy)} on ${r.heldout_images} images`;
@@ -274,8 +277,8 @@ async function pollJob() {
   const current = state.job;
   if (!current) return;
   try {
-    const job = await api("/jobs/" + current.id);
-    const events = await api(`/jobs/${current.id}/events?after=${current.seq}`);
+    const job = await api("/v1/jobs/" + current.id);
+    const events = await api(`/v1/jobs/${current.id}/events?after=${current.seq}`);
     for (const event of events.data) {
       $("job-events").append(el("li", { text: event.message }));
       current.seq = event.seq;

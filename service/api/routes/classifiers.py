@@ -1,4 +1,5 @@
-"""The classifiers in the catalog: list, describe (from the manifests), delete a version."""
+"""The classifiers in the catalog: list, describe (from the manifests), delete a version, and
+set, delete and list aliases (`service.aliases`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from promptserve.models.methods import list_methods
+from promptserve.service.aliases import parse_ref
 from promptserve.service.api.deps import CatalogDep, RuntimeDep, SettingsDep, require_api_key
 from promptserve.service.api.schemas import (
+    AliasCreate,
+    AliasPublic,
     ClassifierListPublic,
     ClassifierPublic,
     ClassifierSummaryPublic,
@@ -18,7 +22,14 @@ from promptserve.service.api.schemas import (
 )
 from promptserve.service.catalog import Catalog
 
-router = APIRouter(
+router = APIRouter(  # deprecated: the unversioned paths
+    prefix="/classifiers",
+    tags=["classifiers"],
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(401),
+    deprecated=True,
+)
+v1_router = APIRouter(
     prefix="/classifiers",
     tags=["classifiers"],
     dependencies=[Depends(require_api_key)],
@@ -27,66 +38,115 @@ router = APIRouter(
 
 
 @router.get("")
+@v1_router.get("")
 async def list_classifiers(catalog: CatalogDep, settings: SettingsDep) -> ClassifierListPublic:
     """Every classifier with a published version."""
     return await asyncio.to_thread(_list, catalog, settings.default_classifier)
 
 
 @router.get("/{name}", responses=error_responses(404, 422))
+@v1_router.get("/{name}", responses=error_responses(404, 422))
 async def get_classifier(name: str, runtime: RuntimeDep) -> ClassifierPublic:
-    """All versions of `name`, newest last: method, backbone, classes, metrics, training."""
+    """All versions of `name`, newest last: method, backbone, classes, metrics, training, and
+    its aliases. `name@alias` or `name@3` lists only that version."""
     default, loaded = runtime.settings.default_classifier, runtime.engine.loaded()
     return await asyncio.to_thread(_describe, runtime.catalog, name, default, loaded)
 
 
 @router.get("/{name}/{version}", responses=error_responses(404, 422))
+@v1_router.get("/{name}/versions/{version}", responses=error_responses(404, 422))
 async def get_classifier_version(
     name: str, version: str, runtime: RuntimeDep
 ) -> ClassifierVersionPublic:
-    """One version of `name`."""
+    """One version of `name`; `version` may be an alias."""
     loaded = runtime.engine.loaded()
     return await asyncio.to_thread(_version, runtime.catalog, name, version, loaded)
 
 
 @router.delete("/{name}/{version}", status_code=204, responses=error_responses(404, 409, 422))
+@v1_router.delete(
+    "/{name}/versions/{version}", status_code=204, responses=error_responses(404, 409, 422)
+)
 async def delete_classifier_version(
     name: str, version: str, catalog: CatalogDep, settings: SettingsDep
 ) -> Response:
-    """Remove one version. The last version of the default classifier cannot be deleted."""
+    """Remove one version. The last version of the default classifier, and a version an alias
+    other than `latest` points at, cannot be deleted (409); a `latest` pinned to it follows
+    the newest version again."""
     protected = settings.default_classifier
     await asyncio.to_thread(catalog.delete, name, version, protected=protected)
     return Response(status_code=204)
+
+
+@v1_router.put("/{name}/aliases/{alias}", responses=error_responses(404, 422))
+async def set_alias(
+    name: str,
+    alias: str,
+    catalog: CatalogDep,
+    body: AliasCreate,
+) -> AliasPublic:
+    """Point `alias` at a version (`{"version": "2"}`; an alias is resolved now). Setting
+    `latest` pins it until it is set again or deleted."""
+    version = await asyncio.to_thread(catalog.set_alias, name, alias, body.version)
+    return AliasPublic(alias=alias, version=version)
+
+
+@v1_router.delete("/{name}/aliases/{alias}", status_code=204, responses=error_responses(404, 422))
+async def delete_alias(name: str, alias: str, catalog: CatalogDep) -> Response:
+    """Remove an alias that was set; a deleted `latest` follows the newest version again."""
+    await asyncio.to_thread(catalog.delete_alias, name, alias)
+    return Response(status_code=204)
+
+
+@v1_router.get("/{name}/aliases", responses=error_responses(404, 422))
+async def list_aliases(name: str, catalog: CatalogDep) -> dict[str, str]:
+    """Every alias of `name` with its version, `latest` included."""
+    return await asyncio.to_thread(catalog.aliases, name)
 
 
 def _list(catalog: Catalog, default: str) -> ClassifierListPublic:
     summaries = []
     for name in catalog.names():
         versions = catalog.versions(name)
+        aliases = catalog.aliases(name, versions)
         summaries.append(
             ClassifierSummaryPublic(
-                name=name, versions=versions, latest=versions[-1], default=name == default
+                name=name,
+                versions=versions,
+                latest=aliases["latest"],
+                default=name == default,
+                aliases=aliases,
             )
         )
     return ClassifierListPublic(default=default, classifiers=summaries)
 
 
 def _describe(
-    catalog: Catalog, name: str, default: str, loaded: list[tuple[str, str]]
+    catalog: Catalog, ref: str, default: str, loaded: list[tuple[str, str]]
 ) -> ClassifierPublic:
+    name, selector = parse_ref(ref)
     versions = catalog.versions(name)
+    aliases = catalog.aliases(name, versions)
+    shown = versions if selector is None else [catalog.resolve(name, selector)]
     return ClassifierPublic(
         name=name,
         default=name == default,
-        latest=versions[-1],
-        versions=[_version(catalog, name, v, loaded) for v in versions],
+        latest=aliases["latest"],
+        versions=[_version(catalog, name, v, loaded, aliases) for v in shown],
+        aliases=aliases,
     )
 
 
 def _version(
-    catalog: Catalog, name: str, version: str, loaded: list[tuple[str, str]]
+    catalog: Catalog,
+    name: str,
+    version: str,
+    loaded: list[tuple[str, str]],
+    aliases: dict[str, str] | None = None,
 ) -> ClassifierVersionPublic:
-    manifest = catalog.manifest(name, version)
     version = catalog.resolve(name, version)
+    manifest = catalog.manifest(name, version)
+    aliases = aliases if aliases is not None else catalog.aliases(name)
     class_names = [str(c) for c in manifest.get("class_names", [])]
     return ClassifierVersionPublic(
         version=version,
@@ -101,6 +161,8 @@ def _version(
         parity=_dict(manifest, "parity"),
         loaded=(name, version) in loaded,
         open_vocabulary=manifest.get("method") in list_methods(),
+        aliases=sorted(alias for alias, v in aliases.items() if v == version),
+        candidate=catalog.is_candidate(name, version),
     )
 
 

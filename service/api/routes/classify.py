@@ -1,11 +1,11 @@
-"""``POST /classify``: images as multipart files, JSON base64, the Hugging Face
-zero-shot-image-classification shape, or one raw image body.
+"""``POST /v1/classify``: images as multipart files, JSON base64, or one raw image body,
+answered with one shape (`ClassifyManyPublic`: a `results` list, one per classifier);
+``POST /v1/hf/zero-shot-image-classification``: the Hugging Face task's body and answer.
 
-The shape is chosen by Content-Type (and, for JSON, by an ``inputs`` key), so one URL serves
-curl, browsers' forms, and ``huggingface_hub.InferenceClient(model=".../classify?classifier=N")``.
-``classifier``, ``version``, ``top_k`` and ``labels`` may also come as query parameters; a value
-in the body wins. ``classifiers=a,b,c`` names several classifiers: each scores every image, and
-the answer lists one result per classifier (`ClassifyManyPublic`).
+The body is read by Content-Type. ``classifier``, ``version``, ``top_k`` and ``labels`` may also
+come as query parameters; a value in the body wins. ``classifiers=a,b,c`` names several
+classifiers: each scores every image. The deprecated ``POST /classify`` runs the same handler
+and answers as it always has (one result, a `results` list, or the HF list by the body).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from promptserve.service.api.schemas import (
     ClassifyCreate,
     ClassifyManyPublic,
     ClassifyPublic,
+    EmbeddingListPublic,
+    EmbeddingPublic,
+    EmbeddingsCreate,
+    EmbeddingUsagePublic,
     HFZeroShotCreate,
     PredictionPublic,
     error_responses,
@@ -34,13 +38,18 @@ from promptserve.service.api.schemas import (
 )
 from promptserve.service.classify.pipeline import ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult
-from promptserve.service.errors import UnsupportedMediaTypeError
+from promptserve.service.errors import InvalidRequestError, UnsupportedMediaTypeError
 from promptserve.service.runtime import Runtime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
 RAW_TYPES = ("application/octet-stream",)
 
 router = APIRouter(
+    tags=["classify"],
+    dependencies=[Depends(require_api_key)],
+    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+)
+v1_router = APIRouter(
     tags=["classify"],
     dependencies=[Depends(require_api_key)],
     responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
@@ -80,18 +89,150 @@ _REQUEST_BODY = {
         },
     }
 }
+_V1_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            "application/json": {"schema": inline_schema(ClassifyCreate)},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
 
 
 @router.post(
     "/classify",
     response_model=ClassifyPublic | ClassifyManyPublic | list[PredictionPublic],
     openapi_extra=_REQUEST_BODY,
+    deprecated=True,
 )
+async def classify_legacy(
+    request: Request,
+    runtime: RuntimeDep,
+    defaults: Annotated[ClassifyCreate, Depends(query_defaults)],
+) -> ClassifyPublic | ClassifyManyPublic | list[PredictionPublic]:
+    """Deprecated: use `POST /v1/classify` (always a `results` list) or
+    `POST /v1/hf/zero-shot-image-classification` (the Hugging Face shape).
+
+    Per image, the `top_k` most probable labels. One classifier answers one result, several
+    (`classifiers`) a `results` list; a Hugging Face zero-shot body (``{"inputs": ...,
+    "parameters": {"candidate_labels": ...}}``) a bare list of ``{"label", "score"}``.
+    """
+    outcome = await _classify(request, runtime, defaults, hf=True)
+    if isinstance(outcome, list):
+        return outcome  # the Hugging Face shape
+    results, many = outcome
+    if many:
+        return ClassifyManyPublic(results=[_public(result) for result in results])
+    return _public(results[0])
+
+
+@v1_router.post("/classify", openapi_extra=_V1_REQUEST_BODY)
 async def classify(
     request: Request,
     runtime: RuntimeDep,
-    classifier: Annotated[str | None, Query(description="default classifier if omitted")] = None,
-    version: Annotated[str | None, Query(description="newest version if omitted")] = None,
+    defaults: Annotated[ClassifyCreate, Depends(query_defaults)],
+) -> ClassifyManyPublic:
+    """Per image, the `top_k` most probable labels (softmax over the label set used), one
+    result per classifier: one, or each of `classifiers`. A classifier is named `name`
+    (its alias `latest`), `name@alias` or `name@<version>`."""
+    outcome = await _classify(request, runtime, defaults, hf=False)
+    assert not isinstance(outcome, list)  # hf=False: never the Hugging Face shape
+    results, _ = outcome
+    return ClassifyManyPublic(results=[_public(result) for result in results])
+
+
+@v1_router.post(
+    "/hf/zero-shot-image-classification",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_schema(HFZeroShotCreate)}},
+        }
+    },
+)
+async def classify_hf(
+    request: Request,
+    runtime: RuntimeDep,
+    defaults: Annotated[ClassifyCreate, Depends(query_defaults)],
+) -> list[PredictionPublic]:
+    """The Hugging Face zero-shot-image-classification task (``huggingface_hub.
+    InferenceClient(model=".../v1/hf/zero-shot-image-classification?classifier=N")``): every
+    candidate label of the one image, best first."""
+    if not is_json(media_type(request)):
+        raise UnsupportedMediaTypeError("send the Hugging Face task's application/json body")
+    payload = await read_json(request, runtime.preparer.pool)
+    return await _classify_hf(payload, runtime, defaults)
+
+
+_EMBEDDINGS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(EmbeddingsCreate)},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["images"],
+                    "properties": {
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                        "classifier": {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+@v1_router.post("/embeddings", openapi_extra=_EMBEDDINGS_BODY)
+async def embeddings(request: Request, runtime: RuntimeDep) -> EmbeddingListPublic:
+    """The classifier's embeddings, in the OpenAI embeddings shape: of images (base64 in JSON
+    `input` with `modality: "image"`, or multipart `images` files) the prompted visual
+    embedding it scores with, of label texts (`modality: "text"`) its own text path. Each is
+    L2-normalised: an image's dot product with a label's is the cosine classify ranks by."""
+    media = media_type(request)
+    if media in FORM_TYPES:
+        limit = runtime.settings.max_images_per_request
+        form = await read_form(request, fields=("classifier",), max_files=max(limit * 4, 64))
+        ref = (form.fields.get("classifier") or [None])[0] or None
+        modality, images, texts = "image", form.files, None
+    elif is_json(media):
+        body = validate_body(EmbeddingsCreate, await read_json(request, runtime.preparer.pool))
+        ref, modality = body.classifier, body.modality
+        images, texts = (body.input, None) if modality == "image" else (None, body.input)
+    else:
+        raise UnsupportedMediaTypeError(
+            f"unsupported Content-Type {media or '(none)'!r}: send application/json or "
+            "multipart/form-data"
+        )
+    resolved, vectors = await runtime.pipeline.embed(ref, images=images, texts=texts)
+    rows = vectors.tolist()
+    return EmbeddingListPublic(
+        model=f"{resolved.name}@{resolved.version}",
+        classifier=resolved.name,
+        version=resolved.version,
+        data=[
+            EmbeddingPublic(index=i, modality=modality, embedding=row) for i, row in enumerate(rows)
+        ],
+        usage=EmbeddingUsagePublic(
+            images=len(rows) if modality == "image" else 0,
+            texts=len(rows) if modality == "text" else 0,
+        ),
+    )
+
+
+def query_defaults(
+    classifier: Annotated[
+        str | None, Query(description="name, name@alias or name@<version>; default if omitted")
+    ] = None,
+    version: Annotated[
+        str | None, Query(description="a version or alias; `latest` if omitted")
+    ] = None,
     top_k: Annotated[int | None, Query(ge=1)] = None,
     labels: Annotated[
         list[str] | None, Query(description="label set; names it lacks are encoded")
@@ -99,19 +240,22 @@ async def classify(
     classifiers: Annotated[
         list[str] | None, Query(description="several classifiers, comma-separated")
     ] = None,
-) -> ClassifyPublic | ClassifyManyPublic | list[PredictionPublic]:
-    """Per image, the `top_k` most probable labels (softmax over the label set used).
-
-    A Hugging Face zero-shot body (``{"inputs": ..., "parameters": {"candidate_labels": ...}}``)
-    is answered in that task's shape: a bare list of ``{"label", "score"}`` for every candidate.
-    """
-    defaults = ClassifyCreate(
+) -> ClassifyCreate:
+    """The request's query parameters (a value in the body wins)."""
+    return ClassifyCreate(
         classifier=classifier,
         version=version,
         top_k=top_k,
         labels=split_labels(labels),
         classifiers=split_labels(classifiers),
     )
+
+
+async def _classify(
+    request: Request, runtime: Runtime, defaults: ClassifyCreate, *, hf: bool
+) -> tuple[list[ClassifyResult], bool] | list[PredictionPublic]:
+    """The one classify handler of both paths: (results, several classifiers asked), or the
+    Hugging Face answer when `hf` and the body is that task's."""
     media = media_type(request)
     images: list[bytes] | list[str]
     if media in FORM_TYPES:
@@ -119,7 +263,13 @@ async def classify(
     elif is_json(media):
         payload = await read_json(request, runtime.preparer.pool)
         if isinstance(payload, dict) and "inputs" in payload:
-            return await _classify_hf(payload, runtime, defaults)
+            if hf:
+                return await _classify_hf(payload, runtime, defaults)
+            raise InvalidRequestError(
+                "a Hugging Face zero-shot body ({'inputs': ...}) goes to "
+                "POST /v1/hf/zero-shot-image-classification",
+                fields=[{"path": ["body", "inputs"], "message": "not a field of /v1/classify"}],
+            )
         body = validate_body(ClassifyCreate, payload)
         images = body.images
     elif media.startswith("image/") or media in RAW_TYPES:
@@ -131,9 +281,7 @@ async def classify(
         )
     query = _query(images, body, defaults)
     results = await runtime.classify(query)
-    if query.classifiers is not None:
-        return ClassifyManyPublic(results=[_public(result) for result in results])
-    return _public(results[0])
+    return results, query.classifiers is not None
 
 
 def split_labels(values: list[str] | None) -> list[str] | None:
@@ -161,6 +309,7 @@ def _public(result: ClassifyResult) -> ClassifyPublic:
     return ClassifyPublic(
         classifier=result.classifier,
         version=result.version,
+        alias=result.alias,
         predictions=[
             [PredictionPublic(label=p.label, score=p.score) for p in row]
             for row in result.predictions

@@ -37,7 +37,7 @@ FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images
 TRAIN_FIELDS = ("name", "method", "backbone", "preset", "shots", "epochs", "seed")
 CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job to stop
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])  # under /v1 too
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -85,6 +85,11 @@ async def adapt(
     Send labelled images (multipart `images` files with one `labels` field per image, or JSON
     `{"images": [{"data": <base64>, "label": ...}]}`), or a `dataset` under the data root.
     A repeated `Idempotency-Key` returns the job the first request created.
+
+    `publish` (default `gated` on /v1, `always` on the deprecated /adapt): gated, the new
+    version takes `alias` (default `latest`) only if its held-out accuracy beats zero-shot and
+    the alias's current version on the same held-out images; otherwise it is published as a
+    candidate that no alias follows. The succeeded job's `result.gate` says why.
     """
     settings = runtime.settings
     loop = asyncio.get_running_loop()
@@ -104,13 +109,17 @@ async def adapt(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
             "application/json"
         )
+    if create.publish is None:  # gated on /v1; the deprecated /adapt publishes as it always did
+        v1 = request.url.path.startswith("/v1/")
+        create = create.model_copy(update={"publish": "gated" if v1 else "always"})
     plan = await loop.run_in_executor(runtime.intake, plan_job, create, uploads, settings)
     job, created = await loop.run_in_executor(
         runtime.intake, submit_job, plan, runtime.jobs, runtime.job_files, idempotency_key
     )
     if created:
         runtime.job_client.wake()
-    response.headers["Location"] = f"/jobs/{job.id}"
+    prefix = "/v1" if request.url.path.startswith("/v1/") else ""
+    response.headers["Location"] = f"{prefix}/jobs/{job.id}"
     return job_public(job)
 
 
@@ -182,6 +191,8 @@ def job_public(job: Job) -> JobPublic:
         result=job.result,
         error=job.error,  # type: ignore[arg-type]  # validated into JobErrorPublic
         cancel_requested=job.cancel_requested,
+        publish=job.spec.publish,
+        alias=job.spec.alias,
     )
 
 

@@ -40,6 +40,7 @@ async def test_list_and_describe(client_factory: ClientFactory) -> None:
         "versions": ["1"],
         "latest": "1",
         "default": False,
+        "aliases": {"latest": "1"},
     }
     body = described.json()
     assert body["latest"] == "1"

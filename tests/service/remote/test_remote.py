@@ -227,9 +227,15 @@ async def test_errors_read_the_same_in_both_process_modes(store: Path, tmp_path:
     corrupt(publish_copy(store / "shapes" / "1", store, "broken", "1"))
     settings = make_settings(store)
     async with serve(settings) as (client, _):
-        one_process = [await client.post("/classify", json=body) for body in ERROR_REQUESTS]
+        one_process = [
+            await client.post("/classify", json=body, headers={"X-Request-ID": f"req-{i}"})
+            for i, body in enumerate(ERROR_REQUESTS)
+        ]
     async with serve_two_workers_mode(settings, tmp_path) as client:
-        workers = [await client.post("/classify", json=body) for body in ERROR_REQUESTS]
+        workers = [
+            await client.post("/classify", json=body, headers={"X-Request-ID": f"req-{i}"})
+            for i, body in enumerate(ERROR_REQUESTS)
+        ]
     assert [r.status_code for r in one_process] == [500, 404, 404, 422, 422, 400]
     assert [r.json()["error"]["code"] for r in one_process][0] == "artifact_error"
     for alone, behind in zip(one_process, workers, strict=True):
@@ -245,12 +251,29 @@ async def test_ready_is_503_when_the_default_is_deleted_behind_the_service(
     async with serve(settings) as (client, _):
         before = await client.get("/health/ready")
         shutil.rmtree(store / "default")  # by hand, not through the API
-        alone = await client.get("/health/ready")
+        alone = await client.get("/health/ready", headers={"X-Request-ID": "ready"})
     assert before.status_code == 200
     assert alone.status_code == 503
     assert alone.json()["error"]["code"] == "not_ready"
     publish_copy(store / "shapes" / "1", store, "default", "1")  # back, for the second mode
     async with serve_two_workers_mode(settings, tmp_path) as client:
         shutil.rmtree(store / "default")
-        behind = await client.get("/health/ready")
+        behind = await client.get("/health/ready", headers={"X-Request-ID": "ready"})
     assert (behind.status_code, behind.json()) == (alone.status_code, alone.json())
+
+
+@pytest.mark.anyio
+async def test_embeddings_read_the_same_in_both_process_modes(store: Path, tmp_path: Path) -> None:
+    settings = make_settings(store)
+    image = {"classifier": "shapes", "input": [b64(png_bytes())]}
+    text = {"classifier": "shapes", "input": ["red circle", "teal kite"], "modality": "text"}
+    async with serve(settings) as (client, _):
+        alone = [(await client.post("/v1/embeddings", json=b)).json() for b in (image, text)]
+    async with serve_two_workers_mode(settings, tmp_path) as client:
+        behind = [(await client.post("/v1/embeddings", json=b)).json() for b in (image, text)]
+    for one, other in zip(alone, behind, strict=True):
+        assert one["model"] == other["model"] == "shapes@1"
+        for a, b in zip(one["data"], other["data"], strict=True):
+            assert torch.allclose(
+                torch.tensor(a["embedding"]), torch.tensor(b["embedding"]), atol=1e-5
+            )
