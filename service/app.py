@@ -21,6 +21,7 @@ from promptserve.service.api.routes import (
     classifiers,
     classify,
     docs,
+    embeddings,
     health,
     jobs,
     metrics,
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     invalid = error_responses(422)
     app.include_router(classify.v1_router, prefix=API_PREFIX, responses=invalid)
     app.include_router(classifiers.v1_router, prefix=API_PREFIX, responses=invalid)
+    app.include_router(embeddings.router, prefix=API_PREFIX, responses=invalid)
     app.include_router(jobs.router, prefix=API_PREFIX, responses=invalid)
     app.include_router(classify.router, responses=invalid)
     app.include_router(classifiers.router, responses=invalid)

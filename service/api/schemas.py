@@ -146,6 +146,9 @@ class AliasPublic(BaseModel):
     version: str
 
 
+Modality = Literal["image", "text"]
+
+
 class EmbeddingsCreate(BaseModel):
     """An embeddings request: base64 images or label texts, embedded by one classifier."""
 
@@ -157,13 +160,13 @@ class EmbeddingsCreate(BaseModel):
     input: list[str] = Field(
         description="base64 images (a data: URL prefix is accepted) or label texts"
     )
-    modality: Literal["image", "text"] = "image"
+    modality: Modality = "image"
 
 
 class EmbeddingPublic(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    modality: Literal["image", "text"]
+    modality: Modality
     embedding: list[float] = Field(description="L2-normalised")
 
 

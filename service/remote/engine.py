@@ -97,8 +97,8 @@ class EngineServer:
             request, pixels = decode_score(header, payload)
             return encode_results(await self.engine.score(request, pixels))
         if op == "embed":
-            embed_request, pixels = decode_embed(header, payload)
-            return encode_embeddings(await self.engine.embed(embed_request, pixels))
+            embed_request, embed_pixels = decode_embed(header, payload)
+            return encode_embeddings(await self.engine.embed(embed_request, embed_pixels))
         if op == "status":
             loaded = self.engine.loaded()
             try:

@@ -27,10 +27,6 @@ from promptserve.service.api.schemas import (
     ClassifyCreate,
     ClassifyManyPublic,
     ClassifyPublic,
-    EmbeddingListPublic,
-    EmbeddingPublic,
-    EmbeddingsCreate,
-    EmbeddingUsagePublic,
     HFZeroShotCreate,
     PredictionPublic,
     error_responses,
@@ -164,66 +160,6 @@ async def classify_hf(
         raise UnsupportedMediaTypeError("send the Hugging Face task's application/json body")
     payload = await read_json(request, runtime.preparer.pool)
     return await _classify_hf(payload, runtime, defaults)
-
-
-_EMBEDDINGS_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": inline_schema(EmbeddingsCreate)},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["images"],
-                    "properties": {
-                        "images": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                        },
-                        "classifier": {"type": "string"},
-                    },
-                }
-            },
-        },
-    }
-}
-
-
-@v1_router.post("/embeddings", openapi_extra=_EMBEDDINGS_BODY)
-async def embeddings(request: Request, runtime: RuntimeDep) -> EmbeddingListPublic:
-    """The classifier's embeddings, in the OpenAI embeddings shape: of images (base64 in JSON
-    `input` with `modality: "image"`, or multipart `images` files) the prompted visual
-    embedding it scores with, of label texts (`modality: "text"`) its own text path. Each is
-    L2-normalised: an image's dot product with a label's is the cosine classify ranks by."""
-    media = media_type(request)
-    if media in FORM_TYPES:
-        limit = runtime.settings.max_images_per_request
-        form = await read_form(request, fields=("classifier",), max_files=max(limit * 4, 64))
-        ref = (form.fields.get("classifier") or [None])[0] or None
-        modality, images, texts = "image", form.files, None
-    elif is_json(media):
-        body = validate_body(EmbeddingsCreate, await read_json(request, runtime.preparer.pool))
-        ref, modality = body.classifier, body.modality
-        images, texts = (body.input, None) if modality == "image" else (None, body.input)
-    else:
-        raise UnsupportedMediaTypeError(
-            f"unsupported Content-Type {media or '(none)'!r}: send application/json or "
-            "multipart/form-data"
-        )
-    resolved, vectors = await runtime.pipeline.embed(ref, images=images, texts=texts)
-    rows = vectors.tolist()
-    return EmbeddingListPublic(
-        model=f"{resolved.name}@{resolved.version}",
-        classifier=resolved.name,
-        version=resolved.version,
-        data=[
-            EmbeddingPublic(index=i, modality=modality, embedding=row) for i, row in enumerate(rows)
-        ],
-        usage=EmbeddingUsagePublic(
-            images=len(rows) if modality == "image" else 0,
-            texts=len(rows) if modality == "text" else 0,
-        ),
-    )
 
 
 def query_defaults(
