@@ -268,7 +268,7 @@ def test_the_retry_policy() -> None:
 
 def test_importing_the_client_loads_neither_torch_nor_the_service() -> None:
     script = (
-        "import sys, promptserve.client\n"
+        "import sys, promptserve.client, promptserve.client.cli\n"
         "print(sorted(m for m in ('torch', 'numpy', 'promptserve.service', "
         "'promptserve.models', 'promptserve.training', 'fastapi') if m in sys.modules))"
     )
