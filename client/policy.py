@@ -98,6 +98,18 @@ async def achunks(data: bytes, bar: tqdm) -> AsyncIterator[bytes]:
         yield piece
 
 
+class JobBar(tqdm):  # type: ignore[misc]
+    """A bar with a free-text `status` after it (epoch, loss, the job's own ETA)."""
+
+    status = ""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        values = dict(super().format_dict)
+        values["status"] = self.status
+        return values
+
+
 class JobWatch:
     """The state of one `wait`: the bar (epoch, loss and the job's own ETA), the deadline, and
     what each polled state of the job means."""
@@ -110,7 +122,7 @@ class JobWatch:
         self.poll_interval = poll_interval
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.progress = progress
-        self.bar: tqdm | None = None
+        self.bar: JobBar | None = None
         self.job: Job | None = None
 
     def seen(self, job: Job) -> float | None:
@@ -136,21 +148,21 @@ class JobWatch:
         total = (p.total_steps if p else None) or (p.epochs if p else None) or 1
         done = (p.step if p and p.total_steps else p.epoch if p else 0) or 0
         if self.bar is None:
-            self.bar = tqdm(
+            self.bar = JobBar(
                 total=total,
                 desc=f"{job.name} {job.id}",
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar:24}| {status}",
             )
         bar = self.bar
         bar.total = total
         if job.state == "succeeded":
             done = total
         bar.n = min(done, total)
-        bar.set_postfix_str(self._postfix(job), refresh=False)
+        bar.status = self._status(job)
         bar.refresh()
 
     @staticmethod
-    def _postfix(job: Job) -> str:
+    def _status(job: Job) -> str:
         p = job.progress
         parts = [job.state]
         if p is not None:
