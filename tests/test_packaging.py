@@ -24,7 +24,8 @@ def test_every_package_folder_is_installed_under_promptserve() -> None:
 def test_only_promptserve_is_importable_outside_the_checkout(tmp_path: Path) -> None:
     script = (
         "import importlib.util, promptserve.models.backbone, promptserve.service.cli\n"
-        "print(all(importlib.util.find_spec(n) is None for n in ('models', 'training', 'service', 'client')))"
+        "print(all(importlib.util.find_spec(n) is None\n"
+        "          for n in ('models', 'training', 'service', 'client')))"
     )
     answer = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
