@@ -118,7 +118,9 @@ def fill_parser(parser: argparse.ArgumentParser) -> None:
     embed.add_argument("--classifier", help="NAME[@REF] (default: the default classifier)")
 
     adapt = command(
-        "adapt", "queue a tuning job from a folder of <class>/ image folders", run_adapt
+        "adapt",
+        "queue a tuning job from a folder with one sub-folder of images per class",
+        run_adapt,
     )
     adapt.add_argument("name", help="the classifier to create, or to add a version to")
     adapt.add_argument("folder", type=Path, help="a folder with one sub-folder of images per class")
