@@ -366,9 +366,9 @@ def delete(name: str, version: str | int) -> Call[None]:
 
 def aliases(name: str) -> Call[dict[str, str]]:
     def parse(response: httpx.Response) -> dict[str, str]:
-        return dict(model(Classifier)(response).aliases)
+        return {str(k): str(v) for k, v in checked(response).json().items()}
 
-    return Call("GET", f"{API}/classifiers/{_seg(name)}", parse)
+    return Call("GET", f"{API}/classifiers/{_seg(name)}/aliases", parse)
 
 
 def set_alias(name: str, alias: str, version: str | int) -> Call[Alias]:

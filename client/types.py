@@ -205,6 +205,8 @@ class Job(Model):
     result: JobResult | None = None
     error: JobError | None = None
     cancel_requested: bool = False
+    publish: str | None = None  # "gated" or "always"
+    alias: str | None = None  # the alias the new version takes if it passes
 
     @property
     def done(self) -> bool:

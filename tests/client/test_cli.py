@@ -123,7 +123,8 @@ def test_aliases_classifiers_and_jobs(
               "aliases": {"latest": "2", "prod": "1"}, "versions": []}  # fmt: skip
     listing = {"default": "default", "classifiers": [{"name": "parts", "versions": ["1", "2"],
                "latest": "2", "default": False, "aliases": {"latest": "2"}}]}  # fmt: skip
-    fake.on("GET", "/v1/classifiers/parts", ok(detail)).on("GET", "/v1/classifiers", ok(listing))
+    fake.on("GET", "/v1/classifiers/parts/aliases", ok(detail["aliases"]))
+    fake.on("GET", "/v1/classifiers", ok(listing))
     fake.on("PUT", "/v1/classifiers/parts/aliases/prod", ok({"alias": "prod", "version": "2"}))
     fake.on("GET", "/v1/jobs", ok({"data": [job_body()], "has_more": False}))
     assert cli.main(["aliases", "list", "parts"]) == 0

@@ -218,6 +218,7 @@ def test_aliases_versions_and_jobs_routes(run: Callable[..., Any]) -> None:
     fake = (
         FakeService()
         .on("GET", "/v1/classifiers/parts", ok(detail))
+        .on("GET", "/v1/classifiers/parts/aliases", ok({"latest": "2", "prod": "1"}))
         .on("PUT", "/v1/classifiers/parts/aliases/prod", ok({"alias": "prod", "version": "2"}))
         .on("DELETE", "/v1/classifiers/parts/aliases/prod", httpx.Response(204))
         .on("DELETE", "/v1/classifiers/parts/versions/1", httpx.Response(204))
