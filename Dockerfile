@@ -34,10 +34,10 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_config \
     && if [ -s /run/secrets/pip_config ]; then export PIP_CONFIG_FILE=/run/secrets/pip_config; fi \
     && touch README.md \
     && for p in models models/methods training training/synthetic service service/api \
-        service/api/routes service/classify service/jobs service/remote; do \
+        service/api/routes service/classify service/jobs service/remote client; do \
         mkdir -p "$p" && touch "$p/__init__.py"; done \
     && pip install $PIP_OPTIONS '.[cluster]' && pip uninstall -y promptserve \
-    && rm -rf build *.egg-info README.md models training service \
+    && rm -rf build *.egg-info README.md models training service client \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 
 # the dependencies as the image holds them: no pip (one layer of several GB, rebuilt only
@@ -51,6 +51,7 @@ COPY README.md ./
 COPY models ./models
 COPY training ./training
 COPY service ./service
+COPY client ./client
 RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_config \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && if [ -s /run/secrets/pip_config ]; then export PIP_CONFIG_FILE=/run/secrets/pip_config; fi \

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := $(wildcard models training service tests bench docs/*.py)
+SOURCES := $(wildcard models training service client tests bench docs/*.py)
 
 .PHONY: setup test test-quick test-image lint format docs serve clean
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 TYPECHECK := .typecheck/promptserve
 
 lint: setup
-	mkdir -p $(TYPECHECK) && for d in models training service; do ln -sfn ../../$$d $(TYPECHECK)/$$d; done
+	mkdir -p $(TYPECHECK) && for d in models training service client; do ln -sfn ../../$$d $(TYPECHECK)/$$d; done
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy

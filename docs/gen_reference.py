@@ -89,10 +89,14 @@ def subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, Any
                 yield name, helps.get(name, ""), sub
 
 
-def flag_rows(parser: argparse.ArgumentParser) -> list[str]:
+def flag_rows(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> list[str]:
+    """A table row per flag of `parser`, but the options whose dest is in `skip` (a command's
+    own options repeated on each of its subcommands)."""
     rows = []
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+            continue
+        if action.option_strings and action.dest in skip:
             continue
         names = ", ".join(f"`{n}`" for n in action.option_strings) or f"`{action.dest}`"
         if action.choices is not None:
@@ -139,6 +143,11 @@ def cli_page() -> str:
         if sub.description:
             lines.append(" ".join(sub.description.split()) + "\n\n")
         lines += [TABLE_HEAD, *flag_rows(sub)]
+        own = frozenset(a.dest for a in sub._actions if a.option_strings)
+        for name2, text2, sub2 in subcommands(sub):  # `client classify`, ...
+            lines.append(f"\n### {name} {name2}\n\n{cell(text2)}.\n\n")
+            rows = flag_rows(sub2, skip=own)
+            lines += [TABLE_HEAD, *rows] if rows else []
     return "".join(lines)
 
 

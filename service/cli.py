@@ -1,7 +1,10 @@
-"""The `promptserve` command line: training's commands plus ``serve`` and ``worker``.
+"""The `promptserve` command line: training's commands plus ``serve``, ``worker`` and
+``client``.
 
 ``serve`` and ``worker`` live here because imports flow service -> training -> models; every
-other command is handed to `training.cli.main` unchanged. `main(argv)` returns an exit code.
+other command is handed to `training.cli.main` unchanged. ``client`` (the remote command line,
+`promptserve.client.cli`) is dispatched before anything else is imported, so it never loads
+torch. `main(argv)` returns an exit code.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from promptserve.client.cli import add_parser as add_client_command
+from promptserve.client.cli import main as client_main
 from promptserve.service.logs import configure_logging
-from promptserve.training.cli import build_parser as build_training_parser
-from promptserve.training.cli import main as training_main
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from promptserve.training.cli import build_parser as build_training_parser
+
     return build_training_parser(add_commands=add_serve_command)
 
 
@@ -41,6 +46,7 @@ def add_serve_command(commands: Any) -> None:
         "than one, one engine process holds the model and batches across all of them",
     )
     add_worker_command(commands)
+    add_client_command(commands)
 
 
 def add_worker_command(commands: Any) -> None:
@@ -143,12 +149,21 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["client"]:
+        return client_main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "serve":
         return run_serve(args)
     if args.command == "worker":
         return run_worker(args)
-    return training_main(argv)
+    if args.command == "client":  # `promptserve -v client ...`
+        from promptserve.client.cli import run as run_client
+
+        return run_client(args)
+    from promptserve.training.cli import main as training_main
+
+    return training_main(arguments)
 
 
 if __name__ == "__main__":

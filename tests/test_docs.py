@@ -57,9 +57,13 @@ def every_parser() -> list[tuple[str, argparse.ArgumentParser]]:
 
     generator = load_generator()
     parser = build_parser()
-    return [("promptserve", parser)] + [
-        (f"promptserve {name}", sub) for name, _, sub in generator.subcommands(parser)
+    commands = [(f"promptserve {name}", sub) for name, _, sub in generator.subcommands(parser)]
+    nested = [  # `promptserve client classify`, ...
+        (f"{command} {name}", sub)
+        for command, parser_ in commands
+        for name, _, sub in generator.subcommands(parser_)
     ]
+    return [("promptserve", parser), *commands, *nested]
 
 
 def test_every_command_and_flag_has_a_help_text() -> None:

@@ -1,4 +1,4 @@
-"""The project installs one top-level name, `promptserve`, mapped onto the three folders."""
+"""The project installs one top-level name, `promptserve`, mapped onto the four folders."""
 
 import re
 import subprocess
@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("models", "training", "service")
+FOLDERS = ("models", "training", "service", "client")
 
 
 def test_every_package_folder_is_installed_under_promptserve() -> None:
@@ -24,7 +24,8 @@ def test_every_package_folder_is_installed_under_promptserve() -> None:
 def test_only_promptserve_is_importable_outside_the_checkout(tmp_path: Path) -> None:
     script = (
         "import importlib.util, promptserve.models.backbone, promptserve.service.cli\n"
-        "print(all(importlib.util.find_spec(n) is None for n in ('models', 'training', 'service')))"
+        "print(all(importlib.util.find_spec(n) is None\n"
+        "          for n in ('models', 'training', 'service', 'client')))"
     )
     answer = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True
@@ -33,7 +34,7 @@ def test_only_promptserve_is_importable_outside_the_checkout(tmp_path: Path) -> 
 
 
 def test_no_module_imports_the_bare_folder_names() -> None:
-    bare = re.compile(r"\s*(from|import)\s+(models|training|service)\b")
+    bare = re.compile(r"\s*(from|import)\s+(models|training|service|client)\b")
     offenders = [
         f"{path.relative_to(ROOT)}:{number}"
         for folder in (*FOLDERS, "tests", "bench")
