@@ -21,6 +21,8 @@ from tests.service.helpers import (
 )
 from tests.service.servers import FIRST_START_LOG, Server, copy_store, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # real server processes
+
 
 @pytest.fixture(scope="module")
 def server(template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -117,7 +119,6 @@ def test_hugging_face_inference_client(server: Server) -> None:
     assert [r.score for r in result] == sorted((r.score for r in result), reverse=True)
 
 
-@pytest.mark.slow
 def test_default_classifier_is_right_on_easy_images(
     mini_template_store: Path, mini_store: Path, tmp_path: Path
 ) -> None:

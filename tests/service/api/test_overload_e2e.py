@@ -17,7 +17,7 @@ from PIL import Image
 from tests.service.helpers import b64, bomb_png, png_bytes
 from tests.service.servers import Server, copy_store, start_server, stop_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # a real server process
 
 
 def noisy_png(seed: int, size: int = 320) -> bytes:

@@ -16,6 +16,8 @@ import pytest
 
 from tests.service.servers import Server, copy_store, start_server, stop_server
 
+pytestmark = pytest.mark.slow  # real server processes
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 KEY = "playground-secret"

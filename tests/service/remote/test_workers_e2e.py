@@ -20,6 +20,8 @@ from tests.service.helpers import b64, png_bytes, publish_copy
 from tests.service.servers import Server, copy_store, start_server, stop_server
 from tests.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real server processes
+
 TWO_WORKERS = {"PROMPTSERVE_WORKERS": "2"}
 BATCH = 16
 # a batch waits up to 3 s for BATCH images, so a burst of BATCH requests is one batch; a lone
