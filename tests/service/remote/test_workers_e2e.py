@@ -60,17 +60,16 @@ def scrape(server: Server) -> str:
 
 
 def reported(server: Server, classified: float) -> str:
-    """A scrape once both workers have reported and their reports count `classified` answered
-    classify requests in all (each worker reports its counts about once a second, and the
-    worker that answers a scrape reports at once)."""
+    """A scrape once the workers' reports count `classified` answered classify requests in all
+    (each worker reports its counts about once a second, and the worker that answers a scrape
+    reports at once). A worker that has answered nothing yet has no series."""
 
     def probe() -> str | None:
         text = scrape(server)
-        per_worker = metric(text, "promptserve_api_worker_requests_total")
         done = metric(text, "promptserve_http_requests_total").get(CLASSIFIED, 0.0)
-        return text if len(per_worker) == 2 and done >= classified else None
+        return text if done >= classified else None
 
-    return wait_until(probe, interval=0.2, what=f"both workers reporting {classified} classified")
+    return wait_until(probe, interval=0.2, what=f"the workers reporting {classified} classified")
 
 
 def fresh_post(server: Server, **kwargs: object) -> httpx.Response:
@@ -109,6 +108,7 @@ def test_both_workers_serve_and_share_engine_batches(tmp_path: Path, template_st
             new = metric(after, "promptserve_api_worker_requests_total")
             others = sum(new.values()) - sum(old.values()) - BATCH
             served = [w for w, count in new.items() if count - old.get(w, 0.0) > others]
+            assert len(new) <= 2, new  # two workers report to the engine, no more
             if batches == 1 and len(served) == 2:
                 mixed = True
                 break
