@@ -38,8 +38,8 @@ docs: setup
 	$(BIN)/python docs/gen_reference.py --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
 
-# The quick local loop: everything but the slow end-to-end tests (real servers, jobs, the docs'
-# examples) and the image; make test runs them all.
+# The quick local loop: everything in process; not the slow tests (every test that starts a real
+# server process, the jobs, the docs' examples, real learning) nor the image. make test runs them.
 test-quick: setup
 	$(BIN)/python -m pytest -q -m "not slow and not docker"
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-init backbones only; nothing is downloaded. Every test runs
+"""Shared fixtures: tiny random-init backbones, and the mini template store that every end-to-end
+server runs a copy of (tests/service/servers.py); nothing is downloaded. Every test runs
 isolated from the caller's environment and from the tests before it (`isolated`)."""
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+
+# the session's mini template store for the end-to-end servers, and a test's copy of it
+from tests.service.servers import mini_store, mini_template_store  # noqa: F401 (fixtures)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: no test may reach a hub
 # The service reads every PROMPTSERVE_* variable; a test pins what it means (Settings arguments,

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -178,21 +178,12 @@ SERVER_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store as a first `make serve` leaves it (the default classifier created): each page's
-    server starts on a copy, so the mini export runs once, not once per page."""
-    root = tmp_path_factory.mktemp("docs-template")
-    first = start_server(root / "store", root / "server.log", timeout=300, **SERVER_ENV)
-    stop_server(first)
-    return root / "store"
-
-
 @contextmanager
 def page_server(template: Path, directory: Path) -> Iterator[Server]:
-    """A fresh server for one page, on a copy of the template store in `directory`."""
-    shutil.copytree(template, directory / "store")
-    server = start_server(directory / "store", directory / "server.log", timeout=300, **SERVER_ENV)
+    """A fresh server for one page, on a copy of the session's mini template store (the store
+    a first `make serve` leaves: the default classifier created) in `directory`."""
+    store = copy_store(template, directory / "store")
+    server = start_server(store, directory / "server.log", timeout=300, **SERVER_ENV)
     try:
         yield server
     finally:
@@ -226,13 +217,13 @@ def executed_pages() -> list[str]:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (the examples use it)")
 @pytest.mark.parametrize("page", executed_pages())
 def test_page_examples(
-    page: str, template_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    page: str, mini_template_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A page's examples, block by block in its order, against a server of its own: a page
     builds on its earlier blocks (a file written, a job started), never on another page."""
     blocks = page_examples(ROOT / page)
     monkeypatch.chdir(tmp_path)
-    with page_server(template_store, tmp_path) as server:
+    with page_server(mini_template_store, tmp_path) as server:
         for block in blocks:
             if block.language == "sh":
                 run_shell(block, tmp_path, server)

@@ -29,7 +29,7 @@ import pytest
 from promptserve.service.jobs.store import JobStore
 from tests.cluster.servers import S3_ENV, Postgres, S3Server, fresh_database
 from tests.service.jobs.helpers import AUTH, KEY, shapes, submit, wait_for
-from tests.service.servers import REPO, Server, start_server, stop_server
+from tests.service.servers import REPO, Server, copy_store, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,10 @@ def start_worker(root: Path, index: int, env: dict[str, str]) -> subprocess.Pope
 
 @pytest.fixture(scope="module")
 def cluster(
-    postgres: Postgres, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+    postgres: Postgres,
+    s3_server: S3Server,
+    mini_template_store: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
     database = fresh_database(postgres, f"c{uuid.uuid4().hex[:12]}")
@@ -95,6 +98,10 @@ def cluster(
     }
     api_env = env | {"PROMPTSERVE_MAX_CONCURRENT_JOBS": "0"}  # replicas only serve
     workers = [start_worker(root, i, env) for i in range(2)]
+    # each replica's local copy starts as a first start leaves it (its start-up default made,
+    # not yet uploaded): both upload theirs at once and one is kept, as with two fresh replicas
+    for i in range(2):
+        copy_store(mini_template_store, root / f"api{i}-store")
     with ThreadPoolExecutor(2) as pool:
         apis = list(
             pool.map(

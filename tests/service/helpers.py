@@ -4,6 +4,7 @@ bytes (good, broken, bombs). The fixtures over them are in conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -11,10 +12,10 @@ import shutil
 import struct
 import threading
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from PIL import Image
@@ -23,9 +24,11 @@ from torch import Tensor
 from promptserve.service.app import create_app
 from promptserve.service.runtime import Runtime
 from promptserve.service.settings import Settings
+from tests.waiting import eventually
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart", "purple ring"]
 TINY_NAMES = ("default", "shapes")  # both in the template store, each with version 1
+T = TypeVar("T")
 
 
 def publish_copy(source: Path, store: Path, name: str, version: str) -> Path:
@@ -104,6 +107,27 @@ def engine_held(runtime: Runtime, name: str = "default") -> Iterator[threading.E
         yield entered
     finally:
         release.set()
+
+
+async def sent_together(
+    runtime: Runtime, plug: Awaitable[Any], requests: list[Awaitable[T]], images: int
+) -> tuple[list[T], int]:
+    """Cross-request batching without a time window: `plug` (a request on the "default"
+    classifier) holds the engine (`engine_held`), `requests` (bringing `images` images in all)
+    are sent meanwhile, and the engine is released once every one of them is waiting in the
+    queue. Returns their answers and the engine calls they took: 1 when they ran as one batch
+    (at most `max_batch_size` images)."""
+    assert runtime.local is not None
+    batcher = runtime.local.batcher
+    with engine_held(runtime) as entered:
+        held = asyncio.ensure_future(plug)
+        await eventually(entered.is_set, what="the engine held by the plug request")
+        before = batcher.batches_run  # the plug's own call counts once it returns
+        sent = [asyncio.ensure_future(request) for request in requests]
+        await eventually(lambda: batcher.queue_depth == images, what=f"{images} images queued")
+    await held
+    answers = [await request for request in sent]
+    return answers, batcher.batches_run - before - 1
 
 
 ClientFactory = Callable[..., Any]  # (**settings overrides) -> serve(...) context manager

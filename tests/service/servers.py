@@ -1,8 +1,10 @@
-"""A real `promptserve serve` process on a free port, for the end-to-end tests."""
+"""A real `promptserve serve` process on a free port, for the end-to-end tests, and the store a
+first start leaves (the default classifier on mini), made once per session and copied."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from promptserve.models.backbone import WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 MINI_WEIGHTS = WEIGHTS_DIR / "mini.safetensors"
+FIRST_START_LOG = "first-start.log"  # beside the template store: the first start's own log
 LIMITS = {
     "PROMPTSERVE_MAX_BODY_BYTES": "200000",
     "PROMPTSERVE_MAX_IMAGES_PER_REQUEST": "4",
@@ -92,3 +96,33 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+def first_start_store(root: Path) -> Path:
+    """`root/store` as the first start of `promptserve serve` leaves it (`make serve`): a real
+    server on an empty store creates the default zero-shot classifier on mini (exporting it
+    takes most of a minute on a loaded 2-core machine), then stops. Its log is
+    `root/first-start.log`."""
+    store = root / "store"
+    stop_server(start_server(store, root / FIRST_START_LOG, timeout=600))
+    return store
+
+
+def copy_store(template: Path, target: Path) -> Path:
+    """A private copy of the store `template` at `target`: real copies, never links, so a test
+    may publish, delete or corrupt files there without touching the template."""
+    shutil.copytree(template, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def mini_template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store a first start leaves, made once per session (`first_start_store`). Never
+    serve it: every end-to-end server runs on a `copy_store` of it (or use `mini_store`)."""
+    return first_start_store(tmp_path_factory.mktemp("mini-template"))
+
+
+@pytest.fixture
+def mini_store(mini_template_store: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the mini template store, at `tmp_path/store`."""
+    return copy_store(mini_template_store, tmp_path / "store")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,14 +19,15 @@ from tests.service.helpers import (
     png_bytes,
     truncated_png,
 )
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import FIRST_START_LOG, Server, copy_store, start_server, stop_server
+
+pytestmark = pytest.mark.slow  # real server processes
 
 
 @pytest.fixture(scope="module")
 def server(template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("e2e")
-    store = root / "store"
-    shutil.copytree(template_store, store)
+    store = copy_store(template_store, root / "store")
     running = start_server(store, root / "server.log", timeout=180)
     yield running
     stop_server(running)
@@ -119,11 +119,16 @@ def test_hugging_face_inference_client(server: Server) -> None:
     assert [r.score for r in result] == sorted((r.score for r in result), reverse=True)
 
 
-@pytest.mark.slow
-def test_default_classifier_is_right_on_easy_images(tmp_path: Path) -> None:
+def test_default_classifier_is_right_on_easy_images(
+    mini_template_store: Path, mini_store: Path, tmp_path: Path
+) -> None:
+    """The default a first start creates (the session's template store is made by one: a real
+    server on an empty store) is right on easy images, served from a copy of that store."""
     from promptserve.training.synthetic.tasks import SyntheticSpec, color_shape_classes, render_item
 
-    running = start_server(tmp_path / "store", tmp_path / "server.log", timeout=600)
+    first_start = (mini_template_store.parent / FIRST_START_LOG).read_text()
+    assert "has no 'default' classifier: creating it on mini" in first_start, first_start
+    running = start_server(mini_store, tmp_path / "server.log", timeout=600)
     spec = SyntheticSpec(task="color-shape", style="filled", background="plain")
     classes = color_shape_classes()  # sorted: 8 colours x 8 shapes
     names = [classes[8 * i + (i + shift) % 8] for shift in (0, 4) for i in range(8)]

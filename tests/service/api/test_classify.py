@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
@@ -10,7 +9,14 @@ import pytest
 
 from promptserve.models.input_engines import BoundInputs
 from tests.numerics import RTOL_SCORES, assert_close
-from tests.service.helpers import CLASS_NAMES, ClientFactory, b64, jpeg_bytes, png_bytes
+from tests.service.helpers import (
+    CLASS_NAMES,
+    ClientFactory,
+    b64,
+    jpeg_bytes,
+    png_bytes,
+    sent_together,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -115,31 +121,33 @@ async def test_hugging_face_zero_shot_shape(client_factory: ClientFactory) -> No
 async def test_concurrent_requests_share_one_engine_batch(client_factory: ClientFactory) -> None:
     """LitServe's batching test through the whole app: N requests, one engine call."""
     n = 4
-    async with client_factory(max_wait_ms=1500, max_batch_size=32) as (client, runtime):
-        before = runtime.local.batcher.batches_run
+    async with client_factory(max_batch_size=32) as (client, runtime):
         payload = {"images": [b64(png_bytes())], "classifier": "shapes"}
-        responses = await asyncio.gather(
-            *(client.post("/classify", json=payload) for _ in range(n))
+        responses, calls = await sent_together(
+            runtime,
+            client.post("/classify", json={"images": [b64(png_bytes())]}),  # the plug
+            [client.post("/classify", json=payload) for _ in range(n)],
+            images=n,
         )
-        after = runtime.local.batcher.batches_run
     assert [r.status_code for r in responses] == [200] * n
-    assert after - before == 1
+    assert calls == 1
     assert runtime.local.batcher.images_run >= n
 
 
 async def test_batched_results_equal_unbatched(client_factory: ClientFactory) -> None:
     images = [png_bytes((200, 40, 40)), png_bytes((40, 40, 200)), jpeg_bytes()]
-    # as many requests as the batch holds, and a long window: the gathered ones are one batch
-    async with client_factory(max_wait_ms=1000, max_batch_size=len(images)) as (client, runtime):
+    async with client_factory() as (client, runtime):
         alone = [
             (await client.post("/classify", json={"images": [b64(i)], "top_k": 99})).json()
             for i in images
         ]
-        before = runtime.local.batcher.batches_run
-        together = await asyncio.gather(
-            *(client.post("/classify", json={"images": [b64(i)], "top_k": 99}) for i in images)
+        together, calls = await sent_together(
+            runtime,
+            client.post("/classify", json={"images": [b64(png_bytes())]}),  # the plug
+            [client.post("/classify", json={"images": [b64(i)], "top_k": 99}) for i in images],
+            images=len(images),
         )
-        assert runtime.local.batcher.batches_run - before == 1  # they really ran together
+        assert calls == 1  # they really ran together
     for single, batched in zip(alone, together, strict=True):
         a = {p["label"]: p["score"] for p in single["predictions"][0]}
         b = {p["label"]: p["score"] for p in batched.json()["predictions"][0]}

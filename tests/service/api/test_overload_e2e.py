@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,9 @@ import pytest
 from PIL import Image
 
 from tests.service.helpers import b64, bomb_png, png_bytes
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]  # a real server process
 
 
 def noisy_png(seed: int, size: int = 320) -> bytes:
@@ -31,9 +30,8 @@ def noisy_png(seed: int, size: int = 320) -> bytes:
 @pytest.fixture(scope="module")
 def server(template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("overload")
-    shutil.copytree(template_store, root / "store")
     running = start_server(
-        root / "store",
+        copy_store(template_store, root / "store"),
         root / "server.log",
         timeout=180,
         PROMPTSERVE_MAX_BODY_BYTES=str(20 * 1024 * 1024),

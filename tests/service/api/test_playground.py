@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
+
+pytestmark = pytest.mark.slow  # real server processes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -43,10 +45,10 @@ def test_page_and_assets_are_served_without_the_key(server: Server) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(mini_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("playground")
     running = start_server(
-        root / "store",
+        copy_store(mini_template_store, root / "store"),
         root / "server.log",
         timeout=300,
         PROMPTSERVE_API_KEY=KEY,

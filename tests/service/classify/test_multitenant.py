@@ -1,9 +1,11 @@
 """Many classifiers on one backbone: mixed batches, several classifiers per request, deletion
-and hot publish on shared engines, and a store holding format-1 and format-2 artifacts."""
+and hot publish on shared engines, and a store holding format-1 and format-2 artifacts.
+
+Requests that must meet in one batch are sent while the engine is held (`gathered`), never
+within a time window: they all wait in the queue when it is released."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,18 @@ import pytest
 from promptserve.models.artifact import publish_classifier, read_manifest
 from promptserve.models.backbone import Backbone
 from promptserve.models.methods import create_method
+from promptserve.service.runtime import Runtime
 from tests import helpers
 from tests.numerics import RTOL_SCORES, assert_close
-from tests.service.helpers import CLASS_NAMES, b64, jpeg_bytes, make_settings, png_bytes, serve
+from tests.service.helpers import (
+    CLASS_NAMES,
+    b64,
+    jpeg_bytes,
+    make_settings,
+    png_bytes,
+    sent_together,
+    serve,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +75,16 @@ async def classify(client: Any, name: str, images: list[str]) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
+async def gathered(
+    client: Any, runtime: Runtime, requests: list[tuple[str, list[str]]]
+) -> tuple[list[dict[str, Any]], int]:
+    """`requests` ((classifier, images) pairs) sent together (`sent_together`): their answers
+    and the engine calls they took."""
+    sent = [classify(client, name, images) for name, images in requests]
+    plug = classify(client, "default", [image(0)])
+    return await sent_together(runtime, plug, sent, sum(len(i) for _, i in requests))
+
+
 def scores(body: dict[str, Any]) -> list[dict[str, float]]:
     return [{p["label"]: p["score"] for p in row} for row in body["predictions"]]
 
@@ -79,10 +100,8 @@ async def test_mixed_batch_scores_equal_one_classifier_batches(tenants: Path) ->
     async with serve(make_settings(tenants, max_wait_ms=5.0)) as (client, runtime):
         alone = [await classify(client, name, images) for name, images in requests]
         assert runtime.local.batcher.batches_run == len(requests)  # one call each
-        runtime.local.batcher.max_wait_s = 0.5  # room to gather every request into one call
-        before = runtime.local.batcher.batches_run
-        mixed = await asyncio.gather(*(classify(client, n, images) for n, images in requests))
-        assert runtime.local.batcher.batches_run == before + 1  # four classifiers, one engine call
+        mixed, calls = await gathered(client, runtime, requests)
+        assert calls == 1  # four classifiers, one engine call
         assert runtime.local.cache.engine_count() == 1
     for single, together in zip(alone, mixed, strict=True):
         assert together["classifier"] == single["classifier"]
@@ -94,16 +113,13 @@ async def test_mixed_batch_scores_equal_one_classifier_batches(tenants: Path) ->
 
 @pytest.mark.parametrize("neighbours", [1, 6])
 async def test_scores_never_depend_on_batch_neighbours(tenants: Path, neighbours: int) -> None:
-    async with serve(make_settings(tenants, max_wait_ms=300.0)) as (client, runtime):
+    async with serve(make_settings(tenants)) as (client, runtime):
         alone = await classify(client, "coop-0", [image(0)])
-        others = [
-            classify(client, TENANTS[1 + i % 3], [b64(jpeg_bytes(30 + 3 * i))])
-            for i in range(neighbours)
-        ]
-        before = runtime.local.batcher.batches_run
-        together, *_ = await asyncio.gather(classify(client, "coop-0", [image(0)]), *others)
-        assert runtime.local.batcher.batches_run == before + 1
-    assert_same_scores(alone, together)
+        others = [(TENANTS[1 + i % 3], [b64(jpeg_bytes(30 + 3 * i))]) for i in range(neighbours)]
+        requests = [("coop-0", [image(0)]), *others]
+        (batched, *_), calls = await gathered(client, runtime, requests)
+        assert calls == 1
+    assert_same_scores(alone, batched)
 
 
 async def test_one_request_several_classifiers(tenants: Path) -> None:
@@ -205,10 +221,8 @@ async def test_provp_classifiers_batch_together_per_sample(tenants: Path) -> Non
     requests = [(name, [image(i), image(i + 2)]) for i, name in enumerate([*PROVP, *PROVP])]
     async with serve(make_settings(tenants, max_wait_ms=5.0)) as (client, runtime):
         alone = [await classify(client, name, images) for name, images in requests]
-        runtime.local.batcher.max_wait_s = 0.5
-        before = runtime.local.batcher.batches_run
-        mixed = await asyncio.gather(*(classify(client, n, images) for n, images in requests))
-        assert runtime.local.batcher.batches_run == before + 1  # two provp classifiers, one call
+        mixed, calls = await gathered(client, runtime, requests)
+        assert calls == 1  # two provp classifiers, one call
         assert runtime.local.cache.engine_count() == 2  # the provp graph, and default's plain one
         several = await client.post(
             "/classify", json={"images": [image(0)], "classifiers": ["provp-1", "coop-0"]}

@@ -33,13 +33,13 @@ from tests.service.jobs.helpers import (
     wait_for,
     wait_running_with_progress,
 )
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(mini_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("jobs-e2e")
     data_root = root / "data"
     (data_root / "broken" / "good").mkdir(parents=True)
@@ -48,7 +48,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         (data_root / "broken" / "good" / f"{i}.png").write_bytes(image)
         (data_root / "broken" / "bad" / f"{i}.png").write_bytes(image[: len(image) // 3])
     running = start_server(
-        root / "store",
+        copy_store(mini_template_store, root / "store"),
         root / "server.log",
         timeout=600,
         PROMPTSERVE_DATA_ROOT=str(data_root),
@@ -163,8 +163,10 @@ def test_job_routes_need_the_key_over_http(server: Server) -> None:
             assert response.json()["error"]["code"] == "unauthorized"
 
 
-def test_restart_interrupts_the_running_job_and_runs_the_queued_one(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_restart_interrupts_the_running_job_and_runs_the_queued_one(
+    mini_store: Path, tmp_path: Path
+) -> None:
+    store = mini_store
     first = start_server(store, tmp_path / "first.log", timeout=600, **JOB_ENV)
     try:
         with httpx.Client(base_url=first.url, headers=AUTH, timeout=60) as client:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,15 +17,20 @@ import httpx
 import pytest
 
 from tests.service.helpers import b64, png_bytes, publish_copy
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
+from tests.waiting import wait_until
 
-BATCH = 8
-TWO_WORKERS = {
-    "PROMPTSERVE_WORKERS": "2",
-    # one batch waits up to 3 s for BATCH images, so a burst of BATCH requests is one batch
+pytestmark = pytest.mark.slow  # real server processes
+
+TWO_WORKERS = {"PROMPTSERVE_WORKERS": "2"}
+BATCH = 16
+# a batch waits up to 3 s for BATCH images, so a burst of BATCH requests is one batch; a lone
+# request would wait the whole 3 s, so only the batching test runs on such a server
+BATCHING = TWO_WORKERS | {
     "PROMPTSERVE_MAX_BATCH_SIZE": str(BATCH),
     "PROMPTSERVE_MAX_WAIT_MS": "3000",
 }
+CLASSIFIED = '{route="/classify",method="POST",status="200"}'
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,7 @@ def served(
     template_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Server, Path]]:
     root = tmp_path_factory.mktemp("workers")
-    store = root / "store"
-    shutil.copytree(template_store, store)
+    store = copy_store(template_store, root / "store")
     running = start_server(store, root / "server.log", timeout=300, **TWO_WORKERS)
     yield running, store
     stop_server(running)
@@ -54,8 +56,20 @@ def metric(text: str, name: str) -> dict[str, float]:
 
 
 def scrape(server: Server) -> str:
-    time.sleep(1.2)  # every worker has reported its request counts since the last requests
     return httpx.get(f"{server.url}/metrics", timeout=30).text
+
+
+def reported(server: Server, classified: float) -> str:
+    """A scrape once the workers' reports count `classified` answered classify requests in all
+    (each worker reports its counts about once a second, and the worker that answers a scrape
+    reports at once). A worker that has answered nothing yet has no series."""
+
+    def probe() -> str | None:
+        text = scrape(server)
+        done = metric(text, "promptserve_http_requests_total").get(CLASSIFIED, 0.0)
+        return text if done >= classified else None
+
+    return wait_until(probe, interval=0.2, what=f"the workers reporting {classified} classified")
 
 
 def fresh_post(server: Server, **kwargs: object) -> httpx.Response:
@@ -74,28 +88,36 @@ async def burst(server: Server, count: int) -> list[httpx.Response]:
     return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def test_both_workers_serve_and_share_engine_batches(server: Server) -> None:
+def test_both_workers_serve_and_share_engine_batches(tmp_path: Path, template_store: Path) -> None:
     """A burst answered by both workers that ran as one engine batch: cross-worker batching."""
-    mixed = False
-    for _ in range(8):  # which worker accepts a connection is the kernel's choice: retry
-        before = scrape(server)
-        responses = asyncio.run(burst(server, BATCH))
-        assert [r.status_code for r in responses] == [200] * BATCH, [r.text for r in responses]
-        after = scrape(server)
-        batches = metric(after, "promptserve_batch_size_count").get("", 0.0)
-        batches -= metric(before, "promptserve_batch_size_count").get("", 0.0)
-        old = metric(before, "promptserve_api_worker_requests_total")
-        new = metric(after, "promptserve_api_worker_requests_total")
-        # /metrics scrapes count as requests too: a worker served classify requests in this
-        # burst when its count grew by more than the scrapes it may have answered (two)
-        served = [w for w, count in new.items() if count - old.get(w, 0.0) > 2]
-        assert len(new) == 2, new  # both workers report to the engine
-        if batches == 1 and len(served) == 2:
-            mixed = True
-            break
+    store = copy_store(template_store, tmp_path / "store")
+    server = start_server(store, tmp_path / "server.log", timeout=300, **BATCHING)
+    try:
+        mixed, before, classified = False, reported(server, 0), 0
+        for _ in range(8):  # which worker accepts a connection is the kernel's choice: retry
+            responses = asyncio.run(burst(server, BATCH))
+            assert [r.status_code for r in responses] == [200] * BATCH, [r.text for r in responses]
+            classified += BATCH
+            after = reported(server, classified)
+            batches = metric(after, "promptserve_batch_size_count").get("", 0.0)
+            batches -= metric(before, "promptserve_batch_size_count").get("", 0.0)
+            # each worker's count grew by its classify requests of the burst plus some of the
+            # other requests reported meanwhile (scrapes, health checks); a worker served classify
+            # requests when its count grew by more than all those other requests together
+            old = metric(before, "promptserve_api_worker_requests_total")
+            new = metric(after, "promptserve_api_worker_requests_total")
+            others = sum(new.values()) - sum(old.values()) - BATCH
+            served = [w for w, count in new.items() if count - old.get(w, 0.0) > others]
+            assert len(new) <= 2, new  # two workers report to the engine, no more
+            if batches == 1 and len(served) == 2:
+                mixed = True
+                break
+            before = after
+    finally:
+        stop_server(server)
     assert mixed, "no burst was both spread over the two workers and run as one batch"
     totals = metric(after, "promptserve_http_requests_total")
-    assert totals['{route="/classify",method="POST",status="200"}'] >= BATCH  # summed over both
+    assert totals[CLASSIFIED] == classified  # summed over both workers
 
 
 @pytest.mark.parametrize(
@@ -134,9 +156,16 @@ def test_publish_and_delete_seen_by_every_worker(
     for _ in range(10):
         response = fresh_post(server, json=body)
         assert response.status_code == 404, response.text
-    per_worker = metric(scrape(server), "promptserve_api_worker_requests_total")
+    per_worker = wait_until(
+        lambda: both_served(scrape(server)), what="both workers reporting requests"
+    )
     assert len(per_worker) == 2, per_worker
-    assert min(per_worker.values()) > 0, per_worker
+
+
+def both_served(text: str) -> dict[str, float] | None:
+    """Each worker's reported request count, once both have reported some."""
+    per_worker = metric(text, "promptserve_api_worker_requests_total")
+    return per_worker if len(per_worker) == 2 and min(per_worker.values()) > 0 else None
 
 
 def test_the_service_exits_when_its_engine_process_dies(
@@ -144,9 +173,9 @@ def test_the_service_exits_when_its_engine_process_dies(
 ) -> None:
     """The supervisor's safety path: the engine process killed, the API workers are stopped and
     `serve` exits 1 (a process manager restarts it), instead of workers answering 5xx forever."""
-    shutil.copytree(template_store, tmp_path / "store")
+    store = copy_store(template_store, tmp_path / "store")
     log = tmp_path / "server.log"
-    server = start_server(tmp_path / "store", log, timeout=300, PROMPTSERVE_WORKERS="2")
+    server = start_server(store, log, timeout=300, **TWO_WORKERS)
     try:
         started = re.search(r"engine process (\d+) up", log.read_text())
         assert started, log.read_text()
