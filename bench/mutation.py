@@ -115,9 +115,13 @@ def stage(group: Group) -> Path:
         "source_paths": [f"src/promptserve/{package}" for package in packages],
         "only_mutate": [f"src/promptserve/{path}" for path in group.mutate],
         "pytest_add_cli_args_test_selection": list(group.tests),
-        # no random order, and no cache written into the linked tests folder
-        "pytest_add_cli_args": ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"],
+        # stop at the first failure (a kill); no random order, no cache in the linked tests
+        "pytest_add_cli_args": ["-x", "-p", "no:randomly", "-p", "no:cacheprovider", "-q"],
         "use_git_change_detection": False,
+        # fork each mutant's test run from a process that has imported the tests but run none:
+        # one forked from a process that ran them (the default) inherits the threads of ONNX
+        # Runtime, torch and the app's pools, and hangs on a lock one of them held
+        "process_isolation": "forkserver",
     }
     lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in table.items()]
     text = (REPO / "pyproject.toml").read_text()
