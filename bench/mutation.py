@@ -63,7 +63,7 @@ GROUPS = (
         "batcher",
         "the micro-batcher",
         ("service/classify/batcher.py",),
-        ("tests/service/classify/test_batcher.py",),
+        ("tests/service/classify/test_batcher.py", "tests/service/classify/test_batch_limits.py"),
     ),
     Group(
         "store",
