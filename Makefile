@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := $(wildcard models training service client tests bench docs/*.py)
 
-.PHONY: setup test test-quick test-image lint format docs serve clean
+.PHONY: setup test test-quick test-image mutation lint format docs serve clean
 
 setup: $(STAMP)
 
@@ -55,9 +55,16 @@ test-image: setup
 		echo "********************************************************************" >&2; \
 	fi
 
+# Mutation testing (mutmut) of admission, the batcher, the store, the job runner, leases and
+# label checks against their fast tests, within MUTATION_BUDGET_S seconds (default 1800);
+# MUTATION_GROUPS="jobs leases" runs some groups only. Writes .mutation/report.md (the
+# surviving mutants). Not part of make test. See docs/development/tests.md.
+mutation: setup
+	$(BIN)/python bench/mutation.py $(if $(MUTATION_GROUPS),--only $(MUTATION_GROUPS))
+
 # Serves ./store on 127.0.0.1:8000; the first start creates the default zero-shot classifier.
 serve: setup
 	$(BIN)/promptserve serve --host 127.0.0.1 --port 8000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck .site
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck .site .mutation

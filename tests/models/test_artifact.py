@@ -115,12 +115,14 @@ def test_manifest_records_the_export(exported: Exported) -> None:
     assert manifest["open_clip_version"]
 
 
-def test_parity_figures_recorded_within_tolerance(exported: Exported) -> None:
+def test_parity_figures_are_recorded_per_engine_and_batch(exported: Exported) -> None:
     parity = read_manifest(exported.path)["parity"]
     assert parity["tolerance"] == 1e-4
     for engine in ("onnx", "torchscript"):
         assert set(parity[engine]) == {"batch_1", "batch_7"}
-        assert all(0.0 <= figure <= 1e-4 for figure in parity[engine].values())
+        # measured figures, not the gate's bound; whether the graphs really match eager is
+        # measured from the files by test_onnx_matches_eager and test_torchscript_matches_eager
+        assert all(isinstance(figure, float) for figure in parity[engine].values())
 
 
 def test_export_restores_training_mode(exported: Exported) -> None:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor
 
-from promptserve.models.artifact import publish_classifier, read_manifest
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import Backbone
+from promptserve.models.classifier import load_classifier
 from promptserve.models.errors import ConfigError
 from promptserve.models.labels import load_learner
 from promptserve.models.methods import Batch, create_method, make_config
@@ -22,7 +23,7 @@ from promptserve.models.methods import sep as sep_module
 from promptserve.models.methods.sep import SEPLearner, TokenFusion, salient_indices, select_salient
 from promptserve.models.prompting import VisionPrompts
 from tests.helpers import NAMES, perturb, pixels, reference_encode
-from tests.numerics import assert_close
+from tests.numerics import RTOL_EXPORT, assert_close
 
 
 def make(backbone: Backbone, seed: int = 0, **overrides: Any) -> SEPLearner:
@@ -273,9 +274,14 @@ def test_artifact_holds_both_passes_with_a_top_k_per_fusion_and_no_head(
     learner.prepare_training(NAMES, [(pixels(4), torch.tensor([0, 1, 2, 3]))])
     path = publish_classifier(learner, NAMES, tmp_path, "sep", format_version=1)
     assert "head" not in load_file(str(path / "learner.safetensors"))
-    parity = read_manifest(path)["parity"]
-    assert max(parity["onnx"].values()) <= 1e-4
-    assert max(parity["torchscript"].values()) <= 1e-4
+    # both exported graphs give the eager learner's embeddings, measured here from the files
+    # (the manifest's parity figures are the exporter's own gate)
+    images = pixels(7, learner.preprocess.size, seed=3)
+    with torch.no_grad():
+        expected = learner.eval().encode_images(images)
+    for engine in ("onnx", "torchscript"):
+        engine_out = load_classifier(path, engine=engine).embed(images)
+        assert_close(engine_out, expected, rtol=RTOL_EXPORT, what=f"sep {engine} vs eager")
     graph = onnx.load(str(path / "visual.onnx"))
     ops = [node.op_type for node in graph.graph.node]
     ops += [node.op_type for function in graph.functions for node in function.node]

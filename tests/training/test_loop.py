@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -40,6 +41,20 @@ def loader_for(folder: Path, backbone: Backbone, batch_size: int = 8):  # type: 
     source = open_dataset(str(folder))
     dataset = ImageDataset(source, eval_transform(backbone.preprocess), list(source.class_names))
     return make_loader(dataset, batch_size, shuffle=True, seed=0), list(source.class_names)
+
+
+@torch.no_grad()
+def top1_percent(learner: Any, items: list[Any], names: list[str]) -> float:
+    """Top-1 accuracy (percent) of `learner` on `items`, one image at a time."""
+    learner.eval()
+    transform = eval_transform(learner.preprocess)
+    classes = learner.encode_classes(names)
+    right = 0
+    for item in items:
+        pixels = transform(item.open_rgb()).unsqueeze(0)
+        scores = learner.logits(learner.encode_images(pixels), classes)[0]
+        right += names[int(scores.argmax())] == item.label
+    return 100.0 * right / len(items)
 
 
 def test_schedule_warms_up_then_decays_to_zero() -> None:
@@ -114,8 +129,17 @@ def test_heldout_images_are_the_ones_not_trained_on(tmp_path: Path) -> None:
     assert HELDOUT_PER_CLASS >= 3
     metrics = score_fitted(fitted)
     assert metrics["heldout_images"] == 3 * len(fitted.class_names)
-    for key in ("train_accuracy", "heldout_accuracy", "heldout_zeroshot_accuracy"):
-        assert 0.0 <= metrics[key] <= 100.0
+    # each figure equals the share of its images the learner ranks first, counted here one
+    # image at a time (not through score_fitted's loader and evaluate)
+    zeroshot = create_method("zeroshot", fitted.backbone)
+    expected = {
+        "train_accuracy": top1_percent(fitted.learner, fitted.train.items, fitted.class_names),
+        "heldout_accuracy": top1_percent(fitted.learner, fitted.heldout.items, fitted.class_names),
+        "heldout_zeroshot_accuracy": top1_percent(
+            zeroshot, fitted.heldout.items, fitted.class_names
+        ),
+    }
+    assert {key: metrics[key] for key in expected} == pytest.approx(expected, abs=0.006)
     # without the flag nothing is held out, and only the training accuracy is scored
     plain = fit_learner(dataclasses.replace(request, heldout=False))
     assert plain.heldout is None

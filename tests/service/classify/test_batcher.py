@@ -142,3 +142,43 @@ async def test_submit_needs_a_running_batcher() -> None:
     batcher = MicroBatcher()
     with pytest.raises(NotReadyError):
         await batcher.submit("clf", pixels(1, 1.0), FakeEngine())
+
+
+async def test_stop_fails_the_requests_still_waiting() -> None:
+    engine = FakeEngine()
+    engine.release.clear()  # the first batch holds the engine; the others wait behind it
+    batcher = MicroBatcher(max_batch_size=2, max_wait_ms=0)
+    await batcher.start()
+    running = asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine))
+    await eventually(engine.entered.is_set)
+    waiting = [asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine)) for _ in "ab"]
+    await eventually(lambda: batcher.queue_depth == 4)
+    stopping = asyncio.create_task(batcher.stop())
+    await eventually(lambda: all(task.done() for task in waiting))
+    engine.release.set()
+    await stopping
+    for task in waiting:
+        with pytest.raises(NotReadyError, match="shutting down"):
+            task.result()
+    assert batcher.queue_depth == 0
+    running.cancel()  # the batch inside the engine at stop is not answered
+
+
+async def test_a_failing_engine_fails_its_own_requests_only() -> None:
+    good = FakeEngine()
+    batcher = MicroBatcher(max_batch_size=8, max_wait_ms=200)
+    await batcher.start()
+    try:
+        results = await asyncio.gather(
+            batcher.submit("bad", pixels(1, 1.0), FakeEngine(fail=True)),
+            batcher.submit("good", pixels(1, 1.0), good),
+            batcher.submit("good", pixels(2, 2.0), good),
+            batcher.submit("good", pixels(1, 3.0), good),
+            return_exceptions=True,
+        )
+    finally:
+        await batcher.stop()
+    assert isinstance(results[0], EngineError)
+    assert good.calls == [4]
+    assert [r.flatten().tolist() for r in results[1:]] == [[12.0], [24.0, 24.0], [36.0]]
+    assert (batcher.batches_run, batcher.images_run) == (1, 4)
