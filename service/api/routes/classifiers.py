@@ -11,15 +11,15 @@ from fastapi import APIRouter, Depends, Response
 from promptserve.models.methods import list_methods
 from promptserve.service.aliases import parse_ref
 from promptserve.service.api.deps import CatalogDep, RuntimeDep, SettingsDep, require_api_key
-from promptserve.service.api.schemas import (
+from promptserve.service.api.schemas.classifiers import (
     AliasCreate,
     AliasPublic,
     ClassifierListPublic,
     ClassifierPublic,
     ClassifierSummaryPublic,
     ClassifierVersionPublic,
-    error_responses,
 )
+from promptserve.service.api.schemas.common import error_responses
 from promptserve.service.catalog import Catalog
 
 router = APIRouter(  # deprecated: the unversioned paths
