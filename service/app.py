@@ -27,7 +27,7 @@ from promptserve.service.api.routes import (
     metrics,
     playground,
 )
-from promptserve.service.api.schemas import error_responses
+from promptserve.service.api.schemas.common import error_responses
 from promptserve.service.logs import configure_logging
 from promptserve.service.remote.worker import load_settings
 from promptserve.service.runtime import Runtime

@@ -10,9 +10,9 @@ the label checks) and its preprocessing (to prepare the pixels), read from its m
 kept in a small LRU checked against the manifest's inode and mtime, so a version number that
 was deleted and published again is read again, never served stale.
 
-Aliases (`service.aliases`): `resolve` takes a version or an alias; no version means the
-alias ``latest`` (the newest version that is not a candidate, unless it was set explicitly).
-The aliases file is read again when its stat changes (one stat per lookup).
+Aliases (`service.alias_index`, `Catalog.aliases`): `resolve` takes a version or an alias; no
+version means the alias ``latest`` (the newest version that is not a candidate, unless it was
+set explicitly).
 
 Deleting: any version may be deleted except the last remaining version of the default
 classifier (409), which would leave the service unable to answer requests that name no
@@ -53,8 +53,9 @@ from promptserve.models.errors import ArtifactError, UnknownClassifierError, Unk
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from promptserve.models.preprocess import FastEvalTransform
 from promptserve.service import aliases as alias_store
-from promptserve.service.aliases import LATEST, check_alias, combine, is_candidate_manifest
-from promptserve.service.errors import DeleteRefusedError, UnknownAliasError
+from promptserve.service.alias_index import AliasIndex
+from promptserve.service.aliases import LATEST, combine, is_candidate_manifest
+from promptserve.service.errors import DeleteRefusedError
 from promptserve.service.objectstore import STARTUP_CREATOR
 
 if TYPE_CHECKING:
@@ -99,9 +100,9 @@ class Catalog:
         self.mirror = mirror
         self.on_delete: list[Callable[[str, str], None]] = []  # told (name, version) deleted
         self._described: OrderedDict[tuple[str, str], VersionInfo] = OrderedDict()
-        self._aliases: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
-        self._lock = threading.Lock()  # guards `_described` and `_aliases`
-        self._write_lock = threading.Lock()  # one alias change at a time in this process
+        self._lock = threading.Lock()  # guards `_described`
+        self.write_lock = threading.Lock()  # one delete or alias change at a time here
+        self.aliases = AliasIndex(self)
 
     # --- listing -------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class Catalog:
             return resolve_version(self.root, name, str(version)).name
         versions = self.versions(name)
         alias = LATEST if version is None else str(version)
-        return self._by_alias(name, alias, versions)
+        return self.aliases.resolve(name, alias, versions)
 
     def lookup(self, ref: str, version: str | None = None) -> Resolved:
         """A request's classifier reference (``name``, ``name@alias``, ``name@3``) and its
@@ -141,61 +142,6 @@ class Catalog:
         if selector is None:
             return Resolved(name, resolved, LATEST)
         return Resolved(name, resolved, None if alias_store.is_version(selector) else selector)
-
-    def explicit_aliases(self, name: str) -> dict[str, str]:
-        """The aliases set for `name` (the file's content; `latest` only when pinned)."""
-        path = alias_store.aliases_path(self.root, check_name(name))
-        try:
-            info = path.stat()
-        except OSError:
-            return {}
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-        with self._lock:
-            hit = self._aliases.get(name)
-        if hit is not None and hit[0] == stamp:
-            return dict(hit[1])
-        aliases = alias_store.read_aliases(self.root, name)
-        with self._lock:
-            self._aliases[name] = (stamp, aliases)
-        return dict(aliases)
-
-    def aliases(self, name: str, versions: list[str] | None = None) -> dict[str, str]:
-        """Every alias of `name` with its version, `latest` included; an alias whose version
-        is gone is left out."""
-        versions = versions if versions is not None else self.versions(name)
-        explicit = self.explicit_aliases(name)
-        found = {alias: v for alias, v in explicit.items() if v in versions}
-        found[LATEST] = self._latest(name, versions, explicit)
-        return dict(sorted(found.items()))
-
-    def is_candidate(self, name: str, version: str, explicit: dict[str, str] | None = None) -> bool:
-        """A version published as a candidate that no alias has been set to since."""
-        explicit = explicit if explicit is not None else self.explicit_aliases(name)
-        if version in explicit.values():
-            return False
-        return self.version_info(name, version).published_as_candidate
-
-    def _latest(self, name: str, versions: list[str], explicit: dict[str, str]) -> str:
-        pinned = explicit.get(LATEST)
-        if pinned is not None and pinned in versions:
-            return pinned
-        for version in reversed(versions):
-            with contextlib.suppress(UnknownVersionError):
-                if not self.is_candidate(name, version, explicit):
-                    return version
-        return versions[-1]  # only candidates: the newest of them
-
-    def _by_alias(self, name: str, alias: str, versions: list[str]) -> str:
-        explicit = self.explicit_aliases(name)
-        if alias == LATEST:
-            return self._latest(name, versions, explicit)
-        version = explicit.get(alias)
-        if version is None or version not in versions:
-            known = ", ".join(sorted(set(explicit) | {LATEST}))
-            raise UnknownVersionError(
-                f"classifier {name!r} has no version or alias {alias!r}; aliases: {known}"
-            )
-        return version
 
     def manifest(self, name: str, version: str) -> dict[str, Any]:
         path = self.root / name / self.resolve(name, version)
@@ -254,10 +200,10 @@ class Catalog:
         `protected` (default) name and a version an alias was set to. Blocking: call off the
         loop."""
         if self.mirror is None:
-            with self._write_lock:
+            with self.write_lock:
                 self._delete_here(name, version, protected)
             return
-        with self._write_lock, self.mirror.lock:  # no pull in between: it would download it again
+        with self.write_lock, self.mirror.lock:  # no pull in between: it would download it again
             resolved = self.resolve(name, version)
             self._delete_here(name, resolved, protected)
             self.mirror.delete(name, resolved)
@@ -271,7 +217,7 @@ class Catalog:
                 f"{name!r} is the default classifier and {version} is its only version; "
                 "publish another version first"
             )
-        explicit = self.explicit_aliases(name)
+        explicit = self.aliases.explicit(name)
         held = sorted(a for a, v in explicit.items() if v == version and a != LATEST)
         if held:
             raise DeleteRefusedError(
@@ -291,47 +237,6 @@ class Catalog:
             with contextlib.suppress(OSError):  # only if nothing else (a staging dir) is there
                 directory.rmdir()
         log.info("deleted classifier %s version %s", name, version)
-
-    def set_alias(self, name: str, alias: str, version: str) -> str:
-        """Point `alias` of `name` at `version` (a version or an alias, resolved now);
-        returns the version. Blocking: call off the loop."""
-        check_alias(alias)
-        with self._write_lock, self._mirror_lock():
-            self._pull_aliases(name)
-            resolved = self.resolve(name, version)
-            explicit = self.explicit_aliases(name)
-            explicit[alias] = resolved
-            self._write_aliases(name, explicit)
-        log.info("alias %s of %s now points at version %s", alias, name, resolved)
-        return resolved
-
-    def delete_alias(self, name: str, alias: str) -> None:
-        """Remove an alias set explicitly (a deleted `latest` follows the newest again);
-        UnknownAliasError when `name` has no such alias set."""
-        check_alias(alias)
-        self.versions(name)  # UnknownClassifierError first
-        with self._write_lock, self._mirror_lock():
-            self._pull_aliases(name)
-            explicit = self.explicit_aliases(name)
-            if alias not in explicit:
-                raise UnknownAliasError(f"classifier {name!r} has no alias {alias!r} set")
-            del explicit[alias]
-            self._write_aliases(name, explicit)
-        log.info("deleted alias %s of %s", alias, name)
-
-    def _mirror_lock(self) -> contextlib.AbstractContextManager[Any]:
-        return self.mirror.lock if self.mirror is not None else contextlib.nullcontext()
-
-    def _pull_aliases(self, name: str) -> None:
-        """With an object store: its aliases of `name` first (another replica may have changed
-        them), so a change here does not undo theirs."""
-        if self.mirror is not None:
-            self.mirror.pull_aliases(name)
-
-    def _write_aliases(self, name: str, aliases: dict[str, str]) -> None:
-        alias_store.write_aliases(self.root, name, aliases)
-        if self.mirror is not None:
-            self.mirror.push_aliases(name)
 
     def remove_stale_staging(self, older_than_s: float) -> list[Path]:
         """Remove staging folders (``<name>/.tmp-*``) left by exports that were killed, once

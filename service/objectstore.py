@@ -11,31 +11,30 @@ per classifier is its aliases file (``<name>/aliases.json``, `service.aliases`):
 read from the store, applied and uploaded at once (`pull_aliases`, then `push_aliases`), and
 every pull downloads the files that differ from the local copies; two replicas changing the
 aliases of one classifier in the same instant may lose one of the two changes (the last upload
-wins), never corrupt the file. Visibility is manifest-last: a
+wins), never corrupt the file. Visibility is manifest-last (`service.store_transfer`): a
 version's other files are uploaded first and ``manifest.json`` last, so a reader that lists
 manifests never sees half a version; a dot-directory entry is visible once its
 ``.mirror-complete`` marker is (uploaded last). Deleting removes the manifest first.
 
-`pull` (every few seconds, from `StoreSync`) downloads versions the local directory lacks (into
-a staging folder, renamed into place), removes local versions that were deleted remotely, and
-uploads versions that were created locally and never seen remotely (the default classifier a
-fresh replica creates on start-up). Workers publish with `push`, which renumbers a version when
-another host took its number meanwhile; a start-up default whose number another replica took
-(replicas started together on an empty bucket) is dropped for theirs instead, so a fresh
-cluster has one default version, not one per replica. Remote listings go through fsspec (s3fs for ``s3://``),
-with no listing cache: every pull sees the bucket as it is.
+`pull` (every few seconds, from `service.store_sync.StoreSync`) downloads versions the local
+directory lacks (into a staging folder, renamed into place), removes local versions that were
+deleted remotely, and uploads versions that were created locally and never seen remotely (the
+default classifier a fresh replica creates on start-up). Workers publish with `push`, which
+renumbers a version when another host took its number meanwhile; a start-up default whose
+number another replica took (replicas started together on an empty bucket) is dropped for
+theirs instead, so a fresh cluster has one default version, not one per replica. Remote
+listings go through fsspec (s3fs for ``s3://``), with no listing cache: every pull sees the
+bucket as it is.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import shutil
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,10 +42,15 @@ from typing import Any
 from promptserve.models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
 from promptserve.service.aliases import ALIASES_FILE, write_file_atomically
 from promptserve.service.settings import Settings, is_store_url
+from promptserve.service.store_transfer import (
+    COMPLETE_MARKER,
+    download_file,
+    download_folder,
+    upload_folder,
+)
 
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = ".mirror-complete"  # last object of a dot-directory entry
 LOCAL_ONLY = (".jobs",)  # dot-directories that stay on their host
 PUSH_ATTEMPTS = 20  # version numbers tried when other hosts keep taking the next one
 STARTUP_CREATOR = "service start-up"  # `training.created_by` of the default made at start-up
@@ -141,7 +145,7 @@ class StoreMirror:
         report = PullReport()
         for entry in sorted(self._remote_entries() - self._local_entries()):
             if self.fs.isfile(f"{self.base}/{entry}"):
-                self._download_file(entry)
+                download_file(self.fs, f"{self.base}/{entry}", self.local / entry)
             else:
                 self._download(entry, self.local / entry, marker=COMPLETE_MARKER)
         remote = self.remote_versions()
@@ -211,7 +215,8 @@ class StoreMirror:
         for _ in range(PUSH_ATTEMPTS):
             taken = {v for n, v in self.remote_versions() if n == name}
             if version not in taken:
-                self._upload(self.local / name / version, f"{name}/{version}", MANIFEST_FILE)
+                source, key = self.local / name / version, f"{self.base}/{name}/{version}"
+                upload_folder(self.fs, source, key, MANIFEST_FILE)
                 self.seen.add((name, version))
                 log.info("uploaded classifier %s version %s to %s", name, version, self.url)
                 return version
@@ -241,54 +246,19 @@ class StoreMirror:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(prefix, recursive=True)
 
-    # --- moving files -------------------------------------------------------------------------
-
     def _push_entries(self) -> None:
         for entry in sorted(self._local_entries() - self._remote_entries()):
             source = self.local / entry
             if source.is_dir():
-                self._upload(source, entry, marker=None)
+                upload_folder(self.fs, source, f"{self.base}/{entry}", marker=None)
                 self.fs.pipe_file(f"{self.base}/{entry}/{COMPLETE_MARKER}", b"")
             elif source.is_file():
                 self.fs.put_file(str(source), f"{self.base}/{entry}")
                 self.fs.pipe_file(f"{self.base}/{entry}{COMPLETE_MARKER}", b"")
 
-    def _upload(self, source: Path, key: str, marker: str | None) -> None:
-        files = sorted(p for p in source.rglob("*") if p.is_file())
-        for path in sorted(files, key=lambda p: p.name == marker):  # the marker goes last
-            self.fs.put_file(str(path), f"{self.base}/{key}/{path.relative_to(source)}")
-
     def _download(self, key: str, target: Path, marker: str) -> None:
-        """Fetch `key`'s files into a staging folder beside `target`, then rename it in."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f"{TEMP_PREFIX}pull-{uuid.uuid4().hex}"
-        prefix = f"{self.base}/{key}/"
-        try:
-            for path in self.fs.find(prefix):
-                relative = path[len(prefix) :]
-                if relative == COMPLETE_MARKER:
-                    continue
-                (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get_file(path, str(staging / relative))
-            if marker != COMPLETE_MARKER and not (staging / marker).is_file():
-                return  # deleted while we read it
-            staging.rename(target)
+        if download_folder(self.fs, f"{self.base}/{key}", target, marker):
             log.info("downloaded %s from %s", key, self.url)
-        except OSError:
-            if not target.exists():
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def _download_file(self, entry: str) -> None:
-        target = self.local / entry
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f"{TEMP_PREFIX}pull-{uuid.uuid4().hex}"
-        try:
-            self.fs.get_file(f"{self.base}/{entry}", str(staging))
-            staging.rename(target)
-        finally:
-            staging.unlink(missing_ok=True)
 
     def _remove_local(self, name: str, version: str) -> None:
         directory = self.local / name
@@ -311,41 +281,6 @@ class StoreMirror:
         source.rename(target)
         log.warning("%s version %s was taken on %s: published as %s", name, version, self.url, new)
         return new
-
-
-class StoreSync:
-    """Pull the mirror every `interval_s` seconds on a background task (an API replica)."""
-
-    def __init__(self, mirror: StoreMirror, interval_s: float) -> None:
-        self.mirror = mirror
-        self.interval_s = interval_s
-        self.on_change: list[Callable[[PullReport], None]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """One pull now (the replica starts with the store as it is), then every interval."""
-        await asyncio.to_thread(self.sync)
-        self._task = asyncio.create_task(self._loop(), name="store-sync")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def sync(self) -> PullReport:
-        report = self.mirror.pull()
-        for callback in self.on_change:
-            callback(report)
-        return report
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await asyncio.to_thread(self.sync)
-            except Exception:  # an unreachable bucket must not end the loop: log, try again
-                log.exception("could not synchronise with %s", self.mirror.url)
 
 
 def open_mirror(settings: Settings) -> StoreMirror | None:

@@ -25,10 +25,11 @@ from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics
-from promptserve.service.objectstore import StoreSync, open_mirror
+from promptserve.service.objectstore import open_mirror
 from promptserve.service.remote.link import EngineLink
 from promptserve.service.remote.worker import RemoteEngine
 from promptserve.service.settings import Settings
+from promptserve.service.store_sync import StoreSync
 
 log = logging.getLogger(__name__)
 

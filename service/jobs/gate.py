@@ -131,6 +131,6 @@ def apply_alias(store: Path, name: str, version: str, alias: str, mirror: Any = 
     catalog = Catalog(store, mirror)
     if mirror is not None:
         mirror.pull_aliases(name)
-    if alias == LATEST and LATEST not in catalog.explicit_aliases(name):
+    if alias == LATEST and LATEST not in catalog.aliases.explicit(name):
         return
-    catalog.set_alias(name, alias, version)
+    catalog.aliases.set(name, alias, version)

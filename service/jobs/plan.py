@@ -23,7 +23,7 @@ from promptserve.models.backbone import list_architectures
 from promptserve.models.errors import ArtifactError, BackboneError
 from promptserve.models.methods import get_method
 from promptserve.service.aliases import LATEST, check_alias
-from promptserve.service.api.schemas import AdaptCreate
+from promptserve.service.api.schemas.jobs import AdaptCreate
 from promptserve.service.classify.decoding import decode_image
 from promptserve.service.errors import (
     BadRequestError,

@@ -11,15 +11,15 @@ from fastapi import APIRouter, Depends, Response
 from promptserve.models.methods import list_methods
 from promptserve.service.aliases import parse_ref
 from promptserve.service.api.deps import CatalogDep, RuntimeDep, SettingsDep, require_api_key
-from promptserve.service.api.schemas import (
+from promptserve.service.api.schemas.classifiers import (
     AliasCreate,
     AliasPublic,
     ClassifierListPublic,
     ClassifierPublic,
     ClassifierSummaryPublic,
     ClassifierVersionPublic,
-    error_responses,
 )
+from promptserve.service.api.schemas.common import error_responses
 from promptserve.service.catalog import Catalog
 
 router = APIRouter(  # deprecated: the unversioned paths
@@ -87,28 +87,28 @@ async def set_alias(
 ) -> AliasPublic:
     """Point `alias` at a version (`{"version": "2"}`; an alias is resolved now). Setting
     `latest` pins it until it is set again or deleted."""
-    version = await asyncio.to_thread(catalog.set_alias, name, alias, body.version)
+    version = await asyncio.to_thread(catalog.aliases.set, name, alias, body.version)
     return AliasPublic(alias=alias, version=version)
 
 
 @v1_router.delete("/{name}/aliases/{alias}", status_code=204, responses=error_responses(404, 422))
 async def delete_alias(name: str, alias: str, catalog: CatalogDep) -> Response:
     """Remove an alias that was set; a deleted `latest` follows the newest version again."""
-    await asyncio.to_thread(catalog.delete_alias, name, alias)
+    await asyncio.to_thread(catalog.aliases.delete, name, alias)
     return Response(status_code=204)
 
 
 @v1_router.get("/{name}/aliases", responses=error_responses(404, 422))
 async def list_aliases(name: str, catalog: CatalogDep) -> dict[str, str]:
     """Every alias of `name` with its version, `latest` included."""
-    return await asyncio.to_thread(catalog.aliases, name)
+    return await asyncio.to_thread(catalog.aliases.of, name)
 
 
 def _list(catalog: Catalog, default: str) -> ClassifierListPublic:
     summaries = []
     for name in catalog.names():
         versions = catalog.versions(name)
-        aliases = catalog.aliases(name, versions)
+        aliases = catalog.aliases.of(name, versions)
         summaries.append(
             ClassifierSummaryPublic(
                 name=name,
@@ -126,7 +126,7 @@ def _describe(
 ) -> ClassifierPublic:
     name, selector = parse_ref(ref)
     versions = catalog.versions(name)
-    aliases = catalog.aliases(name, versions)
+    aliases = catalog.aliases.of(name, versions)
     shown = versions if selector is None else [catalog.resolve(name, selector)]
     return ClassifierPublic(
         name=name,
@@ -146,7 +146,7 @@ def _version(
 ) -> ClassifierVersionPublic:
     version = catalog.resolve(name, version)
     manifest = catalog.manifest(name, version)
-    aliases = aliases if aliases is not None else catalog.aliases(name)
+    aliases = aliases if aliases is not None else catalog.aliases.of(name)
     class_names = [str(c) for c in manifest.get("class_names", [])]
     return ClassifierVersionPublic(
         version=version,
@@ -162,7 +162,7 @@ def _version(
         loaded=(name, version) in loaded,
         open_vocabulary=manifest.get("method") in list_methods(),
         aliases=sorted(alias for alias, v in aliases.items() if v == version),
-        candidate=catalog.is_candidate(name, version),
+        candidate=catalog.aliases.is_candidate(name, version),
     )
 
 

@@ -23,15 +23,14 @@ from promptserve.service.api.bodies import (
     validate_body,
 )
 from promptserve.service.api.deps import RuntimeDep, require_api_key
-from promptserve.service.api.schemas import (
+from promptserve.service.api.schemas.classify import (
     ClassifyCreate,
     ClassifyManyPublic,
     ClassifyPublic,
     HFZeroShotCreate,
     PredictionPublic,
-    error_responses,
-    inline_schema,
 )
+from promptserve.service.api.schemas.common import error_responses, inline_schema
 from promptserve.service.classify.pipeline import ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult
 from promptserve.service.errors import InvalidRequestError, UnsupportedMediaTypeError

@@ -14,14 +14,13 @@ from promptserve.service.api.bodies import (
     validate_body,
 )
 from promptserve.service.api.deps import RuntimeDep, require_api_key
-from promptserve.service.api.schemas import (
+from promptserve.service.api.schemas.common import error_responses, inline_schema
+from promptserve.service.api.schemas.embeddings import (
     EmbeddingListPublic,
     EmbeddingPublic,
     EmbeddingsCreate,
     EmbeddingUsagePublic,
     Modality,
-    error_responses,
-    inline_schema,
 )
 from promptserve.service.errors import UnsupportedMediaTypeError
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from promptserve.models.errors import UnknownClassifierError, UnknownVersionError
 from promptserve.service.api.deps import RuntimeDep
-from promptserve.service.api.schemas import HealthPublic, error_responses
+from promptserve.service.api.schemas.common import HealthPublic, error_responses
 from promptserve.service.errors import NotReadyError, public_error
 
 router = APIRouter(prefix="/health", tags=["health"])

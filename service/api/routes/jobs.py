@@ -13,14 +13,13 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from promptserve.service.api.bodies import is_json, media_type, read_form, read_json, validate_body
 from promptserve.service.api.deps import JobClientDep, JobStoreDep, RuntimeDep, require_api_key
-from promptserve.service.api.schemas import (
+from promptserve.service.api.schemas.common import error_responses, inline_schema
+from promptserve.service.api.schemas.jobs import (
     AdaptCreate,
     JobEventListPublic,
     JobEventPublic,
     JobListPublic,
     JobPublic,
-    error_responses,
-    inline_schema,
 )
 from promptserve.service.classify.decoding import decode_all
 from promptserve.service.errors import (
