@@ -81,7 +81,7 @@ class Training:
         self.steps = 0
         self.published: list[str] = []
 
-    def __call__(self, spec: Any, store: Path, device: str, monitor: Any) -> Any:
+    def __call__(self, spec: Any, store: Path, device: str, monitor: Any, launch: Any) -> Any:
         for step in range(STEPS):
             self.at_step.get(step, lambda: None)()
             self.steps += 1
