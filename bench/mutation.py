@@ -68,8 +68,12 @@ GROUPS = (
     Group(
         "store",
         "the classifier store and its versions",
-        ("service/catalog.py", "models/artifact.py"),
-        ("tests/models/test_artifact.py", "tests/service/api/test_classifiers.py"),
+        ("service/catalog.py", "service/alias_index.py", "models/artifact.py"),
+        (
+            "tests/models/test_artifact.py",
+            "tests/service/api/test_classifiers.py",
+            "tests/service/api/test_v1.py",
+        ),
     ),
     Group(
         "jobs",
