@@ -42,5 +42,11 @@ async def test_empty_store_gets_a_zeroshot_default_on_mini(tmp_path: Path) -> No
     async with serve(settings) as (client, _):  # a restart finds it and creates nothing
         listing = (await client.get("/classifiers")).json()
     assert listing["classifiers"] == [
-        {"name": "default", "versions": ["1"], "latest": "1", "default": True}
+        {
+            "name": "default",
+            "versions": ["1"],
+            "latest": "1",
+            "default": True,
+            "aliases": {"latest": "1"},
+        }
     ]
