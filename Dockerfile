@@ -34,7 +34,7 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_config \
     && if [ -s /run/secrets/pip_config ]; then export PIP_CONFIG_FILE=/run/secrets/pip_config; fi \
     && touch README.md \
     && for p in models models/methods training training/synthetic service service/api \
-        service/api/routes service/classify service/jobs service/remote client; do \
+        service/api/routes service/api/schemas service/classify service/jobs service/remote client; do \
         mkdir -p "$p" && touch "$p/__init__.py"; done \
     && pip install $PIP_OPTIONS '.[cluster]' && pip uninstall -y promptserve \
     && rm -rf build *.egg-info README.md models training service client \
