@@ -94,7 +94,10 @@ def test_label_checks_are_linear(tiny_artifact: Path) -> None:
 
     small = min(seconds(20_000) for _ in range(3))
     large = min(seconds(200_000) for _ in range(3))
-    assert large < 30 * small + 0.05, (small, large)  # linear: ~10x; quadratic: ~100x
+    # Linear is ~10x, though caches and the allocator make it up to ~40x on a loaded machine.
+    # Quadratic is ~100x, and already seconds for the small list (4e8 comparisons), so the 1 s
+    # floor absorbs noise without letting a quadratic check through.
+    assert large < 60 * small + 1.0, (small, large)
     assert len(check_labels(classifier, names).new) == len(names)
     with pytest.raises(InvalidLabelError, match="duplicate"):
         check_labels(classifier, [*names, "name 7"])
