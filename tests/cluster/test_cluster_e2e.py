@@ -157,7 +157,7 @@ def test_a_job_sent_to_one_replica_runs_once_and_the_other_serves_it(cluster: Cl
     with client(cluster.apis[0]) as a, client(cluster.apis[1]) as b:
         job = zeroshot(a, "fromA")
         assert b.get(f"/jobs/{job['id']}").json()["id"] == job["id"]  # one queue
-        done = wait_for(b, job["id"], ENDED, timeout=120)
+        done = wait_for(b, job["id"], ENDED, timeout=300)
         assert done["state"] == "succeeded", done
         assert len(starts(jobs, job["id"])) == 1
         version = done["result"]["version"]
@@ -174,8 +174,8 @@ def test_a_job_sent_to_one_replica_runs_once_and_the_other_serves_it(cluster: Cl
 
 def test_a_deleted_version_stops_being_served_by_both_replicas(cluster: Cluster) -> None:
     with client(cluster.apis[0]) as a, client(cluster.apis[1]) as b:
-        first = wait_for(a, zeroshot(a, "doomed")["id"], ENDED, timeout=120)
-        second = wait_for(a, zeroshot(a, "doomed")["id"], ENDED, timeout=120)
+        first = wait_for(a, zeroshot(a, "doomed")["id"], ENDED, timeout=300)
+        second = wait_for(a, zeroshot(a, "doomed")["id"], ENDED, timeout=300)
         assert (first["state"], second["state"]) == ("succeeded", "succeeded")
         gone, kept = first["result"]["version"], second["result"]["version"]
         assert gone != kept
