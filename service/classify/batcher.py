@@ -78,6 +78,7 @@ class MicroBatcher:
         self.images_run = 0
         self._queue: asyncio.Queue[_Request] | None = None
         self._carry: _Request | None = None  # collected but did not fit the previous batch
+        self._batch: list[_Request] = []  # taken by the worker: gathering or in the engine
         self._waiting = 0  # images submitted and not yet taken into a batch
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -99,13 +100,16 @@ class MicroBatcher:
         self._worker = asyncio.create_task(self._work(), name="micro-batcher")
 
     async def stop(self) -> None:
-        """Stop the worker; requests still waiting fail with `NotReadyError`."""
+        """Stop the worker; every request not answered yet fails with `NotReadyError`: those
+        waiting, the one carried over, and the batch being gathered or inside the engine (its
+        engine call finishes in the executor, but its answer is not awaited)."""
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        leftovers = [self._carry] if self._carry is not None else []
+        leftovers = [*self._batch, *([self._carry] if self._carry is not None else [])]
+        self._batch = []
         while self._queue is not None and not self._queue.empty():
             leftovers.append(self._queue.get_nowait())
         self._carry, self._waiting = None, 0
@@ -148,13 +152,15 @@ class MicroBatcher:
                 log.exception("batch of %d requests failed", len(batch))
                 for request in batch:
                     _fail(request, _engine_error(exc))
+            self._batch = []
 
     async def _collect(self) -> list[_Request]:
         """The next batch: the first waiting request, then more until full or timed out."""
         assert self._queue is not None
         first = self._carry if self._carry is not None else await self._queue.get()
         self._carry = None
-        batch, size = [self._take(first)], first.size
+        batch = self._batch = [self._take(first)]  # `stop` fails them if it comes first
+        size = first.size
         deadline = asyncio.get_running_loop().time() + self.max_wait_s
         while size < self.max_batch_size:
             remaining = deadline - asyncio.get_running_loop().time()

@@ -37,16 +37,16 @@ from promptserve.client import (
 )
 from promptserve.client import cli as client_cli
 from tests.service.jobs.helpers import JOB_ENV, KEY, shapes
-from tests.service.servers import REPO, Server, start_server, stop_server
+from tests.service.servers import REPO, Server, copy_store, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(mini_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("client-e2e")
     running = start_server(
-        root / "store",
+        copy_store(mini_template_store, root / "store"),
         root / "server.log",
         timeout=600,
         PROMPTSERVE_MAX_INFLIGHT_REQUESTS="1",

@@ -144,24 +144,73 @@ async def test_submit_needs_a_running_batcher() -> None:
         await batcher.submit("clf", pixels(1, 1.0), FakeEngine())
 
 
-async def test_stop_fails_the_requests_still_waiting() -> None:
+async def test_stop_fails_every_request_not_answered_yet() -> None:
     engine = FakeEngine()
     engine.release.clear()  # the first batch holds the engine; the others wait behind it
-    batcher = MicroBatcher(max_batch_size=2, max_wait_ms=0)
+    batcher = MicroBatcher(max_batch_size=3, max_wait_ms=0)
     await batcher.start()
     running = asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine))
     await eventually(engine.entered.is_set)
     waiting = [asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine)) for _ in "ab"]
     await eventually(lambda: batcher.queue_depth == 4)
     stopping = asyncio.create_task(batcher.stop())
-    await eventually(lambda: all(task.done() for task in waiting))
+    # answered while the engine still holds the first batch: nobody waits on a stopped service
+    await eventually(lambda: running.done() and all(task.done() for task in waiting))
     engine.release.set()
     await stopping
-    for task in waiting:
+    for task in [running, *waiting]:  # inside the engine, carried over, still queued
         with pytest.raises(NotReadyError, match="shutting down"):
             task.result()
     assert batcher.queue_depth == 0
-    running.cancel()  # the batch inside the engine at stop is not answered
+
+
+async def test_stop_fails_a_batch_that_is_still_gathering() -> None:
+    engine = FakeEngine()
+    batcher = MicroBatcher(max_batch_size=8, max_wait_ms=60_000)  # the window never closes
+    await batcher.start()
+    submitted: list[bool] = []
+
+    async def submit() -> Tensor:
+        submitted.append(True)  # submit() queues the request before its first await
+        return await batcher.submit("clf", pixels(1, 1.0), engine)
+
+    gathering = asyncio.create_task(submit())
+    await eventually(lambda: submitted and batcher.queue_depth == 0)  # taken; waits for more
+    await batcher.stop()
+    with pytest.raises(NotReadyError, match="shutting down"):
+        await asyncio.wait_for(gathering, 5)
+    assert engine.calls == []
+
+
+async def test_the_queue_bound_counts_every_waiting_request() -> None:
+    engine = FakeEngine()
+    engine.release.clear()
+    batcher = MicroBatcher(max_batch_size=2, max_wait_ms=0, queue_size=4)
+    await batcher.start()
+    try:
+        running = asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine))
+        await eventually(engine.entered.is_set)
+        waiting = [asyncio.create_task(batcher.submit("clf", pixels(2, 1.0), engine)) for _ in "ab"]
+        await eventually(lambda: batcher.queue_depth == 4)  # 2 + 2, not the last one's 2
+        with pytest.raises(QueueFullError, match="4 images waiting"):
+            await batcher.submit("clf", pixels(1, 1.0), engine)
+        engine.release.set()
+        await asyncio.wait_for(asyncio.gather(running, *waiting), timeout=5)
+    finally:
+        await batcher.stop()
+
+
+async def test_a_batch_of_one_image_at_a_time() -> None:
+    engine = FakeEngine()
+    batcher = MicroBatcher(max_batch_size=1, max_wait_ms=0, queue_size=1)
+    await batcher.start()
+    try:
+        first = await batcher.submit("clf", pixels(1, 1.0), engine)
+        second = await batcher.submit("clf", pixels(1, 2.0), engine)
+    finally:
+        await batcher.stop()
+    assert engine.calls == [1, 1]
+    assert (first.item(), second.item()) == (12.0, 24.0)
 
 
 async def test_a_failing_engine_fails_its_own_requests_only() -> None:

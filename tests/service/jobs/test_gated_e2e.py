@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,16 +15,17 @@ import pytest
 from promptserve.training.data import SYNTHETIC_RECIPE
 from tests.service.helpers import b64
 from tests.service.jobs.helpers import AUTH, JOB_ENV, PARTS, shapes, wait_for
-from tests.service.servers import Server, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
 
 RECIPE = json.dumps({k: list(v) if isinstance(v, tuple) else v
                      for k, v in SYNTHETIC_RECIPE.items()})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(mini_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("gated")
-    server = start_server(root / "store", root / "server.log", timeout=600, **JOB_ENV)
+    store = copy_store(mini_template_store, root / "store")
+    server = start_server(store, root / "server.log", timeout=600, **JOB_ENV)
     try:
         yield server
     finally:
