@@ -21,6 +21,7 @@ from torch import Tensor
 
 from promptserve.models.artifact import check_name
 from promptserve.models.classifier import LabelRequest, check_labels
+from promptserve.models.names import name_key
 from promptserve.service.aliases import parse_ref
 from promptserve.service.catalog import Catalog, Resolved, VersionInfo
 from promptserve.service.classify.images import ImagePreparer
@@ -106,13 +107,15 @@ class ClassifyPipeline:
             return resolved, await self.engine.embed(request, pixels)
         if not texts:
             raise InvalidRequestError("no input: send at least one text")
-        distinct = list(dict.fromkeys(text.strip() for text in texts))
+        # texts that read as the same prompt (case, width, whitespace) are encoded once
+        keys = [name_key(text) for text in texts]
+        distinct = list({key: text.strip() for key, text in zip(keys, texts, strict=True)}.values())
         labels = self._labels(info, distinct)
         request = EmbedRequest(resolved.name, resolved.version, labels)
         rows = await self.engine.embed(request, None)  # [distinct, D]
         assert labels is not None
-        index = {name: i for i, name in enumerate(labels.names)}
-        return resolved, rows[[index[text.strip()] for text in texts]]
+        index = {name_key(name): i for i, name in enumerate(labels.names)}
+        return resolved, rows[[index[key] for key in keys]]
 
     def _labels(self, version: VersionInfo, names: list[str] | None) -> LabelRequest | None:
         if names is None:

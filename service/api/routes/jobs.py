@@ -67,6 +67,9 @@ _REQUEST_BODY = {
 }
 
 
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # visible ASCII, spaces inside
+
+
 @router.post(
     "/adapt",
     status_code=202,
@@ -77,7 +80,10 @@ async def adapt(
     request: Request,
     response: Response,
     runtime: RuntimeDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    # an empty or blank key would be one key shared by every client: refused with a 422
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY)
+    ] = None,
 ) -> JobPublic:
     """Queue a few-shot tuning job; it publishes a new version of classifier `name`.
 
