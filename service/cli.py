@@ -91,6 +91,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
+    problem = job_database_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"promptserve serve: {problem}\n")
+        return 4
     problem = device_problem(settings)
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
@@ -129,6 +133,19 @@ def device_problem(settings: Any) -> str | None:
     return None
 
 
+def job_database_problem(settings: Any) -> str | None:
+    """Why this release cannot use the job database (its schema is newer), before anything
+    starts; opening it applies this release's migrations."""
+    from promptserve.service.jobs.database import open_database
+    from promptserve.service.jobs.migrations import SchemaError
+
+    try:
+        open_database(settings.job_database)
+    except SchemaError as exc:
+        return str(exc)
+    return None
+
+
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -144,6 +161,10 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
+    problem = job_database_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"promptserve worker: {problem}\n")
+        return 4
     asyncio.run(work(settings, devices))
     return 0
 
