@@ -23,6 +23,7 @@ from promptserve.service.jobs.migrations import (
     SchemaError,
     SchemaTooNewError,
     add_column,
+    describe,
     migrate,
 )
 from promptserve.service.jobs.spec import dump_spec
@@ -318,3 +319,9 @@ def test_the_cli_refuses_a_too_new_database_in_one_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"promptserve {command}: the job database")
     assert "schema version 99" in lines[0]
+
+
+def test_versions_count_up_from_one_and_messages_hide_passwords() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, LATEST + 1))
+    assert describe("postgresql://jobs:pw@db:5432/jobs") == "postgresql://jobs:***@db:5432/jobs"
+    assert describe("/srv/store/.jobs/jobs.db") == "/srv/store/.jobs/jobs.db"
