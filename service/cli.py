@@ -91,7 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
-    problem = device_problem(settings)
+    problem = tracing_problem("api") or device_problem(settings)
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
         return 3
@@ -129,6 +129,17 @@ def device_problem(settings: Any) -> str | None:
     return None
 
 
+def tracing_problem(process: str) -> str | None:
+    """Tracing turned on in this process as the OTEL_* variables ask, or why it cannot be."""
+    from promptserve.service import tracing
+
+    try:
+        tracing.configure(process)
+    except tracing.TracingUnavailableError as exc:
+        return str(exc)
+    return None
+
+
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -144,6 +155,10 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level)
+    problem = tracing_problem("worker")
+    if problem is not None:
+        sys.stderr.write(f"promptserve worker: {problem}\n")
+        return 3
     asyncio.run(work(settings, devices))
     return 0
 
