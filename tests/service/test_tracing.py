@@ -26,12 +26,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from promptserve.service import tracing
-from promptserve.service.jobs.process import JobLaunch, run_job
+from promptserve.service.jobs.process import run_job
 from promptserve.service.jobs.spec import JobSpec
 from promptserve.service.jobs.store import JobStore
 from promptserve.training.api import TrainRequest
 from tests.service.helpers import ClientFactory, b64, png_bytes
-from tests.service.jobs.helpers import json_body, post_json
+from tests.service.jobs.helpers import job_launch, json_body, post_json
 from tests.service.servers import copy_store, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,18 +144,8 @@ def test_a_job_traces_its_phases_under_the_adapt_request(
     jobs.create(spec, fingerprint="traced")
     job = jobs.claim_next("thishost:1:aaaaaaaa", 60.0)
     assert job is not None
-    launch = JobLaunch(
-        database=jobs.locator,
-        job_id=job.id,
-        store=tmp_path / "store",
-        device="cpu",
-        threads=1,
-        niceness=0,
-        runner_id="thishost:1:aaaaaaaa",
-        runner_pid=os.getppid(),
-    )
     try:
-        run_job(launch)
+        run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getppid()))
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     done = jobs.get(job.id)
