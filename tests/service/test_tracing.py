@@ -122,6 +122,7 @@ async def test_adapt_keeps_its_trace_in_the_job_spec(
     assert int(parent_id, 16) == server[0].context.span_id
 
 
+@pytest.mark.slow  # it trains (one epoch, tiny backbone)
 def test_a_job_traces_its_phases_under_the_adapt_request(
     tmp_path: Path, exported: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
