@@ -10,6 +10,7 @@ from importlib.metadata import version as package_version
 
 from fastapi import FastAPI
 
+from promptserve.service import tracing
 from promptserve.service.api.edges import EdgesMiddleware
 from promptserve.service.api.handlers import install_error_handlers
 from promptserve.service.api.middleware import (
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
+    tracing.instrument_app(app)  # while tracing is on: a server span around all of it
     return app
 
 
@@ -122,4 +124,5 @@ def create_worker_app() -> FastAPI:
     the supervisor hands it its settings (`service.remote.worker.load_settings`)."""
     settings = load_settings()
     configure_logging(settings.log_level)
+    tracing.configure("api")
     return create_app(settings)

@@ -104,7 +104,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
         return 4
-    problem = device_problem(settings)
+    problem = tracing_problem("api") or device_problem(settings)
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
         return 3
@@ -155,6 +155,17 @@ def job_database_problem(settings: Any) -> str | None:
     return None
 
 
+def tracing_problem(process: str) -> str | None:
+    """Tracing turned on in this process as the OTEL_* variables ask, or why it cannot be."""
+    from promptserve.service import tracing
+
+    try:
+        tracing.configure(process)
+    except tracing.TracingUnavailableError as exc:
+        return str(exc)
+    return None
+
+
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -176,6 +187,10 @@ def run_worker(args: argparse.Namespace) -> int:
     if problem is not None:
         sys.stderr.write(f"promptserve worker: {problem}\n")
         return 4
+    problem = tracing_problem("worker")
+    if problem is not None:
+        sys.stderr.write(f"promptserve worker: {problem}\n")
+        return 3
     asyncio.run(work(settings, devices))
     return 0
 

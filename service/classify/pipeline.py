@@ -34,6 +34,7 @@ from promptserve.service.classify.scoring import (
 )
 from promptserve.service.errors import InvalidRequestError, TooManyImagesError
 from promptserve.service.settings import Settings
+from promptserve.service.tracing import span
 
 MAX_CLASSIFIERS = 16  # per request: each adds its scoring and, if not shared, an engine pass
 
@@ -68,7 +69,10 @@ class ClassifyPipeline:
         check_same_input(versions)
         targets = [ScoreTarget(v.name, v.version, self._labels(v, query.labels)) for v in versions]
         first = versions[0]
-        pixels = await self.preparer.pixels(query.images, first.transform, first.preprocess.size)
+        with span("decode", {"promptserve.images": len(query.images)}):
+            pixels = await self.preparer.pixels(
+                query.images, first.transform, first.preprocess.size
+            )
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         results = await self.engine.score(ScoreRequest(targets, top_k), pixels)  # uint8 pixels
         return [replace(res, alias=r.alias) for res, r in zip(results, resolved, strict=True)]
@@ -102,7 +106,8 @@ class ClassifyPipeline:
         info = self.catalog.version_info(resolved.name, resolved.version)
         if images is not None:
             check_image_count(len(images), self.settings.max_images_per_request)
-            pixels = await self.preparer.pixels(images, info.transform, info.preprocess.size)
+            with span("decode", {"promptserve.images": len(images)}):
+                pixels = await self.preparer.pixels(images, info.transform, info.preprocess.size)
             request = EmbedRequest(resolved.name, resolved.version)
             return resolved, await self.engine.embed(request, pixels)
         if not texts:

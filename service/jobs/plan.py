@@ -63,6 +63,13 @@ class JobPlan:
     fingerprint: str
     uploads: list[tuple[bytes, str, str]] = field(default_factory=list)  # (data, label, suffix)
 
+    def traced(self, traceparent: str | None) -> JobPlan:
+        """The plan with the request's trace in its spec (not in its fingerprint: the same
+        request traced twice is still one job)."""
+        if traceparent is None:
+            return self
+        return replace(self, spec=replace(self.spec, traceparent=traceparent))
+
 
 def plan_job(
     create: AdaptCreate, uploads: list[tuple[bytes, str]] | None, settings: Settings

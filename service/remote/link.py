@@ -14,6 +14,7 @@ from pathlib import Path
 
 from promptserve.service.errors import NotReadyError
 from promptserve.service.remote.protocol import Header, encode_frame, raise_error, read_frame
+from promptserve.service.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class EngineLink:
         future: asyncio.Future[Header] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
+            traceparent = current_traceparent()  # the engine's spans join this trace
+            if traceparent is not None:
+                header = {**header, "traceparent": traceparent}
             writer.write(encode_frame({**header, "id": call_id}, payload))
             await writer.drain()
             reply = await future

@@ -30,6 +30,7 @@ from promptserve.service.errors import (
 from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
 from promptserve.service.runtime import Runtime
+from promptserve.service.tracing import current_traceparent
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 # the job's public fields that are its training request's own
@@ -118,6 +119,7 @@ async def adapt(
         v1 = request.url.path.startswith("/v1/")
         create = create.model_copy(update={"publish": "gated" if v1 else "always"})
     plan = await loop.run_in_executor(runtime.intake, plan_job, create, uploads, settings)
+    plan = plan.traced(current_traceparent())  # the job's spans join this request's trace
     job, created = await loop.run_in_executor(
         runtime.intake, submit_job, plan, runtime.jobs, runtime.job_files, idempotency_key
     )
