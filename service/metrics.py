@@ -111,6 +111,7 @@ class Metrics:
         GCCollector(registry=self.registry)
         # label children by label values, so a request costs a dict lookup, not labels()
         self._routes: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._classifiers: dict[str | None, Any] = {}
 
     def add_gauge(
         self, name: str, help: str, read: Callable[[], float], kind: str = "gauge"
@@ -138,7 +139,10 @@ class Metrics:
 
     def observe_classifier(self, name: str | None) -> None:
         """A request naming classifier `name`: one that exists in the store (None: unknown)."""
-        self.classifier_requests.labels(name if name is not None else OTHER).inc()
+        child = self._classifiers.get(name)
+        if child is None:
+            child = self._classifiers[name] = self.classifier_requests.labels(name or OTHER)
+        child.inc()
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)
