@@ -198,6 +198,7 @@ def test_new_series_are_summed_over_the_workers(served: tuple[Server, Path]) -> 
     assert wait_until(probe, interval=0.2, what="the workers reporting") == expected
     per_worker = wait_until(lambda: both_served(scrape(server)), what="both workers reporting")
     assert len(per_worker) == 2, per_worker
+    assert metric(scrape(server), "promptserve_api_workers") == {"": 2}
 
 
 def test_the_service_exits_when_its_engine_process_dies(
