@@ -22,6 +22,7 @@ from promptserve.service.classify.scoring import ClassifyResult, EngineClient
 from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.housekeeping import JobFiles
+from promptserve.service.jobs.metrics import JobCollector
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.metrics import Metrics
@@ -81,7 +82,13 @@ class Runtime:
             device_decode=settings.device_decode and self.local is not None,
             inline_bytes=settings.inline_decode_bytes,
         )
-        self.pipeline = ClassifyPipeline(settings, self.catalog, self.preparer, self.engine)
+        self.pipeline = ClassifyPipeline(
+            settings,
+            self.catalog,
+            self.preparer,
+            self.engine,
+            on_classifier=self.metrics.observe_classifier,
+        )
 
     def _add_job_gauges(self, runner: JobRunner) -> None:
         self.metrics.add_gauge(
@@ -92,6 +99,7 @@ class Runtime:
             "Tuning jobs waiting for a worker.",
             lambda: runner.queued,
         )
+        self.metrics.add_collector(JobCollector(self.jobs))
 
     async def start(self) -> None:
         if self.local is not None:  # the process running the engine keeps the store tidy

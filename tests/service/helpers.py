@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from torch import Tensor
 
 from promptserve.service.app import create_app
@@ -173,3 +174,13 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
+
+
+def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample named `name` in a Prometheus text, by its labels (sorted pairs)."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }

@@ -13,7 +13,8 @@ router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(runtime: RuntimeDep) -> PlainTextResponse:
-    """Request counts and latency by route, batch sizes, queue depth (text format 0.0.4).
+    """Request counts and latency by route, rejects by reason, requests by classifier, batch
+    sizes, queue depth, jobs, process and GPU figures (text format 0.0.4).
 
     With several API worker processes (``serve --workers N``) the HTTP families are the sum
     over the workers (each reports every second) and the engine families are the one engine
