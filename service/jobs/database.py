@@ -63,6 +63,10 @@ LEASE_COLUMNS = {
     "attempts": "INTEGER NOT NULL DEFAULT 0",
 }
 
+# --- added columns, not yet in the CREATE TABLEs above or below: every database gains them on
+# open (the migration runner's `add_column(3, "jobs", "owner", "TEXT")`) ---
+ADDED_COLUMNS = {"owner": "TEXT"}  # the name of the API key that started the job
+
 POSTGRES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq BIGSERIAL PRIMARY KEY,
@@ -113,7 +117,7 @@ class Sqlite:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
             db.executescript(SQLITE_SCHEMA)  # type: ignore[attr-defined]
             have = set(_columns(db.execute("PRAGMA table_info(jobs)").fetchall()))
-            for name, kind in LEASE_COLUMNS.items():
+            for name, kind in (LEASE_COLUMNS | ADDED_COLUMNS).items():
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
@@ -175,6 +179,8 @@ class Postgres:
         with self.transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (PG_SCHEMA_LOCK,))
             db.conn.execute(POSTGRES_SCHEMA)  # several statements: no parameters allowed
+            for name, kind in ADDED_COLUMNS.items():
+                db.execute(f"ALTER TABLE jobs ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     @contextmanager
     def connect(self) -> Iterator[_PgConnection]:
