@@ -154,10 +154,14 @@ class KeyRing:
         self._lock = threading.Lock()
         self._checked = time.monotonic()
         self._stamp: tuple[int, int, int] | None = None
-        self._keys: list[Key] = list(self._single)
+        self._set(list(self._single))
         if path is not None:  # at start-up a broken file is an error, not a warning
             self._stamp = _stamp(path) if path.exists() else None
-            self._keys = self._merge(read_keys(path))
+            self._set(self._merge(read_keys(path)))
+
+    def _set(self, keys: list[Key]) -> None:
+        self._keys = keys
+        self._digests = [(key.sha256.encode(), key) for key in keys]  # compared per request
 
     def _merge(self, keys: KeysFile) -> list[Key]:
         names = {key.name for key in keys.keys}
@@ -169,19 +173,23 @@ class KeyRing:
 
     def current(self) -> list[Key]:
         """The keys in force now (the file looked at again when `check_s` has passed)."""
-        if self.path is not None and time.monotonic() - self._checked >= self.check_s:
-            self._refresh(self.path)
+        self._look_again()
         return self._keys
 
     def lookup(self, token: str) -> Key | None:
         """The key whose secret is `token`, or None; compares with every key, in constant
         time per key."""
         digest = hash_secret(token).encode()
+        self._look_again()
         found = None
-        for key in self.current():
-            if hmac.compare_digest(digest, key.sha256.encode()):
+        for expected, key in self._digests:  # every entry, whichever matches
+            if hmac.compare_digest(digest, expected):
                 found = key
         return found
+
+    def _look_again(self) -> None:
+        if self.path is not None and time.monotonic() - self._checked >= self.check_s:
+            self._refresh(self.path)
 
     def _refresh(self, path: Path) -> None:
         with self._lock:
@@ -197,7 +205,7 @@ class KeyRing:
                 return
             self._stamp = stamp
             try:
-                self._keys = self._merge(read_keys(path))
+                self._set(self._merge(read_keys(path)))
             except KeysFileError as exc:
                 log.error("keys file not reloaded, keeping the last good keys: %s", exc)
                 return
