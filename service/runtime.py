@@ -25,6 +25,7 @@ from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.metrics import JobCollector
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
+from promptserve.service.keys import key_ring
 from promptserve.service.metrics import Metrics
 from promptserve.service.objectstore import open_mirror
 from promptserve.service.remote.link import EngineLink
@@ -48,6 +49,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.keys = key_ring(settings)  # each API process reloads the keys file on its own
         # PROMPTSERVE_STORE=s3://...: a local copy, kept fresh by the process running the engine
         # (started there); every process deletes through it
         mirror = open_mirror(settings)
@@ -106,9 +108,10 @@ class Runtime:
             await asyncio.to_thread(self.catalog.remove_stale_staging, STALE_STAGING_S)
             if self.sync is not None:
                 await self.sync.start()
-            if self.settings.api_key is None:
+            if not self.keys.enabled:
                 log.warning(
-                    "PROMPTSERVE_API_KEY is not set: the API is open to anyone who can reach it"
+                    "neither PROMPTSERVE_API_KEY nor PROMPTSERVE_API_KEYS_FILE is set: the API "
+                    "is open to anyone who can reach it"
                 )
         if self.runner is not None:
             await self.runner.start()

@@ -65,6 +65,7 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
         "device": "cpu",
         "engine": "onnx",
         "api_key": None,
+        "api_keys_file": None,
         "max_wait_ms": 2.0,
         "max_batch_size": 32,
         "decode_threads": 2,

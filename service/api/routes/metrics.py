@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
-from promptserve.service.api.deps import RuntimeDep, require_api_key
+from promptserve.service.api.auth import METRICS
+from promptserve.service.api.deps import RuntimeDep
 from promptserve.service.metrics import CONTENT_TYPE
 
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["metrics"], dependencies=[Depends(METRICS)])
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
