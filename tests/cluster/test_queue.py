@@ -207,6 +207,9 @@ OLD_JOBS_TABLE = """CREATE TABLE jobs (
     started_at {real}, finished_at {real}, progress TEXT, result TEXT, error TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0, pid INTEGER, worker TEXT, lease_until {real},
     attempts INTEGER NOT NULL DEFAULT 0)"""
+OLD_EVENTS_TABLE = """CREATE TABLE events (
+    seq {serial} PRIMARY KEY, job_id TEXT NOT NULL, at {real} NOT NULL, level TEXT NOT NULL,
+    message TEXT NOT NULL, data TEXT)"""
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
@@ -224,6 +227,7 @@ def test_a_jobs_table_without_the_owner_column_gains_it(
         locator = tmp_path / "old.db"
         with sqlite3.connect(locator) as db:
             db.execute(OLD_JOBS_TABLE.format(serial="INTEGER", real="REAL"))
+            db.execute(OLD_EVENTS_TABLE.format(serial="INTEGER", real="REAL"))
             db.execute(insert, (dump_spec(SPEC),))
     else:
         import psycopg
@@ -232,6 +236,7 @@ def test_a_jobs_table_without_the_owner_column_gains_it(
         locator = fresh_database(server, f"old{uuid.uuid4().hex[:12]}")
         with psycopg.connect(locator, autocommit=True) as conn:
             conn.execute(OLD_JOBS_TABLE.format(serial="BIGSERIAL", real="DOUBLE PRECISION"))
+            conn.execute(OLD_EVENTS_TABLE.format(serial="BIGSERIAL", real="DOUBLE PRECISION"))
             conn.execute(insert.replace("?", "%s"), (dump_spec(SPEC),))
     store = JobStore(locator)
     old = store.get("job-old")
