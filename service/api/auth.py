@@ -78,6 +78,16 @@ TuneKey = Annotated[Key | None, Depends(TUNE)]
 AdminKey = Annotated[Key | None, Depends(ADMIN)]
 
 
+def unknown_caller(request: Request) -> bool:
+    """Whether keys are configured and `request` carries none of them: such a caller learns
+    nothing of the routes, so its 404 and 405 are answered 401 instead."""
+    ring = request.app.state.runtime.keys
+    if not ring.enabled:
+        return False
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() != "bearer" or ring.lookup(token.strip()) is None
+
+
 def check_classifier(key: Key | None, names: Iterable[str]) -> None:
     """403 unless `key` may use every classifier of `names` (names or ``name@ref``)."""
     if key is None:
