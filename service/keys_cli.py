@@ -43,7 +43,7 @@ def add_keys_command(commands: Any) -> None:
     add.add_argument("--scopes", required=True, help=f"comma-separated, of: {', '.join(SCOPES)}")
     add.add_argument("--prefix", default=None, help="the classifier names it may use start so")
     remove = actions.add_parser("remove", help="remove a key (revoked at the next reload)")
-    remove.add_argument("name")
+    remove.add_argument("name", help="the name of the key to remove")
     listing = actions.add_parser("list", help="the keys: name, scopes, prefix")
     for parser in (add, remove, listing):
         parser.add_argument("--file", type=Path, default=None, help=f"default: ${FILE_ENV}")
