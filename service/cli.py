@@ -90,7 +90,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     problem = device_problem(settings)
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
@@ -104,7 +104,8 @@ def run_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
+        log_config=None,  # our handler and format (service.logs), not uvicorn's own
+        access_log=False,  # the access log is ours (PROMPTSERVE_ACCESS_LOG)
     )
     return 0
 
@@ -143,7 +144,7 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(work(settings, devices))
     return 0
 

@@ -29,7 +29,7 @@ from typing import Any
 from promptserve.models.devices import pin_gpu  # torch-free
 from promptserve.service.jobs.spec import UPLOAD, JobSpec
 from promptserve.service.jobs.store import JobStore
-from promptserve.service.logs import configure_logging
+from promptserve.service.logs import LOG_CONTEXT, LogContext, LogFormat, configure_logging
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,14 @@ class JobLaunch:
     runner_id: str  # the runner holding the job's lease; every write that ends the job names it
     runner_pid: int  # the runner's process: the job stops when it is gone
     log_level: str = "info"
+    log_format: LogFormat = "text"
     store_url: str | None = None  # an object store the published version is uploaded to
     s3_endpoint_url: str | None = None
 
 
 def run_job(launch: JobLaunch) -> None:
     """Run the launched job to the end; every outcome is written to the job store."""
-    configure_logging(launch.log_level)
+    configure_logging(launch.log_level, launch.log_format)
     device = pin_gpu(launch.device)  # before torch: CUDA reads CUDA_VISIBLE_DEVICES when it starts
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if launch.niceness > 0:
@@ -71,6 +72,8 @@ def run_job(launch: JobLaunch) -> None:
     if job is None or job.state != "running" or job.runner != launch.runner_id:
         log.warning("job %s is not running (%s); nothing to do", job_id, job and job.state)
         return
+    if job.spec.request_id is not None:  # every line of this process is about that request
+        LOG_CONTEXT.set(LogContext(job.spec.request_id))
     jobs.set_pid(job_id, os.getpid())
     monitor = Monitor(jobs, job_id, launch.runner_pid, launch.runner_id)
     try:

@@ -34,6 +34,7 @@ from promptserve.service.api.schemas.common import error_responses, inline_schem
 from promptserve.service.classify.pipeline import ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult
 from promptserve.service.errors import InvalidRequestError, UnsupportedMediaTypeError
+from promptserve.service.logs import note_served
 from promptserve.service.runtime import Runtime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
@@ -216,6 +217,7 @@ async def _classify(
         )
     query = _query(images, body, defaults)
     results = await runtime.classify(query)
+    note_served(",".join(r.classifier for r in results), ",".join(r.version for r in results))
     return results, query.classifiers is not None
 
 
@@ -277,4 +279,5 @@ async def _classify_hf(
         labels=labels,
     )
     (result,) = await runtime.classify(query)
+    note_served(result.classifier, result.version)
     return [PredictionPublic(label=p.label, score=p.score) for p in result.predictions[0]]

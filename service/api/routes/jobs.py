@@ -29,6 +29,7 @@ from promptserve.service.errors import (
 )
 from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
+from promptserve.service.logs import current_request_id, run_in
 from promptserve.service.runtime import Runtime
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
@@ -91,8 +92,7 @@ async def adapt(
     candidate that no alias follows. The succeeded job's `result.gate` says why.
     """
     settings = runtime.settings
-    loop = asyncio.get_running_loop()
-    queued = await loop.run_in_executor(runtime.intake, runtime.jobs.count, "queued")
+    queued = await run_in(runtime.intake, runtime.jobs.count, "queued")
     if queued >= settings.max_queued_jobs:  # before the body is read
         raise TooManyJobsError(
             f"{queued} jobs are waiting for a worker, the most this service queues; retry later",
@@ -111,9 +111,15 @@ async def adapt(
     if create.publish is None:  # gated on /v1; the deprecated /adapt publishes as it always did
         v1 = request.url.path.startswith("/v1/")
         create = create.model_copy(update={"publish": "gated" if v1 else "always"})
-    plan = await loop.run_in_executor(runtime.intake, plan_job, create, uploads, settings)
-    job, created = await loop.run_in_executor(
-        runtime.intake, submit_job, plan, runtime.jobs, runtime.job_files, idempotency_key
+    plan = await run_in(runtime.intake, plan_job, create, uploads, settings)
+    job, created = await run_in(
+        runtime.intake,
+        submit_job,
+        plan,
+        runtime.jobs,
+        runtime.job_files,
+        idempotency_key,
+        current_request_id(),
     )
     if created:
         runtime.job_client.wake()
@@ -192,6 +198,7 @@ def job_public(job: Job) -> JobPublic:
         cancel_requested=job.cancel_requested,
         publish=job.spec.publish,
         alias=job.spec.alias,
+        request_id=job.spec.request_id,
     )
 
 
@@ -214,7 +221,7 @@ async def _from_json(
     if create.images is None:
         return create, None
     texts = [item.data for item in create.images]
-    images = await asyncio.get_running_loop().run_in_executor(runtime.intake, decode_all, texts)
+    images = await run_in(runtime.intake, decode_all, texts)
     return create, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
 
 
