@@ -48,7 +48,7 @@ from multiprocessing.process import BaseProcess
 
 from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
-from promptserve.service.jobs.process import JobLaunch, run_job
+from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
 
@@ -165,7 +165,7 @@ class JobRunner:
             error = {
                 "reason": "worker_died",
                 "message": f"the job process ended without finishing the job "
-                f"({_describe_exit(process.exitcode)})",
+                f"({describe_exit(process.exitcode)})",
             }
             if self.jobs.finish(
                 job_id, "failed", error=error, message="job process died", runner=self.id
@@ -235,7 +235,7 @@ class JobRunner:
             device = self._free_device()
             about = {"request_id": job.spec.request_id}
             try:
-                launch = self._launch(job.id, device)
+                launch = JobLaunch.of(self.settings, self.jobs.locator, job.id, device, self.id)
                 process = self._context.Process(
                     target=run_job, args=(launch,), name=f"promptserve-{job.id}"
                 )
@@ -251,23 +251,6 @@ class JobRunner:
             self._device_of[job.id] = device
             self._request_of[job.id] = job.spec.request_id
             log.info("job %s started in process %d on %s", job.id, process.pid, device, extra=about)
-
-    def _launch(self, job_id: str, device: str) -> JobLaunch:
-        settings = self.settings
-        return JobLaunch(
-            database=self.jobs.locator,
-            job_id=job_id,
-            store=settings.store,
-            device=device,
-            threads=settings.job_threads,
-            niceness=settings.job_niceness,
-            runner_id=self.id,
-            runner_pid=os.getpid(),
-            log_level=settings.log_level,
-            log_format=settings.log_format,
-            store_url=settings.store_url,
-            s3_endpoint_url=settings.s3_endpoint_url,
-        )
 
     def _free_device(self) -> str:
         """The least used of this runner's devices."""
@@ -324,10 +307,3 @@ class JobRunner:
         if process.is_alive():
             process.kill()
             process.join()
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
