@@ -130,3 +130,22 @@ async def test_a_job_keeps_the_id_of_the_request_that_made_it(
     assert retried.json()["request_id"] == "adapt-1"
     assert events[0]["message"] == "job created"
     assert events[0]["data"]["request_id"] == "adapt-1"
+
+
+async def test_an_unexpected_error_is_logged_under_the_request_id(
+    client_factory: ClientFactory, logged: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(query: object) -> None:
+        raise RuntimeError("boom")
+
+    async with client_factory(access_log=True) as (client, runtime):
+        monkeypatch.setattr(runtime, "classify", broken)
+        client._transport.raise_app_exceptions = False  # type: ignore[attr-defined]
+        answer = await client.post("/v1/classify", json=IMAGE, headers={"X-Request-ID": "oops"})
+    assert answer.status_code == 500
+    assert answer.headers["X-Request-ID"] == answer.json()["error"]["request_id"] == "oops"
+    (failure,) = [r for r in lines_of(logged, "oops") if r.levelno == logging.ERROR]
+    assert "failed" in failure.getMessage()
+    assert failure.exc_info is not None  # the traceback is in the log, not the answer
+    (access,) = [r for r in lines_of(logged, "oops") if r.name == "promptserve.access"]
+    assert access.status == 500  # type: ignore[attr-defined]
