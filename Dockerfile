@@ -36,7 +36,7 @@ RUN --mount=type=secret,id=pip_cert --mount=type=secret,id=pip_config \
     && for p in models models/methods training training/synthetic service service/api \
         service/api/routes service/api/schemas service/classify service/jobs service/remote client; do \
         mkdir -p "$p" && touch "$p/__init__.py"; done \
-    && pip install $PIP_OPTIONS '.[cluster]' && pip uninstall -y promptserve \
+    && pip install $PIP_OPTIONS '.[cluster,tracing]' && pip uninstall -y promptserve \
     && rm -rf build *.egg-info README.md models training service client \
     && find /opt/venv -name __pycache__ -prune -exec rm -rf {} +
 

@@ -25,6 +25,7 @@ package ``wrk``, a C load generator that costs little CPU) posts one small PNG p
 
     python bench/request_cpu.py                          # mini, multipart and JSON, 1 and 2 workers
     python bench/request_cpu.py --workers 1 --shapes multipart --seconds 10
+    python bench/request_cpu.py --configs --rounds 5 --seconds 10   # see request_cpu_configs.py
 """
 
 from __future__ import annotations
@@ -169,7 +170,14 @@ def small_png(size: int) -> bytes:
     return buffer.getvalue()
 
 
-def start(store: Path, workers: int, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start(
+    store: Path,
+    workers: int,
+    args: argparse.Namespace,
+    extra: dict[str, str] | None = None,
+    log=None,
+) -> tuple[subprocess.Popen, str]:
+    """A ready server; `extra`: more environment, `log`: a file for its output."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
     env |= {
@@ -181,10 +189,12 @@ def start(store: Path, workers: int, args: argparse.Namespace) -> tuple[subproce
         "PROMPTSERVE_DECODE_THREADS": "2",
         "PROMPTSERVE_LOG_LEVEL": "warning",
         "PROMPTSERVE_MAX_INFLIGHT_REQUESTS": "4096",
-    }
+    } | (extra or {})
     command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--port", str(port)] + (["--workers", str(workers)] if workers > 1 else [])
-    process = subprocess.Popen(command, cwd=REPO, env=env)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log, stderr=log and subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -212,36 +222,31 @@ def run_wrk(url: str, image: Path, shape: str, args: argparse.Namespace) -> int:
 
 def measure(store: Path, workers: int, image: Path, args: argparse.Namespace) -> list[Row]:
     process, url = start(store, workers, args)
-    rows = []
     try:
-        for shape in args.shapes:
-            warm = argparse.Namespace(**{**vars(args), "seconds": 2})
-            run_wrk(url, image, shape, warm)
-            pids = descendants(process.pid)
-            cpu0, engine0, t0 = cpu_seconds(pids), engine_cpu(url), time.perf_counter()
-            api0, holder0 = split_cpu(pids, process.pid, workers)
-            requests = run_wrk(url, image, shape, args)
-            seconds = time.perf_counter() - t0
-            cpu1 = cpu_seconds(pids)
-            api1, holder1 = split_cpu(pids, process.pid, workers)
-            engine1 = engine_cpu(url)
-            rows.append(
-                Row(
-                    workers,
-                    shape,
-                    requests,
-                    seconds,
-                    cpu1 - cpu0,
-                    engine1 - engine0,
-                    api1 - api0,
-                    holder1 - holder0,
-                )
-            )
-            print(f"measured {rows[-1]}", file=sys.stderr)
+        return [measure_one(process, url, workers, shape, image, args) for shape in args.shapes]
     finally:
         process.terminate()
         process.wait(timeout=60)
-    return rows
+
+
+def measure_one(
+    process: subprocess.Popen, url: str, workers: int, shape: str, image: Path, args
+) -> Row:
+    """One measured wrk run against a running server, after 2 s of warm-up."""
+    warm = argparse.Namespace(**{**vars(args), "seconds": 2})
+    run_wrk(url, image, shape, warm)
+    pids = descendants(process.pid)
+    cpu0, engine0, t0 = cpu_seconds(pids), engine_cpu(url), time.perf_counter()
+    api0, holder0 = split_cpu(pids, process.pid, workers)
+    requests = run_wrk(url, image, shape, args)
+    seconds = time.perf_counter() - t0
+    cpu1 = cpu_seconds(pids)
+    api1, holder1 = split_cpu(pids, process.pid, workers)
+    engine1 = engine_cpu(url)
+    cpu, engine, api, holder = cpu1 - cpu0, engine1 - engine0, api1 - api0, holder1 - holder0
+    row = Row(workers, shape, requests, seconds, cpu, engine, api, holder)
+    print(f"measured {row}", file=sys.stderr)
+    return row
 
 
 def main() -> None:
@@ -253,10 +258,15 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=64, help="PNG side, px")
     parser.add_argument("--store", type=Path, default=None, help="reuse a store (else a temp one)")
+    parser.add_argument("--configs", nargs="*", help="compare server environments (none: all)")
+    parser.add_argument("--rounds", type=int, default=5, help="with --configs: rounds")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
+    if args.configs is not None:
+        from request_cpu_configs import compare_configs
 
+        sys.exit(compare_configs(args))
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         store = args.store or Path(scratch) / "store"

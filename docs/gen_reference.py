@@ -59,7 +59,9 @@ def settings_page() -> str:
         "The service reads its settings from `PROMPTSERVE_*` environment variables, or from a "
         "`.env` file in the working directory; `promptserve serve` flags override a few of "
         "them (see the [command line](cli.md)). Values are checked when the service starts: "
-        "a value out of range stops it with a message naming the setting.\n\n",
+        "a value out of range stops it with a message naming the setting. A `PROMPTSERVE_*` "
+        "variable that is no setting is a warning at start-up, and `promptserve config` prints "
+        "the settings in force ([seeing the settings](../operations/config.md)).\n\n",
         "| setting | environment variable | type | default | what |\n",
         "|---|---|---|---|---|\n",
     ]

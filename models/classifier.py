@@ -26,6 +26,7 @@ from promptserve.models.graphs import INPUTS_FILE, graph_dir, input_names, verif
 from promptserve.models.input_engines import BoundInputs, open_input_engine
 from promptserve.models.labels import LabelEncoder, shared_label_encoder
 from promptserve.models.methods import Learner
+from promptserve.models.names import check_distinct, check_name_text, name_key
 from promptserve.models.preprocess import FastEvalTransform
 
 SHOWN_LABELS = 5  # labels named in an error message
@@ -181,6 +182,11 @@ def check_labels(
     if duplicates:
         shown = ", ".join(map(repr, duplicates[:SHOWN_LABELS]))
         raise InvalidLabelError(f"labels must be distinct: duplicate label(s) {shown}")
+    names = [check_name_text(name, "label") for name in names]
+    check_distinct(names, "labels")
+    # a spelling of a stored class (case, width, whitespace) is that class
+    stored = {name_key(name): name for name in classifier.class_names}
+    names = [stored.get(name_key(name), name) for name in names]
     known = set(classifier.class_names)
     new = [name for name in names if name not in known]
     if new and max_new == 0:

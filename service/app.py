@@ -10,6 +10,8 @@ from importlib.metadata import version as package_version
 
 from fastapi import FastAPI
 
+from promptserve.service import tracing
+from promptserve.service.api.edges import EdgesMiddleware
 from promptserve.service.api.handlers import install_error_handlers
 from promptserve.service.api.middleware import (
     AdmissionMiddleware,
@@ -79,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=service_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        redirect_slashes=False,  # the 404 handler redirects, without the Host header
         docs_url="/docs" if open_docs else None,
         redoc_url="/redoc" if open_docs else None,
         openapi_url="/openapi.json" if open_docs else None,
@@ -99,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not open_docs:
         app.include_router(docs.router)
     install_error_handlers(app)
+    app.add_middleware(EdgesMiddleware)  # innermost: HEAD as GET, a coded body refused
     # added last = outermost: the metrics see every request, 429s from admission and 413s from
     # the body limit included; admission runs before the body is read
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -112,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
     # outermost: every answer carries the id, and the access log sees every answer
     app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
+    tracing.instrument_app(app)  # while tracing is on: a server span around all of it
     return app
 
 
@@ -120,4 +125,5 @@ def create_worker_app() -> FastAPI:
     the supervisor hands it its settings (`service.remote.worker.load_settings`)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    tracing.configure("api")
     return create_app(settings)

@@ -46,7 +46,14 @@ def add_serve_command(commands: Any) -> None:
         "than one, one engine process holds the model and batches across all of them",
     )
     add_worker_command(commands)
+    add_config_command(commands)
     add_client_command(commands)
+
+
+def add_config_command(commands: Any) -> None:
+    from promptserve.service.settings_report import add_config_command as add
+
+    add(commands)
 
 
 def add_worker_command(commands: Any) -> None:
@@ -72,6 +79,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from promptserve.service.app import create_app
     from promptserve.service.settings import Settings
+    from promptserve.service.settings_report import warn_unknown_settings
 
     overrides: dict[str, Any] = {
         key: value
@@ -91,7 +99,12 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level, settings.log_format)
-    problem = device_problem(settings)
+    warn_unknown_settings()
+    problem = job_database_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"promptserve serve: {problem}\n")
+        return 4
+    problem = tracing_problem("api") or device_problem(settings)
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
         return 3
@@ -130,11 +143,36 @@ def device_problem(settings: Any) -> str | None:
     return None
 
 
+def job_database_problem(settings: Any) -> str | None:
+    """Why this release cannot use the job database (its schema is newer), before anything
+    starts; opening it applies this release's migrations."""
+    from promptserve.service.jobs.database import open_database
+    from promptserve.service.jobs.migrations import SchemaError
+
+    try:
+        open_database(settings.job_database)
+    except SchemaError as exc:
+        return str(exc)
+    return None
+
+
+def tracing_problem(process: str) -> str | None:
+    """Tracing turned on in this process as the OTEL_* variables ask, or why it cannot be."""
+    from promptserve.service import tracing
+
+    try:
+        tracing.configure(process)
+    except tracing.TracingUnavailableError as exc:
+        return str(exc)
+    return None
+
+
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
     from promptserve.service.jobs.host import slot_devices, work
     from promptserve.service.settings import Settings
+    from promptserve.service.settings_report import warn_unknown_settings
 
     try:
         settings = Settings(**({"store": args.store} if args.store is not None else {}))
@@ -145,6 +183,15 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
     configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_settings()
+    problem = job_database_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"promptserve worker: {problem}\n")
+        return 4
+    problem = tracing_problem("worker")
+    if problem is not None:
+        sys.stderr.write(f"promptserve worker: {problem}\n")
+        return 3
     asyncio.run(work(settings, devices))
     return 0
 
@@ -158,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_serve(args)
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "config":
+        from promptserve.service.settings_report import run_config
+
+        return run_config(args)
     if args.command == "client":  # `promptserve -v client ...`
         from promptserve.client.cli import run as run_client
 

@@ -188,6 +188,10 @@ class Settings(BaseSettings):
         description="Seconds a cancelled job process gets to stop by itself before it is killed",
     )
     max_job_images: int = Field(default=1024, ge=2, description="Uploaded images per job")
+    max_job_classes: int = Field(default=256, ge=2, description="Classes in one job")
+    min_job_images_per_class: int = Field(
+        default=1, ge=1, description="Images each class of a job needs (1: one-shot tuning)"
+    )
     max_job_epochs: int = Field(
         default=200, ge=1, description="Epochs a job may train (its resolved recipe's)"
     )

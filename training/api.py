@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from promptserve.models.artifact import publish_classifier, resolve_version
+from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import Backbone, load_backbone
-from promptserve.models.classifier import load_classifier, rank, resolve_labels
 from promptserve.models.methods import Learner, create_method, method_needs_training
 from promptserve.models.preprocess import eval_transform, train_transform
 from promptserve.training.data import (
@@ -31,10 +31,12 @@ from promptserve.training.errors import DataError, TrainingCancelled, paths_in
 from promptserve.training.loop import FitOptions, FitResult, Progress, evaluate, fit
 from promptserve.training.recipe import config_for, default_preset, recipe_of, template_of
 from promptserve.training.request import TrainRequest
+from promptserve.training.stored_eval import EvalResult, evaluate_classifier
 from promptserve.training.synthetic.tasks import color_shape_classes
 
 __all__ = [
     "DatasetSummary",
+    "EvalResult",
     "ImageSource",
     "config_for",
     "default_preset",
@@ -50,6 +52,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# A hook around each stage of a run, given its name (load_data, train, score, export): the
+# service's job process opens a trace span per stage with it
+Phase = Callable[[str], AbstractContextManager[object]]
 HELDOUT_PER_CLASS = 50  # held-out images scored per class, at most (a sample, seeded)
 EVAL_BATCH = 64
 
@@ -79,8 +84,19 @@ def fit_learner(
     should_stop: Callable[[], bool] | None = None,
     *,
     source: ImageSource | None = None,
+    phase: Phase = nullcontext,
 ) -> FittedLearner:
     """Load data (or use `source`) and the backbone, build the method and fit it."""
+    with phase("load_data"):
+        source, heldout = _training_images(request, source)
+    with phase("train"):
+        return _fit(request, source, heldout, progress, should_stop)
+
+
+def _training_images(
+    request: TrainRequest, source: ImageSource | None
+) -> tuple[ImageSource, ImageSource | None]:
+    """The few-shot sample to train on and the images left out of it (when asked for)."""
     if source is None:
         source = open_within(request.data, request.within, split="train")
     heldout = None
@@ -89,6 +105,16 @@ def fit_learner(
         if request.heldout:
             heldout = _left_out(source, sampled, request.seed)
         source = sampled
+    return source, heldout
+
+
+def _fit(
+    request: TrainRequest,
+    source: ImageSource,
+    heldout: ImageSource | None,
+    progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> FittedLearner:
     class_names = list(source.class_names)
     if len(class_names) < 2:
         raise DataError(f"need at least 2 classes to train a classifier, found {class_names}")
@@ -152,6 +178,7 @@ def train_classifier(
     progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     gate: Callable[[FittedLearner, dict[str, Any]], dict[str, Any]] | None = None,
+    phase: Phase = nullcontext,
 ) -> TrainOutcome:
     """Fit the method on the request's data, score it, then export and publish a version.
 
@@ -159,11 +186,13 @@ def train_classifier(
     publishes (once the export has begun, the version is published). `gate` (the service's
     gated publishing) is given the fitted learner and its metrics before the export; what it
     returns is recorded as the manifest's ``training.publish`` (and in the outcome's summary).
+    `phase` is entered around each stage (`Phase`).
     """
-    fitted = fit_learner(request, progress, should_stop)
+    fitted = fit_learner(request, progress, should_stop, phase=phase)
     _check_stop(should_stop, "after training")
-    metrics = score_fitted(fitted, request.device)
-    publish = gate(fitted, metrics) if gate is not None else None
+    with phase("score"):
+        metrics = score_fitted(fitted, request.device)
+        publish = gate(fitted, metrics) if gate is not None else None
     _check_stop(should_stop, "before export")
     result = fitted.result
     summary = {
@@ -182,14 +211,15 @@ def train_classifier(
     }
     if publish is not None:
         summary["publish"] = publish
-    artifact = publish_classifier(
-        fitted.learner.cpu(),
-        fitted.class_names,
-        request.store,
-        request.name,
-        training=summary,
-        metrics=metrics,
-    )
+    with phase("export"):
+        artifact = publish_classifier(
+            fitted.learner.cpu(),
+            fitted.class_names,
+            request.store,
+            request.name,
+            training=summary,
+            metrics=metrics,
+        )
     log.info("published %s", artifact)
     return TrainOutcome(artifact=artifact, version=artifact.name, summary=summary, metrics=metrics)
 
@@ -256,48 +286,3 @@ def _shown(data: str, root: Path) -> str:
 def world_class_names() -> list[str]:
     """The synthetic world's 64 colour-shape class names (the default classifier's classes)."""
     return color_shape_classes()
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    accuracy: float  # top-1, percent
-    images: int
-    classes: list[str]
-    classifier: str
-    version: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def evaluate_classifier(
-    store: Path,
-    name: str,
-    data: str | ImageSource,
-    *,
-    version: str | None = None,
-    engine: str = "onnx",
-    batch_size: int = 64,
-) -> EvalResult:
-    """Top-1 accuracy of a stored classifier (its exported graph) on a labelled dataset."""
-    path = resolve_version(store, name, version)
-    classifier = load_classifier(path, engine=engine)  # type: ignore[arg-type]
-    source = open_dataset(data, split="test") if isinstance(data, str) else data
-    unknown = sorted(set(source.class_names) - set(classifier.class_names))
-    if unknown:
-        raise DataError(f"the data has classes the classifier does not know: {unknown[:10]}")
-    dataset = ImageDataset(source, eval_transform(classifier.preprocess), classifier.class_names)
-    classes = resolve_labels(classifier, None)  # scored as the service scores them
-    correct = seen = 0
-    for pixels, labels in make_loader(dataset, batch_size, shuffle=False, seed=0):
-        best = rank(classifier, classifier.embed(pixels), classes, top_k=1)
-        truth = [classifier.class_names[int(label)] for label in labels]
-        correct += sum(row[0].label == name for row, name in zip(best, truth, strict=True))
-        seen += len(labels)
-    return EvalResult(
-        accuracy=100.0 * correct / max(1, seen),
-        images=seen,
-        classes=classifier.class_names,
-        classifier=name,
-        version=path.name,
-    )

@@ -5,7 +5,10 @@ Every error response has the body ``{"error": {"code": ..., "message": ..., "req
 (`service.api.middleware.RequestIdMiddleware` chooses the id). The service's
 own exceptions, the model and training packages' and anything unexpected are answered through
 `service.errors.public_error` (the mapping the engine socket uses too); FastAPI's request
-validation, Starlette's 404 / 405 and a client gone mid-body are the web framework's own.
+validation, Starlette's 404 / 405 and a client gone mid-body are the web framework's own. A 404
+for a path that is a route with (or without) a final ``/`` is a redirect instead, with a relative
+``Location`` (Starlette's own redirect, turned off in `create_app`, copies the client's Host
+header into an absolute URL).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.datastructures import URL
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 from starlette.types import Scope
 
 from promptserve.models.errors import PromptserveError
@@ -93,8 +98,29 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+def slash_redirect(request: Request) -> RedirectResponse | None:
+    """A 307 to the path's twin with or without the final ``/`` when only the twin is a route;
+    the ``Location`` is relative (path and query), so the Host header never reaches it."""
+    path = request.url.path
+    if path == "/":
+        return None
+    twin = path.rstrip("/") if path.endswith("/") else path + "/"
+    if not twin.startswith("/") or twin.startswith("//"):  # //host would leave this server
+        return None
+    scope = {**request.scope, "path": twin}
+    router = request.app.router
+    if not any(route.matches(scope)[0] != Match.NONE for route in router.routes):
+        return None
+    location = URL(path=twin, query=request.url.query)
+    return RedirectResponse(str(location), status_code=307)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        redirect = slash_redirect(request)
+        if redirect is not None:
+            return redirect
     code = HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     return error_response(
         exc.status_code,

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from promptserve.service import tracing
 from promptserve.service.errors import EngineError, NotReadyError, QueueFullError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,11 @@ class _Request:
     run: Run | RunWithInputs
     future: asyncio.Future[Tensor]
     inputs: dict[str, Tensor] | None = None  # {name: [n, ...]}
+    # for its trace (epoch ns): queued, its engine call's start and end; the call's images
+    queued_ns: int = 0
+    started_ns: int = 0
+    ended_ns: int = 0
+    batch_images: int = 0
 
     @property
     def size(self) -> int:
@@ -140,8 +147,12 @@ class MicroBatcher:
             )
         future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
         self._waiting += n
-        self._queue.put_nowait(_Request(key, pixels, run, future, inputs))
-        return await future
+        request = _Request(key, pixels, run, future, inputs, queued_ns=time.time_ns())
+        self._queue.put_nowait(request)
+        try:
+            return await future
+        finally:
+            _trace(request)
 
     async def _work(self) -> None:
         while True:
@@ -206,6 +217,7 @@ class MicroBatcher:
         inputs = _concat_inputs(group)
         loop = asyncio.get_running_loop()
         outputs = []
+        started = time.time_ns()
         for start, chunk in zip(
             range(0, len(pixels), self.max_batch_size),
             pixels.split(self.max_batch_size),
@@ -220,6 +232,9 @@ class MicroBatcher:
             self.images_run += int(chunk.shape[0])
             if self.on_batch is not None:
                 self.on_batch(int(chunk.shape[0]))
+        ended = time.time_ns()
+        for request in group:
+            request.started_ns, request.ended_ns, request.batch_images = started, ended, len(pixels)
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -233,6 +248,19 @@ def _concat_inputs(group: list[_Request]) -> dict[str, Tensor] | None:
     return {
         name: torch.cat([r.inputs[name] for r in group if r.inputs is not None]) for name in names
     }
+
+
+def _trace(request: _Request) -> None:
+    """The request's `batch_wait` (queued until its engine call began) and `engine_call`
+    spans, recorded in the submitting request's own trace (the worker task has none)."""
+    if not tracing.enabled() or not request.started_ns:
+        return
+    tracing.record("batch_wait", request.queued_ns, request.started_ns)
+    attributes = {
+        "promptserve.batch.images": request.batch_images,
+        "promptserve.images": request.size,
+    }
+    tracing.record("engine_call", request.started_ns, request.ended_ns, attributes)
 
 
 def _engine_error(exc: Exception) -> EngineError:

@@ -35,14 +35,33 @@ EXIF_ORIENTATION = 0x0112
 SWAPS_AXES = frozenset({5, 6, 7, 8})  # orientations that turn the image by 90 degrees
 
 
+_URL_SAFE = str.maketrans("-_", "+/")
+_WHITESPACE = str.maketrans("", "", " \t\r\n\f\v")
+
+
 def decode_base64(text: str, index: int) -> bytes:
-    """Standard base64 (optionally a ``data:image/...;base64,`` URL) -> bytes; 400 when not."""
+    """Base64 (optionally a ``data:image/...;base64,`` URL) -> bytes; 400 when not.
+
+    What encoders commonly write is accepted: lines wrapped at 76 characters (``base64``'s
+    default), the URL-safe alphabet (``-_``) and missing ``=`` padding. Anything else outside
+    the alphabet is refused, naming the first offending character.
+    """
     if text.startswith("data:"):
         _, _, text = text.partition(",")
+    text = text.translate(_WHITESPACE).translate(_URL_SAFE)
+    text += "=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidImageError(f"image {index} is not valid base64") from None
+        raise InvalidImageError(f"image {index} is not valid base64: {_why(text)}") from None
+
+
+def _why(text: str) -> str:
+    """What is wrong with base64 text that did not decode, in a few words."""
+    for char in text:
+        if not (char.isascii() and (char.isalnum() or char in "+/=")):
+            return f"{char!r} is not a base64 character"
+    return "its length or padding is wrong"
 
 
 def decode_all(texts: Sequence[str]) -> list[bytes]:

@@ -46,6 +46,8 @@ from promptserve.service.classify.scoring import ClassifyResult, EmbedRequest, S
 from promptserve.service.errors import InvalidRequestError, NotReadyError, public_error
 from promptserve.service.metrics import Metrics, add_device_metrics, add_store_gauges
 from promptserve.service.settings import Settings
+from promptserve.service.tracing import Attributes, span
+from promptserve.service.tracing import enabled as tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -207,17 +209,18 @@ class LocalEngine:
         finally:
             for future in passes.values():
                 future.cancel()  # a no-op for finished ones; the rest must not outlive us
-        return [
-            ClassifyResult(
-                target.classifier,
-                classifier.version,
-                rank(classifier, passes[classifier.engine_key].result(), labels, request.top_k),
-                labels.encoded,
-            )
-            for target, classifier, labels in zip(
-                request.targets, classifiers, label_sets, strict=True
-            )
-        ]
+        with span("score", _scored(classifiers) if tracing_enabled() else None):
+            return [
+                ClassifyResult(
+                    target.classifier,
+                    classifier.version,
+                    rank(classifier, passes[classifier.engine_key].result(), labels, request.top_k),
+                    labels.encoded,
+                )
+                for target, classifier, labels in zip(
+                    request.targets, classifiers, label_sets, strict=True
+                )
+            ]
 
     async def embed(self, request: EmbedRequest, pixels: Tensor | None) -> Tensor:
         """The embeddings the classifier scores with (see `EngineClient.embed`): images through
@@ -265,3 +268,8 @@ class LocalEngine:
                 observe(time.thread_time() - started)
 
         return timed
+
+
+def _scored(classifiers: list[Classifier]) -> Attributes:
+    """The `score` span's attributes: the versions scored."""
+    return {"promptserve.classifiers": ",".join(f"{c.name}@{c.version}" for c in classifiers)}

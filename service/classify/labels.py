@@ -14,6 +14,7 @@ from torch import Tensor
 from promptserve.models.classifier import Classifier, LabelRequest, LabelSet, resolve_labels
 from promptserve.models.labels import LabelEncoder
 from promptserve.service.logs import run_in
+from promptserve.service.tracing import span
 
 
 class AsyncLabelEncoder(LabelEncoder):
@@ -40,7 +41,8 @@ class AsyncLabelEncoder(LabelEncoder):
         lacks are encoded in one batch (cached ones come from the LRU)."""
         if request is None or not request.new:
             return resolve_labels(classifier, request)
-        encoded = await self.encode_async(classifier, request.new, max_tokens)  # [N, D]
+        with span("encode_labels", {"promptserve.labels.new": len(request.new)}):
+            encoded = await self.encode_async(classifier, request.new, max_tokens)  # [N, D]
         return resolve_labels(classifier, request, encoded)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from promptserve.models.artifact import check_name
 from promptserve.models.classifier import LabelRequest, check_labels
+from promptserve.models.names import name_key
 from promptserve.service.aliases import parse_ref
 from promptserve.service.catalog import Catalog, Resolved, VersionInfo
 from promptserve.service.classify.images import ImagePreparer
@@ -33,6 +34,7 @@ from promptserve.service.classify.scoring import (
 )
 from promptserve.service.errors import InvalidRequestError, TooManyImagesError
 from promptserve.service.settings import Settings
+from promptserve.service.tracing import span
 
 MAX_CLASSIFIERS = 16  # per request: each adds its scoring and, if not shared, an engine pass
 
@@ -67,7 +69,10 @@ class ClassifyPipeline:
         check_same_input(versions)
         targets = [ScoreTarget(v.name, v.version, self._labels(v, query.labels)) for v in versions]
         first = versions[0]
-        pixels = await self.preparer.pixels(query.images, first.transform, first.preprocess.size)
+        with span("decode", {"promptserve.images": len(query.images)}):
+            pixels = await self.preparer.pixels(
+                query.images, first.transform, first.preprocess.size
+            )
         top_k = query.top_k if query.top_k is not None else self.settings.default_top_k
         results = await self.engine.score(ScoreRequest(targets, top_k), pixels)  # uint8 pixels
         return [replace(res, alias=r.alias) for res, r in zip(results, resolved, strict=True)]
@@ -101,18 +106,21 @@ class ClassifyPipeline:
         info = self.catalog.version_info(resolved.name, resolved.version)
         if images is not None:
             check_image_count(len(images), self.settings.max_images_per_request)
-            pixels = await self.preparer.pixels(images, info.transform, info.preprocess.size)
+            with span("decode", {"promptserve.images": len(images)}):
+                pixels = await self.preparer.pixels(images, info.transform, info.preprocess.size)
             request = EmbedRequest(resolved.name, resolved.version)
             return resolved, await self.engine.embed(request, pixels)
         if not texts:
             raise InvalidRequestError("no input: send at least one text")
-        distinct = list(dict.fromkeys(text.strip() for text in texts))
+        # texts that read as the same prompt (case, width, whitespace) are encoded once
+        keys = [name_key(text) for text in texts]
+        distinct = list({key: text.strip() for key, text in zip(keys, texts, strict=True)}.values())
         labels = self._labels(info, distinct)
         request = EmbedRequest(resolved.name, resolved.version, labels)
         rows = await self.engine.embed(request, None)  # [distinct, D]
         assert labels is not None
-        index = {name: i for i, name in enumerate(labels.names)}
-        return resolved, rows[[index[text.strip()] for text in texts]]
+        index = {name_key(name): i for i, name in enumerate(labels.names)}
+        return resolved, rows[[index[key] for key in keys]]
 
     def _labels(self, version: VersionInfo, names: list[str] | None) -> LabelRequest | None:
         if names is None:

@@ -32,6 +32,7 @@ from promptserve.service.errors import (
     ProtectedClassifierError,
     TooManyImagesError,
 )
+from promptserve.service.jobs.classes import check_class_counts, check_class_names
 from promptserve.service.jobs.housekeeping import JobFiles
 from promptserve.service.jobs.spec import UPLOAD, JobSpec, dump_spec
 from promptserve.service.jobs.store import IdempotencyMismatchError, Job, JobStore, new_job_id
@@ -61,6 +62,13 @@ class JobPlan:
     spec: JobSpec  # its train.data is set when the uploads are written (see submit_job)
     fingerprint: str
     uploads: list[tuple[bytes, str, str]] = field(default_factory=list)  # (data, label, suffix)
+
+    def traced(self, traceparent: str | None) -> JobPlan:
+        """The plan with the request's trace in its spec (not in its fingerprint: the same
+        request traced twice is still one job)."""
+        if traceparent is None:
+            return self
+        return replace(self, spec=replace(self.spec, traceparent=traceparent))
 
 
 def plan_job(
@@ -156,9 +164,8 @@ def _plan_uploads(
         raise TooManyImagesError(
             f"{len(uploads)} images; a job takes at most {settings.max_job_images}"
         )
-    files = []
-    digest = hashlib.sha256()
-    for index, (data, label) in enumerate(uploads):
+    labels = []
+    for index, (_, label) in enumerate(uploads):
         label = label.strip() if isinstance(label, str) else ""
         if not label:
             raise InvalidRequestError(f"image {index} has no label")
@@ -166,14 +173,19 @@ def _plan_uploads(
             raise InvalidRequestError(
                 f"label of image {index} is over {MAX_LABEL_CHARS} characters"
             )
+        labels.append(label)
+    # the names and counts before any image is decoded
+    labels = check_class_names(labels, train.backbone, settings)
+    check_class_counts(labels, settings)
+    files = []
+    digest = hashlib.sha256()
+    for index, ((data, _), label) in enumerate(zip(uploads, labels, strict=True)):
         image = decode_image(data, settings.max_image_pixels, index)  # 400 / 413 when bad
         suffix = SUFFIXES.get(image.format or "", ".img")
         image.close()
         files.append((data, label, suffix))
         digest.update(hashlib.sha256(data).digest() + label.encode() + b"\0")
-    classes = sorted({label for _, label, _ in files})
-    if len(classes) < 2:
-        raise InvalidRequestError(f"a classifier needs at least 2 classes; got only {classes}")
+    classes = sorted(set(labels))
     spec = JobSpec(train=train, data=UPLOAD, classes=classes, images=len(files))
     source = from_memory([(data, label) for data, label, _ in files])
     return JobPlan(spec, _fingerprint(spec, digest.hexdigest()), files), source
@@ -207,6 +219,8 @@ def _plan_dataset(
         ) from None
     if len(source.class_names) < 2:
         raise InvalidRequestError(f"dataset {reference!r} has fewer than 2 classes")
+    check_class_names(source.class_names, train.backbone, settings)
+    check_class_counts([item.label for item in source.items], settings)
     spec = JobSpec(
         train=replace(train, data=str(path), within=str(root)),
         data=reference,

@@ -29,8 +29,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Self
 
 from promptserve.models.devices import pin_gpu  # torch-free
+from promptserve.service import tracing
 from promptserve.service.jobs.spec import UPLOAD, JobSpec
-from promptserve.service.jobs.store import JobStore
+from promptserve.service.jobs.store import Job, JobStore
 from promptserve.service.logs import LOG_CONTEXT, LogContext, LogFormat, configure_logging
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
@@ -81,6 +82,10 @@ class JobLaunch:
 def run_job(launch: JobLaunch) -> None:
     """Run the launched job to the end; every outcome is written to the job store."""
     configure_logging(launch.log_level, launch.log_format)
+    try:
+        tracing.configure("job")
+    except tracing.TracingUnavailableError as exc:  # the service reported it at start-up
+        log.warning("job %s runs untraced: %s", launch.job_id, exc)
     device = pin_gpu(launch.device)  # before torch: CUDA reads CUDA_VISIBLE_DEVICES when it starts
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if launch.niceness > 0:
@@ -98,6 +103,17 @@ def run_job(launch: JobLaunch) -> None:
     if job.spec.request_id is not None:  # every line of this process is about that request
         LOG_CONTEXT.set(LogContext(job.spec.request_id))
     jobs.set_pid(job_id, os.getpid())
+    spec = job.spec
+    attributes = {"promptserve.job": job_id, "promptserve.classifier": spec.train.name}
+    try:
+        with tracing.root_span("job", spec.traceparent, attributes):  # in /adapt's trace
+            _run(launch, jobs, job, device)
+    finally:
+        tracing.shutdown()  # export the job's spans before the process ends
+
+
+def _run(launch: JobLaunch, jobs: JobStore, job: Job, device: str) -> None:
+    job_id = launch.job_id
     monitor = Monitor(jobs, job_id, launch.runner_pid, launch.runner_id)
     try:
         if job.spec.data == UPLOAD:
@@ -113,10 +129,11 @@ def run_job(launch: JobLaunch) -> None:
     name = job.spec.train.name
     publish = outcome.summary.get("publish") or {}
     try:
-        if launch.store_url is not None:
-            version = _upload(jobs, name, version, launch)
-        if publish.get("published") == "alias":
-            _apply_alias(launch, name, version, job.spec.alias)
+        with tracing.span("publish"):
+            if launch.store_url is not None:
+                version = _upload(jobs, name, version, launch)
+            if publish.get("published") == "alias":
+                _apply_alias(launch, name, version, job.spec.alias)
     except Exception as exc:
         _record_failure(jobs, job_id, exc, monitor)
         return
@@ -159,7 +176,11 @@ def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor, launch: Jo
     request = replace(spec.train, store=store, device=device)
     gate = make_gate(store, spec.train.name, spec.publish, spec.alias)
     return train_classifier(
-        request, progress=monitor.progress, should_stop=monitor.should_stop, gate=gate
+        request,
+        progress=monitor.progress,
+        should_stop=monitor.should_stop,
+        gate=gate,
+        phase=tracing.span,  # a span per stage while tracing is on
     )
 
 

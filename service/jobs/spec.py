@@ -30,6 +30,7 @@ class JobSpec:
     publish: str = "always"  # "gated" or "always" (service.jobs.gate); older rows: always
     alias: str = "latest"  # the alias the new version takes (when it passes the gate)
     request_id: str | None = None  # of the POST /adapt that made the job (not in its fingerprint)
+    traceparent: str | None = None  # W3C trace context of the request that made the job
 
     def with_data_path(self, path: Path) -> JobSpec:
         return replace(self, train=replace(self.train, data=str(path)))

@@ -46,6 +46,8 @@ from promptserve.service.remote.protocol import (
 )
 from promptserve.service.runtime import Runtime
 from promptserve.service.settings import Settings
+from promptserve.service.tracing import configure as configure_tracing
+from promptserve.service.tracing import continued
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,8 @@ class EngineServer:
         request_id = header.get("request_id")  # the HTTP request this call is for, if any
         with bound(request_id if isinstance(request_id, str) else None):
             try:
-                reply = await self._call(header, payload)
+                with continued(header.get("traceparent")):
+                    reply = await self._call(header, payload)
             except Exception as exc:  # every failure goes back to the worker as an error reply
                 log_failure(f"engine call {header.get('op')}", exc, public_error(exc))
                 reply = {"error": encode_error(exc)}
@@ -173,6 +176,7 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 def run_engine(settings: Settings, socket_path: str) -> None:
     """The engine process's entry point (started with `spawn`)."""
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("engine")
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):
         import uvloop

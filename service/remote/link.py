@@ -15,6 +15,7 @@ from pathlib import Path
 from promptserve.service.errors import NotReadyError
 from promptserve.service.logs import current_request_id
 from promptserve.service.remote.protocol import Header, encode_frame, raise_error, read_frame
+from promptserve.service.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class EngineLink:
         if request_id is not None:
             header = {**header, "request_id": request_id}
         try:
+            traceparent = current_traceparent()  # the engine's spans join this trace
+            if traceparent is not None:
+                header = {**header, "traceparent": traceparent}
             writer.write(encode_frame({**header, "id": call_id}, payload))
             await writer.drain()
             reply = await future

@@ -86,5 +86,5 @@ def test_gpus_are_reserved_for_replicas_and_workers(services: dict[str, Any]) ->
 
 
 def test_the_image_holds_the_cluster_drivers() -> None:
-    # psycopg and s3fs: the same image serves one host and a cluster
-    assert "pip install $PIP_OPTIONS '.[cluster]'" in (ROOT / "Dockerfile").read_text()
+    # psycopg and s3fs: the same image serves one host and a cluster; and it can trace
+    assert "pip install $PIP_OPTIONS '.[cluster,tracing]'" in (ROOT / "Dockerfile").read_text()

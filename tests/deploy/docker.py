@@ -91,7 +91,7 @@ def wheel_folder(name: str = "wheels", requirements: tuple[str, ...] = ()) -> Pa
     from the package index once."""
     folder = CACHE / name
     folder.mkdir(parents=True, exist_ok=True)
-    wanted = requirements or (f"{ROOT}[cluster]", "setuptools>=68")
+    wanted = requirements or (f"{ROOT}[cluster,tracing]", "setuptools>=68")
     key = (ROOT / "pyproject.toml").read_bytes() if not requirements else "\n".join(wanted).encode()
     stamp = folder / f".complete-{hashlib.sha256(key).hexdigest()[:16]}"
     if stamp.is_file():  # already downloaded for these requirements

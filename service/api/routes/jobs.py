@@ -31,6 +31,7 @@ from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
 from promptserve.service.logs import current_request_id, run_in
 from promptserve.service.runtime import Runtime
+from promptserve.service.tracing import current_traceparent
 
 FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 # the job's public fields that are its training request's own
@@ -68,6 +69,9 @@ _REQUEST_BODY = {
 }
 
 
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # visible ASCII, spaces inside
+
+
 @router.post(
     "/adapt",
     status_code=202,
@@ -78,7 +82,10 @@ async def adapt(
     request: Request,
     response: Response,
     runtime: RuntimeDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    # an empty or blank key would be one key shared by every client: refused with a 422
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY)
+    ] = None,
 ) -> JobPublic:
     """Queue a few-shot tuning job; it publishes a new version of classifier `name`.
 
@@ -112,6 +119,7 @@ async def adapt(
         v1 = request.url.path.startswith("/v1/")
         create = create.model_copy(update={"publish": "gated" if v1 else "always"})
     plan = await run_in(runtime.intake, plan_job, create, uploads, settings)
+    plan = plan.traced(current_traceparent())  # the job's spans join this request's trace
     job, created = await run_in(
         runtime.intake,
         submit_job,

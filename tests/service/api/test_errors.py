@@ -4,6 +4,8 @@ serving: every case is followed by a good request that must succeed. Then the AP
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,15 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         lambda: {"files": files(png_bytes()), "data": {"topk": "1"}},
         422,
         "invalid_request",
+    ),
+    (
+        "gzip-body",
+        lambda: {
+            "content": gzip.compress(json.dumps(png_json()).encode()),
+            "headers": {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        },
+        415,
+        "unsupported_media_type",
     ),
     ("unknown-route", lambda: {"url": "/nope"}, 404, "not_found"),
     ("wrong-method", lambda: {"method": "GET"}, 405, "method_not_allowed"),

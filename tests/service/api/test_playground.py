@@ -42,6 +42,14 @@ def test_page_and_assets_are_served_without_the_key(server: Server) -> None:
     missing = httpx.get(f"{server.url}/static/..%2Fsettings.py", timeout=10)
     assert missing.status_code == 404
     assert httpx.get(f"{server.url}/classifiers", timeout=10).status_code == 401  # the API is not
+    # the page takes the key: only its own files run, no framing, no type sniffing
+    for response in (page, script):
+        policy = response.headers["content-security-policy"]
+        assert "script-src 'self'" in policy, policy
+        assert "frame-ancestors 'none'" in policy, policy
+        assert "unsafe-inline" not in policy
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +103,7 @@ def browser() -> Iterator[object]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument("--window-size=1200,1400")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP violations
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
         yield driver
@@ -185,6 +194,9 @@ def test_classify_add_a_label_and_tune_in_the_browser(
     browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # everything above ran under the page's Content-Security-Policy, which blocked nothing
+    console = [str(entry["message"]) for entry in browser.get_log("browser")]
+    assert not [line for line in console if "Content Security Policy" in line], console
     target = os.environ.get("PLAYGROUND_SCREENSHOT")
     if target:
         shutil.copyfile(screenshot, target)

@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 
+from promptserve.service.jobs.process import JobLaunch
 from promptserve.service.jobs.spec import JobSpec
+from promptserve.service.jobs.store import Job, JobStore
 from promptserve.training.api import TrainRequest
 from tests.service.helpers import b64, png_bytes
 
@@ -133,3 +135,19 @@ SPEC = JobSpec(
     classes=["a", "b"],
     images=4,
 )
+
+
+def job_launch(jobs: JobStore, job: Job, tmp_path: Path, *, runner_pid: int) -> JobLaunch:
+    """What a runner would tell the job process of `job` (claimed by a runner): one CPU thread,
+    no niceness, the store under `tmp_path`."""
+    assert job.runner is not None
+    return JobLaunch(
+        database=jobs.locator,
+        job_id=job.id,
+        store=tmp_path / "store",
+        device="cpu",
+        threads=1,
+        niceness=0,
+        runner_id=job.runner,
+        runner_pid=runner_pid,
+    )

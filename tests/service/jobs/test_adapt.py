@@ -272,6 +272,16 @@ async def test_idempotency_key_returns_the_same_job(client_factory: ClientFactor
         assert job_dirs == sorted(job["id"] for job in listing)
 
 
+@pytest.mark.parametrize("key", ["", "   ", "a\tb", "k" * 256])
+async def test_an_empty_or_odd_idempotency_key_is_refused(
+    client_factory: ClientFactory, key: str
+) -> None:
+    async with client_factory(max_concurrent_jobs=0) as (client, runtime):
+        refused = await post_json(client, json_body(), **{"Idempotency-Key": key})
+        assert_error(refused, 422, "invalid_request")
+        assert (await client.get("/jobs")).json()["data"] == []
+
+
 async def test_jobs_list_pages_newest_first(client_factory: ClientFactory) -> None:
     async with client_factory(max_concurrent_jobs=0) as (client, _):
         ids = [(await post_json(client, json_body(seed=i))).json()["id"] for i in range(3)]

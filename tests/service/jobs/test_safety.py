@@ -33,12 +33,12 @@ import torch
 
 from promptserve.service.jobs import process as process_module
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles
-from promptserve.service.jobs.process import JobLaunch, run_job
+from promptserve.service.jobs.process import run_job
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import Job, JobStore
 from promptserve.service.settings import Settings
 from promptserve.training.errors import TrainingCancelled
-from tests.service.jobs.helpers import SPEC
+from tests.service.jobs.helpers import SPEC, job_launch
 
 RUNNER = "thishost:111:aaaaaaaa"
 OTHER = "otherhost:222:bbbbbbbb"
@@ -105,25 +105,11 @@ def training(monkeypatch: pytest.MonkeyPatch) -> Iterator[Training]:
     signal.signal(signal.SIGTERM, sigterm)
 
 
-def launch(jobs: JobStore, job: Job, tmp_path: Path, *, runner_pid: int) -> JobLaunch:
-    assert job.runner is not None
-    return JobLaunch(
-        database=jobs.locator,
-        job_id=job.id,
-        store=tmp_path / "store",
-        device="cpu",
-        threads=1,
-        niceness=0,
-        runner_id=job.runner,
-        runner_pid=runner_pid,
-    )
-
-
 def test_a_job_process_whose_runner_is_alive_runs_to_the_end_and_publishes(
     jobs: JobStore, tmp_path: Path, training: Training
 ) -> None:
     job = running_job(jobs)
-    run_job(launch(jobs, job, tmp_path, runner_pid=os.getppid()))
+    run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getppid()))
     assert training.published == ["demo"]
     done = jobs.get(job.id)
     assert done is not None
@@ -137,7 +123,7 @@ def test_a_job_process_whose_job_was_taken_over_stops_and_writes_nothing(
 ) -> None:
     job = running_job(jobs)
     training.at_step[2] = lambda: take_over(jobs, job.id)
-    run_job(launch(jobs, job, tmp_path, runner_pid=os.getppid()))
+    run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getppid()))
     assert training.published == []
     assert training.steps == 3  # it stopped at the first check after the takeover
     now = jobs.get(job.id)
@@ -154,7 +140,7 @@ def test_a_job_process_whose_runner_is_gone_stops_and_fails_the_job_as_interrupt
     job = running_job(jobs)
     # its runner's process is not its parent any more: the service crashed, the job process
     # was re-parented (to init, or a subreaper)
-    run_job(launch(jobs, job, tmp_path, runner_pid=os.getppid() + 100_000))
+    run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getppid() + 100_000))
     assert training.published == []
     assert training.steps == 1
     now = jobs.get(job.id)
@@ -169,7 +155,7 @@ def test_a_job_process_stops_when_its_job_is_cancelled(
 ) -> None:
     job = running_job(jobs)
     training.at_step[1] = lambda: jobs.request_cancel(job.id)  # type: ignore[func-returns-value]
-    run_job(launch(jobs, job, tmp_path, runner_pid=os.getppid()))
+    run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getppid()))
     assert training.published == []
     assert training.steps == 2
     now = jobs.get(job.id)
@@ -182,7 +168,7 @@ def test_a_launch_for_a_job_no_longer_ours_does_nothing(
 ) -> None:
     job = running_job(jobs)
     take_over(jobs, job.id)  # before the process even started
-    run_job(launch(jobs, job, tmp_path, runner_pid=os.getppid()))
+    run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getppid()))
     assert training.steps == 0
     now = jobs.get(job.id)
     assert now is not None
