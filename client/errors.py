@@ -68,11 +68,12 @@ class BadRequestError(APIError):
 
 
 class AuthenticationError(APIError):
-    """401: no API key, or the wrong one (PROMPTSERVE_API_KEY or ``api_key=``)."""
+    """401: no API key, or one the service does not know (PROMPTSERVE_API_KEY or ``api_key=``)."""
 
 
 class PermissionDeniedError(APIError):
-    """403: the request is not allowed (e.g. tuning the protected default classifier)."""
+    """403: the request is not allowed: the key lacks the route's scope or the classifier's
+    prefix, or it would tune the protected default classifier."""
 
 
 class NotFoundError(APIError):

@@ -207,6 +207,7 @@ class Job(Model):
     cancel_requested: bool = False
     publish: str | None = None  # "gated" or "always"
     alias: str | None = None  # the alias the new version takes if it passes
+    owner: str | None = None  # the name of the API key that started it
 
     @property
     def done(self) -> bool:

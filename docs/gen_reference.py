@@ -258,8 +258,10 @@ def api_page() -> str:
         GENERATED.format(source="the app's OpenAPI document and service/errors.py"),
         "# HTTP API\n\n",
         "A running service serves the same document at `/openapi.json`, with an interactive "
-        "page at `/docs` (and `/redoc`). With `PROMPTSERVE_API_KEY` set, every route but "
-        "`/health/*` and the playground page needs `Authorization: Bearer <key>`.\n\n",
+        "page at `/docs` (and `/redoc`). With keys configured (`PROMPTSERVE_API_KEYS_FILE`, "
+        "`PROMPTSERVE_API_KEY`), every route but `/health/*` and the playground page needs "
+        "`Authorization: Bearer <key>` with the route's scope "
+        "([API keys and scopes](../operations/keys.md)).\n\n",
         "## Errors\n\n",
         'Every error answers `{"error": {"code": ..., "message": ...}}` with one of these '
         "codes; the message is for people, the code for programs. A status the table lacks "

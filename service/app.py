@@ -45,10 +45,12 @@ The API lives under `/v1`; the unversioned paths (`/classify`, `/adapt`, `/jobs`
 `/classifiers`) still answer as before, deprecated (`Deprecation: true` and a
 `Link: </v1/...>; rel="successor-version"` header). Every error answers
 `{"error": {"code": ..., "message": ..., "request_id": ...}}` (a 422 adds `fields`, the path of
-each problem), and every response carries `X-Request-ID`. When `PROMPTSERVE_API_KEY` is
-set, every route except `/health/*` and the playground page (`/`, `/static/*`, which hold no
-data) needs `Authorization: Bearer <key>`, these docs included. Beyond the in-flight budget a
-request is answered 429 with `Retry-After` before its body is read.
+each problem), and every response carries `X-Request-ID`. When keys are configured
+(`PROMPTSERVE_API_KEYS_FILE`, `PROMPTSERVE_API_KEY`), every route except `/health/*` and the
+playground page (`/`, `/static/*`, which hold no data) needs `Authorization: Bearer <key>`,
+these docs included: 401 without a known key, 403 when the key lacks the route's scope
+(`classify`, `tune`, `admin`, `metrics`) or its classifier prefix. Beyond the in-flight budget
+a request is answered 429 with `Retry-After` before its body is read.
 """
 
 
@@ -75,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await runtime.stop()
 
-    open_docs = settings.api_key is None  # with a key, the docs need it like every route
+    open_docs = not runtime.keys.enabled  # with keys, the docs need one like every route
     app = FastAPI(
         title="promptserve",
         version=service_version(),

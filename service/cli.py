@@ -1,5 +1,5 @@
-"""The `promptserve` command line: training's commands plus ``serve``, ``worker`` and
-``client``.
+"""The `promptserve` command line: training's commands plus ``serve``, ``worker``, ``keys``
+and ``client``.
 
 ``serve`` and ``worker`` live here because imports flow service -> training -> models; every
 other command is handed to `training.cli.main` unchanged. ``client`` (the remote command line,
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from promptserve.client.cli import add_parser as add_client_command
 from promptserve.client.cli import main as client_main
+from promptserve.service.keys_cli import add_keys_command, run_keys
 from promptserve.service.logs import configure_logging
 
 
@@ -48,6 +49,7 @@ def add_serve_command(commands: Any) -> None:
     add_worker_command(commands)
     add_config_command(commands)
     add_client_command(commands)
+    add_keys_command(commands)
 
 
 def add_config_command(commands: Any) -> None:
@@ -104,7 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
         return 4
-    problem = tracing_problem("api") or device_problem(settings)
+    problem = tracing_problem("api") or keys_problem(settings) or device_problem(settings)
     if problem is not None:
         sys.stderr.write(f"promptserve serve: {problem}\n")
         return 3
@@ -121,6 +123,17 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=False,  # the access log is ours (PROMPTSERVE_ACCESS_LOG)
     )
     return 0
+
+
+def keys_problem(settings: Any) -> str | None:
+    """Why the keys file cannot be used (missing, not JSON, invalid), before anything starts."""
+    from promptserve.service.keys import KeysFileError, key_ring
+
+    try:
+        key_ring(settings)
+    except KeysFileError as exc:
+        return f"PROMPTSERVE_API_KEYS_FILE: {exc}"
+    return None
 
 
 def device_problem(settings: Any) -> str | None:
@@ -209,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from promptserve.service.settings_report import run_config
 
         return run_config(args)
+    if args.command == "keys":
+        return run_keys(args)
     if args.command == "client":  # `promptserve -v client ...`
         from promptserve.client.cli import run as run_client
 

@@ -66,6 +66,13 @@ class UnauthorizedError(ServiceError):
     status, code = 401, "unauthorized"
 
 
+class ForbiddenError(ServiceError):
+    """A known API key without the scope the route needs, or for a classifier outside its
+    prefix."""
+
+    status, code = 403, "forbidden"
+
+
 class UnknownJobError(ServiceError):
     """No job has this id (it never existed, or ended longer ago than the retention)."""
 
@@ -166,7 +173,6 @@ OTHER_CODES: dict[str, tuple[int, str]] = {
     "overloaded": (429, "Too many requests (or body bytes) in flight; retry after Retry-After"),
     "client_disconnected": (400, "The client hung up before its body was read"),
     "bad_request": (400, "A request the service or the web framework refuses as such"),
-    "forbidden": (403, "The web framework refused the request"),
     "not_found": (404, "No route has this path"),
     "method_not_allowed": (405, "The route exists, but not with this HTTP method"),
     "invalid_request": (422, "The request does not validate (a field's type or range)"),

@@ -1,216 +1,216 @@
-"""Prometheus metrics, written in the text exposition format (version 0.0.4) by hand.
+"""Prometheus metrics on prometheus-client: the service's families and their exposition.
 
-The families `Metrics` keeps: HTTP requests by route, method and status, and their latency by
-route (summed over the API workers of ``serve --workers N``); engine batch sizes, images
-classified and the engine thread's CPU seconds. Gauges read when scraped are added by their
-owners: the batcher's queue depth, loaded classifiers and readiness, the jobs running and
-queued (`service.runtime`), engines and loaded bytes (`add_store_gauges`), and the API workers
-reporting (`service.remote.engine`). Routes are labelled by their template
-(``/classifiers/{name}``), never by the raw path, so label cardinality stays bounded.
+Two registries per process. `Metrics.http` holds what every API process counts for itself (HTTP
+requests by route, method and status and their latency, admission and limit rejects by reason,
+requests by classifier); with ``serve --workers N`` each API worker sends a snapshot of it
+(`http_state`) to the engine process every second, and the engine's exposition sums them
+series by series (`SummedHttp`). `Metrics.registry` holds the rest: engine batch sizes, images
+classified, the engine thread's CPU seconds, gauges read when scraped (added by their owners:
+the batcher's queue depth, loaded classifiers and readiness, the jobs, the GPUs, the API workers
+reporting), and the client's process, platform and gc collectors. Routes are labelled by their
+template (``/classifiers/{name}``), never by the raw path, so label cardinality stays bounded.
 """
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from promptserve.models.devices import DeviceChoice
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# a `_created` timestamp means nothing for a series summed over processes, and costs a line a series
+disable_created_metrics()
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# the error codes of the answers that refuse a request for a limit (413, 429): the reasons of
+# promptserve_rejected_requests_total; any other code there is "other"
+REJECT_REASONS = frozenset(
+    {
+        "overloaded",  # admission: requests or body bytes in flight
+        "queue_full",  # the batcher's queue
+        "too_many_jobs",  # queued tuning jobs
+        "body_too_large",
+        "too_many_images",
+        "image_too_large",  # the pixel limit
+    }
+)
+OTHER = "other"
 
-Labels = tuple[tuple[str, str], ...]
-
-
-def _labels(pairs: Sequence[Sequence[str]]) -> Labels:
-    return tuple((str(k), str(v)) for k, v in pairs)
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _format_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
-    pairs = [*labels, extra] if extra is not None else list(labels)
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
-
-
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-@dataclass
-class Counter:
-    name: str
-    help: str
-    values: dict[Labels, float] = field(default_factory=dict)
-
-    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def expose(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for labels, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_format_labels(labels)} {_number(value)}")
-        return lines
-
-
-@dataclass
-class _Series:
-    counts: list[int]  # per bucket, not cumulative; the last one is +Inf
-    total: float = 0.0
-    count: int = 0
-
-
-@dataclass
-class Histogram:
-    name: str
-    help: str
-    buckets: Sequence[float]
-    series: dict[Labels, _Series] = field(default_factory=dict)
-
-    def observe(self, value: float, labels: Labels = ()) -> None:
-        series = self.series.get(labels)
-        if series is None:
-            series = self.series[labels] = _Series([0] * (len(self.buckets) + 1))
-        series.counts[bisect.bisect_left(self.buckets, value)] += 1
-        series.total += value
-        series.count += 1
-
-    def expose(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for labels, series in sorted(self.series.items()):
-            cumulative = 0
-            for bound, count in zip([*self.buckets, float("inf")], series.counts, strict=True):
-                cumulative += count
-                le = _format_labels(labels, ("le", _number(bound)))
-                lines.append(f"{self.name}_bucket{le} {cumulative}")
-            lines.append(f"{self.name}_sum{_format_labels(labels)} {_number(series.total)}")
-            lines.append(f"{self.name}_count{_format_labels(labels)} {series.count}")
-        return lines
-
-
-@dataclass
-class Gauge:
-    """A value read when scraped; `kind` "counter" for a total kept elsewhere, "gauge" with
-    constant `labels` and value 1 for an info metric."""
-
-    name: str
-    help: str
-    read: Callable[[], float]
-    kind: str = "gauge"
-    labels: Labels = ()
-
-    def expose(self) -> list[str]:
-        return [
-            f"# HELP {self.name} {self.help}",
-            f"# TYPE {self.name} {self.kind}",
-            f"{self.name}{_format_labels(self.labels)} {_number(self.read())}",
-        ]
+State = list[list[Any]]  # http_state(): [[family, type, help, [[sample, labels, value], ...]], ...]
 
 
 class Metrics:
     """The service's metric families; updated from the event loop and the engine thread."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.http = CollectorRegistry()
         self.requests = Counter(
-            "promptserve_http_requests_total", "HTTP requests by route, method and status."
+            "promptserve_http_requests_total",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.http,
         )
         self.latency = Histogram(
             "promptserve_http_request_duration_seconds",
             "HTTP request latency by route, in seconds.",
-            LATENCY_BUCKETS,
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.http,
         )
+        self.rejected = Counter(
+            "promptserve_rejected_requests_total",
+            "Requests refused for a limit (413, 429) by reason: the error code answered.",
+            ["reason"],
+            registry=self.http,
+        )
+        self.classifier_requests = Counter(
+            "promptserve_classifier_requests_total",
+            "Classify and embedding requests by the classifier they name (unknown names: other).",
+            ["classifier"],
+            registry=self.http,
+        )
+        self.registry = CollectorRegistry()
+        self.worker_states: Callable[[], Sequence[State]] = list  # set by the engine process
+        self.registry.register(SummedHttp(self))
         self.batch_size = Histogram(
-            "promptserve_batch_size", "Images per engine call.", BATCH_BUCKETS
+            "promptserve_batch_size",
+            "Images per engine call.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
-        self.images = Counter("promptserve_images_total", "Images classified.")
-        self.images.inc(amount=0)  # exposed as 0 before the first batch
+        self.images = Counter(
+            "promptserve_images_total", "Images classified.", registry=self.registry
+        )
         self.engine_seconds = Counter(
             "promptserve_engine_cpu_seconds_total",
             "CPU seconds of the thread running engine calls (all of the engine's CPU when "
             "onnx_threads is 1; with more, ONNX Runtime's own pool threads are not in it).",
+            registry=self.registry,
         )
-        self.engine_seconds.inc(amount=0)
-        self.gauges: list[Gauge] = []
+        self.read_at_scrape = ReadAtScrape()
+        self.registry.register(self.read_at_scrape)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        # label children by label values, so a request costs a dict lookup, not labels()
+        self._routes: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._classifiers: dict[str | None, Any] = {}
 
     def add_gauge(
         self, name: str, help: str, read: Callable[[], float], kind: str = "gauge"
     ) -> None:
-        self.gauges.append(Gauge(name, help, read, kind))
+        """A value read when scraped; `kind` "counter" for a total kept elsewhere."""
+        self.read_at_scrape.add(name, help, kind, lambda: [({}, read())])
 
     def add_info(self, name: str, help: str, labels: dict[str, str]) -> None:
         """A constant 1 whose labels carry the information (Prometheus's info idiom)."""
-        self.gauges.append(Gauge(name, help, lambda: 1.0, labels=_labels(list(labels.items()))))
+        self.read_at_scrape.add(name, help, "gauge", lambda: [(labels, 1.0)])
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests.inc((("route", route), ("method", method), ("status", str(status))))
-            self.latency.observe(seconds, (("route", route),))
+        children = self._routes.get((route, method, status))
+        if children is None:
+            children = self.requests.labels(route, method, str(status)), self.latency.labels(route)
+            self._routes[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_reject(self, code: str) -> None:
+        self.rejected.labels(code if code in REJECT_REASONS else OTHER).inc()
+
+    def observe_classifier(self, name: str | None) -> None:
+        """A request naming classifier `name`: one that exists in the store (None: unknown)."""
+        child = self._classifiers.get(name)
+        if child is None:
+            child = self._classifiers[name] = self.classifier_requests.labels(name or OTHER)
+        child.inc()
 
     def observe_batch(self, size: int) -> None:
-        with self._lock:
-            self.batch_size.observe(size)
-            self.images.inc(amount=size)
+        self.batch_size.observe(size)
+        self.images.inc(size)
 
     def observe_engine(self, cpu_seconds: float) -> None:
-        with self._lock:
-            self.engine_seconds.inc(amount=cpu_seconds)
+        self.engine_seconds.inc(cpu_seconds)
 
-    def http_state(self) -> dict[str, Any]:
-        """The HTTP families' values, as JSON-ready data (see `merge_http`)."""
-        with self._lock:
-            return {
-                "requests": [[list(k), v] for k, v in self.requests.values.items()],
-                "latency": [
-                    [list(k), list(s.counts), s.total, s.count]
-                    for k, s in self.latency.series.items()
-                ],
-            }
+    def http_state(self) -> State:
+        """This process's HTTP families as JSON-ready data (summed by `SummedHttp`)."""
+        return [
+            [f.name, f.type, f.documentation, [[s.name, s.labels, s.value] for s in f.samples]]
+            for f in self.http.collect()
+        ]
 
-    def merge_http(self, states: Sequence[dict[str, Any]]) -> tuple[Counter, Histogram]:
-        """This process's HTTP families plus `states` of other processes (`http_state`), summed
-        series by series: what a scrape of a multi-process service shows."""
-        requests = Counter(self.requests.name, self.requests.help)
-        latency = Histogram(self.latency.name, self.latency.help, self.latency.buckets)
-        for state in [self.http_state(), *states]:
-            for labels, value in state["requests"]:
-                requests.inc(_labels(labels), value)
-            for labels, counts, total, count in state["latency"]:
-                key = _labels(labels)
-                series = latency.series.setdefault(key, _Series([0] * len(counts)))
-                series.counts = [a + b for a, b in zip(series.counts, counts, strict=True)]
-                series.total += total
-                series.count += count
-        return requests, latency
+    def expose(self) -> str:
+        """The text exposition (format 0.0.4); it reads the scrape-time gauges (a job store
+        query among them), so call it off the event loop."""
+        return generate_latest(self.registry).decode()
 
-    def expose(self, http_states: Sequence[dict[str, Any]] | None = None) -> str:
-        """The text exposition; with `http_states` (other processes' `http_state`), the HTTP
-        families are summed over this process and them."""
-        requests, latency = self.requests, self.latency
-        if http_states is not None:
-            requests, latency = self.merge_http(http_states)
-        with self._lock:
-            families: list[Counter | Histogram | Gauge] = [
-                requests,
-                latency,
-                self.batch_size,
-                self.images,
-                self.engine_seconds,
-                *self.gauges,
-            ]
-            lines = [line for family in families for line in family.expose()]
-        return "\n".join(lines) + "\n"
+
+class SummedHttp(Collector):
+    """The HTTP families of this process plus those the API workers reported, summed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return sum_states([self.metrics.http_state(), *self.metrics.worker_states()])
+
+
+def sum_states(states: Sequence[State]) -> list[Metric]:
+    """Families summed series by series over `states` (`Metrics.http_state` of processes):
+    counters and histogram buckets, sums and counts all add up."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for state in states:
+        for name, kind, help, samples in state:
+            if name not in families:
+                families[name], values[name] = Metric(name, help, kind), {}
+            series = values[name]
+            for sample, labels, value in samples:
+                key = (sample, tuple(labels.items()))
+                series[key] = series.get(key, 0.0) + value
+    for name, family in families.items():
+        for (sample, labels), value in values[name].items():
+            family.add_sample(sample, dict(labels), value)
+    return list(families.values())
+
+
+Read = Callable[[], list[tuple[dict[str, str], float]]]  # -> (labels, value) per series
+
+
+class ReadAtScrape(Collector):
+    """Families whose values their owners hold elsewhere, read at each scrape."""
+
+    def __init__(self) -> None:
+        self.families: list[tuple[str, str, str, Read]] = []
+
+    def add(self, name: str, help: str, kind: str, read: Read) -> None:
+        self.families.append((name, help, kind, read))
+
+    def collect(self) -> Iterable[Metric]:
+        for name, help, kind, read in self.families:
+            family = Metric(name.removesuffix("_total") if kind == "counter" else name, help, kind)
+            for labels, value in read():
+                family.add_sample(name, labels, float(value))
+            yield family
 
 
 class EngineHolder(Protocol):

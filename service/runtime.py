@@ -22,8 +22,10 @@ from promptserve.service.classify.scoring import ClassifyResult, EngineClient
 from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.housekeeping import JobFiles
+from promptserve.service.jobs.metrics import JobCollector
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
+from promptserve.service.keys import key_ring
 from promptserve.service.metrics import Metrics
 from promptserve.service.objectstore import open_mirror
 from promptserve.service.remote.link import EngineLink
@@ -47,6 +49,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.keys = key_ring(settings)  # each API process reloads the keys file on its own
         # PROMPTSERVE_STORE=s3://...: a local copy, kept fresh by the process running the engine
         # (started there); every process deletes through it
         mirror = open_mirror(settings)
@@ -81,7 +84,13 @@ class Runtime:
             device_decode=settings.device_decode and self.local is not None,
             inline_bytes=settings.inline_decode_bytes,
         )
-        self.pipeline = ClassifyPipeline(settings, self.catalog, self.preparer, self.engine)
+        self.pipeline = ClassifyPipeline(
+            settings,
+            self.catalog,
+            self.preparer,
+            self.engine,
+            on_classifier=self.metrics.observe_classifier,
+        )
 
     def _add_job_gauges(self, runner: JobRunner) -> None:
         self.metrics.add_gauge(
@@ -92,15 +101,17 @@ class Runtime:
             "Tuning jobs waiting for a worker.",
             lambda: runner.queued,
         )
+        self.metrics.add_collector(JobCollector(self.jobs))
 
     async def start(self) -> None:
         if self.local is not None:  # the process running the engine keeps the store tidy
             await asyncio.to_thread(self.catalog.remove_stale_staging, STALE_STAGING_S)
             if self.sync is not None:
                 await self.sync.start()
-            if self.settings.api_key is None:
+            if not self.keys.enabled:
                 log.warning(
-                    "PROMPTSERVE_API_KEY is not set: the API is open to anyone who can reach it"
+                    "neither PROMPTSERVE_API_KEY nor PROMPTSERVE_API_KEYS_FILE is set: the API "
+                    "is open to anyone who can reach it"
                 )
         if self.runner is not None:
             await self.runner.start()

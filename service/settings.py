@@ -161,7 +161,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None,
         description="When set, every route but /health/* and the playground page needs "
-        "Authorization: Bearer <key>",
+        "Authorization: Bearer <key>; one admin key named default",
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A JSON file of scoped keys, reloaded when it changes"
     )
     # --- tuning jobs (POST /adapt) ---
     jobs_dir: Path | None = Field(
@@ -316,11 +319,12 @@ class Settings(BaseSettings):
             raise ValueError("onnx_fp16 needs device cuda (or auto on a CUDA host)")
         return self
 
-    @field_validator("api_key")
+    @field_validator("api_key", "api_keys_file", mode="before")
     @classmethod
-    def _blank_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+    def _blank_is_none(cls, value: object) -> object:
         # PROMPTSERVE_API_KEY= (empty, as compose writes an unset host variable) means no auth
-        return value if value is not None and value.get_secret_value() else None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if text == "" else value
 
 
 def is_store_url(text: str) -> bool:

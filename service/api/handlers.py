@@ -26,6 +26,7 @@ from starlette.routing import Match
 from starlette.types import Scope
 
 from promptserve.models.errors import PromptserveError
+from promptserve.service.api.auth import unknown_caller
 from promptserve.service.errors import (
     ServiceError,
     log_failure,
@@ -117,6 +118,14 @@ def slash_redirect(request: Request) -> RedirectResponse | None:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405) and unknown_caller(request):
+        return error_response(
+            401,
+            "unauthorized",
+            "missing or unknown API key: send 'Authorization: Bearer <key>'",
+            {"WWW-Authenticate": "Bearer"},
+            request_id=request_id_of(request.scope),
+        )
     if exc.status_code == 404:
         redirect = slash_redirect(request)
         if redirect is not None:

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import orjson
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -224,8 +225,12 @@ class AdmissionMiddleware:
         await response(scope, receive, send)
 
 
+REJECT_STATUSES = (413, 429)  # a limit refused the request: counted by the error code
+
+
 class MetricsMiddleware:
-    """Counts every HTTP request by route template, method and status, and times it."""
+    """Counts every HTTP request by route template, method and status, and times it; a
+    request refused for a limit (413, 429) is also counted by the code of its error body."""
 
     def __init__(
         self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[BaseRoute]]
@@ -240,11 +245,16 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500  # what the client sees when the app raises before responding
+        body_seen = False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal status
+            nonlocal status, body_seen
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+            elif message["type"] == "http.response.body" and not body_seen:
+                body_seen = True
+                if status in REJECT_STATUSES:
+                    self.metrics.observe_reject(_error_code(message.get("body", b"")))
             await send(message)
 
         try:
@@ -263,6 +273,14 @@ class MetricsMiddleware:
             if match is Match.FULL and hasattr(candidate, "path"):
                 return str(candidate.path)
         return "unmatched"
+
+
+def _error_code(body: bytes) -> str:
+    """The code of an error body (a refusal's body is small and sent in one message)."""
+    try:
+        return str(orjson.loads(body)["error"]["code"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "other"
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -44,6 +44,7 @@ from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.labels import AsyncLabelEncoder
 from promptserve.service.classify.scoring import ClassifyResult, EmbedRequest, ScoreRequest
 from promptserve.service.errors import InvalidRequestError, NotReadyError, public_error
+from promptserve.service.gpu_metrics import add_gpu_metrics
 from promptserve.service.metrics import Metrics, add_device_metrics, add_store_gauges
 from promptserve.service.settings import Settings
 from promptserve.service.tracing import Attributes, span
@@ -62,6 +63,7 @@ class LocalEngine:
         self.metrics = metrics
         self.device_choice = choose_device(settings.device, settings.engine)
         add_device_metrics(metrics, self.device_choice)
+        add_gpu_metrics(metrics, self.device_choice.device)
         self.cache = ClassifierCache(
             catalog,
             engine_kind=settings.engine,
@@ -169,7 +171,7 @@ class LocalEngine:
         return self.cache.loaded()
 
     async def expose_metrics(self) -> str:
-        return self.metrics.expose()
+        return await asyncio.to_thread(self.metrics.expose)  # it may query the job store
 
     # --- scoring ---------------------------------------------------------------------------
 

@@ -14,13 +14,14 @@ pass over the images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from torch import Tensor
 
 from promptserve.models.artifact import check_name
 from promptserve.models.classifier import LabelRequest, check_labels
+from promptserve.models.errors import UnknownVersionError
 from promptserve.models.names import name_key
 from promptserve.service.aliases import parse_ref
 from promptserve.service.catalog import Catalog, Resolved, VersionInfo
@@ -32,7 +33,7 @@ from promptserve.service.classify.scoring import (
     ScoreRequest,
     ScoreTarget,
 )
-from promptserve.service.errors import InvalidRequestError, TooManyImagesError
+from promptserve.service.errors import InvalidRequestError, TooManyImagesError, UnknownAliasError
 from promptserve.service.settings import Settings
 from promptserve.service.tracing import span
 
@@ -54,12 +55,18 @@ class ClassifyQuery:
 
 class ClassifyPipeline:
     def __init__(
-        self, settings: Settings, catalog: Catalog, preparer: ImagePreparer, engine: EngineClient
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        preparer: ImagePreparer,
+        engine: EngineClient,
+        on_classifier: Callable[[str | None], None] = lambda name: None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.preparer = preparer
         self.engine = engine
+        self.on_classifier = on_classifier  # told each name looked up (None: not in the store)
 
     async def __call__(self, query: ClassifyQuery) -> list[ClassifyResult]:
         """One result per classifier the query names (one, unless `query.classifiers`)."""
@@ -81,7 +88,7 @@ class ClassifyPipeline:
         """The classifier versions the query names, in order."""
         if query.classifiers is not None:
             refs = check_classifier_names(query.classifiers, query.version)
-            return [self.catalog.lookup(ref) for ref in refs]
+            return [self._lookup(ref) for ref in refs]
         return [await self.resolve_one(query.classifier, query.version)]
 
     async def resolve_one(self, ref: str | None, version: str | None = None) -> Resolved:
@@ -90,7 +97,21 @@ class ClassifyPipeline:
         ref = ref or self.settings.default_classifier
         if parse_ref(ref)[0] == self.settings.default_classifier:
             await self.engine.ready()  # 503 until the default is loaded and warm
-        return self.catalog.lookup(ref, version)
+        return self._lookup(ref, version)
+
+    def _lookup(self, ref: str, version: str | None = None) -> Resolved:
+        """`catalog.lookup`, telling `on_classifier` the name (a classifier the store does not
+        hold is None, so a caller's invented names add no metric series)."""
+        try:
+            resolved = self.catalog.lookup(ref, version)
+        except (UnknownVersionError, UnknownAliasError):
+            self.on_classifier(parse_ref(ref)[0])  # a known name: its version or alias failed
+            raise
+        except Exception:
+            self.on_classifier(None)
+            raise
+        self.on_classifier(resolved.name)
+        return resolved
 
     async def embed(
         self,

@@ -117,6 +117,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3, "jobs by state", **_both("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq)")
     ),
+    add_column(4, "jobs", "owner", "TEXT"),  # the name of the API key that started the job
 )
 
 

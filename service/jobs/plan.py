@@ -242,10 +242,11 @@ def submit_job(
     jobs: JobStore,
     files: JobFiles,
     idempotency_key: str | None,
+    owner: str | None = None,
     request_id: str | None = None,
 ) -> tuple[Job, bool]:
-    """Write the job's files (to the object store too, when there is one), then queue it;
-    returns (job, created).
+    """Write the job's files (to the object store too, when there is one), then queue it for
+    `owner` (the API key's name); returns (job, created).
 
     The job store checks the Idempotency-Key (`JobStore.create`): a repeated key returns the
     first job (created False) and the files just written are removed; the same key with a
@@ -260,7 +261,11 @@ def submit_job(
             files.share(job_id, dataset_list)  # to the object store, when there is one
             spec = spec.with_data_path(dataset_list)
         job, created = jobs.create(
-            spec, fingerprint=plan.fingerprint, idempotency_key=idempotency_key, job_id=job_id
+            spec,
+            fingerprint=plan.fingerprint,
+            idempotency_key=idempotency_key,
+            job_id=job_id,
+            owner=owner,
         )
     except IdempotencyMismatchError as exc:
         files.remove(job_id)

@@ -38,6 +38,7 @@ class Job:
     runner: str | None = None  # the id of the runner holding the lease, while running
     lease_until: float | None = None  # UNIX time the lease runs out unless renewed
     attempts: int = 0  # how many times a runner has claimed the job
+    owner: str | None = None  # the name of the API key that started it (None: no keys)
 
     @property
     def finished(self) -> bool:
@@ -89,6 +90,7 @@ def job_from_row(row: Any) -> Job:  # a sqlite3.Row or a psycopg dict row
         runner=row["worker"],  # the column predates the name
         lease_until=row["lease_until"],
         attempts=row["attempts"],
+        owner=row["owner"],
     )
 
 

@@ -73,9 +73,11 @@ class JobStore(JobLeases):
         fingerprint: str,
         idempotency_key: str | None = None,
         job_id: str | None = None,
+        owner: str | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). A known idempotency key returns its job
         (created False) when the fingerprint matches and raises IdempotencyMismatchError if not.
+        `owner` is the name of the API key that asked for it.
 
         This is the one place the key is checked: the insert yields to the key's job, whether
         that was created long ago or by another process a moment ago."""
@@ -83,9 +85,10 @@ class JobStore(JobLeases):
         now = time.time()
         with self._transaction() as db:
             inserted = db.execute(
-                "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at) "
-                "VALUES (?, 'queued', ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-                (job_id, dump_spec(spec), idempotency_key, fingerprint, now),
+                "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at, "
+                "owner) VALUES (?, 'queued', ?, ?, ?, ?, ?) "
+                "ON CONFLICT (idempotency_key) DO NOTHING",
+                (job_id, dump_spec(spec), idempotency_key, fingerprint, now, owner),
             ).rowcount
             if not inserted:
                 assert idempotency_key is not None  # NULL keys never conflict
@@ -107,24 +110,24 @@ class JobStore(JobLeases):
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return job_from_row(row) if row is not None else None
 
-    def page(self, *, limit: int = 20, after: str | None = None) -> tuple[list[Job], bool]:
-        """Jobs newest first; `after` is the id of the last job of the previous page.
+    def page(
+        self, *, limit: int = 20, after: str | None = None, owner: str | None = None
+    ) -> tuple[list[Job], bool]:
+        """Jobs newest first (with `owner`, only those it started); `after` is the id of the
+        last job of the previous page.
 
         Returns (jobs, has_more). An unknown `after` raises KeyError.
         """
+        where, params = ("owner = ?", [owner]) if owner is not None else ("1 = 1", [])
         with self._connect() as db:
-            if after is None:
-                rows = db.execute(
-                    "SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit + 1,)
-                ).fetchall()
-            else:
+            if after is not None:
                 cursor = db.execute("SELECT seq FROM jobs WHERE id = ?", (after,)).fetchone()
                 if cursor is None:
                     raise KeyError(after)
-                rows = db.execute(
-                    "SELECT * FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-                    (cursor["seq"], limit + 1),
-                ).fetchall()
+                where, params = f"{where} AND seq < ?", [*params, cursor["seq"]]
+            rows = db.execute(
+                f"SELECT * FROM jobs WHERE {where} ORDER BY seq DESC LIMIT ?", (*params, limit + 1)
+            ).fetchall()
         jobs = [job_from_row(row) for row in rows]
         return jobs[:limit], len(jobs) > limit
 

@@ -15,8 +15,8 @@ writes while answering under that id.
              (images) or none (labels) -> {embeddings: [[float, ...], ...]}
   status     -> {state, message, loaded}: "ready", or "starting" / "failed" with the 503's
              message; the classifier versions loaded (for GET /classifiers/{name})
-  report     header {worker, http}: a worker's HTTP metric values (every second; kept per
-             worker and summed into every exposition)
+  report     header {worker, http}: a worker's HTTP metric families (`Metrics.http_state`,
+             every second; kept per worker and summed into every exposition)
   metrics    a report, answered with the whole service's Prometheus text {text}
   wake       a job was submitted or cancelled: poll the job store now
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 from promptserve.service.errors import NotReadyError, log_failure, public_error
 from promptserve.service.logs import bound, configure_logging, note_served
-from promptserve.service.metrics import Counter
+from promptserve.service.metrics import State
 from promptserve.service.remote.protocol import (
     Header,
     decode_embed,
@@ -60,11 +60,19 @@ class EngineServer:
             raise ValueError("the engine process serves a runtime that runs the engine")
         self.runtime = runtime
         self.engine = runtime.local
-        self.http_states: dict[str, dict[str, Any]] = {}  # worker id -> its HTTP metric values
-        self.runtime.metrics.add_gauge(
+        self.http_states: dict[str, State] = {}  # worker id -> its HTTP metric families
+        metrics = self.runtime.metrics
+        metrics.worker_states = lambda: list(self.http_states.values())
+        metrics.add_gauge(
             "promptserve_api_workers",
             "API worker processes that have reported their metrics.",
             lambda: len(self.http_states),
+        )
+        metrics.read_at_scrape.add(
+            "promptserve_api_worker_requests_total",
+            "HTTP requests answered, per API worker process (as of its last report).",
+            "counter",
+            self._served_per_worker,
         )
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -123,24 +131,24 @@ class EngineServer:
             self.http_states[str(header["worker"])] = header["http"]
             if op == "report":
                 return {}
-            return {"text": self.expose()}
+            return {"text": await asyncio.to_thread(self.runtime.metrics.expose)}
         if op == "wake":
             self.runtime.job_client.wake()
             return {}
         raise ValueError(f"unknown engine call {op!r}")
 
-    def expose(self) -> str:
-        """The service's Prometheus text: HTTP families summed over the workers, the engine's
-        own, and each worker's request count (is the load spread over the workers?)."""
-        per_worker = Counter(
-            "promptserve_api_worker_requests_total",
-            "HTTP requests answered, per API worker process (as of its last report).",
-        )
+    def _served_per_worker(self) -> list[tuple[dict[str, str], float]]:
+        """Each worker's request count (is the load spread over the workers?)."""
+        served: list[tuple[dict[str, str], float]] = []
         for worker, state in sorted(self.http_states.items()):
-            served = sum(value for _, value in state["requests"])
-            per_worker.inc((("worker", worker),), served)
-        text = self.runtime.metrics.expose(list(self.http_states.values()))
-        return text + "\n".join(per_worker.expose()) + "\n"
+            total = sum(
+                value
+                for name, _, _, samples in state
+                if name == "promptserve_http_requests"
+                for _, _, value in samples
+            )
+            served.append(({"worker": worker}, total))
+        return served
 
 
 async def serve_engine(settings: Settings, socket_path: Path) -> None:

@@ -175,6 +175,7 @@ def test_a_first_release_sqlite_database_is_upgraded_with_its_rows(tmp_path: Pat
         (1, "jobs and events (found)"),
         (2, "job leases"),
         (3, "jobs by state"),
+        (4, "jobs.owner"),
     ]
     assert_old_rows_work(jobs)
     assert query(path, "SELECT name FROM sqlite_master WHERE name = 'jobs_by_state'")
@@ -190,6 +191,7 @@ def test_the_last_release_database_is_upgraded_on_both_engines(locator: str) -> 
         (1, "jobs and events (found)"),
         (2, "job leases (found)"),
         (3, "jobs by state"),
+        (4, "jobs.owner"),
     ]
     assert_old_rows_work(jobs)
 
@@ -254,9 +256,9 @@ def test_a_failing_migration_leaves_the_version_it_started_from(locator: str) ->
     broken = Migration(
         LATEST + 1,
         "broken",
-        sqlite=("ALTER TABLE jobs ADD COLUMN owner TEXT", "ALTER TABLE nowhere ADD COLUMN x TEXT"),
+        sqlite=("ALTER TABLE jobs ADD COLUMN note TEXT", "ALTER TABLE nowhere ADD COLUMN x TEXT"),
         postgres=(
-            "ALTER TABLE jobs ADD COLUMN owner TEXT",
+            "ALTER TABLE jobs ADD COLUMN note TEXT",
             "ALTER TABLE nowhere ADD COLUMN x TEXT",
         ),
     )
@@ -264,16 +266,16 @@ def test_a_failing_migration_leaves_the_version_it_started_from(locator: str) ->
         migrate(database, (*MIGRATIONS, broken))
     assert max(v for v, _ in versions(locator)) == LATEST
     query(locator, "SELECT * FROM jobs")  # still readable
-    with pytest.raises(Exception, match="owner"):
-        query(locator, "SELECT owner FROM jobs")  # the first statement was rolled back too
+    with pytest.raises(Exception, match="note"):
+        query(locator, "SELECT note FROM jobs")  # the first statement was rolled back too
 
 
 def test_one_line_adds_a_column_and_older_code_then_refuses_the_database(locator: str) -> None:
     jobs = JobStore(locator)
     job, _ = jobs.create(SPEC, fingerprint="f")
-    newer = (*MIGRATIONS, add_column(LATEST + 1, "jobs", "owner", "TEXT"))
+    newer = (*MIGRATIONS, add_column(LATEST + 1, "jobs", "note", "TEXT"))
     assert migrate(jobs.db, newer) == LATEST + 1
-    assert query(locator, f"SELECT id, owner FROM jobs WHERE id = '{job.id}'") == [(job.id, None)]
+    assert query(locator, f"SELECT id, note FROM jobs WHERE id = '{job.id}'") == [(job.id, None)]
     assert migrate(jobs.db, newer) == LATEST + 1  # the newer code reopens it
     with pytest.raises(SchemaTooNewError, match=rf"schema version {LATEST + 1}, newer than"):
         JobStore(locator)  # this release's code, on the newer release's database

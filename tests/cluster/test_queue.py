@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from promptserve.service.jobs.spec import dump_spec
 from promptserve.service.jobs.store import JobStore
 from tests.cluster.servers import Postgres, fresh_database
 from tests.service.jobs.helpers import SPEC
@@ -182,3 +183,64 @@ def test_a_stopping_runner_hands_its_jobs_back_at_once(jobs: JobStore) -> None:
         "reason": "worker_died",
         "message": "runner h:3:c stopped and handed the job back (attempt 2)",
     }
+
+
+def test_a_job_keeps_its_owner_and_a_page_can_show_only_its_jobs(jobs: JobStore) -> None:
+    mine, _ = jobs.create(SPEC, fingerprint="a", owner="acme")
+    jobs.create(SPEC, fingerprint="b", owner="other")
+    anonymous, _ = jobs.create(SPEC, fingerprint="c")
+    newest, _ = jobs.create(SPEC, fingerprint="d", owner="acme")
+    assert (mine.owner, anonymous.owner) == ("acme", None)
+    again = JobStore(jobs.locator).get(mine.id)
+    assert again is not None
+    assert again.owner == "acme"
+    page, more = jobs.page(limit=1, owner="acme")
+    assert ([job.id for job in page], more) == ([newest.id], True)
+    page, more = jobs.page(limit=5, owner="acme", after=newest.id)
+    assert ([job.id for job in page], more) == ([mine.id], False)
+    assert len(jobs.page(limit=10)[0]) == 4
+
+
+OLD_JOBS_TABLE = """CREATE TABLE jobs (
+    seq {serial} PRIMARY KEY, id TEXT NOT NULL UNIQUE, state TEXT NOT NULL, spec TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE, fingerprint TEXT NOT NULL, created_at {real} NOT NULL,
+    started_at {real}, finished_at {real}, progress TEXT, result TEXT, error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0, pid INTEGER, worker TEXT, lease_until {real},
+    attempts INTEGER NOT NULL DEFAULT 0)"""
+OLD_EVENTS_TABLE = """CREATE TABLE events (
+    seq {serial} PRIMARY KEY, job_id TEXT NOT NULL, at {real} NOT NULL, level TEXT NOT NULL,
+    message TEXT NOT NULL, data TEXT)"""
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_jobs_table_without_the_owner_column_gains_it(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    insert = (
+        "INSERT INTO jobs (id, state, spec, fingerprint, created_at) "
+        "VALUES ('job-old', 'queued', ?, 'f', 1.0)"
+    )
+    locator: str | Path
+    if engine == "sqlite":  # the table as the previous release made it
+        import sqlite3
+
+        locator = tmp_path / "old.db"
+        with sqlite3.connect(locator) as db:
+            db.execute(OLD_JOBS_TABLE.format(serial="INTEGER", real="REAL"))
+            db.execute(OLD_EVENTS_TABLE.format(serial="INTEGER", real="REAL"))
+            db.execute(insert, (dump_spec(SPEC),))
+    else:
+        import psycopg
+
+        server: Postgres = request.getfixturevalue("postgres")
+        locator = fresh_database(server, f"old{uuid.uuid4().hex[:12]}")
+        with psycopg.connect(locator, autocommit=True) as conn:
+            conn.execute(OLD_JOBS_TABLE.format(serial="BIGSERIAL", real="DOUBLE PRECISION"))
+            conn.execute(OLD_EVENTS_TABLE.format(serial="BIGSERIAL", real="DOUBLE PRECISION"))
+            conn.execute(insert.replace("?", "%s"), (dump_spec(SPEC),))
+    store = JobStore(locator)
+    old = store.get("job-old")
+    assert old is not None
+    assert old.owner is None
+    job, _ = store.create(SPEC, fingerprint="g", owner="acme")
+    assert store.page(owner="acme")[0] == [job]

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import httpx
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from torch import Tensor
 
 from promptserve.service.app import create_app
@@ -64,6 +65,7 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
         "device": "cpu",
         "engine": "onnx",
         "api_key": None,
+        "api_keys_file": None,
         "max_wait_ms": 2.0,
         "max_batch_size": 32,
         "decode_threads": 2,
@@ -173,3 +175,13 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
+
+
+def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample named `name` in a Prometheus text, by its labels (sorted pairs)."""
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }

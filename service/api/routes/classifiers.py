@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Response
 
 from promptserve.models.methods import list_methods
 from promptserve.service.aliases import parse_ref
-from promptserve.service.api.deps import CatalogDep, RuntimeDep, SettingsDep, require_api_key
+from promptserve.service.api.auth import CLASSIFY, AdminKey, ClassifyKey, audit
+from promptserve.service.api.deps import CatalogDep, RuntimeDep, SettingsDep
 from promptserve.service.api.schemas.classifiers import (
     AliasCreate,
     AliasPublic,
@@ -25,27 +26,32 @@ from promptserve.service.catalog import Catalog
 router = APIRouter(  # deprecated: the unversioned paths
     prefix="/classifiers",
     tags=["classifiers"],
-    dependencies=[Depends(require_api_key)],
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
     deprecated=True,
 )
 v1_router = APIRouter(
     prefix="/classifiers",
     tags=["classifiers"],
-    dependencies=[Depends(require_api_key)],
-    responses=error_responses(401),
+    responses=error_responses(401, 403),
 )
+READ = [Depends(CLASSIFY)]  # reading needs `classify`; changing needs `admin` (AdminKey)
 
 
 @router.get("")
 @v1_router.get("")
-async def list_classifiers(catalog: CatalogDep, settings: SettingsDep) -> ClassifierListPublic:
-    """Every classifier with a published version."""
-    return await asyncio.to_thread(_list, catalog, settings.default_classifier)
+async def list_classifiers(
+    catalog: CatalogDep, settings: SettingsDep, key: ClassifyKey
+) -> ClassifierListPublic:
+    """Every classifier with a published version (a key with a prefix: those it may use)."""
+    listed = await asyncio.to_thread(_list, catalog, settings.default_classifier)
+    if key is not None and key.prefix is not None:
+        kept = [summary for summary in listed.classifiers if key.may_use(summary.name)]
+        listed = listed.model_copy(update={"classifiers": kept})
+    return listed
 
 
-@router.get("/{name}", responses=error_responses(404, 422))
-@v1_router.get("/{name}", responses=error_responses(404, 422))
+@router.get("/{name}", dependencies=READ, responses=error_responses(404, 422))
+@v1_router.get("/{name}", dependencies=READ, responses=error_responses(404, 422))
 async def get_classifier(name: str, runtime: RuntimeDep) -> ClassifierPublic:
     """All versions of `name`, newest last: method, backbone, classes, metrics, training, and
     its aliases. `name@alias` or `name@3` lists only that version."""
@@ -53,8 +59,8 @@ async def get_classifier(name: str, runtime: RuntimeDep) -> ClassifierPublic:
     return await asyncio.to_thread(_describe, runtime.catalog, name, default, loaded)
 
 
-@router.get("/{name}/{version}", responses=error_responses(404, 422))
-@v1_router.get("/{name}/versions/{version}", responses=error_responses(404, 422))
+@router.get("/{name}/{version}", dependencies=READ, responses=error_responses(404, 422))
+@v1_router.get("/{name}/versions/{version}", dependencies=READ, responses=error_responses(404, 422))
 async def get_classifier_version(
     name: str, version: str, runtime: RuntimeDep
 ) -> ClassifierVersionPublic:
@@ -68,13 +74,14 @@ async def get_classifier_version(
     "/{name}/versions/{version}", status_code=204, responses=error_responses(404, 409, 422)
 )
 async def delete_classifier_version(
-    name: str, version: str, catalog: CatalogDep, settings: SettingsDep
+    name: str, version: str, catalog: CatalogDep, settings: SettingsDep, key: AdminKey
 ) -> Response:
     """Remove one version. The last version of the default classifier, and a version an alias
     other than `latest` points at, cannot be deleted (409); a `latest` pinned to it follows
     the newest version again."""
     protected = settings.default_classifier
     await asyncio.to_thread(catalog.delete, name, version, protected=protected)
+    audit(key, "delete", classifier=name, version=version)
     return Response(status_code=204)
 
 
@@ -84,21 +91,24 @@ async def set_alias(
     alias: str,
     catalog: CatalogDep,
     body: AliasCreate,
+    key: AdminKey,
 ) -> AliasPublic:
     """Point `alias` at a version (`{"version": "2"}`; an alias is resolved now). Setting
     `latest` pins it until it is set again or deleted."""
     version = await asyncio.to_thread(catalog.aliases.set, name, alias, body.version)
+    audit(key, "alias_set", classifier=name, alias=alias, version=version)
     return AliasPublic(alias=alias, version=version)
 
 
 @v1_router.delete("/{name}/aliases/{alias}", status_code=204, responses=error_responses(404, 422))
-async def delete_alias(name: str, alias: str, catalog: CatalogDep) -> Response:
+async def delete_alias(name: str, alias: str, catalog: CatalogDep, key: AdminKey) -> Response:
     """Remove an alias that was set; a deleted `latest` follows the newest version again."""
     await asyncio.to_thread(catalog.aliases.delete, name, alias)
+    audit(key, "alias_delete", classifier=name, alias=alias)
     return Response(status_code=204)
 
 
-@v1_router.get("/{name}/aliases", responses=error_responses(404, 422))
+@v1_router.get("/{name}/aliases", dependencies=READ, responses=error_responses(404, 422))
 async def list_aliases(name: str, catalog: CatalogDep) -> dict[str, str]:
     """Every alias of `name` with its version, `latest` included."""
     return await asyncio.to_thread(catalog.aliases.of, name)

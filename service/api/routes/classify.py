@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from promptserve.service.api.auth import ClassifyKey, check_classifier
 from promptserve.service.api.bodies import (
     FORM_TYPES,
     is_json,
@@ -22,7 +23,7 @@ from promptserve.service.api.bodies import (
     read_json,
     validate_body,
 )
-from promptserve.service.api.deps import RuntimeDep, require_api_key
+from promptserve.service.api.deps import RuntimeDep
 from promptserve.service.api.schemas.classify import (
     ClassifyCreate,
     ClassifyManyPublic,
@@ -34,6 +35,7 @@ from promptserve.service.api.schemas.common import error_responses, inline_schem
 from promptserve.service.classify.pipeline import ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult
 from promptserve.service.errors import InvalidRequestError, UnsupportedMediaTypeError
+from promptserve.service.keys import Key
 from promptserve.service.logs import note_served
 from promptserve.service.runtime import Runtime
 
@@ -42,13 +44,11 @@ RAW_TYPES = ("application/octet-stream",)
 
 router = APIRouter(
     tags=["classify"],
-    dependencies=[Depends(require_api_key)],
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 v1_router = APIRouter(
     tags=["classify"],
-    dependencies=[Depends(require_api_key)],
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 
 _MULTIPART_SCHEMA = {
@@ -107,6 +107,7 @@ async def classify_legacy(
     request: Request,
     runtime: RuntimeDep,
     defaults: Annotated[ClassifyCreate, Depends(query_defaults)],
+    key: ClassifyKey,
 ) -> ClassifyPublic | ClassifyManyPublic | list[PredictionPublic]:
     """Deprecated: use `POST /v1/classify` (always a `results` list) or
     `POST /v1/hf/zero-shot-image-classification` (the Hugging Face shape).
@@ -115,7 +116,7 @@ async def classify_legacy(
     (`classifiers`) a `results` list; a Hugging Face zero-shot body (``{"inputs": ...,
     "parameters": {"candidate_labels": ...}}``) a bare list of ``{"label", "score"}``.
     """
-    outcome = await _classify(request, runtime, defaults, hf=True)
+    outcome = await _classify(request, runtime, defaults, key, hf=True)
     if isinstance(outcome, list):
         return outcome  # the Hugging Face shape
     results, many = outcome
@@ -129,11 +130,12 @@ async def classify(
     request: Request,
     runtime: RuntimeDep,
     defaults: Annotated[ClassifyCreate, Depends(query_defaults)],
+    key: ClassifyKey,
 ) -> ClassifyManyPublic:
     """Per image, the `top_k` most probable labels (softmax over the label set used), one
     result per classifier: one, or each of `classifiers`. A classifier is named `name`
     (its alias `latest`), `name@alias` or `name@<version>`."""
-    outcome = await _classify(request, runtime, defaults, hf=False)
+    outcome = await _classify(request, runtime, defaults, key, hf=False)
     assert not isinstance(outcome, list)  # hf=False: never the Hugging Face shape
     results, _ = outcome
     return ClassifyManyPublic(results=[_public(result) for result in results])
@@ -152,6 +154,7 @@ async def classify_hf(
     request: Request,
     runtime: RuntimeDep,
     defaults: Annotated[ClassifyCreate, Depends(query_defaults)],
+    key: ClassifyKey,
 ) -> list[PredictionPublic]:
     """The Hugging Face zero-shot-image-classification task (``huggingface_hub.
     InferenceClient(model=".../v1/hf/zero-shot-image-classification?classifier=N")``): every
@@ -159,7 +162,7 @@ async def classify_hf(
     if not is_json(media_type(request)):
         raise UnsupportedMediaTypeError("send the Hugging Face task's application/json body")
     payload = await read_json(request, runtime.preparer.pool)
-    return await _classify_hf(payload, runtime, defaults)
+    return await _classify_hf(payload, runtime, defaults, key)
 
 
 def query_defaults(
@@ -188,7 +191,7 @@ def query_defaults(
 
 
 async def _classify(
-    request: Request, runtime: Runtime, defaults: ClassifyCreate, *, hf: bool
+    request: Request, runtime: Runtime, defaults: ClassifyCreate, key: Key | None, *, hf: bool
 ) -> tuple[list[ClassifyResult], bool] | list[PredictionPublic]:
     """The one classify handler of both paths: (results, several classifiers asked), or the
     Hugging Face answer when `hf` and the body is that task's."""
@@ -200,7 +203,7 @@ async def _classify(
         payload = await read_json(request, runtime.preparer.pool)
         if isinstance(payload, dict) and "inputs" in payload:
             if hf:
-                return await _classify_hf(payload, runtime, defaults)
+                return await _classify_hf(payload, runtime, defaults, key)
             raise InvalidRequestError(
                 "a Hugging Face zero-shot body ({'inputs': ...}) goes to "
                 "POST /v1/hf/zero-shot-image-classification",
@@ -216,6 +219,9 @@ async def _classify(
             "application/json or an image/* body"
         )
     query = _query(images, body, defaults)
+    check_classifier(
+        key, query.classifiers or [query.classifier or runtime.settings.default_classifier]
+    )
     results = await runtime.classify(query)
     note_served(",".join(r.classifier for r in results), ",".join(r.version for r in results))
     return results, query.classifiers is not None
@@ -267,7 +273,7 @@ async def _from_form(request: Request, runtime: Runtime) -> tuple[list[bytes], C
 
 
 async def _classify_hf(
-    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyCreate
+    payload: dict[str, Any], runtime: Runtime, defaults: ClassifyCreate, key: Key | None
 ) -> list[PredictionPublic]:
     create = validate_body(HFZeroShotCreate, payload)
     labels = create.parameters.candidate_labels
@@ -278,6 +284,7 @@ async def _classify_hf(
         top_k=len(labels),  # the task answers with every candidate, ranked
         labels=labels,
     )
+    check_classifier(key, [query.classifier or runtime.settings.default_classifier])
     (result,) = await runtime.classify(query)
     note_served(result.classifier, result.version)
     return [PredictionPublic(label=p.label, score=p.score) for p in result.predictions[0]]

@@ -11,9 +11,9 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
-from promptserve.service.api.deps import require_api_key
+from promptserve.service.api.auth import ANY_KEY
 
-router = APIRouter(include_in_schema=False, dependencies=[Depends(require_api_key)])
+router = APIRouter(include_in_schema=False, dependencies=[Depends(ANY_KEY)])
 
 
 @router.get("/openapi.json")

@@ -3,8 +3,9 @@ embeddings shape, through the same pipeline, engines and limits as classify."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
+from promptserve.service.api.auth import ClassifyKey, check_classifier
 from promptserve.service.api.bodies import (
     FORM_TYPES,
     is_json,
@@ -13,7 +14,7 @@ from promptserve.service.api.bodies import (
     read_json,
     validate_body,
 )
-from promptserve.service.api.deps import RuntimeDep, require_api_key
+from promptserve.service.api.deps import RuntimeDep
 from promptserve.service.api.schemas.common import error_responses, inline_schema
 from promptserve.service.api.schemas.embeddings import (
     EmbeddingListPublic,
@@ -26,8 +27,7 @@ from promptserve.service.errors import UnsupportedMediaTypeError
 
 router = APIRouter(
     tags=["embeddings"],
-    dependencies=[Depends(require_api_key)],
-    responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
 )
 
 _EMBEDDINGS_BODY = {
@@ -54,7 +54,9 @@ _EMBEDDINGS_BODY = {
 
 
 @router.post("/embeddings", openapi_extra=_EMBEDDINGS_BODY)
-async def embeddings(request: Request, runtime: RuntimeDep) -> EmbeddingListPublic:
+async def embeddings(
+    request: Request, runtime: RuntimeDep, key: ClassifyKey
+) -> EmbeddingListPublic:
     """The classifier's embeddings, in the OpenAI embeddings shape: of images (base64 in JSON
     `input` with `modality: "image"`, or multipart `images` files) the prompted visual
     embedding it scores with, of label texts (`modality: "text"`) its own text path. Each is
@@ -76,6 +78,7 @@ async def embeddings(request: Request, runtime: RuntimeDep) -> EmbeddingListPubl
             f"unsupported Content-Type {media or '(none)'!r}: send application/json or "
             "multipart/form-data"
         )
+    check_classifier(key, [ref or runtime.settings.default_classifier])
     resolved, vectors = await runtime.pipeline.embed(ref, images=images, texts=texts)
     rows = vectors.tolist()
     return EmbeddingListPublic(

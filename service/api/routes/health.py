@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from promptserve.models.errors import UnknownClassifierError, UnknownVersionError
+from promptserve.service.api.auth import PUBLIC
 from promptserve.service.api.deps import RuntimeDep
 from promptserve.service.api.schemas.common import HealthPublic, error_responses
 from promptserve.service.errors import NotReadyError, public_error
 
-router = APIRouter(prefix="/health", tags=["health"])
+router = APIRouter(prefix="/health", tags=["health"], dependencies=[Depends(PUBLIC)])
 
 
 @router.get("/live", response_model_exclude_none=True)

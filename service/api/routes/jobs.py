@@ -9,10 +9,11 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
+from promptserve.service.api.auth import TuneKey, audit, check_classifier, sees_every_job
 from promptserve.service.api.bodies import is_json, media_type, read_form, read_json, validate_body
-from promptserve.service.api.deps import JobClientDep, JobStoreDep, RuntimeDep, require_api_key
+from promptserve.service.api.deps import JobClientDep, JobStoreDep, RuntimeDep
 from promptserve.service.api.schemas.common import error_responses, inline_schema
 from promptserve.service.api.schemas.jobs import (
     AdaptCreate,
@@ -23,12 +24,16 @@ from promptserve.service.api.schemas.jobs import (
 )
 from promptserve.service.classify.decoding import decode_all
 from promptserve.service.errors import (
+    IdempotencyConflictError,
     InvalidRequestError,
     TooManyJobsError,
+    UnknownJobError,
     UnsupportedMediaTypeError,
 )
+from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
+from promptserve.service.keys import Key
 from promptserve.service.logs import current_request_id, run_in
 from promptserve.service.runtime import Runtime
 from promptserve.service.tracing import current_traceparent
@@ -38,7 +43,9 @@ FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images
 TRAIN_FIELDS = ("name", "method", "backbone", "preset", "shots", "epochs", "seed")
 CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job to stop
 
-router = APIRouter(tags=["jobs"], dependencies=[Depends(require_api_key)])  # under /v1 too
+# under /v1 too; every route needs the `tune` scope (TuneKey), and a tune key sees only the jobs
+# it started: another's job is a 404, as if it did not exist
+router = APIRouter(tags=["jobs"], responses=error_responses(403))
 
 _MULTIPART_SCHEMA = {
     "type": "object",
@@ -82,6 +89,7 @@ async def adapt(
     request: Request,
     response: Response,
     runtime: RuntimeDep,
+    key: TuneKey,
     # an empty or blank key would be one key shared by every client: refused with a 422
     idempotency_key: Annotated[
         str | None, Header(min_length=1, max_length=255, pattern=IDEMPOTENCY_KEY)
@@ -115,11 +123,13 @@ async def adapt(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
             "application/json"
         )
+    check_classifier(key, [create.name])
     if create.publish is None:  # gated on /v1; the deprecated /adapt publishes as it always did
         v1 = request.url.path.startswith("/v1/")
         create = create.model_copy(update={"publish": "gated" if v1 else "always"})
     plan = await run_in(runtime.intake, plan_job, create, uploads, settings)
     plan = plan.traced(current_traceparent())  # the job's spans join this request's trace
+    owner = key.name if key is not None else None
     job, created = await run_in(
         runtime.intake,
         submit_job,
@@ -127,10 +137,14 @@ async def adapt(
         runtime.jobs,
         runtime.job_files,
         idempotency_key,
+        owner,
         current_request_id(),
     )
+    if not created and not _sees(key, job):
+        raise IdempotencyConflictError("this Idempotency-Key was used by another API key")
     if created:
         runtime.job_client.wake()
+        audit(key, "adapt", classifier=create.name, job=job.id)
     prefix = "/v1" if request.url.path.startswith("/v1/") else ""
     response.headers["Location"] = f"{prefix}/jobs/{job.id}"
     return job_public(job)
@@ -139,14 +153,16 @@ async def adapt(
 @router.get("/jobs", responses=error_responses(401, 422))
 async def list_jobs(
     jobs: JobStoreDep,
+    key: TuneKey,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[
         str | None, Query(description="id of the last job of the previous page")
     ] = None,
 ) -> JobListPublic:
-    """Jobs, newest first."""
+    """Jobs, newest first (a `tune` key's own only)."""
+    owner = key.name if key is not None and not sees_every_job(key) else None
     try:
-        page, has_more = await asyncio.to_thread(jobs.page, limit=limit, after=after)
+        page, has_more = await asyncio.to_thread(jobs.page, limit=limit, after=after, owner=owner)
     except KeyError:
         raise InvalidRequestError(f"after: no job {after!r}") from None
     return JobListPublic(
@@ -157,34 +173,50 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", responses=error_responses(401, 404))
-async def get_job(job_id: str, client: JobClientDep) -> JobPublic:
+async def get_job(job_id: str, client: JobClientDep, key: TuneKey) -> JobPublic:
     """State, progress, and on success the published version with its accuracies."""
-    return job_public(await client.get(job_id))
+    return job_public(await _own_job(client, job_id, key))
 
 
 @router.post("/jobs/{job_id}/cancel", responses=error_responses(401, 404, 409))
-async def cancel_job(job_id: str, client: JobClientDep) -> JobPublic:
+async def cancel_job(job_id: str, client: JobClientDep, key: TuneKey) -> JobPublic:
     """Cancel a queued job at once, or stop a running one (waits up to a few seconds for it).
 
     A running job stops between two training steps and publishes nothing. A job that has
     already ended is a 409.
     """
-    return job_public(await client.cancel(job_id, wait_s=CANCEL_WAIT_S))
+    await _own_job(client, job_id, key)
+    job = await client.cancel(job_id, wait_s=CANCEL_WAIT_S)
+    audit(key, "cancel", job=job_id, classifier=job.spec.train.name)
+    return job_public(job)
 
 
 @router.get("/jobs/{job_id}/events", responses=error_responses(401, 404))
 async def list_job_events(
     job_id: str,
     client: JobClientDep,
+    key: TuneKey,
     after: Annotated[int, Query(ge=0, description="seq of the last event already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobEventListPublic:
     """The job's events in order: created, started, each epoch, published or the error."""
-    await client.get(job_id)
+    await _own_job(client, job_id, key)
     events = await asyncio.to_thread(client.jobs.events, job_id, after=after, limit=limit + 1)
     return JobEventListPublic(
         data=[_event_public(event) for event in events[:limit]], has_more=len(events) > limit
     )
+
+
+def _sees(key: Key | None, job: Job) -> bool:
+    return sees_every_job(key) or (key is not None and job.owner == key.name)
+
+
+async def _own_job(client: JobClient, job_id: str, key: Key | None) -> Job:
+    """Job `job_id` if `key` may see it; another key's job is unknown (404), like a missing one."""
+    job = await client.get(job_id)
+    if not _sees(key, job):
+        raise UnknownJobError(f"no job {job_id!r}")
+    return job
 
 
 def job_public(job: Job) -> JobPublic:
@@ -207,6 +239,7 @@ def job_public(job: Job) -> JobPublic:
         publish=job.spec.publish,
         alias=job.spec.alias,
         request_id=job.spec.request_id,
+        owner=job.owner,
     )
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import HTMLResponse, Response
+
+from promptserve.service.api.auth import PUBLIC
 
 PAGE = "playground.html"
 ASSETS = {"playground.css": "text/css", "playground.js": "text/javascript"}
@@ -39,7 +41,7 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(PUBLIC)])
 
 
 @functools.cache

@@ -87,6 +87,9 @@ class JobPublic(BaseModel):
     request_id: str | None = Field(
         default=None, description="X-Request-ID of the request that made the job"
     )
+    owner: str | None = Field(
+        default=None, description="the name of the API key that started the job (None: no keys)"
+    )
 
 
 class JobListPublic(BaseModel):

@@ -17,6 +17,7 @@ from tests.service.helpers import (
     make_settings,
     png_bytes,
     publish_copy,
+    series,
     serve,
 )
 
@@ -151,15 +152,17 @@ async def test_health_and_metrics(client_factory: ClientFactory) -> None:
     assert ready.json() == {"status": "ready", "default_classifier": "default", "version": "1"}
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
-    assert 'promptserve_http_requests_total{route="/classify",method="POST",status="200"} 1' in text
-    assert 'promptserve_http_requests_total{route="/classify",method="POST",status="422"} 1' in text
-    assert 'route="/classifiers/{name}",method="GET",status="404"} 1' in text
-    assert 'promptserve_http_request_duration_seconds_bucket{route="/classify",le="+Inf"} 2' in text
-    assert 'promptserve_batch_size_bucket{le="1"} 1' in text
-    assert "promptserve_batch_size_count 1" in text
-    assert "promptserve_images_total 1" in text
-    assert "promptserve_queue_depth 0" in text
-    assert "promptserve_ready 1" in text
+    requests = series(text, "promptserve_http_requests_total")
+    assert requests[(("method", "POST"), ("route", "/classify"), ("status", "200"))] == 1
+    assert requests[(("method", "POST"), ("route", "/classify"), ("status", "422"))] == 1
+    assert requests[(("method", "GET"), ("route", "/classifiers/{name}"), ("status", "404"))] == 1
+    latency = series(text, "promptserve_http_request_duration_seconds_bucket")
+    assert latency[(("le", "+Inf"), ("route", "/classify"))] == 2
+    assert series(text, "promptserve_batch_size_bucket")[(("le", "1.0"),)] == 1
+    assert series(text, "promptserve_batch_size_count") == {(): 1}
+    assert series(text, "promptserve_images_total") == {(): 1}
+    assert series(text, "promptserve_queue_depth") == {(): 0}
+    assert series(text, "promptserve_ready") == {(): 1}
 
 
 async def test_not_ready_until_the_default_exists(

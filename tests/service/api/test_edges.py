@@ -82,3 +82,38 @@ async def test_no_redirect_without_a_route_or_off_the_server(
         response = await client.get(path, headers={"Host": "evil.example"})
         assert response.status_code == 404, response.headers
         assert "location" not in response.headers
+
+
+KEY = "edge-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "with_key"),
+    [
+        ("GET", "/v1/classify", 405),  # POST only
+        ("DELETE", "/health/live", 405),
+        ("GET", "/no/such/route", 404),
+        ("GET", "/v1/classifiers/", 307),
+    ],
+)
+async def test_a_caller_without_a_key_learns_nothing_of_the_routes(
+    client_factory: ClientFactory, method: str, path: str, with_key: int
+) -> None:
+    async with client_factory(api_key=KEY) as (client, _):
+        anonymous = await client.request(method, path)
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.json()["error"]["code"] == "unauthorized"
+        wrong = await client.request(method, path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        known = await client.request(method, path, headers=AUTH)
+        assert known.status_code == with_key, known.text
+
+
+async def test_head_needs_the_key_its_get_needs(client_factory: ClientFactory) -> None:
+    async with client_factory(api_key=KEY) as (client, _):
+        assert (await client.head("/health/live")).status_code == 200
+        assert (await client.head("/v1/classifiers")).status_code == 401
+        allowed = await client.head("/v1/classifiers", headers=AUTH)
+        assert allowed.status_code == 200
+        assert allowed.content == b""

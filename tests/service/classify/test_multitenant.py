@@ -25,6 +25,7 @@ from tests.service.helpers import (
     make_settings,
     png_bytes,
     sent_together,
+    series,
     serve,
 )
 
@@ -188,10 +189,10 @@ async def test_delete_and_hot_publish_on_a_shared_engine(
         assert runtime.local.cache.get("coop-1").engine is engine  # same shared engine, no reload
         assert runtime.local.cache.engines.opened == 1
         metrics = (await client.get("/metrics")).text
-    assert "promptserve_engines 1" in metrics
+    assert series(metrics, "promptserve_engines") == {(): 1}
     loaded = runtime.local.cache.loaded_bytes()
     assert loaded > 0
-    assert f"promptserve_loaded_classifier_bytes {loaded}" in metrics
+    assert series(metrics, "promptserve_loaded_classifier_bytes") == {(): loaded}
 
 
 async def test_store_with_both_formats(tenants: Path) -> None:

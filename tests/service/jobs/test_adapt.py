@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.service.helpers import ClientFactory, b64, bomb_png, jpeg_bytes, png_bytes, truncated_png
+from tests.service.helpers import (
+    ClientFactory,
+    b64,
+    bomb_png,
+    jpeg_bytes,
+    png_bytes,
+    series,
+    truncated_png,
+)
 from tests.service.jobs.helpers import (
     BLUE,
     RED,
@@ -296,11 +304,11 @@ async def test_jobs_list_pages_newest_first(client_factory: ClientFactory) -> No
         # the queue shows in the metrics once the runner has polled
         for _ in range(50):
             metrics = (await client.get("/metrics")).text
-            if "promptserve_jobs_queued 3" in metrics:
+            if series(metrics, "promptserve_jobs_queued") == {(): 3}:
                 break
             await asyncio.sleep(0.1)
-        assert "promptserve_jobs_queued 3" in metrics
-        assert "promptserve_jobs_running 0" in metrics
+        assert series(metrics, "promptserve_jobs_queued") == {(): 3}
+        assert series(metrics, "promptserve_jobs_running") == {(): 0}
 
 
 async def test_cancel_a_queued_job_then_cancel_again_is_409(client_factory: ClientFactory) -> None:

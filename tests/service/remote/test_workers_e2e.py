@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.helpers import b64, png_bytes, publish_copy
+from tests.service.helpers import b64, png_bytes, publish_copy, series
 from tests.service.servers import Server, copy_store, start_server, stop_server
 from tests.waiting import wait_until
 
@@ -30,7 +30,7 @@ BATCHING = TWO_WORKERS | {
     "PROMPTSERVE_MAX_BATCH_SIZE": str(BATCH),
     "PROMPTSERVE_MAX_WAIT_MS": "3000",
 }
-CLASSIFIED = '{route="/classify",method="POST",status="200"}'
+CLASSIFIED = '{method="POST",route="/classify",status="200"}'
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,11 @@ def server(served: tuple[Server, Path]) -> Server:
 
 
 def metric(text: str, name: str) -> dict[str, float]:
-    """Every series of `name` in a Prometheus text: labels text -> value."""
-    pattern = re.compile(rf"^{name}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
-    return {labels or "": float(value) for labels, value in pattern.findall(text)}
+    """Every series of `name` in a Prometheus text: labels text (sorted) -> value."""
+    return {
+        ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else ""): value
+        for labels, value in series(text, name).items()
+    }
 
 
 def scrape(server: Server) -> str:
@@ -166,6 +168,37 @@ def both_served(text: str) -> dict[str, float] | None:
     """Each worker's reported request count, once both have reported some."""
     per_worker = metric(text, "promptserve_api_worker_requests_total")
     return per_worker if len(per_worker) == 2 and min(per_worker.values()) > 0 else None
+
+
+def test_new_series_are_summed_over_the_workers(served: tuple[Server, Path]) -> None:
+    """Requests by classifier and rejects by reason, counted in whichever worker answered,
+    are served summed over both workers (as the HTTP counts are)."""
+    server, _ = served
+    shapes = '{classifier="shapes"}'
+    too_many = '{reason="too_many_images"}'
+
+    def counts(text: str) -> tuple[float, float]:
+        by_classifier = metric(text, "promptserve_classifier_requests_total")
+        rejected = metric(text, "promptserve_rejected_requests_total")
+        return by_classifier.get(shapes, 0.0), rejected.get(too_many, 0.0)
+
+    before = counts(scrape(server))
+    for _ in range(6):  # fresh connections: both workers answer some
+        good = fresh_post(server, json={"images": [b64(png_bytes())], "classifier": "shapes"})
+        assert good.status_code == 200, good.text
+    for _ in range(4):
+        refused = fresh_post(server, json={"images": [b64(png_bytes())] * 5})
+        assert refused.status_code == 413, refused.text
+    expected = (before[0] + 6, before[1] + 4)
+
+    def probe() -> tuple[float, float] | None:
+        now = counts(scrape(server))
+        return now if now[0] >= expected[0] and now[1] >= expected[1] else None
+
+    assert wait_until(probe, interval=0.2, what="the workers reporting") == expected
+    per_worker = wait_until(lambda: both_served(scrape(server)), what="both workers reporting")
+    assert len(per_worker) == 2, per_worker
+    assert metric(scrape(server), "promptserve_api_workers") == {"": 2}
 
 
 def test_the_service_exits_when_its_engine_process_dies(
