@@ -116,7 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retry_after_s=settings.retry_after_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
-    app.add_middleware(RequestIdMiddleware)  # outermost: every answer carries the id
+    # outermost: every answer carries the id, and the access log sees every answer
+    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
     tracing.instrument_app(app)  # while tracing is on: a server span around all of it
     return app
 
@@ -125,6 +126,6 @@ def create_worker_app() -> FastAPI:
     """The application of one API worker process of ``serve --workers N`` (uvicorn's factory);
     the supervisor hands it its settings (`service.remote.worker.load_settings`)."""
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     tracing.configure("api")
     return create_app(settings)

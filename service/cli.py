@@ -100,7 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     warn_unknown_settings()
     problem = job_database_problem(settings)
     if problem is not None:
@@ -119,7 +119,8 @@ def run_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
+        log_config=None,  # our handler and format (service.logs), not uvicorn's own
+        access_log=False,  # the access log is ours (PROMPTSERVE_ACCESS_LOG)
     )
     return 0
 
@@ -194,7 +195,7 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     warn_unknown_settings()
     problem = job_database_problem(settings)
     if problem is not None:

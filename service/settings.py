@@ -246,6 +246,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of every process"
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines of every process: text, or one JSON object each"
+    )
+    access_log: bool = Field(default=False, description="Log one line per HTTP request answered")
 
     @property
     def job_root(self) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from promptserve.training.cli_store import (
     run_export,
     run_make_dataset,
 )
+from promptserve.training.logs import configure_logging, env_log_format
 from promptserve.training.progress import step_progress
 from promptserve.training.protocols import (
     PROTOCOLS,
@@ -318,10 +318,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging("info" if args.verbose else "warning", env_log_format())
     try:
         return COMMANDS[args.command](args)
     except PromptserveError as exc:

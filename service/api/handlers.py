@@ -34,6 +34,7 @@ from promptserve.service.errors import (
     validation_fields,
     validation_message,
 )
+from promptserve.service.logs import bound, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,11 @@ def error_response(
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     # the service's, the model and training packages' and unexpected errors: one mapping
     public = public_error(exc)
-    log_failure(f"{request.method} {request.url.path}", exc, public)
-    return error_response(*public, request_id=request_id_of(request.scope))
+    request_id = request_id_of(request.scope)
+    # an unexpected error is answered outside the middleware, whose log context has ended
+    with bound(None if current_request_id() else request_id):
+        log_failure(f"{request.method} {request.url.path}", exc, public)
+    return error_response(*public, request_id=request_id)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

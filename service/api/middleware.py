@@ -29,8 +29,10 @@ import orjson
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from promptserve.service.api.access import log_access
 from promptserve.service.api.handlers import REQUEST_ID_KEY, error_response, request_id_of
 from promptserve.service.errors import BodyTooLargeError
+from promptserve.service.logs import LOG_CONTEXT, LogContext
 from promptserve.service.metrics import Metrics
 
 VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -50,10 +52,13 @@ def successor_path(path: str) -> str | None:
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (see the module docstring) and marks deprecated paths."""
+    """Gives every request an id (see the module docstring), binds it to the request's log lines
+    (`service.logs.LOG_CONTEXT`), marks deprecated paths and, with `access_log`, logs one line
+    per answer."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,13 +80,25 @@ class RequestIdMiddleware:
             extra.append((b"deprecation", b"true"))
             extra.append((b"link", f'<{successor}>; rel="successor-version"'.encode()))
 
+        status = 500  # what the client sees when the app raises before responding
+
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
                 message = {**message, "headers": headers + extra}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        context = LogContext(request_id)
+        token = LOG_CONTEXT.set(context)
+        start = time.perf_counter() if self.access_log else 0.0
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log:
+                log_access(scope, status, time.perf_counter() - start, context)
+            LOG_CONTEXT.reset(token)
 
 
 class BodyLimitMiddleware:

@@ -9,6 +9,7 @@ on CUDA, `service.classify.device_decode` can decode a request's JPEGs on the de
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,13 +68,18 @@ class ImagePreparer:
         [n, 3, size, size] (on `device` when decoded there, else on the CPU), for the engine
         to normalise where it runs."""
         loop = asyncio.get_running_loop()
+        # the request's log context goes with each thread's work (one copy each: a context
+        # is entered by one thread at a time)
+        copy = contextvars.copy_context
         if self.device_decode and isinstance(transform, FastEvalTransform):
-            return await loop.run_in_executor(self._pool, self.prepare_on_device, images, transform)
+            return await loop.run_in_executor(
+                self._pool, copy().run, self.prepare_on_device, images, transform
+            )
         if len(images) == 1 and len(images[0]) <= self.inline_bytes:
             return prepare_image(images[0], transform, self.max_pixels, 0, size).unsqueeze(0)
         tasks = [
             loop.run_in_executor(
-                self._pool, prepare_image, data, transform, self.max_pixels, i, size
+                self._pool, copy().run, prepare_image, data, transform, self.max_pixels, i, size
             )
             for i, data in enumerate(images)
         ]

@@ -7,13 +7,13 @@ encoded labels, the token check) is the one the Python API and the CLI use.
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from torch import Tensor
 
 from promptserve.models.classifier import Classifier, LabelRequest, LabelSet, resolve_labels
 from promptserve.models.labels import LabelEncoder
+from promptserve.service.logs import run_in
 from promptserve.service.tracing import span
 
 
@@ -32,8 +32,7 @@ class AsyncLabelEncoder(LabelEncoder):
         self, classifier: Classifier, names: list[str], max_tokens: int | None = None
     ) -> Tensor:
         """`encode` on the encoder's own thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.encode, classifier, names, max_tokens)
+        return await run_in(self._pool, self.encode, classifier, names, max_tokens)
 
     async def resolve(
         self, classifier: Classifier, request: LabelRequest | None, max_tokens: int | None

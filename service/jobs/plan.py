@@ -243,16 +243,18 @@ def submit_job(
     files: JobFiles,
     idempotency_key: str | None,
     owner: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Write the job's files (to the object store too, when there is one), then queue it for
     `owner` (the API key's name); returns (job, created).
 
     The job store checks the Idempotency-Key (`JobStore.create`): a repeated key returns the
     first job (created False) and the files just written are removed; the same key with a
-    different request is a 422.
+    different request is a 422. The job keeps `request_id` (the request's, which is not part
+    of the fingerprint: a retry with a new id is the same job).
     """
     job_id = new_job_id()
-    spec = plan.spec
+    spec = replace(plan.spec, request_id=request_id)
     try:
         if plan.uploads:
             dataset_list = _write_uploads(files.uploads(job_id), plan.uploads)

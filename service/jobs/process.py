@@ -12,11 +12,13 @@ its runner no longer holds the job (the lease ran out and another runner took it
 writes nothing), or when the runner's process is gone (its parent process changed: a crashed
 service must not leave a job process publishing behind the back of its successor). Every write
 that ends the job names the runner's id, so a late one changes nothing. SIGTERM raises
-SystemExit, so an export in progress removes its staging directory on the way out.
+SystemExit, so an export in progress removes its staging directory on the way out. Every line
+the process logs names the request id of the ``POST /adapt`` that made the job (kept in its spec).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,14 +26,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from promptserve.models.devices import pin_gpu  # torch-free
 from promptserve.service import tracing
 from promptserve.service.jobs.spec import UPLOAD, JobSpec
 from promptserve.service.jobs.store import Job, JobStore
-from promptserve.service.logs import configure_logging
+from promptserve.service.logs import LOG_CONTEXT, LogContext, LogFormat, configure_logging
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
+
+if TYPE_CHECKING:  # settings load torch; a job process imports it only after its niceness
+    from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +56,32 @@ class JobLaunch:
     runner_id: str  # the runner holding the job's lease; every write that ends the job names it
     runner_pid: int  # the runner's process: the job stops when it is gone
     log_level: str = "info"
+    log_format: LogFormat = "text"
     store_url: str | None = None  # an object store the published version is uploaded to
     s3_endpoint_url: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings, database: str, job_id: str, device: str, runner: str) -> Self:
+        """The launch of job `job_id` on `device` by runner `runner` of this process."""
+        return cls(
+            database=database,
+            job_id=job_id,
+            store=settings.store,
+            device=device,
+            threads=settings.job_threads,
+            niceness=settings.job_niceness,
+            runner_id=runner,
+            runner_pid=os.getpid(),
+            log_level=settings.log_level,
+            log_format=settings.log_format,
+            store_url=settings.store_url,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        )
 
 
 def run_job(launch: JobLaunch) -> None:
     """Run the launched job to the end; every outcome is written to the job store."""
-    configure_logging(launch.log_level)
+    configure_logging(launch.log_level, launch.log_format)
     try:
         tracing.configure("job")
     except tracing.TracingUnavailableError as exc:  # the service reported it at start-up
@@ -76,6 +100,8 @@ def run_job(launch: JobLaunch) -> None:
     if job is None or job.state != "running" or job.runner != launch.runner_id:
         log.warning("job %s is not running (%s); nothing to do", job_id, job and job.state)
         return
+    if job.spec.request_id is not None:  # every line of this process is about that request
+        LOG_CONTEXT.set(LogContext(job.spec.request_id))
     jobs.set_pid(job_id, os.getpid())
     spec = job.spec
     attributes = {"promptserve.job": job_id, "promptserve.classifier": spec.train.name}
@@ -261,3 +287,11 @@ class Monitor:
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
+
+
+def describe_exit(code: int | None) -> str:
+    """A job process's exit code in words: ``killed by SIGKILL``, ``exit code 1``."""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

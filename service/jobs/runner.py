@@ -48,7 +48,7 @@ from multiprocessing.process import BaseProcess
 
 from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
-from promptserve.service.jobs.process import JobLaunch, run_job
+from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
 
@@ -91,6 +91,7 @@ class JobRunner:
         self.hand_back = hand_back  # at stop: queue running jobs again instead of failing them
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
         self._device_of: dict[str, str] = {}
+        self._request_of: dict[str, str | None] = {}  # job id -> the request that made it
         self.queued = 0  # as of the last poll, for the metrics
         self._procs: dict[str, BaseProcess] = {}
         self._cancel_seen: dict[str, float] = {}  # job id -> when its cancel flag was first seen
@@ -142,7 +143,12 @@ class JobRunner:
             self._reap()
             self._heartbeat()
             for job in self.jobs.expire_leases(self.max_attempts):
-                log.warning("job %s: the lease of runner %s ran out", job.id, job.runner)
+                log.warning(
+                    "job %s: the lease of runner %s ran out",
+                    job.id,
+                    job.runner,
+                    extra={"request_id": job.spec.request_id},
+                )
             self._enforce_cancels()
             self._start_queued()
             self.housekeeping.prune_when_due()
@@ -154,22 +160,28 @@ class JobRunner:
             if process.exitcode is None:
                 continue
             process.join()
+            about = self._about(job_id)
             self._forget(job_id)
             error = {
                 "reason": "worker_died",
                 "message": f"the job process ended without finishing the job "
-                f"({_describe_exit(process.exitcode)})",
+                f"({describe_exit(process.exitcode)})",
             }
             if self.jobs.finish(
                 job_id, "failed", error=error, message="job process died", runner=self.id
             ):
-                log.error("job %s: %s", job_id, error["message"])
+                log.error("job %s: %s", job_id, error["message"], extra=about)
             self.files.drop_uploads(job_id)
 
     def _forget(self, job_id: str) -> None:
         del self._procs[job_id]
         self._cancel_seen.pop(job_id, None)
         self._device_of.pop(job_id, None)
+        self._request_of.pop(job_id, None)
+
+    def _about(self, job_id: str) -> dict[str, str | None]:
+        """A log line's ``extra`` for a line about one job: its request id."""
+        return {"request_id": self._request_of.get(job_id)}
 
     def _heartbeat(self) -> None:
         if not self._procs:
@@ -190,7 +202,11 @@ class JobRunner:
             job = self.jobs.get(job_id)
             if job is not None and job.finished:
                 continue  # ended by its job process: reaped once that exits
-            log.warning("job %s is no longer held by this runner: stopping its process", job_id)
+            log.warning(
+                "job %s is no longer held by this runner: stopping its process",
+                job_id,
+                extra=self._about(job_id),
+            )
             self._terminate(self._procs[job_id])
             self._forget(job_id)
 
@@ -206,7 +222,7 @@ class JobRunner:
                 continue
             message = "job cancelled: its process did not stop in time and was terminated"
             if self.jobs.finish(job.id, "cancelled", message=message, runner=self.id):
-                log.warning("job %s: %s", job.id, message)
+                log.warning("job %s: %s", job.id, message, extra=self._about(job.id))
             self._terminate(self._procs[job.id])
 
     def _start_queued(self) -> None:
@@ -217,14 +233,15 @@ class JobRunner:
                 return
             self.queued = max(0, self.queued - 1)
             device = self._free_device()
+            about = {"request_id": job.spec.request_id}
             try:
-                launch = self._launch(job.id, device)
+                launch = JobLaunch.of(self.settings, self.jobs.locator, job.id, device, self.id)
                 process = self._context.Process(
                     target=run_job, args=(launch,), name=f"promptserve-{job.id}"
                 )
                 process.start()
             except Exception as exc:
-                log.exception("could not start a process for job %s", job.id)
+                log.exception("could not start a process for job %s", job.id, extra=about)
                 error = {"reason": "error", "message": f"could not start the job process: {exc}"}
                 self.jobs.finish(job.id, "failed", error=error, runner=self.id)
                 continue
@@ -232,23 +249,8 @@ class JobRunner:
             self.jobs.set_pid(job.id, process.pid)
             self._procs[job.id] = process
             self._device_of[job.id] = device
-            log.info("job %s started in process %d on %s", job.id, process.pid, device)
-
-    def _launch(self, job_id: str, device: str) -> JobLaunch:
-        settings = self.settings
-        return JobLaunch(
-            database=self.jobs.locator,
-            job_id=job_id,
-            store=settings.store,
-            device=device,
-            threads=settings.job_threads,
-            niceness=settings.job_niceness,
-            runner_id=self.id,
-            runner_pid=os.getpid(),
-            log_level=settings.log_level,
-            store_url=settings.store_url,
-            s3_endpoint_url=settings.s3_endpoint_url,
-        )
+            self._request_of[job.id] = job.spec.request_id
+            log.info("job %s started in process %d on %s", job.id, process.pid, device, extra=about)
 
     def _free_device(self) -> str:
         """The least used of this runner's devices."""
@@ -262,7 +264,11 @@ class JobRunner:
             self._stopping = True
             if self.hand_back:  # before the signal: the job's writes then name a lost runner
                 for job in self.jobs.hand_back(self.id, list(self._procs), self.max_attempts):
-                    log.warning("job %s handed back to the queue: this runner stops", job.id)
+                    log.warning(
+                        "job %s handed back to the queue: this runner stops",
+                        job.id,
+                        extra=self._about(job.id),
+                    )
             for process in self._procs.values():
                 if process.is_alive() and process.pid is not None:
                     with contextlib.suppress(ProcessLookupError):
@@ -275,6 +281,7 @@ class JobRunner:
                         "job %s: its process outlived SIGTERM by %.0f s, killed",
                         job_id,
                         STOP_WAIT_S,
+                        extra=self._about(job_id),
                     )
                     process.kill()
                     process.join()
@@ -283,6 +290,7 @@ class JobRunner:
                         "job %s: its process ended %.1f s after SIGTERM",
                         job_id,
                         time.monotonic() - start,
+                        extra=self._about(job_id),
                     )
                 # the job process records this itself on SIGTERM; this covers one that could not
                 # (a handed-back job is no longer this runner's: nothing changes)
@@ -299,10 +307,3 @@ class JobRunner:
         if process.is_alive():
             process.kill()
             process.join()
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"

@@ -29,6 +29,7 @@ class JobSpec:
     images: int  # images received (or found in the dataset)
     publish: str = "always"  # "gated" or "always" (service.jobs.gate); older rows: always
     alias: str = "latest"  # the alias the new version takes (when it passes the gate)
+    request_id: str | None = None  # of the POST /adapt that made the job (not in its fingerprint)
     traceparent: str | None = None  # W3C trace context of the request that made the job
 
     def with_data_path(self, path: Path) -> JobSpec:

@@ -99,7 +99,8 @@ class JobStore(JobLeases):
                 if existing.fingerprint != fingerprint:
                     raise IdempotencyMismatchError(existing)
                 return existing, False
-            add_event_row(db, job_id, "job created", data={"state": "queued"}, at=now)
+            created = {"state": "queued", "request_id": spec.request_id}
+            add_event_row(db, job_id, "job created", data=created, at=now)
         job = self.get(job_id)
         assert job is not None  # just inserted
         return job, True

@@ -6,6 +6,9 @@ API workers send it checked score requests with uint8 pixels; each call is answe
 batch has run, so requests from every worker meet in the same batches. Calls (their messages
 are encoded and decoded in `service.remote.protocol`):
 
+Every call made for an HTTP request names its ``request_id``; the engine logs the lines it
+writes while answering under that id.
+
   score      a `ScoreRequest` {targets, top_k, shape}, payload uint8 pixels
              -> {results: [one `ClassifyResult` per target]}
   embed      an `EmbedRequest` {classifier, version, labels[, shape]}, payload uint8 pixels
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from promptserve.service.errors import NotReadyError, log_failure, public_error
-from promptserve.service.logs import configure_logging
+from promptserve.service.logs import bound, configure_logging, note_served
 from promptserve.service.metrics import State
 from promptserve.service.remote.protocol import (
     Header,
@@ -90,12 +93,14 @@ class EngineServer:
 
     async def _answer(self, header: Header, payload: bytes, writer: asyncio.StreamWriter) -> None:
         reply: Header
-        try:
-            with continued(header.get("traceparent")):
-                reply = await self._call(header, payload)
-        except Exception as exc:  # every failure goes back to the worker as an error reply
-            log_failure(f"engine call {header.get('op')}", exc, public_error(exc))
-            reply = {"error": encode_error(exc)}
+        request_id = header.get("request_id")  # the HTTP request this call is for, if any
+        with bound(request_id if isinstance(request_id, str) else None):
+            try:
+                with continued(header.get("traceparent")):
+                    reply = await self._call(header, payload)
+            except Exception as exc:  # every failure goes back to the worker as an error reply
+                log_failure(f"engine call {header.get('op')}", exc, public_error(exc))
+                reply = {"error": encode_error(exc)}
         reply["id"] = header.get("id")
         if not writer.is_closing():
             writer.write(encode_frame(reply))
@@ -106,6 +111,11 @@ class EngineServer:
         op = header.get("op")
         if op == "score":
             request, pixels = decode_score(header, payload)
+            targets = request.targets
+            note_served(
+                ",".join(t.classifier for t in targets), ",".join(t.version for t in targets)
+            )
+            log.debug("scoring %d image(s)", pixels.shape[0])
             return encode_results(await self.engine.score(request, pixels))
         if op == "embed":
             embed_request, embed_pixels = decode_embed(header, payload)
@@ -173,7 +183,7 @@ async def _watch_parent(stop: asyncio.Event) -> None:
 
 def run_engine(settings: Settings, socket_path: str) -> None:
     """The engine process's entry point (started with `spawn`)."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_tracing("engine")
     runner_kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from promptserve.service.errors import NotReadyError
+from promptserve.service.logs import current_request_id
 from promptserve.service.remote.protocol import Header, encode_frame, raise_error, read_frame
 from promptserve.service.tracing import current_traceparent
 
@@ -29,11 +30,15 @@ class EngineLink:
         self._connecting = asyncio.Lock()
 
     async def call(self, header: Header, payload: bytes = b"") -> Header:
-        """Send one call and wait for its reply; an error reply is raised as its ServiceError."""
+        """Send one call and wait for its reply; an error reply is raised as its ServiceError.
+        A call made for a request names its id (the engine logs its lines under it)."""
         writer = await self._connected()
         call_id = next(self._ids)
         future: asyncio.Future[Header] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
+        request_id = current_request_id()
+        if request_id is not None:
+            header = {**header, "request_id": request_id}
         try:
             traceparent = current_traceparent()  # the engine's spans join this trace
             if traceparent is not None:

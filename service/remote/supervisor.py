@@ -61,7 +61,8 @@ def serve_workers(settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
-            access_log=settings.log_level == "debug",
+            log_config=None,  # our handler and format (service.logs), not uvicorn's own
+            access_log=False,  # the access log is ours (PROMPTSERVE_ACCESS_LOG)
             # a spawned worker imports torch before it can answer uvicorn's pings: seconds on a
             # busy host, where the default of 5 s had workers killed and restarted in a loop
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,

@@ -21,19 +21,22 @@ from promptserve.service.jobs import process
 from promptserve.service.jobs.process import JobLaunch, run_job
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.remote import engine
+from promptserve.training import cli as training_cli
 
 REPO = Path(__file__).resolve().parents[2]
-# logs.FORMAT: "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+# training.logs.TEXT_FORMAT:
+# "%(asctime)s %(levelname)s %(processName)s %(name)s [%(request_id)s]: %(message)s"
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<process>\S+) "
-    r"(?P<logger>promptserve\.[\w.]+): (?P<message>.*)$",
+    r"(?P<logger>promptserve\.[\w.]+) \[(?P<request_id>\S+)\]: (?P<message>.*)$",
     re.MULTILINE,
 )
 
 
 def test_every_process_kind_configures_logging_through_service_logs() -> None:
-    # serve and promptserve worker (cli), an API worker (app), the engine process, a job process
-    for module in (cli, app, engine, process):
+    # serve and promptserve worker (cli), an API worker (app), the engine process, a job
+    # process, and the training commands (promptserve train, eval, ...)
+    for module in (cli, app, engine, process, training_cli):
         assert module.configure_logging is logs.configure_logging, module.__name__
 
 

@@ -36,6 +36,7 @@ from promptserve.service.classify.pipeline import ClassifyQuery
 from promptserve.service.classify.scoring import ClassifyResult
 from promptserve.service.errors import InvalidRequestError, UnsupportedMediaTypeError
 from promptserve.service.keys import Key
+from promptserve.service.logs import note_served
 from promptserve.service.runtime import Runtime
 
 FORM_FIELDS = ("classifier", "version", "top_k", "labels", "classifiers")
@@ -222,6 +223,7 @@ async def _classify(
         key, query.classifiers or [query.classifier or runtime.settings.default_classifier]
     )
     results = await runtime.classify(query)
+    note_served(",".join(r.classifier for r in results), ",".join(r.version for r in results))
     return results, query.classifiers is not None
 
 
@@ -284,4 +286,5 @@ async def _classify_hf(
     )
     check_classifier(key, [query.classifier or runtime.settings.default_classifier])
     (result,) = await runtime.classify(query)
+    note_served(result.classifier, result.version)
     return [PredictionPublic(label=p.label, score=p.score) for p in result.predictions[0]]

@@ -34,6 +34,7 @@ from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job
 from promptserve.service.keys import Key
+from promptserve.service.logs import current_request_id, run_in
 from promptserve.service.runtime import Runtime
 from promptserve.service.tracing import current_traceparent
 
@@ -106,8 +107,7 @@ async def adapt(
     candidate that no alias follows. The succeeded job's `result.gate` says why.
     """
     settings = runtime.settings
-    loop = asyncio.get_running_loop()
-    queued = await loop.run_in_executor(runtime.intake, runtime.jobs.count, "queued")
+    queued = await run_in(runtime.intake, runtime.jobs.count, "queued")
     if queued >= settings.max_queued_jobs:  # before the body is read
         raise TooManyJobsError(
             f"{queued} jobs are waiting for a worker, the most this service queues; retry later",
@@ -127,11 +127,18 @@ async def adapt(
     if create.publish is None:  # gated on /v1; the deprecated /adapt publishes as it always did
         v1 = request.url.path.startswith("/v1/")
         create = create.model_copy(update={"publish": "gated" if v1 else "always"})
-    plan = await loop.run_in_executor(runtime.intake, plan_job, create, uploads, settings)
+    plan = await run_in(runtime.intake, plan_job, create, uploads, settings)
     plan = plan.traced(current_traceparent())  # the job's spans join this request's trace
     owner = key.name if key is not None else None
-    job, created = await loop.run_in_executor(
-        runtime.intake, submit_job, plan, runtime.jobs, runtime.job_files, idempotency_key, owner
+    job, created = await run_in(
+        runtime.intake,
+        submit_job,
+        plan,
+        runtime.jobs,
+        runtime.job_files,
+        idempotency_key,
+        owner,
+        current_request_id(),
     )
     if not created and not _sees(key, job):
         raise IdempotencyConflictError("this Idempotency-Key was used by another API key")
@@ -231,6 +238,7 @@ def job_public(job: Job) -> JobPublic:
         cancel_requested=job.cancel_requested,
         publish=job.spec.publish,
         alias=job.spec.alias,
+        request_id=job.spec.request_id,
         owner=job.owner,
     )
 
@@ -254,7 +262,7 @@ async def _from_json(
     if create.images is None:
         return create, None
     texts = [item.data for item in create.images]
-    images = await asyncio.get_running_loop().run_in_executor(runtime.intake, decode_all, texts)
+    images = await run_in(runtime.intake, decode_all, texts)
     return create, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
 
 

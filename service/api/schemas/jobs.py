@@ -84,6 +84,9 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     publish: str = Field(default="always", description="gated or always")
     alias: str = Field(default="latest", description="the alias the new version takes")
+    request_id: str | None = Field(
+        default=None, description="X-Request-ID of the request that made the job"
+    )
     owner: str | None = Field(
         default=None, description="the name of the API key that started the job (None: no keys)"
     )
