@@ -176,8 +176,10 @@ def start(
     args: argparse.Namespace,
     extra: dict[str, str] | None = None,
     log=None,
+    checkout: Path = REPO,
 ) -> tuple[subprocess.Popen, str]:
-    """A ready server; `extra`: more environment, `log`: a file for its output."""
+    """A ready server; `extra`: more environment, `log`: a file for its output, `checkout`:
+    the repository whose code it runs (with its own ``.venv``; this one's by default)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
     env |= {
@@ -190,10 +192,11 @@ def start(
         "PROMPTSERVE_LOG_LEVEL": "warning",
         "PROMPTSERVE_MAX_INFLIGHT_REQUESTS": "4096",
     } | (extra or {})
-    command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
+    python = sys.executable if checkout == REPO else str(checkout / ".venv" / "bin" / "python")
+    command = [python, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--port", str(port)] + (["--workers", str(workers)] if workers > 1 else [])
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=log, stderr=log and subprocess.STDOUT
+        command, cwd=checkout, env=env, stdout=log, stderr=log and subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
@@ -260,6 +263,12 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=None, help="reuse a store (else a temp one)")
     parser.add_argument("--configs", nargs="*", help="compare server environments (none: all)")
     parser.add_argument("--rounds", type=int, default=5, help="with --configs: rounds")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="with --configs: also run the code of this checkout (with its own .venv) as 'before'",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")

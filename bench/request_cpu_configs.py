@@ -13,6 +13,11 @@ and then measures like the baseline.
 
     python bench/request_cpu.py --configs --rounds 5 --seconds 10
     python bench/request_cpu.py --configs tracing --rounds 3     # the baseline always runs
+    python bench/request_cpu.py --configs --before ../old-checkout  # + that code, as "before"
+
+With ``--before DIR`` a row ``before`` runs the baseline environment on the code of another
+checkout (a ``git worktree`` of an older commit with its own ``.venv``), in the same rounds, so
+"baseline - before" is what the newer code costs per request.
 """
 
 from __future__ import annotations
@@ -36,11 +41,14 @@ CONFIGS: dict[str, dict[str, str]] = {
     "tracing": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_SERVICE_NAME": "bench"},
 }
 BASELINE = next(iter(CONFIGS))
+BEFORE = "before"  # --before DIR: the baseline environment on the code of another checkout
 
 
 def compare_configs(args: argparse.Namespace) -> None:
     names = [BASELINE] + [name for name in (args.configs or CONFIGS) if name != BASELINE]
     unknown = [name for name in names if name not in CONFIGS]
+    if args.before is not None:  # the same baseline environment, on an older checkout's code
+        names.append(BEFORE)
     if unknown:
         sys.exit(f"unknown configs {unknown}; known: {', '.join(CONFIGS)}")
     workers, shape = args.workers[0], args.shapes[0]
@@ -53,7 +61,10 @@ def compare_configs(args: argparse.Namespace) -> None:
         try:
             for name in names:
                 log = (Path(scratch) / f"{name}.log").open("wb")
-                servers[name] = start(store, workers, args, CONFIGS[name], log)
+                if name == BEFORE:
+                    servers[name] = start(store, workers, args, {}, log, checkout=args.before)
+                else:
+                    servers[name] = start(store, workers, args, CONFIGS[name], log)
             for round_ in range(args.rounds):
                 shift = round_ % len(names)
                 for name in names[shift:] + names[:shift]:
