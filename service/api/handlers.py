@@ -118,7 +118,10 @@ def slash_redirect(request: Request) -> RedirectResponse | None:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code in (404, 405) and unknown_caller(request):
+    # the router's own 404 (no route matched: no endpoint in the scope) and 405, not a 404
+    # that a public route raises itself
+    routed = exc.status_code == 405 or "endpoint" not in request.scope
+    if exc.status_code in (404, 405) and routed and unknown_caller(request):
         return error_response(
             401,
             "unauthorized",

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import tenacity
+
 from promptserve.service.jobs.migrations import migrate
 
 BUSY_TIMEOUT_S = 30.0
@@ -37,9 +39,20 @@ class Sqlite:
         self.path = Path(path)
         self.locator = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._use_wal()
+        migrate(self)
+
+    # Switching a new file to WAL needs it alone, and SQLite does not wait for that (the busy
+    # timeout does not apply): processes opening one new file at once retry for a while.
+    @tenacity.retry(
+        retry=tenacity.retry_if_exception(lambda exc: "locked" in str(exc)),
+        wait=tenacity.wait_random(0.01, 0.1),
+        stop=tenacity.stop_after_delay(BUSY_TIMEOUT_S),
+        reraise=True,
+    )
+    def _use_wal(self) -> None:
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
-        migrate(self)
 
     @contextmanager
     def connect(self) -> Iterator[Any]:

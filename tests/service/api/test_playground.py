@@ -39,8 +39,11 @@ def test_page_and_assets_are_served_without_the_key(server: Server) -> None:
     assert script.headers["content-type"].startswith("text/javascript")
     assert "Authorization" in script.text
     assert httpx.get(f"{server.url}/static/playground.css", timeout=10).status_code == 200
-    missing = httpx.get(f"{server.url}/static/..%2Fsettings.py", timeout=10)
-    assert missing.status_code == 404
+    outside = f"{server.url}/static/..%2Fsettings.py"  # no route: 401 without a key, else 404
+    assert httpx.get(outside, timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(outside, headers=auth, timeout=10).status_code == 404
+    assert httpx.get(f"{server.url}/static/nope.js", timeout=10).status_code == 404  # public
     assert httpx.get(f"{server.url}/classifiers", timeout=10).status_code == 401  # the API is not
     # the page takes the key: only its own files run, no framing, no type sniffing
     for response in (page, script):

@@ -10,12 +10,14 @@ import asyncio
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from promptserve.service.remote.worker import REPORT_S
 from tests.service.helpers import b64, png_bytes, publish_copy, series
 from tests.service.servers import Server, copy_store, start_server, stop_server
 from tests.waiting import wait_until
@@ -182,7 +184,14 @@ def test_new_series_are_summed_over_the_workers(served: tuple[Server, Path]) -> 
         rejected = metric(text, "promptserve_rejected_requests_total")
         return by_classifier.get(shapes, 0.0), rejected.get(too_many, 0.0)
 
-    before = counts(scrape(server))
+    # an earlier test's requests may not be reported yet: read the counts once they hold still
+    # over more than one report interval
+    def settled() -> tuple[float, float] | None:
+        first = counts(scrape(server))
+        time.sleep(2.5 * REPORT_S)
+        return first if counts(scrape(server)) == first else None
+
+    before = wait_until(settled, what="the counts to settle")
     for _ in range(6):  # fresh connections: both workers answer some
         good = fresh_post(server, json={"images": [b64(png_bytes())], "classifier": "shapes"})
         assert good.status_code == 200, good.text
