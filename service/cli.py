@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from promptserve.service.app import create_app
     from promptserve.service.settings import Settings
-    from promptserve.service.settings_report import warn_unknown_settings
 
     overrides: dict[str, Any] = {
         key: value
@@ -100,16 +99,15 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
-    configure_logging(settings.log_level, settings.log_format)
-    warn_unknown_settings()
-    problem = job_database_problem(settings)
-    if problem is not None:
-        sys.stderr.write(f"promptserve serve: {problem}\n")
-        return 4
-    problem = tracing_problem("api") or keys_problem(settings) or device_problem(settings)
-    if problem is not None:
-        sys.stderr.write(f"promptserve serve: {problem}\n")
-        return 3
+    code = start_up(
+        "serve",
+        settings,
+        lambda: tracing_problem("api"),
+        lambda: keys_problem(settings),
+        lambda: device_problem(settings),
+    )
+    if code is not None:
+        return code
     if settings.workers > 1:
         from promptserve.service.remote.supervisor import serve_workers
 
@@ -156,6 +154,26 @@ def device_problem(settings: Any) -> str | None:
     return None
 
 
+def start_up(command: str, settings: Any, *checks: Callable[[], str | None]) -> int | None:
+    """What `serve` and `worker` do before they start: logging, the warning for variables that
+    are no setting, the job database (exit 4: its schema is newer), then `checks` in order
+    (exit 3 on the first problem). None when everything may start."""
+    from promptserve.service.settings_report import warn_unknown_settings
+
+    configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_settings()
+    problem = job_database_problem(settings)
+    if problem is not None:
+        sys.stderr.write(f"promptserve {command}: {problem}\n")
+        return 4
+    for check in checks:
+        problem = check()
+        if problem is not None:
+            sys.stderr.write(f"promptserve {command}: {problem}\n")
+            return 3
+    return None
+
+
 def job_database_problem(settings: Any) -> str | None:
     """Why this release cannot use the job database (its schema is newer), before anything
     starts; opening it applies this release's migrations."""
@@ -185,7 +203,6 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from promptserve.service.jobs.host import slot_devices, work
     from promptserve.service.settings import Settings
-    from promptserve.service.settings_report import warn_unknown_settings
 
     try:
         settings = Settings(**({"store": args.store} if args.store is not None else {}))
@@ -195,16 +212,9 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     if args.verbose:
         settings = settings.model_copy(update={"log_level": "debug"})
-    configure_logging(settings.log_level, settings.log_format)
-    warn_unknown_settings()
-    problem = job_database_problem(settings)
-    if problem is not None:
-        sys.stderr.write(f"promptserve worker: {problem}\n")
-        return 4
-    problem = tracing_problem("worker")
-    if problem is not None:
-        sys.stderr.write(f"promptserve worker: {problem}\n")
-        return 3
+    code = start_up("worker", settings, lambda: tracing_problem("worker"))
+    if code is not None:
+        return code
     asyncio.run(work(settings, devices))
     return 0
 
