@@ -184,10 +184,11 @@ def check_labels(
         raise InvalidLabelError(f"labels must be distinct: duplicate label(s) {shown}")
     names = [check_name_text(name, "label") for name in names]
     check_distinct(names, "labels")
-    # a spelling of a stored class (case, width, whitespace) is that class
-    stored = {name_key(name): name for name in classifier.class_names}
-    names = [stored.get(name_key(name), name) for name in names]
     known = set(classifier.class_names)
+    if any(name not in known for name in names):  # only then: a key per stored class
+        # a spelling of a stored class (case, width, whitespace) is that class
+        stored = {name_key(name): name for name in classifier.class_names}
+        names = [stored.get(name_key(name), name) for name in names]
     new = [name for name in names if name not in known]
     if new and max_new == 0:
         shown = ", ".join(repr(u) for u in new[:SHOWN_LABELS])
