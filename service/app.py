@@ -30,6 +30,7 @@ from promptserve.service.api.routes import (
     playground,
 )
 from promptserve.service.api.schemas.common import error_responses
+from promptserve.service.api.uploads import BodyPace
 from promptserve.service.logs import configure_logging
 from promptserve.service.remote.worker import load_settings
 from promptserve.service.runtime import Runtime
@@ -50,7 +51,8 @@ each problem), and every response carries `X-Request-ID`. When keys are configur
 playground page (`/`, `/static/*`, which hold no data) needs `Authorization: Bearer <key>`,
 these docs included: 401 without a known key, 403 when the key lacks the route's scope
 (`classify`, `tune`, `admin`, `metrics`) or its classifier prefix. Beyond the in-flight budget
-a request is answered 429 with `Retry-After` before its body is read.
+a request is answered 429 with `Retry-After` before its body is read; a body that stalls is
+answered 408 `body_timeout`.
 """
 
 
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_inflight_bytes,
         body_limit=settings.max_body_bytes,
         retry_after_s=settings.retry_after_s,
+        pace=BodyPace(settings.body_min_rate, settings.body_rate_window_s, settings.body_timeout_s),
     )
     app.add_middleware(MetricsMiddleware, metrics=runtime.metrics, routes=lambda: app.routes)
     # outermost: every answer carries the id, and the access log sees every answer

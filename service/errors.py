@@ -104,6 +104,19 @@ class ImageTooLargeError(ServiceError):
     status, code = 413, "image_too_large"
 
 
+class BodyTimeoutError(ServiceError):
+    """The request body arrived too slowly (under BODY_MIN_RATE over a window) or not within
+    BODY_TIMEOUT_S; the connection is closed."""
+
+    status, code = 408, "body_timeout"
+
+
+class OverloadedError(ServiceError):
+    """Too many requests, or body bytes as they arrive, in flight; retry after Retry-After."""
+
+    status, code = 429, "overloaded"
+
+
 class BodyTooLargeError(ServiceError):
     """A body larger than ``max_body_bytes``, declared or streamed (chunked)."""
 
@@ -170,7 +183,8 @@ class EngineError(ServiceError):
 OTHER_CODES: dict[str, tuple[int, str]] = {
     "artifact_error": (500, "A stored classifier artifact failed its checks or did not load"),
     "internal_error": (500, "An unexpected error; the answer names its kind, the log the rest"),
-    "overloaded": (429, "Too many requests (or body bytes) in flight; retry after Retry-After"),
+    "headers_too_large": (431, "The request line and headers pass MAX_HEADER_BYTES or MAX_HEADERS"),
+    "too_many_connections": (503, "MAX_CONNECTIONS are open and none is idle; retry later"),
     "client_disconnected": (400, "The client hung up before its body was read"),
     "bad_request": (400, "A request the service or the web framework refuses as such"),
     "not_found": (404, "No route has this path"),

@@ -139,9 +139,39 @@ class Settings(BaseSettings):
         description="Requests in flight at once (health and metrics exempt); default 32 per CPU",
     )
     max_inflight_bytes: int = Field(
-        default=64 * MiB, ge=1, description="Declared body bytes of the requests in flight"
+        default=64 * MiB, ge=1, description="Body bytes of the requests in flight, as they arrive"
     )
     retry_after_s: int = Field(default=1, ge=1, description="The Retry-After header of a 429")
+    # slow and idle clients (service.api.uploads, service.connections): see docs/guides/limits.md
+    body_min_rate: int = Field(
+        default=1024,
+        ge=0,
+        description="Body bytes/s a request must send in every "
+        "BODY_RATE_WINDOW_S window; slower, a 408 body_timeout (0: any rate)",
+    )
+    body_rate_window_s: float = Field(default=10.0, gt=0, description="See BODY_MIN_RATE")
+    body_timeout_s: float = Field(
+        default=300.0, gt=0, description="Seconds a request body may take; beyond, a 408"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Bytes of a request line and headers; beyond, 431"
+    )
+    max_headers: int = Field(default=100, ge=1, description="Headers of a request; beyond, 431")
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds from a connection (or request) start to the end "
+        "of its headers; beyond, the connection is closed",
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="Open connections per API process; beyond, the oldest "
+        "idle one is closed for the new one (none idle: a 503)",
+    )
+    shutdown_timeout_s: float = Field(
+        default=25.0, ge=0, description="Seconds a SIGTERM waits for requests in flight"
+    )
     max_labels: int = Field(default=1000, ge=1, description="Labels named in one request")
     max_new_labels: int = Field(
         default=100,

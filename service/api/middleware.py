@@ -8,10 +8,12 @@ same middleware marks the unversioned API paths deprecated (``Deprecation`` and 
 </v1/...>; rel="successor-version"``). It costs one scan of the request headers and one header
 appended to the response.
 
-Admission acts first, on the headers alone: while the requests (or declared body bytes) in
-flight are at their budget, a new request is answered 429 with ``Retry-After`` before a byte of
-its body is read or decoded, so overload costs the server almost nothing and the requests it has
-accepted keep their latency. Health checks and metrics are never refused.
+Admission acts first, on the headers alone: while the requests (or body bytes) in flight are at
+their budget, a new request is answered 429 with ``Retry-After`` before a byte of its body is
+read or decoded, so overload costs the server almost nothing and the requests it has accepted
+keep their latency. Body bytes count as they arrive, and a body must keep arriving
+(`service.api.uploads`), so slow clients hold nothing. Health checks and metrics are never
+refused.
 
 The body limit acts before anything parses the body (Starlette spools multipart uploads to disk
 before a route runs): a declared Content-Length over the limit is answered 413 at once, and a
@@ -31,6 +33,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptserve.service.api.access import log_access
 from promptserve.service.api.handlers import REQUEST_ID_KEY, error_response, request_id_of
+from promptserve.service.api.uploads import (
+    BodyPace,
+    InFlight,
+    PacedReceive,
+    answer_refusals,
+    has_body,
+)
 from promptserve.service.errors import BodyTooLargeError
 from promptserve.service.logs import LOG_CONTEXT, LogContext
 from promptserve.service.metrics import Metrics
@@ -162,7 +171,9 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class AdmissionMiddleware:
-    """Admits at most `max_requests` requests and `max_bytes` declared body bytes at once."""
+    """Admits at most `max_requests` requests (those waiting for their client's body bytes
+    aside) and `max_bytes` body bytes, counted as they arrive, at once; a body must arrive at
+    `pace` (`service.api.uploads`)."""
 
     EXEMPT = ("/health/", "/metrics")
 
@@ -174,41 +185,40 @@ class AdmissionMiddleware:
         max_bytes: int,
         body_limit: int,
         retry_after_s: int,
+        pace: BodyPace | None = None,
     ) -> None:
         self.app = app
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.body_limit = body_limit  # what a request without Content-Length may still send
         self.retry_after_s = retry_after_s
-        self.requests = 0
-        self.bytes = 0
+        self.pace = pace or BodyPace(min_rate=0, window_s=1.0, total_s=float("inf"))
+        self.flight = InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.EXEMPT):
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
-        size = min(declared if declared is not None else self._streamed(scope), self.body_limit)
+        body = has_body(scope)
+        declared = min(_content_length(scope) or 0, self.body_limit)
+        flight = self.flight
         # one request is always admitted when nothing else runs, whatever its size
-        if self.requests >= self.max_requests or (
-            self.requests and self.bytes + size > self.max_bytes
+        if flight.working >= self.max_requests or (
+            body and flight.requests and flight.bytes + declared > self.max_bytes
         ):
             await self._refuse(scope, receive, send)
             return
-        self.requests += 1
-        self.bytes += size
+        flight.requests += 1
+        paced = None
+        if body:
+            paced = PacedReceive(
+                receive, self.pace, flight, max_bytes=self.max_bytes, retry_s=self.retry_after_s
+            )
         try:
-            await self.app(scope, receive, send)
+            await answer_refusals(self.app, scope, paced or receive, send)
         finally:
-            self.requests -= 1
-            self.bytes -= size
-
-    def _streamed(self, scope: Scope) -> int:
-        """Bytes to reserve for a request without Content-Length: none unless it is chunked."""
-        for name, value in scope.get("headers", ()):
-            if name == b"transfer-encoding" and b"chunked" in value.lower():
-                return self.body_limit
-        return 0
+            flight.requests -= 1
+            flight.bytes -= paced.counted if paced is not None else 0
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = (

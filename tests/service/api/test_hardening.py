@@ -162,17 +162,22 @@ def test_exif_orientation_is_applied() -> None:
 
 
 class _Gate:
-    """An ASGI app that holds every request until released; counts body reads."""
+    """An ASGI app that holds every request until released (before reading its body, or after
+    with `read_first`); counts body reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, read_first: bool = False) -> None:
         self.release = asyncio.Event()
+        self.read_first = read_first
         self.entered = 0
         self.bodies_read = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.entered += 1
+        if self.read_first:
+            message = await receive()
         await self.release.wait()
-        message = await receive()
+        if not self.read_first:
+            message = await receive()
         self.bodies_read += message["type"] == "http.request"
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -204,7 +209,8 @@ async def test_admission_answers_429_before_reading_the_body() -> None:
 
 
 async def test_admission_budgets_body_bytes() -> None:
-    gate = _Gate()
+    """The bytes that arrived count (not what a request declares: see test_slow_bodies.py)."""
+    gate = _Gate(read_first=True)
     app = AdmissionMiddleware(
         gate, max_requests=100, max_bytes=1_000, body_limit=10_000, retry_after_s=1
     )
