@@ -80,6 +80,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from promptserve.service.app import create_app
+    from promptserve.service.connections import server_options
     from promptserve.service.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -112,14 +113,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from promptserve.service.remote.supervisor import serve_workers
 
         return serve_workers(settings)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=None,  # our handler and format (service.logs), not uvicorn's own
-        access_log=False,  # the access log is ours (PROMPTSERVE_ACCESS_LOG)
-    )
+    uvicorn.run(create_app(settings), **server_options(settings))
     return 0
 
 

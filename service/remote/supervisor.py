@@ -25,6 +25,7 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from promptserve.service.connections import server_options
 from promptserve.service.remote.engine import run_engine
 from promptserve.service.remote.worker import WORKER_SETTINGS_ENV, dump_settings
 from promptserve.service.settings import Settings
@@ -58,14 +59,10 @@ def serve_workers(settings: Settings) -> int:
             "promptserve.service.app:create_worker_app",
             factory=True,
             workers=settings.workers,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            log_config=None,  # our handler and format (service.logs), not uvicorn's own
-            access_log=False,  # the access log is ours (PROMPTSERVE_ACCESS_LOG)
             # a spawned worker imports torch before it can answer uvicorn's pings: seconds on a
             # busy host, where the default of 5 s had workers killed and restarted in a loop
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+            **server_options(settings),  # each worker's connection limits and shutdown timeout
         )
     finally:
         stopping.set()
