@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass
@@ -207,6 +208,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         # uvicorn takes a protocol class; a partial of one is called the same way, and pickles
         # (by reference) for the spawned API workers
         "http": functools.partial(GuardedProtocol, limits=limits),
+        # a client trickling its body must not hold a SIGTERM off until the orchestrator kills
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_timeout_s),
     }
 
 

@@ -169,6 +169,9 @@ class Settings(BaseSettings):
         description="Open connections per API process; beyond, the oldest "
         "idle one is closed for the new one (none idle: a 503)",
     )
+    shutdown_timeout_s: float = Field(
+        default=25.0, ge=0, description="Seconds a SIGTERM waits for requests in flight"
+    )
     max_labels: int = Field(default=1000, ge=1, description="Labels named in one request")
     max_new_labels: int = Field(
         default=100,

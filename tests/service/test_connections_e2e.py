@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +198,44 @@ async def test_connections_that_never_finish_a_request_are_closed(server: Server
     for _, writer in [*idle, (slow_reader, slow_writer)]:
         writer.close()
     await eventually(lambda: open_fds(pid) <= before + 2, what="file descriptors back")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_completes_while_a_client_trickles_its_body(
+    template_store: Path, tmp_path: Path, workers: str
+) -> None:
+    """SIGTERM stops the server within SHUTDOWN_TIMEOUT_S although a client still sends its
+    body a byte at a time (fast enough for the minimum rate), in one process and with workers."""
+    running = start_server(
+        copy_store(template_store, tmp_path / "store"),
+        tmp_path / "server.log",
+        timeout=300,
+        **LIMITS
+        | {
+            "PROMPTSERVE_BODY_MIN_RATE": "0",
+            "PROMPTSERVE_SHUTDOWN_TIMEOUT_S": "1",
+            "PROMPTSERVE_WORKERS": workers,
+        },
+    )
+    host, port = address(running)
+    script = (
+        "import socket, time\n"
+        f"s = socket.create_connection(({host!r}, {port}))\n"
+        "s.sendall(b'POST /classify HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100000\\r\\n"
+        "Content-Type: image/png\\r\\n\\r\\n')\n"
+        "for i in range(1200):\n"
+        "    s.sendall(b'x'); time.sleep(0.1)\n"
+        "    if i == 10: print('sending', flush=True)\n"
+    )
+    client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"sending\n"
+        running.process.send_signal(signal.SIGTERM)
+        # before: only once the client left, 2 minutes on
+        running.process.wait(timeout=60)
+    finally:
+        client.kill()
+        client.wait()
+        if running.process.poll() is None:
+            stop_server(running)
