@@ -83,6 +83,7 @@ class Runtime:
             device=self.device,
             device_decode=settings.device_decode and self.local is not None,
             inline_bytes=settings.inline_decode_bytes,
+            inline_pixels=settings.inline_decode_pixels,
         )
         self.pipeline = ClassifyPipeline(
             settings,

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         description="A request of one image up to this size (bytes, or base64 characters) is "
         "decoded on the event loop instead of the decode pool (0: always the pool)",
     )
+    inline_decode_pixels: int = Field(
+        default=1_000_000, ge=0, description="...if its header declares at most this many pixels"
+    )
     max_batch_size: int = Field(default=32, ge=1, description="Images per engine call")
     max_wait_ms: float = Field(
         default=5.0, ge=0, le=10_000, description="How long a batch waits to fill (ms)"
