@@ -21,6 +21,7 @@ from torch import Tensor
 from promptserve.models.preprocess import FastEvalTransform, ImageTransform, normalise
 from promptserve.service.classify.decoding import decode_base64, prepare_image
 from promptserve.service.classify.device_decode import decode_jpegs, split_jpegs
+from promptserve.service.classify.memory import trim_soon
 
 
 class ImagePreparer:
@@ -84,7 +85,7 @@ class ImagePreparer:
             return prepare_image(images[0], transform, self.max_pixels, 0, size).unsqueeze(0)
         tasks = [
             loop.run_in_executor(
-                self._pool, copy().run, prepare_image, data, transform, self.max_pixels, i, size
+                self._pool, copy().run, self._decode, data, transform, self.max_pixels, i, size
             )
             for i, data in enumerate(images)
         ]
@@ -93,6 +94,16 @@ class ImagePreparer:
             if isinstance(result, BaseException):
                 raise result
         return torch.stack([r for r in results if isinstance(r, Tensor)])
+
+    @staticmethod
+    def _decode(
+        data: bytes | str, transform: ImageTransform, max_pixels: int, index: int, size: int
+    ) -> Tensor:
+        """`prepare_image` on a pool thread, then the freed decode buffers handed back."""
+        try:
+            return prepare_image(data, transform, max_pixels, index, size)
+        finally:
+            trim_soon()
 
     def _inline(self, data: bytes | str) -> bool:
         """Whether to decode `data` on the event loop: small, and declaring few pixels."""
