@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import io
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from promptserve.models.preprocess import FastEvalTransform, ImageTransform, normalise
 from promptserve.service.classify.decoding import decode_base64, prepare_image
 from promptserve.service.classify.device_decode import decode_jpegs, split_jpegs
-from promptserve.service.classify.memory import trim_soon
+from promptserve.service.classify.memory import trim_after
 
 
 class ImagePreparer:
@@ -100,10 +101,11 @@ class ImagePreparer:
         data: bytes | str, transform: ImageTransform, max_pixels: int, index: int, size: int
     ) -> Tensor:
         """`prepare_image` on a pool thread, then the freed decode buffers handed back."""
+        start = time.perf_counter()
         try:
             return prepare_image(data, transform, max_pixels, index, size)
         finally:
-            trim_soon()
+            trim_after(time.perf_counter() - start)
 
     def _inline(self, data: bytes | str) -> bool:
         """Whether to decode `data` on the event loop: small, and declaring few pixels."""

@@ -2,9 +2,10 @@
 
 A large image's decode buffers are freed after it is resized, but glibc keeps the freed pages in
 each decode thread's malloc arena: eight 25 Mpx PNGs left the server 270 MB larger for good
-(bench/attacks.py, ``huge-pixels``). `trim_soon` asks glibc to return them (``malloc_trim``),
-at most once every `TRIM_EVERY_S` seconds, on the decode thread that calls it: about 1 ms when
-there is little to give back. Elsewhere (musl, macOS) it does nothing.
+(bench/attacks.py, ``huge-pixels``). `trim_after` asks glibc to return them (``malloc_trim``)
+on the decode thread, after each decode that took long enough to have held megabytes (about
+1 ms, against the 230 ms such a decode takes); small images never pay for it. Elsewhere (musl,
+macOS) it does nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-import time
 from collections.abc import Callable
 from typing import cast
 
-TRIM_EVERY_S = 1.0
+LARGE_DECODE_S = 0.02  # a decode this long held megabytes: its buffers are handed back
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -28,20 +28,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
-_lock = threading.Lock()
-_last = 0.0
+_lock = threading.Lock()  # one trim at a time: each walks every arena
 
 
-def trim_soon() -> None:
-    """Return freed heap pages to the system, unless that was done under a second ago (or
-    another thread is doing it now)."""
-    global _last
-    if _TRIM is None or time.monotonic() - _last < TRIM_EVERY_S:
+def trim_after(seconds: float) -> None:
+    """Return freed heap pages to the system after a decode that took `seconds`, if it was a
+    large one (`LARGE_DECODE_S`); small images cost nothing."""
+    if _TRIM is None or seconds < LARGE_DECODE_S:
         return
-    if not _lock.acquire(blocking=False):
-        return
-    try:
+    with _lock:
         _TRIM(0)
-        _last = time.monotonic()
-    finally:
-        _lock.release()
