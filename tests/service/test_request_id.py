@@ -45,13 +45,13 @@ async def test_every_answer_names_its_id_in_its_header_body_and_access_line(
             "/v1/classify", json=IMAGE, headers=auth | {"X-Request-ID": "a" * 129}
         )
         admission = next(m for m in _middlewares(client) if hasattr(m, "max_requests"))
-        admission.requests = 1  # as if a request were in flight: the next one is refused
+        admission.flight.requests = 1  # as if a request were in flight: the next one is refused
         try:
             refused = await client.post(
                 "/v1/classify", json=IMAGE, headers={"X-Request-ID": "full"}
             )
         finally:
-            admission.requests = 0
+            admission.flight.requests = 0
     answers = [ok, unauthorized, missing, invalid, long, refused]
     assert [a.status_code for a in answers] == [200, 401, 404, 422, 200, 429]
     assert len(ok.headers["X-Request-ID"]) == 32  # made here: a uuid4, hex

@@ -189,7 +189,7 @@ async def test_middleware_errors_carry_the_request_id(client_factory: ClientFact
     admission = AdmissionMiddleware(
         never, max_requests=1, max_bytes=1 << 20, body_limit=1 << 20, retry_after_s=2
     )
-    admission.requests = 1
+    admission.flight.requests = 1
     transport = httpx.ASGITransport(app=RequestIdMiddleware(admission))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         refused = await client.post("/v1/classify", json=IMAGE, headers={"X-Request-ID": "r"})
