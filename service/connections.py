@@ -39,6 +39,7 @@ from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+LOG_EVERY_S = 10.0  # a refused connection is logged at most this often
 RESERVED_FDS = 256  # file descriptors kept for the store, the databases, the engine and logs
 
 
@@ -78,6 +79,11 @@ class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the head cap, the head deadline and the connection
     cap of `limits` (see the module docstring)."""
 
+    # this process's idle connections, longest idle first (a dict keeps insertion order): the
+    # one to close for a new connection is found at once, not by a scan of thousands
+    idle_ones: dict[GuardedProtocol, None] = {}
+    refusals_logged_at = 0.0
+
     def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
@@ -86,11 +92,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_count = 0
         self.refusal: bytes | None = None
         self.head_timer: asyncio.TimerHandle | None = None
-        self.idle_since = time.monotonic()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.limits.max_connections and not self._evict_idle():
-            log.warning("%d connections open, none idle: refusing one", len(self.connections))
+            if time.monotonic() - GuardedProtocol.refusals_logged_at > LOG_EVERY_S:
+                GuardedProtocol.refusals_logged_at = time.monotonic()
+                log.warning(
+                    "%d connections open, none idle: refusing new ones", len(self.connections)
+                )
             transport.write(
                 raw_error(
                     503,
@@ -102,16 +111,18 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)
+        self.idle_ones[self] = None
         self._arm_head_timer()
 
     def _evict_idle(self) -> bool:
-        idle = [c for c in self.connections if isinstance(c, GuardedProtocol) and c.idle]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda c: c.idle_since)
-        oldest.transport.close()
-        self.connections.discard(oldest)  # its connection_lost comes later, on the loop
-        return True
+        while self.idle_ones:
+            oldest = next(iter(self.idle_ones))
+            del self.idle_ones[oldest]
+            if oldest.idle and oldest in self.connections:
+                oldest.transport.close()
+                self.connections.discard(oldest)  # its connection_lost comes later
+                return True
+        return False
 
     @property
     def idle(self) -> bool:
@@ -120,6 +131,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self.idle_ones.pop(self, None)
         if self.transport is not None:
             super().connection_lost(exc)
 
@@ -150,7 +162,7 @@ class GuardedProtocol(HttpToolsProtocol):
                 self._refuse_head(f"the request head passed {self.limits.max_header_bytes} bytes")
 
     def _refuse_head(self, why: str) -> None:
-        log.info("refused a request head: %s", why)
+        log.debug("refused a request head: %s", why)
         self.transport.write(too_large(why, self.limits))
         self.transport.close()
 
@@ -170,10 +182,12 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self._cancel_head_timer()
+        self.idle_ones.pop(self, None)
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
-        self.idle_since = time.monotonic()
+        self.idle_ones.pop(self, None)
+        self.idle_ones[self] = None  # now the most recently idle
         super().on_response_complete()
 
     def _arm_head_timer(self) -> None:
