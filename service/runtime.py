@@ -55,6 +55,8 @@ class Runtime:
         mirror = open_mirror(settings)
         self.catalog = Catalog(settings.store, mirror)
         self.jobs = JobStore(settings.job_database)
+        if mirror is not None:  # its uploads take numbers as the job processes' do
+            mirror.publish_lock = self.jobs.publish_lock
         self.job_files = JobFiles(
             settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from promptserve.models.artifact import TEMP_PREFIX
+from promptserve.models.versions import VERSION_PATTERN
 
 COMPLETE_MARKER = ".mirror-complete"  # last object of a dot-directory entry
 
@@ -60,3 +61,25 @@ def download_file(fs: Any, key: str, target: Path) -> None:
         staging.rename(target)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def read_counter(fs: Any, key: str) -> int:
+    """The version counter object `key` (`models.versions`: the highest number ever handed
+    out under one name); 0 when absent (a store written before counters existed)."""
+    try:
+        text = fs.cat_file(key).decode("ascii", "replace").strip()
+    except FileNotFoundError:
+        return 0
+    return int(text) if VERSION_PATTERN.fullmatch(text) else 0
+
+
+def write_counter(fs: Any, key: str, version: int) -> None:
+    fs.pipe_file(key, f"{version}\n".encode())
+
+
+def same_file(fs: Any, key: str, local: Path) -> bool:
+    """Whether object `key` holds exactly the bytes of the local file `local`."""
+    try:
+        return bool(fs.cat_file(key) == local.read_bytes())
+    except (FileNotFoundError, OSError):
+        return False

@@ -201,12 +201,9 @@ def _apply_alias(launch: JobLaunch, name: str, version: str, alias: str) -> None
 def _upload(jobs: JobStore, name: str, version: str, launch: JobLaunch) -> str:
     """Upload the published version to the object store; returns its number there (another
     host may have taken this one meanwhile)."""
-    from promptserve.service.objectstore import StoreMirror
-
-    assert launch.store_url is not None  # checked by the caller
-    mirror = StoreMirror(launch.store_url, launch.store, endpoint_url=launch.s3_endpoint_url)
-    with jobs.publish_lock(name):
-        return mirror.push(name, version)
+    mirror = _mirror(launch)
+    mirror.publish_lock = jobs.publish_lock  # two hosts never take one number
+    return str(mirror.push(name, version))
 
 
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
