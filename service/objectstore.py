@@ -19,7 +19,8 @@ manifests never sees half a version; a dot-directory entry is visible once its
 `pull` (every few seconds, from `service.store_sync.StoreSync`) downloads versions the local
 directory lacks (into a staging folder, renamed into place), removes local versions that were
 deleted remotely, and uploads versions that were created locally and never seen remotely (the
-default classifier a fresh replica creates on start-up). Workers publish
+default classifier a fresh replica creates on start-up), but never one of a name a job process
+of this host is publishing: the job uploads its own (`service.publishing`). Workers publish
 with `push`, which renumbers a version when another host took its number, or a later one,
 meanwhile; a start-up default whose number another replica took (replicas started together on
 an empty bucket) is dropped for theirs instead, so a fresh cluster has one default version, not
@@ -47,6 +48,7 @@ from typing import Any
 from promptserve.models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
 from promptserve.models.versions import COUNTER_FILE, version_counter
 from promptserve.service.aliases import ALIASES_FILE, write_file_atomically
+from promptserve.service.publishing import no_job_publishing
 from promptserve.service.settings import Settings, is_store_url
 from promptserve.service.store_entries import pull_entries, push_entries
 from promptserve.service.store_transfer import (
@@ -147,7 +149,9 @@ class StoreMirror:
             self._remove_local(name, version)
             report.removed.append((name, version))
         for name, version in sorted(local - remote - self.seen):
-            with self.publish_lock(name):
+            with self.publish_lock(name), no_job_publishing(self.local, name) as free:
+                if not free:  # a job here publishes `name`: it uploads its own version
+                    continue
                 made_here = self._made_at_start_up(name, version)
                 pushed = self._push(name, version, renumber=not made_here)
             if pushed is not None:

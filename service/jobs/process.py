@@ -33,6 +33,7 @@ from promptserve.service import tracing
 from promptserve.service.jobs.spec import UPLOAD, JobSpec
 from promptserve.service.jobs.store import Job, JobStore
 from promptserve.service.logs import LOG_CONTEXT, LogContext, LogFormat, configure_logging
+from promptserve.service.publishing import job_publishing
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
 if TYPE_CHECKING:  # settings load torch; a job process imports it only after its niceness
@@ -106,7 +107,10 @@ def run_job(launch: JobLaunch) -> None:
     spec = job.spec
     attributes = {"promptserve.job": job_id, "promptserve.classifier": spec.train.name}
     try:
-        with tracing.root_span("job", spec.traceparent, attributes):  # in /adapt's trace
+        with (
+            tracing.root_span("job", spec.traceparent, attributes),  # in /adapt's trace
+            job_publishing(launch.store, spec.train.name, enabled=launch.store_url is not None),
+        ):  # the store sync of this host leaves the version to this process to upload
             _run(launch, jobs, job, device)
     finally:
         tracing.shutdown()  # export the job's spans before the process ends
