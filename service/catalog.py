@@ -205,13 +205,16 @@ class Catalog:
             return
         with self.write_lock, self.mirror.lock:  # no pull in between: it would download it again
             resolved = self.resolve(name, version)
+            self._deletable(name, resolved, protected)
+            self.mirror.delete(
+                name, resolved
+            )  # first: a store that does not answer changes nothing
             self._delete_here(name, resolved, protected)
-            self.mirror.delete(name, resolved)
             if alias_store.aliases_path(self.root, name).is_file():
                 self.mirror.push_aliases(name)
 
-    def _delete_here(self, name: str, version: str, protected: str | None) -> None:
-        version = self.resolve(name, version)
+    def _deletable(self, name: str, version: str, protected: str | None) -> dict[str, str]:
+        """The explicit aliases of `name`; DeleteRefusedError if `version` may not go."""
         if name == protected and len(self.versions(name)) == 1:
             raise DeleteRefusedError(
                 f"{name!r} is the default classifier and {version} is its only version; "
@@ -224,6 +227,11 @@ class Catalog:
                 f"{name} version {version} is what alias(es) {', '.join(held)} point at: "
                 "set them to another version or delete them first"
             )
+        return explicit
+
+    def _delete_here(self, name: str, version: str, protected: str | None) -> None:
+        version = self.resolve(name, version)
+        explicit = self._deletable(name, version, protected)
         if explicit.get(LATEST) == version:  # a pinned latest follows the newest again
             del explicit[LATEST]
             alias_store.write_aliases(self.root, name, explicit)

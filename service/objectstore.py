@@ -48,6 +48,7 @@ from typing import Any
 from promptserve.models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
 from promptserve.models.versions import COUNTER_FILE, version_counter
 from promptserve.service.aliases import ALIASES_FILE, write_file_atomically
+from promptserve.service.object_calls import CallLimits, open_filesystem
 from promptserve.service.publishing import no_job_publishing
 from promptserve.service.settings import Settings, is_store_url
 from promptserve.service.store_entries import pull_entries, push_entries
@@ -74,17 +75,6 @@ class PullReport:
     pushed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def open_filesystem(url: str, endpoint_url: str | None = None) -> Any:
-    """The fsspec filesystem for `url`'s scheme, without listing caches."""
-    import fsspec
-
-    protocol = url.split("://", 1)[0]
-    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
-    if protocol in ("s3", "s3a") and endpoint_url:
-        options["client_kwargs"] = {"endpoint_url": endpoint_url}
-    return fsspec.filesystem(protocol, **options)
-
-
 class StoreMirror:
     """Mirror the classifier store at `url` into the local directory `local`."""
 
@@ -96,13 +86,14 @@ class StoreMirror:
         endpoint_url: str | None = None,
         fs: Any = None,
         publish_lock: PublishLock = lambda name: contextlib.nullcontext(),
+        limits: CallLimits | None = None,
     ) -> None:
         if not is_store_url(url):
             raise ValueError(f"not an object store URL: {url!r} (expected s3://bucket/prefix)")
         self.url = url.rstrip("/")
         self.base = self.url.split("://", 1)[1]  # bucket/prefix, as fsspec names paths
         self.local = Path(local)
-        self.fs = fs if fs is not None else open_filesystem(url, endpoint_url)
+        self.fs = fs if fs is not None else open_filesystem(url, endpoint_url, limits)
         self.seen: set[tuple[str, str]] = set()  # versions this process has seen remotely
         self.lock = threading.Lock()  # one pull or delete at a time in this process
         # held while a version number is taken in the store: across hosts with Postgres
@@ -287,4 +278,9 @@ def open_mirror(settings: Settings) -> StoreMirror | None:
     """The mirror of `settings.store_url` into `settings.store`; None for a local store."""
     if settings.store_url is None:
         return None
-    return StoreMirror(settings.store_url, settings.store, endpoint_url=settings.s3_endpoint_url)
+    return StoreMirror(
+        settings.store_url,
+        settings.store,
+        endpoint_url=settings.s3_endpoint_url,
+        limits=CallLimits.of(settings),
+    )
