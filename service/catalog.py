@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from promptserve.models.classifier import preprocess_from_manifest
 from promptserve.models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from promptserve.models.preprocess import FastEvalTransform
+from promptserve.models.versions import remove_if_orphaned
 from promptserve.service import aliases as alias_store
 from promptserve.service.alias_index import AliasIndex
 from promptserve.service.aliases import LATEST, combine, is_candidate_manifest
@@ -246,19 +246,14 @@ class Catalog:
                 directory.rmdir()
         log.info("deleted classifier %s version %s", name, version)
 
-    def remove_stale_staging(self, older_than_s: float) -> list[Path]:
-        """Remove staging folders (``<name>/.tmp-*``) left by exports that were killed, once
-        they are `older_than_s` old (a younger one may belong to an export still running in
-        another process). Returns what was removed."""
-        removed = []
-        cutoff = time.time() - older_than_s
+    def remove_orphaned_staging(self) -> list[Path]:
+        """Remove the staging folders (``<name>/.tmp-*``, ``.backbones/*/graphs/.tmp-*``) that
+        no live process holds: left by exports, downloads or deletes that were killed, however
+        young; one an export of another process is still writing is held (`owned_staging`) and
+        stays. Returns what was removed."""
         patterns = (f"*/{TEMP_PREFIX}*", f"{BACKBONES_DIR}/*/{GRAPHS_DIR}/{TEMP_PREFIX}*")
         found = [p for pattern in patterns for p in self.root.glob(pattern)]
-        for staging in found if self.root.is_dir() else ():
-            with contextlib.suppress(OSError):
-                if staging.is_dir() and staging.stat().st_mtime < cutoff:
-                    shutil.rmtree(staging)
-                    removed.append(staging)
+        removed = [p for p in found if p.is_dir() and remove_if_orphaned(p)]
         if removed:
             log.warning("removed %d staging folder(s) left by interrupted exports", len(removed))
         return removed
