@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from promptserve.models.export import (
 from promptserve.models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
 from promptserve.models.hashing import sha256_file
 from promptserve.models.methods import Learner
+from promptserve.models.versions import VERSION_PATTERN, owned_staging, version_counter
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,10 @@ MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILES = (CLASSES_FILE, ONNX_FILE, TORCHSCRIPT_FILE, LEARNER_FILE)  # format 1, hashed
 OWN_FILES = (CLASSES_FILE, LEARNER_FILE)  # format 2, hashed; the graph is shared
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # one safe path component
-VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,17}")
 TEMP_PREFIX = ".tmp-"
 FILE_MODE = 0o644  # published files: the owner writes, the service (any user) reads
 DIR_MODE = 0o755
-PUBLISH_ATTEMPTS = 100  # versions tried when concurrent exporters race for the next number
+PUBLISH_ATTEMPTS = 100  # numbers tried when version folders keep appearing meanwhile
 
 
 # --- names, versions, hashes ----------------------------------------------------------------
@@ -206,28 +205,27 @@ def publish_classifier(
         ) from exc
 
     directory = Path(store) / name
-    staging = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    try:
-        if format_version == SELF_CONTAINED:
-            parity = write_files(learner, class_names, staging, tolerance)
-            own: dict[str, Any] = {"files": _hashes(staging, ARTIFACT_FILES)}
-        else:
-            write_tensors(learner, class_names, staging)
-            published = publish_visual_graph(learner, Path(store), tolerance)
-            parity = published.parity
-            files: tuple[str, ...] = OWN_FILES
-            if published.inputs is not None:
-                save_file(published.inputs, str(staging / INPUTS_FILE))
-                files = (*OWN_FILES, INPUTS_FILE)
-            own = {"files": _hashes(staging, files), "graph": published.ref.to_json()}
-        manifest = _manifest(learner, name, class_names, parity, format_version) | own | extra
-        return _publish(staging, directory, manifest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):  # a name with no version must not be left listed
-            directory.rmdir()
-        raise
+    with owned_staging(directory, TEMP_PREFIX) as staging:  # start-up cleanup spares it
+        try:
+            if format_version == SELF_CONTAINED:
+                parity = write_files(learner, class_names, staging, tolerance)
+                own: dict[str, Any] = {"files": _hashes(staging, ARTIFACT_FILES)}
+            else:
+                write_tensors(learner, class_names, staging)
+                published = publish_visual_graph(learner, Path(store), tolerance)
+                parity = published.parity
+                files: tuple[str, ...] = OWN_FILES
+                if published.inputs is not None:
+                    save_file(published.inputs, str(staging / INPUTS_FILE))
+                    files = (*OWN_FILES, INPUTS_FILE)
+                own = {"files": _hashes(staging, files), "graph": published.ref.to_json()}
+            manifest = _manifest(learner, name, class_names, parity, format_version) | own | extra
+            return _publish(staging, directory, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a name with no version must not be left listed
+                directory.rmdir()
+            raise
 
 
 def _check_class_names(class_names: list[str]) -> None:
@@ -266,37 +264,31 @@ def _manifest(
     }
 
 
-def _next_version(directory: Path) -> int:
-    versions = [int(p.name) for p in directory.iterdir() if VERSION_PATTERN.fullmatch(p.name)]
-    return max(versions, default=0) + 1
-
-
 def _publish(staging: Path, directory: Path, manifest: dict[str, Any]) -> Path:
-    """Rename `staging` to the next free version; retry if another exporter won that number."""
-    version = _next_version(directory)
-    for _ in range(PUBLISH_ATTEMPTS):
-        manifest["version"] = str(version)
-        (staging / MANIFEST_FILE).write_text(
-            json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
-        )
-        for file in staging.iterdir():
-            file.chmod(FILE_MODE)  # one mode for every file, whatever wrote it
-            _fsync(file)
-        staging.chmod(DIR_MODE)
-        target = directory / str(version)
-        try:
-            os.rename(staging, target)  # atomic; fails when the target exists and is not empty
-        except OSError:
-            if not target.exists():
-                raise
-            log.info(
-                "version %s of %s appeared meanwhile; trying the next", version, directory.name
+    """Rename `staging` to a version number never handed out before (`models.versions`);
+    take the next one if that number's folder appeared meanwhile (copied from another host)."""
+    with version_counter(directory) as counter:
+        for _ in range(PUBLISH_ATTEMPTS):
+            version = counter.claim()
+            manifest["version"] = str(version)
+            (staging / MANIFEST_FILE).write_text(
+                json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
             )
-            version = max(version + 1, _next_version(directory))
-            continue
-        _fsync(directory)  # makes the rename durable
-        log.info("published classifier %s version %s at %s", manifest["name"], version, target)
-        return target
+            for file in staging.iterdir():
+                file.chmod(FILE_MODE)  # one mode for every file, whatever wrote it
+                _fsync(file)
+            staging.chmod(DIR_MODE)
+            target = directory / str(version)
+            try:
+                os.rename(staging, target)  # atomic; fails when the target exists, not empty
+            except OSError:
+                if not target.exists():
+                    raise
+                log.info("%s version %s appeared meanwhile", directory.name, version)
+                continue
+            _fsync(directory)  # makes the rename durable
+            log.info("published classifier %s version %s at %s", manifest["name"], version, target)
+            return target
     raise ArtifactError(f"could not claim a version for {directory} after {PUBLISH_ATTEMPTS} tries")
 
 

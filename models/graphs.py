@@ -57,6 +57,7 @@ from promptserve.models.hashing import sha256_file
 from promptserve.models.input_engines import BoundInputs, open_input_engine, repeat_inputs
 from promptserve.models.methods import Learner
 from promptserve.models.methods.base import SharedVisual
+from promptserve.models.versions import owned_staging
 
 log = logging.getLogger(__name__)
 
@@ -210,40 +211,38 @@ def _publish_new(
     and rename into place (`graph_id` None: named by its ONNX hash, returned as the
     figures' "graph")."""
     graphs = Path(store) / BACKBONES_DIR / backbone / GRAPHS_DIR
-    graphs.mkdir(parents=True, exist_ok=True)
-    staging = graphs / f".tmp-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        parity = export(staging)
-        files = {name: sha256_file(staging / name) for name in GRAPH_FILES}
-        name = graph_id or files[ONNX_FILE]
-        manifest: dict[str, Any] = {
-            "kind": "own" if graph_id is None else (PLAIN if graph_id == PLAIN else "shared"),
-            "backbone": backbone,
-            "files": files,
-            "onnx_opset": ONNX_OPSET,
-            "torch_version": torch.__version__,
-            "parity": parity,
-        }
-        if inputs is not None:
-            manifest["inputs"] = {k: list(v.shape) for k, v in inputs.items()}
-        (staging / GRAPH_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for file in staging.iterdir():
-            file.chmod(0o644)
-        staging.chmod(0o755)
-        target = graphs / name
+    with owned_staging(graphs, ".tmp-") as staging:  # start-up cleanup spares it
         try:
-            os.rename(staging, target)
-            log.info("published the %s visual graph of backbone %s", name[:12], backbone[:12])
-        except OSError:
-            if not target.is_dir():
-                raise
-            log.info("graph %s of backbone %s appeared meanwhile", name[:12], backbone[:12])
+            parity = export(staging)
+            files = {name: sha256_file(staging / name) for name in GRAPH_FILES}
+            name = graph_id or files[ONNX_FILE]
+            manifest: dict[str, Any] = {
+                "kind": "own" if graph_id is None else (PLAIN if graph_id == PLAIN else "shared"),
+                "backbone": backbone,
+                "files": files,
+                "onnx_opset": ONNX_OPSET,
+                "torch_version": torch.__version__,
+                "parity": parity,
+            }
+            if inputs is not None:
+                manifest["inputs"] = {k: list(v.shape) for k, v in inputs.items()}
+            (staging / GRAPH_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            for file in staging.iterdir():
+                file.chmod(0o644)
+            staging.chmod(0o755)
+            target = graphs / name
+            try:
+                os.rename(staging, target)
+                log.info("published the %s visual graph of backbone %s", name[:12], backbone[:12])
+            except OSError:
+                if not target.is_dir():
+                    raise
+                log.info("graph %s of backbone %s appeared meanwhile", name[:12], backbone[:12])
+                shutil.rmtree(staging, ignore_errors=True)
+            return parity if graph_id is not None else {**parity, "graph": name}
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-        return parity if graph_id is not None else {**parity, "graph": name}
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            raise
 
 
 def _write_backbone_manifest(store: Path, learner: Learner) -> None:

@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,6 +51,7 @@ from promptserve.models.classifier import preprocess_from_manifest
 from promptserve.models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from promptserve.models.preprocess import FastEvalTransform
+from promptserve.models.versions import remove_if_orphaned
 from promptserve.service import aliases as alias_store
 from promptserve.service.alias_index import AliasIndex
 from promptserve.service.aliases import LATEST, combine, is_candidate_manifest
@@ -205,13 +205,16 @@ class Catalog:
             return
         with self.write_lock, self.mirror.lock:  # no pull in between: it would download it again
             resolved = self.resolve(name, version)
+            self._deletable(name, resolved, protected)
+            self.mirror.delete(
+                name, resolved
+            )  # first: a store that does not answer changes nothing
             self._delete_here(name, resolved, protected)
-            self.mirror.delete(name, resolved)
             if alias_store.aliases_path(self.root, name).is_file():
                 self.mirror.push_aliases(name)
 
-    def _delete_here(self, name: str, version: str, protected: str | None) -> None:
-        version = self.resolve(name, version)
+    def _deletable(self, name: str, version: str, protected: str | None) -> dict[str, str]:
+        """The explicit aliases of `name`; DeleteRefusedError if `version` may not go."""
         if name == protected and len(self.versions(name)) == 1:
             raise DeleteRefusedError(
                 f"{name!r} is the default classifier and {version} is its only version; "
@@ -224,6 +227,11 @@ class Catalog:
                 f"{name} version {version} is what alias(es) {', '.join(held)} point at: "
                 "set them to another version or delete them first"
             )
+        return explicit
+
+    def _delete_here(self, name: str, version: str, protected: str | None) -> None:
+        version = self.resolve(name, version)
+        explicit = self._deletable(name, version, protected)
         if explicit.get(LATEST) == version:  # a pinned latest follows the newest again
             del explicit[LATEST]
             alias_store.write_aliases(self.root, name, explicit)
@@ -238,19 +246,14 @@ class Catalog:
                 directory.rmdir()
         log.info("deleted classifier %s version %s", name, version)
 
-    def remove_stale_staging(self, older_than_s: float) -> list[Path]:
-        """Remove staging folders (``<name>/.tmp-*``) left by exports that were killed, once
-        they are `older_than_s` old (a younger one may belong to an export still running in
-        another process). Returns what was removed."""
-        removed = []
-        cutoff = time.time() - older_than_s
+    def remove_orphaned_staging(self) -> list[Path]:
+        """Remove the staging folders (``<name>/.tmp-*``, ``.backbones/*/graphs/.tmp-*``) that
+        no live process holds: left by exports, downloads or deletes that were killed, however
+        young; one an export of another process is still writing is held (`owned_staging`) and
+        stays. Returns what was removed."""
         patterns = (f"*/{TEMP_PREFIX}*", f"{BACKBONES_DIR}/*/{GRAPHS_DIR}/{TEMP_PREFIX}*")
         found = [p for pattern in patterns for p in self.root.glob(pattern)]
-        for staging in found if self.root.is_dir() else ():
-            with contextlib.suppress(OSError):
-                if staging.is_dir() and staging.stat().st_mtime < cutoff:
-                    shutil.rmtree(staging)
-                    removed.append(staging)
+        removed = [p for p in found if p.is_dir() and remove_if_orphaned(p)]
         if removed:
             log.warning("removed %d staging folder(s) left by interrupted exports", len(removed))
         return removed

@@ -171,6 +171,13 @@ class NotReadyError(ServiceError):
     status, code = 503, "not_ready"
 
 
+class StoreUnavailableError(ServiceError):
+    """The object store did not answer in time (``PROMPTSERVE_S3_TIMEOUT_S``, tried
+    ``PROMPTSERVE_S3_ATTEMPTS`` times), or refused the connection: retry after Retry-After."""
+
+    status, code = 503, "store_unavailable"
+
+
 class EngineError(ServiceError):
     """The engine failed to score a batch; the detail is in the server log."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptserve.service.objectstore import open_filesystem
+from promptserve.service.object_calls import CallLimits, open_filesystem
 from promptserve.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,14 @@ JOBS_PREFIX = ".jobs"
 class UploadStore:
     url: str  # the classifier store's URL, s3://bucket/prefix
     endpoint_url: str | None = None  # an S3-compatible service's endpoint (MinIO, moto)
+    limits: CallLimits = CallLimits()  # timeouts and attempts of each call
 
     @classmethod
     def of(cls, settings: Settings) -> UploadStore | None:
         """The object store of `settings`; None for a local store (the folder is enough)."""
         if settings.store_url is None:
             return None
-        return cls(settings.store_url, settings.s3_endpoint_url)
+        return cls(settings.store_url, settings.s3_endpoint_url, CallLimits.of(settings))
 
     @classmethod
     def at(cls, target: Mapping[str, str | None] | None) -> UploadStore | None:
@@ -78,7 +79,7 @@ class UploadStore:
             self._fs().rm(self._remote(job_id).rsplit("/", 1)[0], recursive=True)
 
     def _fs(self) -> Any:
-        return open_filesystem(self.url, self.endpoint_url)
+        return open_filesystem(self.url, self.endpoint_url, self.limits)
 
     def _remote(self, job_id: str) -> str:
         base = self.url.split("://", 1)[1].rstrip("/")

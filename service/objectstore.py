@@ -19,10 +19,14 @@ manifests never sees half a version; a dot-directory entry is visible once its
 `pull` (every few seconds, from `service.store_sync.StoreSync`) downloads versions the local
 directory lacks (into a staging folder, renamed into place), removes local versions that were
 deleted remotely, and uploads versions that were created locally and never seen remotely (the
-default classifier a fresh replica creates on start-up). Workers publish with `push`, which
-renumbers a version when another host took its number meanwhile; a start-up default whose
-number another replica took (replicas started together on an empty bucket) is dropped for
-theirs instead, so a fresh cluster has one default version, not one per replica. Remote
+default classifier a fresh replica creates on start-up), but never one of a name a job process
+of this host is publishing: the job uploads its own (`service.publishing`). Workers publish
+with `push`, which renumbers a version when another host took its number, or a later one,
+meanwhile; a start-up default whose number another replica took (replicas started together on
+an empty bucket) is dropped for theirs instead, so a fresh cluster has one default version, not
+one per replica. A number is never handed out twice, deletes included: ``<name>/.last-version``
+records the highest one (`models.versions`; absent in an older store: its highest version),
+written before the version's files, under `publish_lock` (Postgres: one host at a time). Remote
 listings go through fsspec (s3fs for ``s3://``), with no listing cache: every pull sees the
 bucket as it is.
 """
@@ -35,24 +39,32 @@ import logging
 import shutil
 import threading
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from promptserve.models.artifact import MANIFEST_FILE, TEMP_PREFIX, VERSION_PATTERN, list_versions
+from promptserve.models.versions import COUNTER_FILE, version_counter
 from promptserve.service.aliases import ALIASES_FILE, write_file_atomically
+from promptserve.service.object_calls import CallLimits, open_filesystem
+from promptserve.service.publishing import no_job_publishing
 from promptserve.service.settings import Settings, is_store_url
+from promptserve.service.store_entries import pull_entries, push_entries
 from promptserve.service.store_transfer import (
-    COMPLETE_MARKER,
-    download_file,
     download_folder,
+    read_counter,
+    same_file,
     upload_folder,
+    write_counter,
 )
 
 log = logging.getLogger(__name__)
 
 LOCAL_ONLY = (".jobs",)  # dot-directories that stay on their host
 PUSH_ATTEMPTS = 20  # version numbers tried when other hosts keep taking the next one
+PublishLock = Callable[[str], AbstractContextManager[None]]
 STARTUP_CREATOR = "service start-up"  # `training.created_by` of the default made at start-up
 
 
@@ -63,31 +75,30 @@ class PullReport:
     pushed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def open_filesystem(url: str, endpoint_url: str | None = None) -> Any:
-    """The fsspec filesystem for `url`'s scheme, without listing caches."""
-    import fsspec
-
-    protocol = url.split("://", 1)[0]
-    options: dict[str, Any] = {"skip_instance_cache": True, "use_listings_cache": False}
-    if protocol in ("s3", "s3a") and endpoint_url:
-        options["client_kwargs"] = {"endpoint_url": endpoint_url}
-    return fsspec.filesystem(protocol, **options)
-
-
 class StoreMirror:
     """Mirror the classifier store at `url` into the local directory `local`."""
 
     def __init__(
-        self, url: str, local: Path, *, endpoint_url: str | None = None, fs: Any = None
+        self,
+        url: str,
+        local: Path,
+        *,
+        endpoint_url: str | None = None,
+        fs: Any = None,
+        publish_lock: PublishLock = lambda name: contextlib.nullcontext(),
+        limits: CallLimits | None = None,
     ) -> None:
         if not is_store_url(url):
             raise ValueError(f"not an object store URL: {url!r} (expected s3://bucket/prefix)")
         self.url = url.rstrip("/")
         self.base = self.url.split("://", 1)[1]  # bucket/prefix, as fsspec names paths
         self.local = Path(local)
-        self.fs = fs if fs is not None else open_filesystem(url, endpoint_url)
+        self.fs = fs if fs is not None else open_filesystem(url, endpoint_url, limits)
         self.seen: set[tuple[str, str]] = set()  # versions this process has seen remotely
         self.lock = threading.Lock()  # one pull or delete at a time in this process
+        # held while a version number is taken in the store: across hosts with Postgres
+        # (`JobStore.publish_lock`), so two hosts never take one number
+        self.publish_lock = publish_lock
 
     # --- reading the remote ---------------------------------------------------------------
 
@@ -99,30 +110,6 @@ class StoreMirror:
             if not name.startswith(".") and VERSION_PATTERN.fullmatch(version):
                 found.add((name, version))
         return found
-
-    def _remote_entries(self) -> set[str]:
-        """Complete dot-directory entries, as ``.dir/key`` paths: a folder whose marker
-        ``.dir/key/.mirror-complete`` is there, or a file whose ``.dir/key.mirror-complete`` is."""
-        entries = set()
-        for path in self.fs.glob(f"{self.base}/.*/*{COMPLETE_MARKER}"):
-            directory, key = path.rstrip("/").split("/")[-2:]
-            entries.add(f"{directory}/{key.removesuffix(COMPLETE_MARKER)}")
-        for path in self.fs.glob(f"{self.base}/.*/*/{COMPLETE_MARKER}"):
-            entries.add("/".join(path.rstrip("/").split("/")[-3:-1]))
-        return {
-            e
-            for e in entries
-            if e.split("/")[0] not in LOCAL_ONLY and not e.startswith(TEMP_PREFIX) and e[-1] != "/"
-        }
-
-    def _local_entries(self) -> set[str]:
-        entries = set()
-        for directory in self.local.glob(".*") if self.local.is_dir() else ():
-            if directory.name in LOCAL_ONLY or directory.name.startswith(TEMP_PREFIX):
-                continue
-            if directory.is_dir():
-                entries |= {f"{directory.name}/{p.name}" for p in directory.iterdir()}
-        return {e for e in entries if not e.split("/")[1].startswith(TEMP_PREFIX)}
 
     def local_versions(self) -> set[tuple[str, str]]:
         if not self.local.is_dir():
@@ -143,11 +130,7 @@ class StoreMirror:
 
     def _pull(self) -> PullReport:
         report = PullReport()
-        for entry in sorted(self._remote_entries() - self._local_entries()):
-            if self.fs.isfile(f"{self.base}/{entry}"):
-                download_file(self.fs, f"{self.base}/{entry}", self.local / entry)
-            else:
-                self._download(entry, self.local / entry, marker=COMPLETE_MARKER)
+        pull_entries(self.fs, self.base, self.local, LOCAL_ONLY)
         remote = self.remote_versions()
         local = self.local_versions()
         for name, version in sorted(remote - local):
@@ -157,7 +140,11 @@ class StoreMirror:
             self._remove_local(name, version)
             report.removed.append((name, version))
         for name, version in sorted(local - remote - self.seen):
-            pushed = self._push(name, version, renumber=not self._made_at_start_up(name, version))
+            with self.publish_lock(name), no_job_publishing(self.local, name) as free:
+                if not free:  # a job here publishes `name`: it uploads its own version
+                    continue
+                made_here = self._made_at_start_up(name, version)
+                pushed = self._push(name, version, renumber=not made_here)
             if pushed is not None:
                 report.pushed.append((name, pushed))
         self.seen = remote | set(report.pushed)
@@ -202,21 +189,29 @@ class StoreMirror:
 
     def push(self, name: str, version: str) -> str:
         """Upload local version `name/version` manifest-last and return its remote version:
-        the same, or the next free number when another host published that one meanwhile
-        (the local copy is renumbered to match)."""
-        pushed = self._push(name, version, renumber=True)
+        the same, or the next number never handed out when another host published that one
+        (or a later one) meanwhile (the local copy is renumbered to match)."""
+        with self.publish_lock(name):
+            pushed = self._push(name, version, renumber=True)
         assert pushed is not None  # only a push that may not renumber drops its version
         return pushed
 
     def _push(self, name: str, version: str, *, renumber: bool) -> str | None:
         """`push`; with `renumber` False a taken number drops the local copy instead (None:
         the next pull downloads the other host's)."""
-        self._push_entries()
+        push_entries(self.fs, self.base, self.local, LOCAL_ONLY)
         for _ in range(PUSH_ATTEMPTS):
             taken = {v for n, v in self.remote_versions() if n == name}
-            if version not in taken:
-                source, key = self.local / name / version, f"{self.base}/{name}/{version}"
-                upload_folder(self.fs, source, key, MANIFEST_FILE)
+            key = f"{self.base}/{name}/{version}"
+            if version in taken and same_file(
+                self.fs, f"{key}/{MANIFEST_FILE}", self.local / name / version / MANIFEST_FILE
+            ):
+                self.seen.add((name, version))  # this very version, uploaded by its publisher
+                return version
+            last = max({int(v) for v in taken} | {read_counter(self.fs, self._counter(name))})
+            if int(version) > last:  # never handed out: recorded first, then made visible
+                write_counter(self.fs, self._counter(name), int(version))
+                upload_folder(self.fs, self.local / name / version, key, MANIFEST_FILE)
                 self.seen.add((name, version))
                 log.info("uploaded classifier %s version %s to %s", name, version, self.url)
                 return version
@@ -224,8 +219,11 @@ class StoreMirror:
                 self._remove_local(name, version)
                 log.info("%s version %s was published by another host first", name, version)
                 return None
-            version = self._renumber(name, version, taken)
+            version = self._renumber(name, version, last)
         raise RuntimeError(f"could not find a free version of {name} in {self.url}")
+
+    def _counter(self, name: str) -> str:
+        return f"{self.base}/{name}/{COUNTER_FILE}"
 
     def _made_at_start_up(self, name: str, version: str) -> bool:
         """Whether the local version is a default classifier created at start-up (any replica
@@ -246,16 +244,6 @@ class StoreMirror:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(prefix, recursive=True)
 
-    def _push_entries(self) -> None:
-        for entry in sorted(self._local_entries() - self._remote_entries()):
-            source = self.local / entry
-            if source.is_dir():
-                upload_folder(self.fs, source, f"{self.base}/{entry}", marker=None)
-                self.fs.pipe_file(f"{self.base}/{entry}/{COMPLETE_MARKER}", b"")
-            elif source.is_file():
-                self.fs.put_file(str(source), f"{self.base}/{entry}")
-                self.fs.pipe_file(f"{self.base}/{entry}{COMPLETE_MARKER}", b"")
-
     def _download(self, key: str, target: Path, marker: str) -> None:
         if download_folder(self.fs, f"{self.base}/{key}", target, marker):
             log.info("downloaded %s from %s", key, self.url)
@@ -271,14 +259,17 @@ class StoreMirror:
             with contextlib.suppress(OSError):
                 directory.rmdir()
 
-    def _renumber(self, name: str, version: str, taken: set[str]) -> str:
-        local = {v for n, v in self.local_versions() if n == name}
-        new = str(max(int(v) for v in taken | local) + 1)
-        source, target = self.local / name / version, self.local / name / new
-        manifest = json.loads((source / MANIFEST_FILE).read_text(encoding="utf-8"))
-        manifest["version"] = new
-        (source / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-        source.rename(target)
+    def _renumber(self, name: str, version: str, last: int) -> str:
+        """Move local `name/version` to a number above `last` and above every number this
+        host handed out for `name` (`models.versions`)."""
+        with version_counter(self.local / name) as counter:
+            new = str(max(last, counter.last()) + 1)
+            counter.record(int(new))
+            source, target = self.local / name / version, self.local / name / new
+            manifest = json.loads((source / MANIFEST_FILE).read_text(encoding="utf-8"))
+            manifest["version"] = new
+            (source / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+            source.rename(target)
         log.warning("%s version %s was taken on %s: published as %s", name, version, self.url, new)
         return new
 
@@ -287,4 +278,9 @@ def open_mirror(settings: Settings) -> StoreMirror | None:
     """The mirror of `settings.store_url` into `settings.store`; None for a local store."""
     if settings.store_url is None:
         return None
-    return StoreMirror(settings.store_url, settings.store, endpoint_url=settings.s3_endpoint_url)
+    return StoreMirror(
+        settings.store_url,
+        settings.store,
+        endpoint_url=settings.s3_endpoint_url,
+        limits=CallLimits.of(settings),
+    )

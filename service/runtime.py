@@ -35,8 +35,6 @@ from promptserve.service.store_sync import StoreSync
 
 log = logging.getLogger(__name__)
 
-STALE_STAGING_S = 3600.0  # an export's staging folder this old is left from a killed one
-
 
 class Runtime:
     """One API process: the engine runs here (`local`), or in the engine process when the
@@ -55,6 +53,8 @@ class Runtime:
         mirror = open_mirror(settings)
         self.catalog = Catalog(settings.store, mirror)
         self.jobs = JobStore(settings.job_database)
+        if mirror is not None:  # its uploads take numbers as the job processes' do
+            mirror.publish_lock = self.jobs.publish_lock
         self.job_files = JobFiles(
             settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
         )
@@ -106,7 +106,7 @@ class Runtime:
 
     async def start(self) -> None:
         if self.local is not None:  # the process running the engine keeps the store tidy
-            await asyncio.to_thread(self.catalog.remove_stale_staging, STALE_STAGING_S)
+            await asyncio.to_thread(self.catalog.remove_orphaned_staging)
             if self.sync is not None:
                 await self.sync.start()
             if not self.keys.enabled:

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="An S3-compatible service to use instead of AWS (MinIO)"
     )
+    s3_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds an object-store request waits to connect and "
+        "for each read before it is tried again or fails (503 store_unavailable)",
+    )
+    s3_attempts: int = Field(default=2, ge=1, description="Tries of one object-store request")
     store_poll_s: float = Field(
         default=2.0, gt=0, description="Seconds between refreshes of an s3:// store's local copy"
     )

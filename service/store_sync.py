@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from promptserve.service.errors import StoreUnavailableError
 from promptserve.service.objectstore import PullReport, StoreMirror
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,12 @@ class StoreSync:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """One pull now (the replica starts with the store as it is), then every interval."""
-        await asyncio.to_thread(self.sync)
+        """One pull now (the replica starts with the store as it is), then every interval; a
+        store that does not answer leaves the local copy to be served until it does."""
+        try:
+            await asyncio.to_thread(self.sync)
+        except StoreUnavailableError as exc:
+            log.warning("serving the local copy of %s for now: %s", self.mirror.url, exc.message)
         self._task = asyncio.create_task(self._loop(), name="store-sync")
 
     async def stop(self) -> None:
@@ -44,5 +49,7 @@ class StoreSync:
             await asyncio.sleep(self.interval_s)
             try:
                 await asyncio.to_thread(self.sync)
+            except StoreUnavailableError as exc:  # one line, not a traceback, per failed poll
+                log.warning("could not synchronise: %s", exc.message)
             except Exception:  # an unreachable bucket must not end the loop: log, try again
                 log.exception("could not synchronise with %s", self.mirror.url)

@@ -30,9 +30,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 from promptserve.models.devices import pin_gpu  # torch-free
 from promptserve.service import tracing
+from promptserve.service.jobs.object_store import mirror_of, pull_uploads, upload_version
 from promptserve.service.jobs.spec import UPLOAD, JobSpec
 from promptserve.service.jobs.store import Job, JobStore
 from promptserve.service.logs import LOG_CONTEXT, LogContext, LogFormat, configure_logging
+from promptserve.service.object_calls import CallLimits
+from promptserve.service.publishing import job_publishing
 from promptserve.training.errors import TrainingCancelled, without_paths  # torch-free
 
 if TYPE_CHECKING:  # settings load torch; a job process imports it only after its niceness
@@ -59,6 +62,7 @@ class JobLaunch:
     log_format: LogFormat = "text"
     store_url: str | None = None  # an object store the published version is uploaded to
     s3_endpoint_url: str | None = None
+    s3_limits: CallLimits = CallLimits()  # timeouts and attempts of each object-store call
 
     @classmethod
     def of(cls, settings: Settings, database: str, job_id: str, device: str, runner: str) -> Self:
@@ -76,6 +80,7 @@ class JobLaunch:
             log_format=settings.log_format,
             store_url=settings.store_url,
             s3_endpoint_url=settings.s3_endpoint_url,
+            s3_limits=CallLimits.of(settings),
         )
 
 
@@ -106,7 +111,10 @@ def run_job(launch: JobLaunch) -> None:
     spec = job.spec
     attributes = {"promptserve.job": job_id, "promptserve.classifier": spec.train.name}
     try:
-        with tracing.root_span("job", spec.traceparent, attributes):  # in /adapt's trace
+        with (
+            tracing.root_span("job", spec.traceparent, attributes),  # in /adapt's trace
+            job_publishing(launch.store, spec.train.name, enabled=launch.store_url is not None),
+        ):  # the store sync of this host leaves the version to this process to upload
             _run(launch, jobs, job, device)
     finally:
         tracing.shutdown()  # export the job's spans before the process ends
@@ -117,7 +125,7 @@ def _run(launch: JobLaunch, jobs: JobStore, job: Job, device: str) -> None:
     monitor = Monitor(jobs, job_id, launch.runner_pid, launch.runner_id)
     try:
         if job.spec.data == UPLOAD:
-            _pull_uploads(launch, job.spec)
+            pull_uploads(launch, job.spec)
         outcome = _train(job.spec, launch.store, device, monitor, launch)
     except BaseException as exc:  # every way out is recorded; SystemExit included
         if not monitor.lost:
@@ -131,7 +139,7 @@ def _run(launch: JobLaunch, jobs: JobStore, job: Job, device: str) -> None:
     try:
         with tracing.span("publish"):
             if launch.store_url is not None:
-                version = _upload(jobs, name, version, launch)
+                version = upload_version(jobs, name, version, launch)
             if publish.get("published") == "alias":
                 _apply_alias(launch, name, version, job.spec.alias)
     except Exception as exc:
@@ -156,15 +164,6 @@ def _run(launch: JobLaunch, jobs: JobStore, job: Job, device: str) -> None:
         log.warning("job %s was ended by the service while it published", job_id)
 
 
-def _pull_uploads(launch: JobLaunch, spec: JobSpec) -> None:
-    """The images of a job that another host may have taken: from the object store."""
-    if launch.store_url is None:
-        return
-    from promptserve.service.job_uploads import UploadStore  # here: it loads torch
-
-    UploadStore(launch.store_url, launch.s3_endpoint_url).pull(launch.job_id, Path(spec.train.data))
-
-
 def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor, launch: JobLaunch) -> Any:
     """Run the spec's training request on this host's store and device, gated
     (`service.jobs.gate`)."""
@@ -172,7 +171,7 @@ def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor, launch: Jo
     from promptserve.training.api import train_classifier
 
     if launch.store_url is not None:  # the alias files as the store has them now
-        _mirror(launch).pull_aliases(spec.train.name)
+        mirror_of(launch).pull_aliases(spec.train.name)
     request = replace(spec.train, store=store, device=device)
     gate = make_gate(store, spec.train.name, spec.publish, spec.alias)
     return train_classifier(
@@ -184,29 +183,11 @@ def _train(spec: JobSpec, store: Path, device: str, monitor: Monitor, launch: Jo
     )
 
 
-def _mirror(launch: JobLaunch) -> Any:
-    from promptserve.service.objectstore import StoreMirror
-
-    assert launch.store_url is not None
-    return StoreMirror(launch.store_url, launch.store, endpoint_url=launch.s3_endpoint_url)
-
-
 def _apply_alias(launch: JobLaunch, name: str, version: str, alias: str) -> None:
     from promptserve.service.jobs.gate import apply_alias
 
-    mirror = _mirror(launch) if launch.store_url is not None else None
+    mirror = mirror_of(launch) if launch.store_url is not None else None
     apply_alias(launch.store, name, version, alias, mirror)
-
-
-def _upload(jobs: JobStore, name: str, version: str, launch: JobLaunch) -> str:
-    """Upload the published version to the object store; returns its number there (another
-    host may have taken this one meanwhile)."""
-    from promptserve.service.objectstore import StoreMirror
-
-    assert launch.store_url is not None  # checked by the caller
-    mirror = StoreMirror(launch.store_url, launch.store, endpoint_url=launch.s3_endpoint_url)
-    with jobs.publish_lock(name):
-        return mirror.push(name, version)
 
 
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:

@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from promptserve.service.objectstore import open_filesystem
+from promptserve.service.object_calls import open_filesystem
 from tests.cluster.servers import S3_ENV, S3Server, postgres, s3_server
 
 __all__ = ["bucket_url", "postgres", "s3_server"]

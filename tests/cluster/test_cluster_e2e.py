@@ -74,7 +74,7 @@ def cluster(
     root = tmp_path_factory.mktemp("cluster")
     database = fresh_database(postgres, f"c{uuid.uuid4().hex[:12]}")
     bucket = f"b{uuid.uuid4().hex[:12]}"
-    from promptserve.service.objectstore import open_filesystem
+    from promptserve.service.object_calls import open_filesystem
 
     credentials = pytest.MonkeyPatch()  # s3fs in this process reads them; undone at teardown
     for name, value in S3_ENV.items():

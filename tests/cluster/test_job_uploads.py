@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from promptserve.service.job_uploads import UploadStore
-from promptserve.service.objectstore import StoreMirror, open_filesystem
+from promptserve.service.object_calls import open_filesystem
+from promptserve.service.objectstore import StoreMirror
 from tests.cluster.servers import S3Server
 
 

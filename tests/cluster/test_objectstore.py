@@ -84,6 +84,33 @@ def test_a_taken_number_is_never_overwritten_the_later_version_is_renumbered(
     assert remote == b"from a"
 
 
+def test_a_deleted_number_is_never_published_again_by_any_host(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    first, second, third = (mirror(bucket_url, tmp_path / n, s3_server) for n in "abc")
+    write_version(first.local, "cats", "1", b"one")
+    write_version(first.local, "cats", "2", b"two")
+    assert (first.push("cats", "1"), first.push("cats", "2")) == ("1", "2")
+    first.delete("cats", "2")
+    write_version(second.local, "cats", "2", b"never saw 2")  # its own store knew only 1
+    assert second.push("cats", "2") == "3"
+    assert (second.local / "cats" / ".last-version").read_text() == "3\n"  # here too
+    first.delete("cats", "1")
+    first.delete("cats", "3")
+    write_version(third.local, "cats", "1", b"a fresh host")
+    assert third.push("cats", "1") == "4"  # every version deleted: numbering goes on
+    assert third.remote_versions() == {("cats", "4")}
+
+
+def test_a_store_without_counters_goes_on_from_its_highest_version(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    old = mirror(bucket_url, tmp_path / "old", s3_server)
+    old.fs.pipe_file(f"{old.base}/cats/5/manifest.json", b"{}")  # written before counters
+    write_version(old.local, "cats", "1", b"new")
+    assert old.push("cats", "1") == "6"
+
+
 def test_a_delete_stops_every_replica_from_holding_the_version(
     bucket_url: str, s3_server: S3Server, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from promptserve.models import artifact
+from promptserve.models import artifact, versions
 from promptserve.models.artifact import (
     list_versions,
     publish_classifier,
@@ -331,8 +331,8 @@ def test_failed_parity_publishes_nothing_and_versions_increase(
     assert [p.name for p in (tmp_path / "zs").iterdir()] == ["1"]  # no version, no staging
     assert resolve_version(tmp_path, "zs", None) == first
 
-    # another exporter published "1" after we looked: the rename fails and we take "2"
-    monkeypatch.setattr(artifact, "_next_version", lambda directory: 1)
+    # a "1" the counter does not know of (copied in meanwhile): the rename fails, we take "2"
+    monkeypatch.setattr(versions, "highest_version", lambda directory: 0)
     second = publish_classifier(zeroshot, CLASS_NAMES[:2], tmp_path, "zs")
     assert (first.name, second.name) == ("1", "2")
     assert read_manifest(second)["version"] == "2"
@@ -383,7 +383,7 @@ def test_list_versions_sorts_numerically_and_skips_other_entries(tmp_path: Path)
     assert list_versions(tmp_path, "c") == ["2", "9", "10"]
     assert resolve_version(tmp_path, "c", None).name == "10"
     assert list_versions(tmp_path, "absent") == []
-    assert artifact._next_version(tmp_path / "c") == 12  # a stray "11" still blocks that name
+    assert versions.highest_version(tmp_path / "c") == 11  # a stray "11" still blocks that name
 
 
 @pytest.mark.parametrize(
