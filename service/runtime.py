@@ -54,7 +54,7 @@ class Runtime:
         # (started there); every process deletes through it
         mirror = open_mirror(settings)
         self.catalog = Catalog(settings.store, mirror)
-        self.jobs = JobStore(settings.job_database)
+        self.jobs = JobStore(settings.job_database, timeout_s=settings.job_db_timeout_s)
         self.job_files = JobFiles(
             settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
         )

@@ -43,7 +43,7 @@ async def work(settings: Settings, devices: list[str]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runner = JobRunner(
-        JobStore(settings.job_database),
+        JobStore(settings.job_database, timeout_s=settings.job_db_timeout_s),
         settings,
         slots=len(devices),
         devices=devices,

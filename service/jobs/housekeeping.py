@@ -146,15 +146,32 @@ class Housekeeping:
             self.files.remove(job_id)
 
     def _remove_orphans(self) -> None:
-        """Job folders whose job has ended (or is gone) lose their uploads; empty ones go."""
+        """Job folders whose job has ended (or is gone) lose their uploads; empty ones go.
+
+        A folder of a job this database never knew, older than the database itself, belongs to
+        an earlier database (lost, emptied, or moved aside as damaged): it is kept, with a
+        warning, never taken for an orphan."""
         if not self.files.root.is_dir():
             return
         live = {job.id for state in ("queued", "running") for job in self.jobs.in_state(state)}
         known = self.jobs.ids()
+        born = self.jobs.created_at()
+        earlier = []
         for folder in self.files.root.iterdir():
             if not folder.is_dir() or folder.name in live:
                 continue
-            if folder.name not in known:
-                self.files.remove(folder.name)
-            else:
+            if folder.name in known:
                 self.files.drop_uploads(folder.name)
+            elif folder.stat().st_mtime < born:
+                earlier.append(folder.name)
+            else:
+                self.files.remove(folder.name)
+        if earlier:
+            log.warning(
+                "job root %s holds %d folder(s) of jobs that the job database (made %s) does "
+                "not know, older than it: kept, as they belong to an earlier job database: %s",
+                self.files.root,
+                len(earlier),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(born)),
+                ", ".join(sorted(earlier)[:10]) + (" ..." if len(earlier) > 10 else ""),
+            )

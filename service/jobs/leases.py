@@ -13,14 +13,16 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from promptserve.service.jobs.database import Database
 from promptserve.service.jobs.records import Job, add_event_row, job_from_row
+
+if TYPE_CHECKING:
+    from promptserve.service.jobs.opening import JobDatabase
 
 
 class JobLeases:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: JobDatabase) -> None:
         self.db = db
 
     def claim_next(self, runner: str, lease_s: float) -> Job | None:

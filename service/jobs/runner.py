@@ -32,6 +32,9 @@ At start-up, jobs left ``running`` by a runner of this host whose process is gon
 simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted;
 a runner that hands its jobs back (``promptserve worker``, one of several on a shared job store)
 first queues them again for another runner, and its job processes then end writing nothing.
+While the job store is unavailable the poll fails, logged by a `FailureLog` (a line when it
+starts, one a minute while it lasts, one when it ends), and is tried again every POLL_S; a
+start-up whose recovery could not reach the job store recovers at the first poll that can.
 """
 
 from __future__ import annotations
@@ -40,15 +43,16 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
-import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
 
+from promptserve.service.errors import ServiceError
 from promptserve.service.job_uploads import UploadStore
+from promptserve.service.jobs.failures import FailureLog
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
 from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
+from promptserve.service.jobs.stopping import stop_all, terminate
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
 
@@ -80,7 +84,10 @@ class JobRunner:
             settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
         )
         self.housekeeping = Housekeeping(
-            jobs, self.files, self.id, retention_s=settings.job_retention_days * 86_400
+            jobs,
+            self.files,
+            self.id,
+            retention_s=settings.job_retention_days * 86_400,
         )
         self.max_concurrent = settings.max_concurrent_jobs if slots is None else slots
         # one device per slot (one job per GPU); by default every slot uses the job device
@@ -89,6 +96,8 @@ class JobRunner:
         self.max_attempts = settings.job_max_attempts
         self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled job is killed
         self.hand_back = hand_back  # at stop: queue running jobs again instead of failing them
+        self.failures = FailureLog(log, "job runner poll")
+        self._recovered = False  # start-up's recovery ran (it waits for the job store)
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
         self._device_of: dict[str, str] = {}
         self._request_of: dict[str, str | None] = {}  # job id -> the request that made it
@@ -108,7 +117,10 @@ class JobRunner:
     async def start(self) -> None:
         self._stopping = False
         self._wake = asyncio.Event()  # bound to the running loop
-        await asyncio.to_thread(self.housekeeping.recover)
+        try:
+            await asyncio.to_thread(self._recover)
+        except ServiceError as exc:  # the job store is unavailable: the first poll that can
+            log.warning("job runner starts without its recovery for now: %s", exc)
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     async def stop(self) -> None:
@@ -128,8 +140,10 @@ class JobRunner:
             self._wake.clear()
             try:
                 await asyncio.to_thread(self.poll)
-            except Exception:  # a broken poll must not end the runner: log, try again
-                log.exception("job runner poll failed")
+            except Exception as exc:  # a broken poll must not end the runner: log, try again
+                self.failures.failed(exc)
+            else:
+                self.failures.succeeded()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
             # that arrives as the event is set, and stop() would wait forever
             with contextlib.suppress(TimeoutError):
@@ -140,6 +154,8 @@ class JobRunner:
         with self._lock:
             if self._stopping:
                 return
+            if not self._recovered:
+                self._recover()
             self._reap()
             self._heartbeat()
             for job in self.jobs.expire_leases(self.max_attempts):
@@ -152,6 +168,10 @@ class JobRunner:
             self._enforce_cancels()
             self._start_queued()
             self.housekeeping.prune_when_due()
+
+    def _recover(self) -> None:
+        self.housekeeping.recover()
+        self._recovered = True
 
     # --- the five steps of a poll --------------------------------------------------------
 
@@ -192,7 +212,7 @@ class JobRunner:
         except Exception:
             if time.monotonic() - self._last_heartbeat > self.lease_s / 2:
                 # another runner may take these jobs over once their leases run out: stop first
-                log.exception("job store unreachable for half a lease: stopping every job")
+                log.error("job store unreachable for half a lease: stopping every job")
                 for job_id in list(self._procs):
                     self._terminate(self._procs[job_id])
                     self._forget(job_id)
@@ -269,32 +289,11 @@ class JobRunner:
                         job.id,
                         extra=self._about(job.id),
                     )
-            for process in self._procs.values():
-                if process.is_alive() and process.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, signal.SIGTERM)
-            start = time.monotonic()
-            for job_id, process in self._procs.items():
-                process.join(max(0.0, start + STOP_WAIT_S - time.monotonic()))
-                if process.is_alive():
-                    log.warning(
-                        "job %s: its process outlived SIGTERM by %.0f s, killed",
-                        job_id,
-                        STOP_WAIT_S,
-                        extra=self._about(job_id),
-                    )
-                    process.kill()
-                    process.join()
-                else:
-                    log.info(
-                        "job %s: its process ended %.1f s after SIGTERM",
-                        job_id,
-                        time.monotonic() - start,
-                        extra=self._about(job_id),
-                    )
-                # the job process records this itself on SIGTERM; this covers one that could not
-                # (a handed-back job is no longer this runner's: nothing changes)
-                error = {"reason": "interrupted", "message": "the service stopped"}
+            stop_all(self._procs, STOP_WAIT_S, self._about)
+            # the job process records this itself on SIGTERM; this covers one that could not
+            # (a handed-back job is no longer this runner's: nothing changes)
+            error = {"reason": "interrupted", "message": "the service stopped"}
+            for job_id in self._procs:
                 self.jobs.finish(
                     job_id, "failed", error=error, message="job interrupted", runner=self.id
                 )
@@ -302,8 +301,4 @@ class JobRunner:
             self._device_of.clear()
 
     def _terminate(self, process: BaseProcess) -> None:
-        process.terminate()
-        process.join(STOP_WAIT_S)
-        if process.is_alive():
-            process.kill()
-            process.join()
+        terminate(process, STOP_WAIT_S)
