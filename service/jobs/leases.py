@@ -78,10 +78,11 @@ class JobLeases:
                 _requeue(db, job, f"runner {job.runner} stopped renewing its lease", max_attempts)
         return expired
 
-    def hand_back(self, runner: str, job_ids: list[str], max_attempts: int) -> list[Job]:
-        """Give up runner `runner`'s running `job_ids` before it stops (its host is shutting
-        down): each is queued again at once for another runner, or failed once tried
-        `max_attempts` times, as when its lease runs out. Returns the jobs as they were."""
+    def hand_back(self, runner: str, job_ids: list[str]) -> list[Job]:
+        """Give up runner `runner`'s running `job_ids` before it stops gracefully (SIGTERM):
+        each is queued again at once, for another runner or the next start, and the run it
+        gave up is not counted as an attempt (a stop is no failure of the job). Returns the
+        jobs as they were."""
         if not job_ids:
             return []
         marks = ",".join("?" * len(job_ids))
@@ -92,8 +93,28 @@ class JobLeases:
             ).fetchall()
             given = [job_from_row(row) for row in rows]
             for job in given:
-                _requeue(db, job, f"runner {runner} stopped and handed the job back", max_attempts)
+                lost = f"runner {runner} stopped and handed the job back"
+                _requeue(db, job, lost, max_attempts=0, counted=False)
         return given
+
+    def retry(
+        self, job_id: str, runner: str | None, lost: str, max_attempts: int, reason: str
+    ) -> Job | None:
+        """Queue runner `runner`'s running job again after its run failed for a reason that
+        is not the job's (`lost` says how: its process died, the service stopped), or fail it
+        with `reason` once tried `max_attempts` times. Returns the job as it was; None when
+        that runner did not hold it (nothing changed)."""
+        fence = "worker = ?" if runner is not None else "worker IS NULL"
+        with self.db.transaction() as db:
+            row = db.execute(
+                f"SELECT * FROM jobs WHERE id = ? AND state = 'running' AND {fence}",
+                (job_id, *((runner,) if runner is not None else ())),
+            ).fetchone()
+            if row is None:
+                return None
+            job = job_from_row(row)
+            _requeue(db, job, lost, max_attempts, reason=reason)
+        return job
 
     def running_on(self, host: str) -> list[Job]:
         """Running jobs whose runner id names `host` (see `new_runner_id`)."""
@@ -127,24 +148,35 @@ class JobLeases:
             yield
 
 
-def _requeue(db: Any, job: Job, lost: str, max_attempts: int) -> None:
-    """Queue a running job again after its runner lost it (`lost` says how), or fail it
-    (``worker_died``) once it has been tried `max_attempts` times."""
-    if job.attempts < max_attempts:
+def _requeue(
+    db: Any,
+    job: Job,
+    lost: str,
+    max_attempts: int,
+    *,
+    reason: str = "worker_died",
+    counted: bool = True,
+) -> None:
+    """Queue a running job again after its run was lost (`lost` says how), or fail it with
+    `reason` once it has been tried `max_attempts` times. A run not `counted` (a graceful
+    stop) is always queued again and gives its attempt back."""
+    if not counted or job.attempts < max_attempts:
+        uncount = "" if counted else ", attempts = attempts - 1"  # a claim counted it: >= 1
         db.execute(
             "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, "
-            "pid = NULL, progress = NULL WHERE id = ? AND state = 'running'",
+            f"pid = NULL, progress = NULL{uncount} WHERE id = ? AND state = 'running'",
             (job.id,),
         )
+        which = f"attempt {job.attempts + 1} of {max_attempts}" if counted else "not counted"
         add_event_row(
             db,
             job.id,
-            f"{lost}; job queued again (attempt {job.attempts + 1} of {max_attempts})",
+            f"{lost}; job queued again ({which})",
             level="warning",
             data={"state": "queued"},
         )
         return
-    error = {"reason": "worker_died", "message": f"{lost} (attempt {job.attempts})"}
+    error = {"reason": reason, "message": f"{lost} (attempt {job.attempts})"}
     db.execute(
         "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, pid = NULL, "
         "lease_until = NULL WHERE id = ? AND state = 'running'",
