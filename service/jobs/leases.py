@@ -20,6 +20,16 @@ from promptserve.service.jobs.records import Job, add_event_row, job_from_row
 if TYPE_CHECKING:
     from promptserve.service.jobs.opening import JobDatabase
 
+PG_QUEUE_LOCK = 0x71756575  # advisory lock id: one new job is counted against the limit at once
+
+
+class QueueFullError(Exception):
+    """As many jobs are queued as the limit allows; carries how many."""
+
+    def __init__(self, queued: int) -> None:
+        super().__init__(f"{queued} jobs are queued")
+        self.queued = queued
+
 
 class JobLeases:
     def __init__(self, db: JobDatabase) -> None:
@@ -47,6 +57,27 @@ class JobLeases:
             data: dict[str, Any] = {"state": "running"} | ({"worker": runner} if runner else {})
             add_event_row(db, job_id, "job started", data=data)
         return bool(changed)
+
+    def _admit(self, db: Any, max_queued: int | None, idempotency_key: str | None) -> None:
+        """Inside a new job's transaction: refuse it (QueueFullError) when `max_queued` jobs
+        are queued already, unless its idempotency key names a job (that one is answered).
+        SQLite's BEGIN IMMEDIATE and, on Postgres, a transaction lock make the count and the
+        insert after it one step, so concurrent submissions never overshoot the limit."""
+        if max_queued is None:
+            return
+        if self.db.dialect == "postgres":
+            db.execute("SELECT pg_advisory_xact_lock(?)", (PG_QUEUE_LOCK,))
+        row = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE state = 'queued'").fetchone()
+        if int(row["n"]) < max_queued:
+            return
+        if (
+            idempotency_key is not None
+            and db.execute(
+                "SELECT 1 FROM jobs WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+        ):
+            return
+        raise QueueFullError(int(row["n"]))
 
     def heartbeat(self, runner: str, job_ids: list[str], lease_s: float) -> set[str]:
         """Renew runner `runner`'s leases on `job_ids`; returns the ids it still holds (a job

@@ -29,7 +29,7 @@ from typing import Any
 
 from promptserve.service.errors import ServiceError
 from promptserve.service.jobs.database import BUSY_TIMEOUT_S
-from promptserve.service.jobs.leases import JobLeases
+from promptserve.service.jobs.leases import JobLeases, QueueFullError
 from promptserve.service.jobs.opening import JobDatabase
 from promptserve.service.jobs.records import (
     TERMINAL,
@@ -49,6 +49,7 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
+    "QueueFullError",
     "new_job_id",
 ]
 
@@ -103,16 +104,19 @@ class JobStore(JobLeases):
         idempotency_key: str | None = None,
         job_id: str | None = None,
         owner: str | None = None,
+        max_queued: int | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). A known idempotency key returns its job
         (created False) when the fingerprint matches and raises IdempotencyMismatchError if not.
-        `owner` is the name of the API key that asked for it.
+        `owner` is the name of the API key that asked for it. With `max_queued` jobs queued
+        already it raises QueueFullError (`JobLeases._admit`).
 
         This is the one place the key is checked: the insert yields to the key's job, whether
         that was created long ago or by another process a moment ago."""
         job_id = job_id or new_job_id()
         now = time.time()
         with self._transaction() as db:
+            self._admit(db, max_queued, idempotency_key)
             inserted = db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at, "
                 "owner) VALUES (?, 'queued', ?, ?, ?, ?, ?) "

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from promptserve.service.jobs.spec import dump_spec
-from promptserve.service.jobs.store import JobStore
+from promptserve.service.jobs.store import JobStore, QueueFullError
 from tests.cluster.servers import Postgres, fresh_database
 from tests.service.jobs.helpers import SPEC
 
@@ -255,3 +255,33 @@ def test_a_jobs_table_without_the_owner_column_gains_it(
     assert old.owner is None
     job, _ = store.create(SPEC, fingerprint="g", owner="acme")
     assert store.page(owner="acme")[0] == [job]
+
+
+def test_the_queued_jobs_limit_holds_under_concurrent_submissions(jobs: JobStore) -> None:
+    limit, already, senders = 16, 10, 24
+    for n in range(already):
+        jobs.create(SPEC, fingerprint=f"old-{n}", max_queued=limit)
+    start = threading.Barrier(senders)
+    outcomes: list[str] = []
+
+    def send(n: int) -> None:
+        own = JobStore(jobs.locator)  # another API process, say
+        start.wait()
+        try:
+            own.create(SPEC, fingerprint=f"new-{n}", max_queued=limit)
+        except QueueFullError:
+            outcomes.append("refused")
+        else:
+            outcomes.append("queued")
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes).count("queued") == limit - already
+    assert jobs.count("queued") == limit
+    # a repeated key is answered with its job, full queue or not
+    first, _ = jobs.create(SPEC, fingerprint="k", idempotency_key="k", max_queued=limit + 1)
+    again, created = jobs.create(SPEC, fingerprint="k", idempotency_key="k", max_queued=limit)
+    assert (again.id, created) == (first.id, False)
