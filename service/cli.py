@@ -170,12 +170,14 @@ def start_up(command: str, settings: Any, *checks: Callable[[], str | None]) -> 
 
 def job_database_problem(settings: Any) -> str | None:
     """Why this release cannot use the job database (its schema is newer), before anything
-    starts; opening it applies this release's migrations."""
-    from promptserve.service.jobs.database import open_database
+    starts; opening it applies this release's migrations. A database that is locked, damaged
+    or unreachable is no reason not to start: the service classifies, and jobs answer 503
+    until it opens (`service.jobs.opening`)."""
     from promptserve.service.jobs.migrations import SchemaError
+    from promptserve.service.jobs.opening import JobDatabase
 
     try:
-        open_database(settings.job_database)
+        JobDatabase(settings.job_database, timeout_s=settings.job_db_timeout_s)
     except SchemaError as exc:
         return str(exc)
     return None

@@ -15,6 +15,7 @@ import logging
 from typing import Any, NamedTuple
 
 from promptserve.models import errors as model_errors
+from promptserve.service import faults
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,36 @@ class StoreUnavailableError(ServiceError):
     status, code = 503, "store_unavailable"
 
 
+class JobsUnavailableError(ServiceError):
+    """The job database is locked, damaged or unreachable: `/adapt` and `/jobs` answer this
+    (with Retry-After) while classification goes on; retry later."""
+
+    status, code = 503, "jobs_unavailable"
+
+
+class StorageUnavailableError(ServiceError):
+    """The store or the job database cannot be written (read-only, I/O errors); retry later."""
+
+    status, code = 503, "storage_unavailable"
+
+
+class StorageFullError(ServiceError):
+    """No space (or quota) is left on the store's or the job database's disk; retry later."""
+
+    status, code = 507, "storage_full"
+
+
+FAULT_ERRORS: dict[str, type[ServiceError]] = {
+    cls.code: cls for cls in (JobsUnavailableError, StorageUnavailableError, StorageFullError)
+}
+
+
+def fault_error(fault: faults.Fault) -> ServiceError:
+    """The service error of a storage fault (`service.faults`), with its Retry-After."""
+    headers = {"Retry-After": str(fault.retry_after_s)}
+    return FAULT_ERRORS[fault.code](fault.message, headers=headers)
+
+
 class EngineError(ServiceError):
     """The engine failed to score a batch; the detail is in the server log."""
 
@@ -275,14 +306,20 @@ def public_error(exc: BaseException) -> PublicError:
         return PublicError(*meaning, str(exc))
     if isinstance(exc, model_errors.ArtifactError):
         return PublicError(500, "artifact_error", ARTIFACT_MESSAGE)
+    fault = faults.classify(exc)
+    if fault is not None:  # a full disk, a read-only store, a locked or unreachable database
+        return public_error(fault_error(fault))
     return PublicError(500, "internal_error", f"{type(exc).__name__}; see the server log")
 
 
 def log_failure(where: str, exc: BaseException, public: PublicError) -> None:
-    """Log an error answered with a 5xx (not a 503 of starting up) with its detail."""
+    """Log an error answered with a 5xx (not a 503 of starting up) with its detail: one line,
+    unless it is unexpected (then with its traceback)."""
     if public.status < 500 or isinstance(exc, NotReadyError):
         return
-    if isinstance(exc, ForwardedError):
+    if faults.classify(exc) is not None:  # a storage fault: the cause in one line
+        log.error("%s failed: %s (%s: %s)", where, public.message, type(exc).__name__, exc)
+    elif isinstance(exc, ForwardedError):
         log.error("%s failed in the engine process: %s", where, exc.message)
     elif isinstance(exc, ServiceError | model_errors.PromptserveError):
         log.error("%s failed: %s", where, exc)

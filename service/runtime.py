@@ -52,7 +52,7 @@ class Runtime:
         # (started there); every process deletes through it
         mirror = open_mirror(settings)
         self.catalog = Catalog(settings.store, mirror)
-        self.jobs = JobStore(settings.job_database)
+        self.jobs = JobStore(settings.job_database, timeout_s=settings.job_db_timeout_s)
         if mirror is not None:  # its uploads take numbers as the job processes' do
             mirror.publish_lock = self.jobs.publish_lock
         self.job_files = JobFiles(

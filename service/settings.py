@@ -255,6 +255,12 @@ class Settings(BaseSettings):
         description="A running job's lease: renewed every poll, taken over by another runner "
         "once it runs out",
     )
+    job_db_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a job database call waits for a lock or a "
+        "connection, then answers 503 jobs_unavailable",
+    )
     job_max_attempts: int = Field(
         default=2, ge=1, description="Runs of a job whose runners keep dying, then worker_died"
     )

@@ -34,6 +34,7 @@ from promptserve.service.errors import (
     validation_fields,
     validation_message,
 )
+from promptserve.service.faults import fault_types
 from promptserve.service.logs import bound, current_request_id
 
 log = logging.getLogger(__name__)
@@ -162,4 +163,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    # storage faults (service.faults) have handlers of their own, apart from Exception's: the
+    # web framework re-raises what reaches the Exception handler, and the server then logs a
+    # second traceback for one failed request
+    for family in fault_types():
+        app.add_exception_handler(family, _domain_error)
     app.add_exception_handler(Exception, _domain_error)

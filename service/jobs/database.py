@@ -12,6 +12,7 @@ are spelled by each database class. Opening one brings its schema to this releas
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import tenacity
 
 from promptserve.service.jobs.migrations import migrate
 
-BUSY_TIMEOUT_S = 30.0
+BUSY_TIMEOUT_S = 30.0  # how long a call waits for another process's lock (`timeout_s`)
 
 
 class Sqlite:
@@ -35,29 +36,37 @@ class Sqlite:
     # running jobs whose lease ran out, locked by the same transaction
     expired_leases = "SELECT * FROM jobs WHERE state = 'running' AND lease_until < ? ORDER BY seq"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.locator = str(self.path)
+        self.timeout_s = timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._use_wal()
         migrate(self)
 
-    # Switching a new file to WAL needs it alone, and SQLite does not wait for that (the busy
-    # timeout does not apply): processes opening one new file at once retry for a while.
-    @tenacity.retry(
-        retry=tenacity.retry_if_exception(lambda exc: "locked" in str(exc)),
-        wait=tenacity.wait_random(0.01, 0.1),
-        stop=tenacity.stop_after_delay(BUSY_TIMEOUT_S),
-        reraise=True,
-    )
     def _use_wal(self) -> None:
+        # Switching a new file to WAL needs it alone, and SQLite does not wait for that (the
+        # busy timeout does not apply): processes opening one new file at once retry a while.
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda exc: "locked" in str(exc)),
+            wait=tenacity.wait_random(0.01, 0.1),
+            stop=tenacity.stop_after_delay(self.timeout_s),
+            reraise=True,
+        ):
+            with attempt, self.connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+
+    def problems(self) -> list[str]:
+        """What SQLite's quick check finds wrong with the file (empty: nothing)."""
         with self.connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")  # persistent: set once per database file
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        found = [str(row[0]) for row in rows]
+        return [] if found == ["ok"] else found
 
     @contextmanager
     def connect(self) -> Iterator[Any]:
         # a connection per call: cheap, and one must not cross threads or processes
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL stays consistent
@@ -72,7 +81,9 @@ class Sqlite:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                # a full disk or an I/O error may have ended the transaction already
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
@@ -103,39 +114,43 @@ class Postgres:
         "FOR UPDATE SKIP LOCKED"
     )
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, timeout_s: float = BUSY_TIMEOUT_S) -> None:
         import psycopg  # only for a cluster: the one-host default needs no Postgres driver
 
         self._psycopg = psycopg
         self.url = url
         self.locator = url
         self.path = None
+        self.connect_timeout = max(1, round(timeout_s))  # libpq takes whole seconds
         migrate(self)
+
+    def _connect(self, **options: Any) -> Any:
+        from psycopg.rows import dict_row
+
+        return self._psycopg.connect(
+            self.url, row_factory=dict_row, connect_timeout=self.connect_timeout, **options
+        )
 
     @contextmanager
     def connect(self) -> Iterator[_PgConnection]:
-        from psycopg.rows import dict_row
-
-        with self._psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as conn:
+        with self._connect(autocommit=True) as conn:
             yield _PgConnection(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[_PgConnection]:
-        from psycopg.rows import dict_row
-
-        with (
-            self._psycopg.connect(self.url, row_factory=dict_row) as conn,
-            conn.transaction(),
-        ):
+        with self._connect() as conn, conn.transaction():
             yield _PgConnection(conn)
 
 
 Database = Sqlite | Postgres
 
 
-def open_database(locator: str | Path) -> Database:
+def is_postgres(locator: str | Path) -> bool:
+    return str(locator).startswith(("postgresql://", "postgres://"))
+
+
+def open_database(locator: str | Path, *, timeout_s: float = BUSY_TIMEOUT_S) -> Database:
     """`locator` is a ``postgresql://`` URL or the path of a SQLite file."""
-    text = str(locator)
-    if text.startswith(("postgresql://", "postgres://")):
-        return Postgres(text)
-    return Sqlite(Path(text))
+    if is_postgres(locator):
+        return Postgres(str(locator), timeout_s=timeout_s)
+    return Sqlite(Path(locator), timeout_s=timeout_s)

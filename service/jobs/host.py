@@ -5,7 +5,7 @@ each in its own job process. On a GPU host the slots go one per GPU (``cuda:0``,
 ...); on a CPU host they share the CPU (give each job ``job_threads`` threads accordingly).
 SIGTERM or SIGINT stops it (`docker stop`, a rolling update): its running jobs go back to the
 queue at once, for another worker to run from the start (their job processes are stopped and
-write nothing), and count as an attempt, as when a host dies; queued ones wait.
+write nothing); the run a stop cut short is not counted as an attempt. Queued ones wait.
 """
 
 from __future__ import annotations
@@ -43,11 +43,10 @@ async def work(settings: Settings, devices: list[str]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runner = JobRunner(
-        JobStore(settings.job_database),
+        JobStore(settings.job_database, timeout_s=settings.job_db_timeout_s),
         settings,
         slots=len(devices),
         devices=devices,
-        hand_back=True,
     )
     await runner.start()
     log.info(

@@ -95,36 +95,41 @@ class Housekeeping:
     """What a runner leaves behind, and what a runner before it left behind."""
 
     def __init__(
-        self, jobs: JobStore, files: JobFiles, runner_id: str, *, retention_s: float
+        self,
+        jobs: JobStore,
+        files: JobFiles,
+        runner_id: str,
+        *,
+        retention_s: float,
+        max_attempts: int = 1,
     ) -> None:
         self.jobs = jobs
         self.files = files
         self.runner_id = runner_id
         self.retention_s = retention_s
+        self.max_attempts = max_attempts
         self._next_prune = 0.0  # monotonic time of the next prune
 
     def recover(self) -> list[str]:
-        """Mark jobs that a runner of this host, now gone, left running as failed
-        (interrupted), and remove what earlier processes left behind: files of jobs that have
-        ended or are unknown, and ended jobs past their retention. Jobs of runners on other
-        hosts are left to their leases."""
+        """Queue jobs that a runner of this host, now gone, left running again (or fail them,
+        ``interrupted``, once tried `max_attempts` times), and remove what earlier processes
+        left behind: files of jobs that have ended or are unknown to this database, and ended
+        jobs past their retention. Jobs of runners on other hosts are left to their leases.
+        Returns the ids of the jobs it found left running."""
         interrupted = []
+        lost = "the service stopped while the job was running"
         for job in self.jobs.running_on(host_of(self.runner_id)) + self._unleased():
             if job.runner is not None and _process_alive(pid_of(job.runner)):
                 continue  # another runner of this host (an API process, a job host) runs it
-            error = {
-                "reason": "interrupted",
-                "message": "the service stopped while the job was running",
-            }
-            if self.jobs.finish(
-                job.id, "failed", error=error, message="job interrupted", runner=job.runner
-            ):
+            if self.jobs.retry(job.id, job.runner, lost, self.max_attempts, "interrupted"):
                 interrupted.append(job.id)
-                self.files.drop_uploads(job.id)
+                if job.attempts >= self.max_attempts:
+                    self.files.drop_uploads(job.id)
         if interrupted:
             log.warning(
-                "marked %d job(s) left running as interrupted: %s",
+                "%d job(s) were left running, queued again unless tried %d time(s): %s",
                 len(interrupted),
+                self.max_attempts,
                 ", ".join(interrupted),
             )
         self.prune()
@@ -146,15 +151,32 @@ class Housekeeping:
             self.files.remove(job_id)
 
     def _remove_orphans(self) -> None:
-        """Job folders whose job has ended (or is gone) lose their uploads; empty ones go."""
+        """Job folders whose job has ended (or is gone) lose their uploads; empty ones go.
+
+        A folder of a job this database never knew, older than the database itself, belongs to
+        an earlier database (lost, emptied, or moved aside as damaged): it is kept, with a
+        warning, never taken for an orphan."""
         if not self.files.root.is_dir():
             return
         live = {job.id for state in ("queued", "running") for job in self.jobs.in_state(state)}
         known = self.jobs.ids()
+        born = self.jobs.created_at()
+        earlier = []
         for folder in self.files.root.iterdir():
             if not folder.is_dir() or folder.name in live:
                 continue
-            if folder.name not in known:
-                self.files.remove(folder.name)
-            else:
+            if folder.name in known:
                 self.files.drop_uploads(folder.name)
+            elif folder.stat().st_mtime < born:
+                earlier.append(folder.name)
+            else:
+                self.files.remove(folder.name)
+        if earlier:
+            log.warning(
+                "job root %s holds %d folder(s) of jobs that the job database (made %s) does "
+                "not know, older than it: kept, as they belong to an earlier job database: %s",
+                self.files.root,
+                len(earlier),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(born)),
+                ", ".join(sorted(earlier)[:10]) + (" ..." if len(earlier) > 10 else ""),
+            )

@@ -11,6 +11,7 @@ their jobs' ends there, never to this process).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -22,6 +23,7 @@ from prometheus_client import Histogram
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from promptserve.service.errors import ServiceError
 from promptserve.service.jobs.records import JobState
 from promptserve.service.jobs.store import JobStore
 
@@ -47,15 +49,17 @@ class JobCollector(Collector):
         )
 
     def collect(self) -> Iterable[Metric]:
-        with self._lock, self.jobs.db.connect() as db:
+        counts: dict[str, int] | None = None  # None: the job store is unavailable
+        with self._lock, contextlib.suppress(ServiceError), self.jobs.db.connect() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
             counts = {row["state"]: int(row["n"]) for row in rows}
             self._read_ends(db)
-            finished = dict(self._finished)
-        jobs = Metric("promptserve_jobs", "Jobs in the job store by state.", "gauge")
-        for state in STATES:
-            jobs.add_sample("promptserve_jobs", {"state": state}, counts.get(state, 0))
-        yield jobs
+        finished = dict(self._finished)
+        if counts is not None:  # without the job store, no gauge rather than a wrong 0
+            jobs = Metric("promptserve_jobs", "Jobs in the job store by state.", "gauge")
+            for state in STATES:
+                jobs.add_sample("promptserve_jobs", {"state": state}, counts.get(state, 0))
+            yield jobs
         total = Metric(
             "promptserve_jobs_finished",
             "Jobs that ended since this process started, by state and failure reason.",

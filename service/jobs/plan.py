@@ -244,14 +244,16 @@ def submit_job(
     idempotency_key: str | None,
     owner: str | None = None,
     request_id: str | None = None,
+    max_queued: int | None = None,
 ) -> tuple[Job, bool]:
     """Write the job's files (to the object store too, when there is one), then queue it for
     `owner` (the API key's name); returns (job, created).
 
     The job store checks the Idempotency-Key (`JobStore.create`): a repeated key returns the
     first job (created False) and the files just written are removed; the same key with a
-    different request is a 422. The job keeps `request_id` (the request's, which is not part
-    of the fingerprint: a retry with a new id is the same job).
+    different request is a 422; with `max_queued` jobs queued already, QueueFullError (the
+    count and the insert are one transaction). The job keeps `request_id` (the request's,
+    which is not part of the fingerprint: a retry with a new id is the same job).
     """
     job_id = new_job_id()
     spec = replace(plan.spec, request_id=request_id)
@@ -266,6 +268,7 @@ def submit_job(
             idempotency_key=idempotency_key,
             job_id=job_id,
             owner=owner,
+            max_queued=max_queued,
         )
     except IdempotencyMismatchError as exc:
         files.remove(job_id)

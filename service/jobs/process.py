@@ -12,8 +12,10 @@ its runner no longer holds the job (the lease ran out and another runner took it
 writes nothing), or when the runner's process is gone (its parent process changed: a crashed
 service must not leave a job process publishing behind the back of its successor). Every write
 that ends the job names the runner's id, so a late one changes nothing. SIGTERM raises
-SystemExit, so an export in progress removes its staging directory on the way out. Every line
-the process logs names the request id of the ``POST /adapt`` that made the job (kept in its spec).
+SystemExit, so an export in progress removes its staging directory on the way out; a job
+stopped that way, or orphaned, is not ended here: its runner (or the next one) queues it again.
+Every line the process logs names the request id of the ``POST /adapt`` that made the job (kept
+in its spec).
 """
 
 from __future__ import annotations
@@ -192,14 +194,12 @@ def _apply_alias(launch: JobLaunch, name: str, version: str, alias: str) -> None
 
 def _record_failure(jobs: JobStore, job_id: str, exc: BaseException, monitor: Monitor) -> None:
     runner_id = monitor.runner_id
-    if isinstance(exc, TrainingCancelled) and monitor.orphaned:
-        error = {"reason": "interrupted", "message": "the service that ran the job stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted", runner=runner_id)
+    if monitor.orphaned or isinstance(exc, SystemExit | KeyboardInterrupt):
+        # stopped, not failed: the runner queues the job again (its reap, a hand-back at its
+        # stop, the next start's recovery or the lease), as JOB_MAX_ATTEMPTS allows
+        log.warning("job %s stopped before its end: left for its runner to queue again", job_id)
     elif isinstance(exc, TrainingCancelled):
         jobs.finish(job_id, "cancelled", message=f"job cancelled ({exc})", runner=runner_id)
-    elif isinstance(exc, SystemExit | KeyboardInterrupt):
-        error = {"reason": "interrupted", "message": "the job process was stopped"}
-        jobs.finish(job_id, "failed", error=error, message="job interrupted", runner=runner_id)
     else:
         log.exception("job %s failed", job_id)
         error = {"reason": "error", "message": f"{type(exc).__name__}: {without_paths(str(exc))}"}

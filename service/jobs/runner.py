@@ -11,8 +11,8 @@ One asyncio task polls the job store (every POLL_S, or at once when woken by a n
 cancel request) and, in a thread, does in order:
 
 1. reap: a job process that exited while its job is still ``running`` died without ending
-   it (killed, out of memory, a crash in native code): the job becomes ``failed``
-   (reason ``worker_died``);
+   it (killed, out of memory, a crash in native code, SIGTERM): the job is queued again, or
+   ``failed`` (reason ``worker_died``) once tried ``job_max_attempts`` times;
 2. heartbeat: renew the leases of this runner's running jobs; a job it no longer holds (its
    lease ran out and another runner took it over) has its process terminated at once, and
    should the job store stay unreachable for half a lease, every job process is stopped, so
@@ -27,11 +27,14 @@ cancel request) and, in a thread, does in order:
 
 and, every PRUNE_EVERY_S, forgets ended jobs past their retention (`Housekeeping.prune`).
 
-At start-up, jobs left ``running`` by a runner of this host whose process is gone are marked
-``failed`` with reason ``interrupted`` at once (no need to wait for their lease); queued jobs
-simply run. At shutdown, running job processes get SIGTERM and end their jobs as interrupted;
-a runner that hands its jobs back (``promptserve worker``, one of several on a shared job store)
-first queues them again for another runner, and its job processes then end writing nothing.
+At start-up, jobs left ``running`` by a runner of this host whose process is gone are queued
+again at once (no need to wait for their lease), or failed (``interrupted``) once tried
+``job_max_attempts`` times; queued jobs simply run. At a graceful stop (SIGTERM of ``serve`` or
+``worker``) the runner hands its running jobs back to the queue, not counting the attempt, for
+another runner or the next start; their job processes then get SIGTERM and end writing nothing.
+While the job store is unavailable the poll fails, logged by a `FailureLog` (a line when it
+starts, one a minute while it lasts, one when it ends), and is tried again every POLL_S; a
+start-up whose recovery could not reach the job store recovers at the first poll that can.
 """
 
 from __future__ import annotations
@@ -40,15 +43,16 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
-import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
 
+from promptserve.service.errors import ServiceError
 from promptserve.service.job_uploads import UploadStore
+from promptserve.service.jobs.failures import FailureLog
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
 from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
+from promptserve.service.jobs.stopping import stop_all, terminate
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
 
@@ -71,7 +75,6 @@ class JobRunner:
         *,
         slots: int | None = None,
         devices: list[str] | None = None,
-        hand_back: bool = False,
     ) -> None:
         self.jobs = jobs
         self.settings = settings
@@ -80,7 +83,11 @@ class JobRunner:
             settings.job_root, settings.keep_job_uploads, shared=UploadStore.of(settings)
         )
         self.housekeeping = Housekeeping(
-            jobs, self.files, self.id, retention_s=settings.job_retention_days * 86_400
+            jobs,
+            self.files,
+            self.id,
+            retention_s=settings.job_retention_days * 86_400,
+            max_attempts=settings.job_max_attempts,
         )
         self.max_concurrent = settings.max_concurrent_jobs if slots is None else slots
         # one device per slot (one job per GPU); by default every slot uses the job device
@@ -88,7 +95,8 @@ class JobRunner:
         self.lease_s = settings.job_lease_s
         self.max_attempts = settings.job_max_attempts
         self.cancel_grace_s = settings.cancel_grace_s  # before a cancelled job is killed
-        self.hand_back = hand_back  # at stop: queue running jobs again instead of failing them
+        self.failures = FailureLog(log, "job runner poll")
+        self._recovered = False  # start-up's recovery ran (it waits for the job store)
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
         self._device_of: dict[str, str] = {}
         self._request_of: dict[str, str | None] = {}  # job id -> the request that made it
@@ -108,7 +116,10 @@ class JobRunner:
     async def start(self) -> None:
         self._stopping = False
         self._wake = asyncio.Event()  # bound to the running loop
-        await asyncio.to_thread(self.housekeeping.recover)
+        try:
+            await asyncio.to_thread(self._recover)
+        except ServiceError as exc:  # the job store is unavailable: the first poll that can
+            log.warning("job runner starts without its recovery for now: %s", exc)
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     async def stop(self) -> None:
@@ -128,8 +139,10 @@ class JobRunner:
             self._wake.clear()
             try:
                 await asyncio.to_thread(self.poll)
-            except Exception:  # a broken poll must not end the runner: log, try again
-                log.exception("job runner poll failed")
+            except Exception as exc:  # a broken poll must not end the runner: log, try again
+                self.failures.failed(exc)
+            else:
+                self.failures.succeeded()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
             # that arrives as the event is set, and stop() would wait forever
             with contextlib.suppress(TimeoutError):
@@ -140,6 +153,8 @@ class JobRunner:
         with self._lock:
             if self._stopping:
                 return
+            if not self._recovered:
+                self._recover()
             self._reap()
             self._heartbeat()
             for job in self.jobs.expire_leases(self.max_attempts):
@@ -153,6 +168,10 @@ class JobRunner:
             self._start_queued()
             self.housekeeping.prune_when_due()
 
+    def _recover(self) -> None:
+        self.housekeeping.recover()
+        self._recovered = True
+
     # --- the five steps of a poll --------------------------------------------------------
 
     def _reap(self) -> None:
@@ -162,16 +181,16 @@ class JobRunner:
             process.join()
             about = self._about(job_id)
             self._forget(job_id)
-            error = {
-                "reason": "worker_died",
-                "message": f"the job process ended without finishing the job "
-                f"({describe_exit(process.exitcode)})",
-            }
-            if self.jobs.finish(
-                job_id, "failed", error=error, message="job process died", runner=self.id
-            ):
-                log.error("job %s: %s", job_id, error["message"], extra=about)
-            self.files.drop_uploads(job_id)
+            lost = f"the job process ended before the job did ({describe_exit(process.exitcode)})"
+            job = self.jobs.retry(job_id, self.id, lost, self.max_attempts, "worker_died")
+            if job is None:
+                self.files.drop_uploads(job_id)  # it ended the job itself
+                continue
+            again = job.attempts < self.max_attempts
+            outcome = "queued again" if again else "failed"
+            log.error("job %s: %s; %s", job_id, lost, outcome, extra=about)
+            if not again:
+                self.files.drop_uploads(job_id)
 
     def _forget(self, job_id: str) -> None:
         del self._procs[job_id]
@@ -192,7 +211,7 @@ class JobRunner:
         except Exception:
             if time.monotonic() - self._last_heartbeat > self.lease_s / 2:
                 # another runner may take these jobs over once their leases run out: stop first
-                log.exception("job store unreachable for half a lease: stopping every job")
+                log.error("job store unreachable for half a lease: stopping every job")
                 for job_id in list(self._procs):
                     self._terminate(self._procs[job_id])
                     self._forget(job_id)
@@ -262,48 +281,18 @@ class JobRunner:
     def _stop_processes(self) -> None:
         with self._lock:
             self._stopping = True
-            if self.hand_back:  # before the signal: the job's writes then name a lost runner
-                for job in self.jobs.hand_back(self.id, list(self._procs), self.max_attempts):
+            try:  # before the signal: the job's writes then name a lost runner
+                for job in self.jobs.hand_back(self.id, list(self._procs)):
                     log.warning(
                         "job %s handed back to the queue: this runner stops",
                         job.id,
                         extra=self._about(job.id),
                     )
-            for process in self._procs.values():
-                if process.is_alive() and process.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, signal.SIGTERM)
-            start = time.monotonic()
-            for job_id, process in self._procs.items():
-                process.join(max(0.0, start + STOP_WAIT_S - time.monotonic()))
-                if process.is_alive():
-                    log.warning(
-                        "job %s: its process outlived SIGTERM by %.0f s, killed",
-                        job_id,
-                        STOP_WAIT_S,
-                        extra=self._about(job_id),
-                    )
-                    process.kill()
-                    process.join()
-                else:
-                    log.info(
-                        "job %s: its process ended %.1f s after SIGTERM",
-                        job_id,
-                        time.monotonic() - start,
-                        extra=self._about(job_id),
-                    )
-                # the job process records this itself on SIGTERM; this covers one that could not
-                # (a handed-back job is no longer this runner's: nothing changes)
-                error = {"reason": "interrupted", "message": "the service stopped"}
-                self.jobs.finish(
-                    job_id, "failed", error=error, message="job interrupted", runner=self.id
-                )
+            except ServiceError as exc:  # left running: requeued by its lease or next start
+                log.error("could not hand the running jobs back: %s", exc)
+            stop_all(self._procs, STOP_WAIT_S, self._about)
             self._procs.clear()
             self._device_of.clear()
 
     def _terminate(self, process: BaseProcess) -> None:
-        process.terminate()
-        process.join(STOP_WAIT_S)
-        if process.is_alive():
-            process.kill()
-            process.join()
+        terminate(process, STOP_WAIT_S)

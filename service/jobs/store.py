@@ -21,13 +21,16 @@ processes), so a `JobStore` can be used from any thread and rebuilt in a job pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from promptserve.service.jobs.database import open_database
-from promptserve.service.jobs.leases import JobLeases
+from promptserve.service.errors import ServiceError
+from promptserve.service.jobs.database import BUSY_TIMEOUT_S
+from promptserve.service.jobs.leases import JobLeases, QueueFullError
+from promptserve.service.jobs.opening import JobDatabase
 from promptserve.service.jobs.records import (
     TERMINAL,
     Event,
@@ -40,15 +43,27 @@ from promptserve.service.jobs.records import (
 )
 from promptserve.service.jobs.spec import JobSpec, dump_spec
 
-__all__ = ["Event", "IdempotencyMismatchError", "Job", "JobState", "JobStore", "new_job_id"]
+__all__ = [
+    "Event",
+    "IdempotencyMismatchError",
+    "Job",
+    "JobState",
+    "JobStore",
+    "QueueFullError",
+    "new_job_id",
+]
 
 
 class JobStore(JobLeases):
     """Jobs in the database at `locator`: a SQLite file path, or a ``postgresql://`` URL
-    (created with its schema when missing)."""
+    (created with its schema when missing). While the database cannot be used, every call
+    raises `JobsUnavailableError` or another storage fault's error (`service.jobs.opening`);
+    each call waits at most `timeout_s` for a lock."""
 
-    def __init__(self, locator: Path | str) -> None:
-        super().__init__(open_database(locator))
+    db: JobDatabase
+
+    def __init__(self, locator: Path | str, *, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        super().__init__(JobDatabase(locator, timeout_s=timeout_s))
         self.locator = self.db.locator  # what a job process reopens the store from
 
     @property
@@ -57,6 +72,21 @@ class JobStore(JobLeases):
         if self.db.path is None:
             raise AttributeError("a Postgres job store has no file path")
         return self.db.path
+
+    def probe(self) -> str | None:
+        """Why jobs cannot be served now (None while they can); while they cannot, each probe
+        tries the database again (as often as `service.jobs.opening` allows)."""
+        if self.db.unavailable is not None:
+            with contextlib.suppress(ServiceError):
+                self.count("queued")
+        return self.db.unavailable
+
+    def created_at(self) -> float:
+        """When this database was made (its first migration): job folders older than it belong
+        to an earlier one."""
+        with self._connect() as db:
+            row = db.execute("SELECT MIN(applied_at) AS at FROM schema_migrations").fetchone()
+        return float(row["at"]) if row["at"] is not None else 0.0
 
     def _connect(self) -> Any:
         return self.db.connect()
@@ -74,16 +104,19 @@ class JobStore(JobLeases):
         idempotency_key: str | None = None,
         job_id: str | None = None,
         owner: str | None = None,
+        max_queued: int | None = None,
     ) -> tuple[Job, bool]:
         """Queue a job; returns (job, created). A known idempotency key returns its job
         (created False) when the fingerprint matches and raises IdempotencyMismatchError if not.
-        `owner` is the name of the API key that asked for it.
+        `owner` is the name of the API key that asked for it. With `max_queued` jobs queued
+        already it raises QueueFullError (`JobLeases._admit`).
 
         This is the one place the key is checked: the insert yields to the key's job, whether
         that was created long ago or by another process a moment ago."""
         job_id = job_id or new_job_id()
         now = time.time()
         with self._transaction() as db:
+            self._admit(db, max_queued, idempotency_key)
             inserted = db.execute(
                 "INSERT INTO jobs (id, state, spec, idempotency_key, fingerprint, created_at, "
                 "owner) VALUES (?, 'queued', ?, ?, ?, ?, ?) "

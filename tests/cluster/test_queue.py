@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from promptserve.service.jobs.spec import dump_spec
-from promptserve.service.jobs.store import JobStore
+from promptserve.service.jobs.store import JobStore, QueueFullError
 from tests.cluster.servers import Postgres, fresh_database
 from tests.service.jobs.helpers import SPEC
 
@@ -159,30 +159,41 @@ def test_counting_listing_and_events_read_the_same_on_both(jobs: JobStore) -> No
     assert jobs.events(made[0].id, after=events[0].seq)[0].message == "job started"
 
 
-def test_a_stopping_runner_hands_its_jobs_back_at_once(jobs: JobStore) -> None:
+def test_a_stopping_runner_hands_its_jobs_back_at_once_without_counting_the_attempt(
+    jobs: JobStore,
+) -> None:
     job, _ = jobs.create(SPEC, fingerprint="a")
     other, _ = jobs.create(SPEC, fingerprint="b")
     assert jobs.claim_next("h:1:a", lease_s=30) is not None
     assert jobs.claim_next("h:2:b", lease_s=30) is not None
     # only its own running jobs: the other runner's stays where it is
-    assert [j.id for j in jobs.hand_back("h:1:a", [job.id, other.id], max_attempts=2)] == [job.id]
+    assert [j.id for j in jobs.hand_back("h:1:a", [job.id, other.id])] == [job.id]
     again = jobs.get(job.id)
     assert again is not None
-    assert (again.state, again.runner) == ("queued", None)
+    assert (again.state, again.runner, again.attempts) == ("queued", None, 0)
     assert not jobs.finish(job.id, "failed", error={"reason": "interrupted"}, runner="h:1:a")
     assert jobs.get(other.id).state == "running"  # type: ignore[union-attr]
-    retried = jobs.claim_next("h:3:c", lease_s=30)
-    assert retried is not None
-    assert (retried.id, retried.attempts) == (job.id, 2)
-    # the last attempt handed back fails, as a lost lease does
-    assert [j.id for j in jobs.hand_back("h:3:c", [job.id], max_attempts=2)] == [job.id]
+    # a stop is no failure of the job: however often its runner stops, it is queued again
+    for runner in ("h:3:c", "h:4:d", "h:5:e"):
+        retried = jobs.claim_next(runner, lease_s=30)
+        assert retried is not None
+        assert (retried.id, retried.attempts) == (job.id, 1)
+        assert [j.id for j in jobs.hand_back(runner, [job.id])] == [job.id]
+    assert jobs.get(job.id).state == "queued"  # type: ignore[union-attr]
+
+
+def test_a_job_whose_run_was_lost_is_retried_until_its_last_attempt(jobs: JobStore) -> None:
+    job, _ = jobs.create(SPEC, fingerprint="a")
+    assert jobs.claim_next("h:1:a", lease_s=30) is not None
+    assert jobs.retry(job.id, "h:9:z", "died", max_attempts=2, reason="worker_died") is None
+    assert jobs.retry(job.id, "h:1:a", "died", max_attempts=2, reason="worker_died")
+    assert jobs.get(job.id).state == "queued"  # type: ignore[union-attr]
+    assert jobs.claim_next("h:2:b", lease_s=30) is not None
+    assert jobs.retry(job.id, "h:2:b", "stopped", max_attempts=2, reason="interrupted")
     failed = jobs.get(job.id)
     assert failed is not None
-    assert failed.state == "failed"
-    assert failed.error == {
-        "reason": "worker_died",
-        "message": "runner h:3:c stopped and handed the job back (attempt 2)",
-    }
+    assert (failed.state, failed.attempts) == ("failed", 2)
+    assert failed.error == {"reason": "interrupted", "message": "stopped (attempt 2)"}
 
 
 def test_a_job_keeps_its_owner_and_a_page_can_show_only_its_jobs(jobs: JobStore) -> None:
@@ -244,3 +255,33 @@ def test_a_jobs_table_without_the_owner_column_gains_it(
     assert old.owner is None
     job, _ = store.create(SPEC, fingerprint="g", owner="acme")
     assert store.page(owner="acme")[0] == [job]
+
+
+def test_the_queued_jobs_limit_holds_under_concurrent_submissions(jobs: JobStore) -> None:
+    limit, already, senders = 16, 10, 24
+    for n in range(already):
+        jobs.create(SPEC, fingerprint=f"old-{n}", max_queued=limit)
+    start = threading.Barrier(senders)
+    outcomes: list[str] = []
+
+    def send(n: int) -> None:
+        own = JobStore(jobs.locator)  # another API process, say
+        start.wait()
+        try:
+            own.create(SPEC, fingerprint=f"new-{n}", max_queued=limit)
+        except QueueFullError:
+            outcomes.append("refused")
+        else:
+            outcomes.append("queued")
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes).count("queued") == limit - already
+    assert jobs.count("queued") == limit
+    # a repeated key is answered with its job, full queue or not
+    first, _ = jobs.create(SPEC, fingerprint="k", idempotency_key="k", max_queued=limit + 1)
+    again, created = jobs.create(SPEC, fingerprint="k", idempotency_key="k", max_queued=limit)
+    assert (again.id, created) == (first.id, False)

@@ -18,10 +18,15 @@ from promptserve.models.artifact import graph_ref
 from promptserve.models.graphs import graph_dir
 from promptserve.service.api.auth import PUBLIC
 from promptserve.service.api.deps import RuntimeDep
-from promptserve.service.api.schemas.common import HealthPublic, error_responses
+from promptserve.service.api.schemas.common import (
+    HealthPublic,
+    JobsHealthPublic,
+    error_responses,
+)
 from promptserve.service.catalog import Catalog
 from promptserve.service.errors import NotReadyError, public_error
 
+AVAILABLE = JobsHealthPublic(status="available")
 router = APIRouter(prefix="/health", tags=["health"], dependencies=[Depends(PUBLIC)])
 
 
@@ -33,7 +38,10 @@ async def live() -> HealthPublic:
 
 @router.get("/ready", responses=error_responses(503))
 async def ready(runtime: RuntimeDep) -> HealthPublic:
-    """200 once the default classifier is loaded and warm (and still servable), else 503."""
+    """200 once the default classifier is loaded and warm (and still servable), else 503.
+
+    `jobs` says whether tuning jobs can be served: a job database that is locked, damaged or
+    down leaves the service ready (it classifies), with `jobs.status` "unavailable"."""
     await runtime.engine.ready()
     name = runtime.settings.default_classifier
     try:
@@ -43,7 +51,13 @@ async def ready(runtime: RuntimeDep) -> HealthPublic:
     except Exception as exc:  # removed, unreadable or damaged since start-up
         message = public_error(exc).message
         raise NotReadyError(f"the default classifier cannot be served: {message}") from None
-    return HealthPublic(status="ready", default_classifier=name, version=version)
+    jobs = await asyncio.to_thread(runtime.jobs.probe)
+    return HealthPublic(
+        status="ready",
+        default_classifier=name,
+        version=version,
+        jobs=JobsHealthPublic(status="unavailable", message=jobs) if jobs else AVAILABLE,
+    )
 
 
 def servable_version(catalog: Catalog, name: str) -> str:

@@ -32,7 +32,7 @@ from promptserve.service.errors import (
 )
 from promptserve.service.jobs.client import JobClient
 from promptserve.service.jobs.plan import plan_job, submit_job
-from promptserve.service.jobs.store import Event, Job
+from promptserve.service.jobs.store import Event, Job, QueueFullError
 from promptserve.service.keys import Key
 from promptserve.service.logs import current_request_id, run_in
 from promptserve.service.runtime import Runtime
@@ -108,11 +108,8 @@ async def adapt(
     """
     settings = runtime.settings
     queued = await run_in(runtime.intake, runtime.jobs.count, "queued")
-    if queued >= settings.max_queued_jobs:  # before the body is read
-        raise TooManyJobsError(
-            f"{queued} jobs are waiting for a worker, the most this service queues; retry later",
-            headers={"Retry-After": str(settings.retry_after_s * 30)},
-        )
+    if queued >= settings.max_queued_jobs:  # before the body is read (and again at the insert)
+        raise _too_many_jobs(queued, settings.retry_after_s)
     media = media_type(request)
     if media == "multipart/form-data":
         create, uploads = await _from_form(request, runtime)
@@ -130,16 +127,20 @@ async def adapt(
     plan = await run_in(runtime.intake, plan_job, create, uploads, settings)
     plan = plan.traced(current_traceparent())  # the job's spans join this request's trace
     owner = key.name if key is not None else None
-    job, created = await run_in(
-        runtime.intake,
-        submit_job,
-        plan,
-        runtime.jobs,
-        runtime.job_files,
-        idempotency_key,
-        owner,
-        current_request_id(),
-    )
+    try:
+        job, created = await run_in(
+            runtime.intake,
+            submit_job,
+            plan,
+            runtime.jobs,
+            runtime.job_files,
+            idempotency_key,
+            owner,
+            current_request_id(),
+            settings.max_queued_jobs,
+        )
+    except QueueFullError as exc:  # others were queued while this body was read
+        raise _too_many_jobs(exc.queued, settings.retry_after_s) from None
     if not created and not _sees(key, job):
         raise IdempotencyConflictError("this Idempotency-Key was used by another API key")
     if created:
@@ -204,6 +205,13 @@ async def list_job_events(
     events = await asyncio.to_thread(client.jobs.events, job_id, after=after, limit=limit + 1)
     return JobEventListPublic(
         data=[_event_public(event) for event in events[:limit]], has_more=len(events) > limit
+    )
+
+
+def _too_many_jobs(queued: int, retry_after_s: int) -> TooManyJobsError:
+    return TooManyJobsError(
+        f"{queued} jobs are waiting for a worker, the most this service queues; retry later",
+        headers={"Retry-After": str(retry_after_s * 30)},
     )
 
 

@@ -3,15 +3,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+
+class JobsHealthPublic(BaseModel):
+    status: Literal["available", "unavailable"]
+    message: str | None = Field(default=None, description="why jobs are unavailable")
 
 
 class HealthPublic(BaseModel):
     status: str
     default_classifier: str | None = None
     version: str | None = None
+    jobs: JobsHealthPublic | None = Field(
+        default=None,
+        description="whether /adapt and /jobs can be served; readiness does not depend on it",
+    )
 
 
 class FieldErrorPublic(BaseModel):

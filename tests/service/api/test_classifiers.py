@@ -149,7 +149,12 @@ async def test_health_and_metrics(client_factory: ClientFactory) -> None:
         await client.get("/classifiers/nope")
         metrics = await client.get("/metrics")
     assert live.json() == {"status": "live"}
-    assert ready.json() == {"status": "ready", "default_classifier": "default", "version": "1"}
+    assert ready.json() == {
+        "status": "ready",
+        "default_classifier": "default",
+        "version": "1",
+        "jobs": {"status": "available", "message": None},
+    }
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
     requests = series(text, "promptserve_http_requests_total")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -328,13 +329,23 @@ async def test_start_up_removes_leftovers(client_factory: ClientFactory, store: 
     stale = store / "shapes" / ".tmp-killed-export"
     stale.mkdir()
     (stale / "visual.onnx").write_bytes(b"half")
+    old = time.time() - 7200
+    from promptserve.service.jobs.store import JobStore
+
+    JobStore(store / ".jobs" / "jobs.db")  # the job database, then a folder none of its jobs own
     orphan = store / ".jobs" / "job-unknown" / "images"
     orphan.mkdir(parents=True)
     (orphan / "0.png").write_bytes(png_bytes())
+    # older than the database: an earlier (lost) database's job, whose uploads are kept
+    earlier = store / ".jobs" / "job-earlier" / "images"
+    earlier.mkdir(parents=True)
+    (earlier / "0.png").write_bytes(png_bytes())
+    os.utime(earlier.parent, (old, old))
     async with client_factory() as (client, _):
         assert (await client.get("/health/live")).status_code == 200
     assert not stale.exists()  # held by no process (tests/service/test_staging_cleanup.py)
     assert not orphan.parent.exists()
+    assert (earlier / "0.png").is_file()
 
 
 def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:

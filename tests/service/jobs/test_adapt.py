@@ -350,3 +350,22 @@ async def test_job_routes_need_the_api_key(client_factory: ClientFactory) -> Non
             wrong = {"Authorization": "Bearer nope"}
             assert_error(await client.request(method, path, headers=wrong), 401, "unauthorized")
             assert (await client.request(method, path, headers=good)).status_code == 200
+
+
+async def test_the_queued_jobs_limit_holds_for_concurrent_posts(
+    client_factory: ClientFactory,
+) -> None:
+    # every POST passes the early check (nothing is queued yet when they arrive); the check in
+    # the insert's transaction is what keeps the queue at its limit
+    async with client_factory(max_concurrent_jobs=0, max_queued_jobs=3) as (client, runtime):
+        answers = await asyncio.gather(
+            *(post_json(client, json_body(name=f"c{n}")) for n in range(8))
+        )
+        queued = runtime.jobs.count("queued")
+        job_folders = [p for p in runtime.settings.job_root.iterdir() if p.is_dir()]
+    assert sorted(r.status_code for r in answers) == [202] * 3 + [429] * 5
+    refused = [r for r in answers if r.status_code == 429]
+    assert all(r.json()["error"]["code"] == "too_many_jobs" for r in refused)
+    assert all("retry-after" in r.headers for r in refused)
+    assert queued == 3
+    assert len(job_folders) == 3  # the refused ones' uploads were removed

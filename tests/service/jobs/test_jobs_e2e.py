@@ -34,6 +34,7 @@ from tests.service.jobs.helpers import (
     wait_running_with_progress,
 )
 from tests.service.servers import Server, copy_store, start_server, stop_server
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -143,11 +144,21 @@ def test_a_failing_job_is_reported_and_leaves_classifiers_alone(
     assert "cannot read image" in events[-1]["message"]
 
 
-def test_a_worker_that_dies_fails_its_job(server: Server, client: httpx.Client) -> None:
+def test_a_job_process_killed_is_run_again_then_failed_at_its_last_attempt(
+    server: Server, client: httpx.Client
+) -> None:
+    # JOB_MAX_ATTEMPTS is 2 (the default): a kill -9 of the job process queues it again once
     job = submit(client, shapes("train", 8), name="killed", method="coop", epochs=200)
     wait_running_with_progress(client, job["id"])
-    pid = _worker_pid(server, job["id"])
-    os.kill(pid, signal.SIGKILL)
+    first = _worker_pid(server, job["id"])
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: _pid_of(server, job["id"]) not in (None, first), timeout=60)
+    again = wait_running_with_progress(client, job["id"])
+    assert again["state"] == "running"
+    assert again["error"] is None
+    events = client.get(f"/jobs/{job['id']}/events").json()["data"]
+    assert any("queued again (attempt 2 of 2)" in e["message"] for e in events), events
+    os.kill(_worker_pid(server, job["id"]), signal.SIGKILL)
     job = wait_for(client, job["id"], {"failed", "succeeded", "cancelled"}, timeout=30)
     assert job["state"] == "failed"
     assert job["error"]["reason"] == "worker_died"
@@ -163,8 +174,9 @@ def test_job_routes_need_the_key_over_http(server: Server) -> None:
             assert response.json()["error"]["code"] == "unauthorized"
 
 
-def test_restart_interrupts_the_running_job_and_runs_the_queued_one(
-    mini_store: Path, tmp_path: Path
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_restart_runs_the_interrupted_job_again_and_the_queued_one(
+    mini_store: Path, tmp_path: Path, stop: str
 ) -> None:
     store = mini_store
     first = start_server(store, tmp_path / "first.log", timeout=600, **JOB_ENV)
@@ -175,14 +187,21 @@ def test_restart_interrupts_the_running_job_and_runs_the_queued_one(
             wait_running_with_progress(client, long["id"])
             assert client.get(f"/jobs/{short['id']}").json()["state"] == "queued"
     finally:
-        first.process.kill()  # a crash: no shutdown, no chance to mark anything
-        first.process.wait()
+        if stop == "SIGKILL":
+            first.process.kill()  # a crash: no shutdown, no chance to mark anything
+        else:
+            first.process.terminate()  # a graceful stop: the running job goes back to the queue
+        first.process.wait(timeout=60)
+    left = _job_row(store, long["id"])
+    if stop == "SIGTERM":
+        assert (left["state"], left["attempts"], left["error"]) == ("queued", 0, None)
     second = start_server(store, tmp_path / "second.log", timeout=600, **JOB_ENV)
     try:
         with httpx.Client(base_url=second.url, headers=AUTH, timeout=60) as client:
-            long_after = wait_for(client, long["id"], {"failed", "succeeded", "cancelled"}, 30)
-            assert long_after["state"] == "failed"
-            assert long_after["error"]["reason"] == "interrupted"
+            # the interrupted job runs again (first here: it was queued before the short one)
+            long_after = wait_running_with_progress(client, long["id"])
+            assert long_after["error"] is None
+            assert client.post(f"/jobs/{long['id']}/cancel").status_code == 200
             short_after = wait_for(client, short["id"], {"failed", "succeeded", "cancelled"})
             assert short_after["state"] == "succeeded", short_after
             assert versions(client, "short") == ["1"]
@@ -191,13 +210,27 @@ def test_restart_interrupts_the_running_job_and_runs_the_queued_one(
         stop_server(second)
 
 
-def _worker_pid(server: Server, job_id: str) -> int:
+def _job_row(store: Path, job_id: str) -> sqlite3.Row:
+    with sqlite3.connect(store / ".jobs" / "jobs.db") as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def _pid_of(server: Server, job_id: str) -> int | None:
+    """The job's process id as the job store has it (None between two runs)."""
     database = _store_of(server) / ".jobs" / "jobs.db"
     with sqlite3.connect(database) as db:
         (pid,) = db.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return int(pid) if pid else None
+
+
+def _worker_pid(server: Server, job_id: str) -> int:
+    pid = _pid_of(server, job_id)
     assert pid
     assert pid != server.process.pid
-    return int(pid)
+    return pid
 
 
 def _store_of(server: Server) -> Path:

@@ -5,9 +5,11 @@ behind the back of the runner that owns it.
   ran out), and when its runner's process is gone (it was orphaned);
 - a runner stops every job process once the job store has been unreachable for half a lease,
   and at once the one whose job another runner took over;
-- a runner reaps a job process that died without ending its job;
-- at start-up a runner fails the jobs a dead runner of its host left running, and leaves alone
-  those of a live runner and those of other hosts (their leases decide).
+- a runner reaps a job process that died without ending its job, and queues the job again
+  until its last attempt;
+- at start-up a runner queues again (or, at the last attempt, fails) the jobs a dead runner of
+  its host left running, and leaves alone those of a live runner and those of other hosts
+  (their leases decide).
 
 The job process is `run_job` itself, with its training replaced by a loop of steps that asks
 `should_stop` between steps as the real loop does; the runner's job processes are stand-ins
@@ -134,7 +136,7 @@ def test_a_job_process_whose_job_was_taken_over_stops_and_writes_nothing(
     assert not [m for m in messages if "cancel" in m or "interrupted" in m or "failed" in m]
 
 
-def test_a_job_process_whose_runner_is_gone_stops_and_fails_the_job_as_interrupted(
+def test_a_job_process_whose_runner_is_gone_stops_and_leaves_the_job_to_be_queued_again(
     jobs: JobStore, tmp_path: Path, training: Training
 ) -> None:
     job = running_job(jobs)
@@ -145,9 +147,8 @@ def test_a_job_process_whose_runner_is_gone_stops_and_fails_the_job_as_interrupt
     assert training.steps == 1
     now = jobs.get(job.id)
     assert now is not None
-    assert now.state == "failed"
-    assert now.error is not None
-    assert now.error["reason"] == "interrupted"
+    # not failed: the next start's recovery (or the lease) queues it again
+    assert (now.state, now.runner, now.error) == ("running", job.runner, None)
 
 
 def test_a_job_process_stops_when_its_job_is_cancelled(
@@ -287,23 +288,35 @@ def test_a_job_its_process_ended_is_not_stopped_but_reaped(jobs: JobStore, tmp_p
     assert done.state == "succeeded"  # reaping does not touch an ended job
 
 
-def test_a_job_process_that_died_fails_its_job_as_worker_died(
+def test_a_job_process_that_died_queues_its_job_again_until_its_last_attempt(
     jobs: JobStore, tmp_path: Path
 ) -> None:
-    runner, processes = runner_with(jobs, tmp_path, 2)
+    runner, processes = runner_with(jobs, tmp_path, 2)  # JOB_MAX_ATTEMPTS: 2 (the default)
     died, alive = processes
     processes[died].exitcode = -signal.SIGKILL  # the OOM killer, say
+    runner._start_queued = lambda: None  # type: ignore[method-assign]  # leave it queued
     runner.poll()
     assert set(runner._procs) == {alive}
     job = jobs.get(died)
     assert job is not None
-    assert job.state == "failed"
-    assert job.error is not None
-    assert job.error["reason"] == "worker_died"
-    assert "killed by SIGKILL" in job.error["message"]
+    assert (job.state, job.attempts, job.error) == ("queued", 1, None)
     other = jobs.get(alive)
     assert other is not None
     assert other.state == "running"
+    # its second run dies too: that was the last attempt
+    again = jobs.claim_next(runner.id, runner.lease_s)
+    assert again is not None
+    assert again.id == died
+    processes[died] = StandIn()
+    processes[died].exitcode = -signal.SIGKILL
+    runner._procs[died] = processes[died]  # type: ignore[assignment]
+    runner.poll()
+    job = jobs.get(died)
+    assert job is not None
+    assert (job.state, job.attempts) == ("failed", 2)
+    assert job.error is not None
+    assert job.error["reason"] == "worker_died"
+    assert "killed by SIGKILL" in job.error["message"]
 
 
 # --- recovery at start-up ---------------------------------------------------------------------
@@ -340,6 +353,29 @@ def test_recovery_fails_the_jobs_a_dead_runner_of_this_host_left_running(
         assert now is not None
         assert (now.state, now.runner) == ("running", job.runner)
         assert files.uploads(job.id).is_dir()
+
+
+def test_recovery_queues_a_job_left_running_again_while_it_has_attempts_left(
+    jobs: JobStore, tmp_path: Path
+) -> None:
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    host = socket.gethostname()
+    left = running_job(jobs, f"{host}:{int(gone.stdout)}:cccccccc")
+    files = JobFiles(tmp_path / "jobs")
+    files.uploads(left.id).mkdir(parents=True)
+    (files.uploads(left.id) / "0.png").write_bytes(b"png")
+    me = f"{host}:{os.getpid()}:ffffffff"
+    housekeeping = Housekeeping(jobs, files, me, retention_s=86_400, max_attempts=2)
+    assert housekeeping.recover() == [left.id]
+    now = jobs.get(left.id)
+    assert now is not None
+    assert (now.state, now.runner, now.attempts) == ("queued", None, 1)
+    assert files.uploads(left.id).is_dir()  # its next run needs them
 
 
 def test_recovery_fails_a_running_job_without_a_runner(jobs: JobStore, tmp_path: Path) -> None:
