@@ -3,8 +3,11 @@ the mini backbone, real tuning jobs): every image kind classified, typed errors 
 server's request ids, a 429 retried after its Retry-After, a job waited for and then served
 under an alias, a cancelled job, embeddings, and the CLI's exit statuses.
 
-The server admits one request at a time (PROMPTSERVE_MAX_INFLIGHT_REQUESTS=1), so a request
-held open by a raw socket makes the next one a deterministic 429.
+The server admits HELD_BYTES + 96 body bytes in flight (PROMPTSERVE_MAX_INFLIGHT_BYTES), and a
+body may arrive at any rate (PROMPTSERVE_BODY_MIN_RATE=0), so a raw socket that sends HELD_BYTES
+of a body and stops makes the next request with a body a deterministic 429. (A request waiting
+for its client's bytes does not count against PROMPTSERVE_MAX_INFLIGHT_REQUESTS: only the bytes
+it sent are held.)
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from tests.service.servers import REPO, Server, copy_store, start_server, stop_s
 
 pytestmark = pytest.mark.slow
 
+HELD_BYTES = 8000  # what the held request sends of its body
+
 
 @pytest.fixture(scope="module")
 def server(mini_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -49,7 +54,8 @@ def server(mini_template_store: Path, tmp_path_factory: pytest.TempPathFactory) 
         copy_store(mini_template_store, root / "store"),
         root / "server.log",
         timeout=600,
-        PROMPTSERVE_MAX_INFLIGHT_REQUESTS="1",
+        PROMPTSERVE_MAX_INFLIGHT_BYTES=str(HELD_BYTES + 96),
+        PROMPTSERVE_BODY_MIN_RATE="0",
         **JOB_ENV,
     )
     yield running
@@ -133,27 +139,33 @@ class Recording(httpx.HTTPTransport):
 
 
 def hold_a_slot(server: Server) -> socket.socket:
-    """A classify request whose body never finishes: it holds the server's only slot."""
+    """A classify request that sends HELD_BYTES of its body and stops: it holds nearly all the
+    body bytes the server admits in flight."""
     host, port = server.url.removeprefix("http://").split(":")
     held = socket.create_connection((host, int(port)))
+    start = b'{"images": ['
     held.sendall(
         b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Authorization: Bearer {KEY}\r\nContent-Length: 1000\r\n\r\n".encode()
-        + b'{"images": ['
+        + f"Authorization: Bearer {KEY}\r\nContent-Length: {10 * HELD_BYTES}\r\n\r\n".encode()
+        + start
+        + b" " * (HELD_BYTES - len(start))  # JSON whitespace
     )
     return held
 
 
 def wait_until_refused(server: Server) -> None:
+    """Until a request with a body is refused: the held bytes have arrived."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        probe = httpx.get(
-            f"{server.url}/v1/classifiers", headers={"Authorization": f"Bearer {KEY}"}
+        probe = httpx.post(
+            f"{server.url}/v1/classify",
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+            content=b" " * 200,
         )
         if probe.status_code == 429:
             return
         time.sleep(0.05)
-    raise AssertionError("the held request never took the slot")
+    raise AssertionError("the held request's bytes never reached the server")
 
 
 def test_a_429_is_retried_after_its_retry_after(server: Server, red_star: Path) -> None:

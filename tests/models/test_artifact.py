@@ -91,7 +91,8 @@ def _images() -> list[Image.Image]:
 def test_layout_has_exactly_the_five_files(exported: Exported) -> None:
     assert {p.name for p in exported.path.iterdir()} == FIVE_FILES
     assert exported.path.name == "1"
-    assert [p.name for p in exported.path.parent.iterdir()] == ["1"]  # no staging left
+    # the version counter and the one version: no staging left
+    assert sorted(p.name for p in exported.path.parent.iterdir()) == [versions.COUNTER_FILE, "1"]
 
 
 def test_manifest_records_the_export(exported: Exported) -> None:

@@ -45,7 +45,7 @@ def _artifact(backbone: Any, store: Path, seed: int, method: str = "zeroshot") -
         for parameter in learner.parameters():
             parameter.add_(0.01 * torch.randn_like(parameter))
     publish_classifier(learner, ["a", "b"], store, method, training={"data": "t"}, format_version=1)
-    return next((store / method).iterdir())
+    return store / method / "1"
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from promptserve.models.artifact import verify_artifact
 from promptserve.models.classifier import load_classifier
+from promptserve.models.versions import COUNTER_FILE
 from promptserve.training.cli import main
 from tests.helpers import make_image_folder
 
@@ -66,7 +67,7 @@ def test_train_then_eval(method: str, folders: tuple[Path, Path], tmp_path: Path
     right = sum(top[0].label == path.parent.name for top, path in zip(ranked, images, strict=True))
     assert result["accuracy"] == pytest.approx(100.0 * right / len(images), abs=0.006)
     assert main(args) == 0  # a second run publishes version 2 beside the first
-    assert sorted(p.name for p in (store / "colours").iterdir()) == ["1", "2"]
+    assert sorted(p.name for p in (store / "colours").iterdir()) == [COUNTER_FILE, "1", "2"]
 
 
 def test_train_heldout_scores_the_left_out_images(

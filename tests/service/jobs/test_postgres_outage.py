@@ -20,8 +20,17 @@ pytestmark = pytest.mark.anyio
 
 
 def pg_ctl(server: Postgres, *args: str) -> None:
-    command = [str(server.bin / "pg_ctl"), "-D", str(server.data), *args]
-    subprocess.run(_as_postgres_user(command), check=True, capture_output=True)
+    """pg_ctl with the server's log file: a server started by it must not inherit a pipe of
+    ours, or waiting for pg_ctl's output would wait for the server to exit."""
+    log = str(server.data.parent / "log")
+    command = [str(server.bin / "pg_ctl"), "-D", str(server.data), "-l", log, *args]
+    subprocess.run(
+        _as_postgres_user(command),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
+    )
 
 
 async def test_a_stopped_postgres_answers_503_and_jobs_come_back_when_it_does(
