@@ -39,7 +39,7 @@ disable_created_metrics()
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# the error codes of the answers that refuse a request for a limit (413, 429): the reasons of
+# the error codes of the answers that refuse a request for a limit (408, 413, 429): the reasons of
 # promptserve_rejected_requests_total; any other code there is "other"
 REJECT_REASONS = frozenset(
     {
@@ -49,6 +49,7 @@ REJECT_REASONS = frozenset(
         "body_too_large",
         "too_many_images",
         "image_too_large",  # the pixel limit
+        "body_timeout",  # a body that stalled or took too long (BODY_* settings)
     }
 )
 OTHER = "other"
@@ -76,7 +77,7 @@ class Metrics:
         )
         self.rejected = Counter(
             "promptserve_rejected_requests_total",
-            "Requests refused for a limit (413, 429) by reason: the error code answered.",
+            "Requests refused for a limit (408, 413, 429) by reason: the error code answered.",
             ["reason"],
             registry=self.http,
         )

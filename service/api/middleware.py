@@ -235,12 +235,12 @@ class AdmissionMiddleware:
         await response(scope, receive, send)
 
 
-REJECT_STATUSES = (413, 429)  # a limit refused the request: counted by the error code
+REJECT_STATUSES = (408, 413, 429)  # a limit refused the request: counted by the error code
 
 
 class MetricsMiddleware:
     """Counts every HTTP request by route template, method and status, and times it; a
-    request refused for a limit (413, 429) is also counted by the code of its error body."""
+    request refused for a limit (408, 413, 429) is also counted by the code of its error body."""
 
     def __init__(
         self, app: ASGIApp, metrics: Metrics, routes: Callable[[], list[BaseRoute]]

@@ -13,7 +13,7 @@ import pytest
 
 from promptserve.service.api.middleware import AdmissionMiddleware
 from promptserve.service.api.uploads import BodyPace
-from tests.service.helpers import ClientFactory, png_bytes
+from tests.service.helpers import ClientFactory, png_bytes, series
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -143,7 +143,8 @@ async def test_bytes_past_the_budget_are_refused_as_they_arrive() -> None:
 
 async def test_the_app_answers_a_stalled_upload_408(client_factory: ClientFactory) -> None:
     """As `create_app` wires it, with the BODY_* settings: a JSON upload that stops mid-body is
-    a 408 body_timeout from the route, and the next classify is served."""
+    a 408 body_timeout from the route, counted as a rejected request, and the next classify is
+    served."""
     async with client_factory(body_min_rate=1000, body_rate_window_s=0.3) as (client, _):
 
         async def stalling() -> Any:
@@ -158,6 +159,8 @@ async def test_the_app_answers_a_stalled_upload_408(client_factory: ClientFactor
         after = await client.post(
             "/classify", content=png_bytes(), headers={"Content-Type": "image/png"}
         )
+        text = (await client.get("/metrics")).text
+    assert series(text, "promptserve_rejected_requests_total") == {(("reason", "body_timeout"),): 1}
     assert response.status_code == 408, response.text
     assert response.json()["error"]["code"] == "body_timeout"
     assert after.status_code == 200
