@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -250,12 +251,18 @@ class Catalog:
         """Remove the staging folders (``<name>/.tmp-*``, ``.backbones/*/graphs/.tmp-*``) that
         no live process holds: left by exports, downloads or deletes that were killed, however
         young; one an export of another process is still writing is held (`owned_staging`) and
-        stays. Returns what was removed."""
-        patterns = (f"*/{TEMP_PREFIX}*", f"{BACKBONES_DIR}/*/{GRAPHS_DIR}/{TEMP_PREFIX}*")
+        stays. Staging files (an alias file or a backbone record written beside its place, a
+        one-file download) are not held: one is removed once STALE_STAGING_FILE_S old. Returns
+        what was removed."""
+        patterns = (
+            f"*/{TEMP_PREFIX}*",
+            f"{BACKBONES_DIR}/*/{TEMP_PREFIX}*",
+            f"{BACKBONES_DIR}/*/{GRAPHS_DIR}/{TEMP_PREFIX}*",
+        )
         found = [p for pattern in patterns for p in self.root.glob(pattern)]
-        removed = [p for p in found if p.is_dir() and remove_if_orphaned(p)]
+        removed = [p for p in found if (remove_if_orphaned if p.is_dir() else _stale_removed)(p)]
         if removed:
-            log.warning("removed %d staging folder(s) left by interrupted exports", len(removed))
+            log.warning("removed %d staging item(s) left by interrupted writes", len(removed))
         return removed
 
     def ensure_default(self, name: str, backbone: str) -> bool:
@@ -268,6 +275,21 @@ class Catalog:
         log.info("store %s has no %r classifier: creating it on %s", self.root, name, backbone)
         create_default_classifier(self.root, name, backbone)
         return True
+
+
+# a staging file is written and renamed within milliseconds; one this old lost its writer
+STALE_STAGING_FILE_S = 600.0
+
+
+def _stale_removed(path: Path) -> bool:
+    """Remove the staging file `path` if it is STALE_STAGING_FILE_S old; whether it was."""
+    try:
+        if not path.is_file() or time.time() - path.stat().st_mtime < STALE_STAGING_FILE_S:
+            return False
+        path.unlink()
+    except FileNotFoundError:  # renamed into place or removed meanwhile
+        return False
+    return True
 
 
 def create_default_classifier(root: Path, name: str, backbone: str) -> Path:

@@ -9,15 +9,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from promptserve.service.catalog import Catalog
+from promptserve.service.catalog import STALE_STAGING_FILE_S, Catalog
 from tests.service.helpers import ClientFactory
 
 PUBLISHER = """
 import sys
+import time
 from pathlib import Path
 from promptserve.models.versions import owned_staging
 with owned_staging(Path(sys.argv[1]), ".tmp-") as staging:
@@ -62,3 +64,20 @@ async def test_the_next_start_removes_staging_of_killed_publishers_only(
         live.stdin.close()
         live.wait(timeout=60)
     assert Catalog(store).remove_orphaned_staging() == [running]  # its holder has ended
+
+
+def test_staging_files_are_removed_once_stale_and_fresh_ones_stay(store: Path) -> None:
+    """A writer of an alias file or a backbone record killed between write and rename leaves a
+    `.tmp-*` file; it is removed once it is STALE_STAGING_FILE_S old, and a fresh one (a write
+    in progress) stays."""
+    backbone = next((store / ".backbones").iterdir())
+    stale = [store / "shapes" / ".tmp-aliases.json-1", backbone / ".tmp-2.json"]
+    fresh = store / "shapes" / ".tmp-aliases.json-3"
+    old = time.time() - STALE_STAGING_FILE_S - 5
+    for path in [*stale, fresh]:
+        path.write_text("{}")
+    for path in stale:
+        os.utime(path, (old, old))
+    assert sorted(Catalog(store).remove_orphaned_staging()) == sorted(stale)
+    assert fresh.is_file()
+    assert not any(path.exists() for path in stale)
