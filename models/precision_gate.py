@@ -28,6 +28,7 @@ from torch import Tensor
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.engines import VisualEngine
+from promptserve.models.errors import PrecisionError
 from promptserve.models.precision import Precision
 from promptserve.models.preprocess import FastEvalTransform
 
@@ -58,6 +59,7 @@ class GateResult:
     accuracy_change: float | None  # reduced minus float32 top-1 accuracy; None: no labels
     min_cosine: float
     passed: bool
+    error: str | None = None  # why the reduced engine could not open (then no figures)
 
     @property
     def served(self) -> str:
@@ -135,11 +137,24 @@ def gated_engine(
 ) -> tuple[VisualEngine, GateResult | None]:
     """The engine that serves classifier `name`: at `precision` when it passes the gate
     against float32 on the fixed calibration set, else float32 (logged as a warning).
-    `open_at` opens the classifier's graph at a precision; float32 needs no gate."""
+    `open_at` opens the classifier's graph at a precision; float32 needs no gate. A reduced
+    engine that cannot open (a graph the quantizer fails on) falls back the same way; a
+    precision this host cannot run (`PrecisionError`) is refused."""
     full = open_at("fp32")
     if precision == "fp32":
         return full, None
-    reduced = open_at(precision)
+    try:
+        reduced = open_at(precision)
+    except PrecisionError:
+        raise  # asked for what this host cannot run: refused, not quietly replaced
+    except Exception as exc:  # the quantizer's and exporter's failures have no common type
+        log.warning(
+            "classifier %s: the %s engine could not open (%s); serving float32 instead",
+            name,
+            precision,
+            exc,
+        )
+        return full, GateResult(precision, 0, 0.0, None, -1.0, False, error=str(exc))
     pixels = calibration_pixels(FastEvalTransform(preprocess), preprocess.size, thresholds.images)
     result = run_gate(precision, reduced, full, class_embeddings, pixels, thresholds)
     figures = (name, precision, result.agreement, result.min_cosine, result.images)

@@ -109,6 +109,22 @@ def test_a_tampered_int8_graph_fails_its_gate_and_float32_serves(
     assert 'precision="int8",served="fp32",version="1"}' in text
 
 
+def test_an_int8_graph_that_cannot_be_made_falls_back_to_float32(
+    store: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(path: Path, calibration: torch.Tensor | None = None) -> bytes:
+        raise RuntimeError("quantizer failed")
+
+    monkeypatch.setattr(precision, "int8_graph", broken)
+    with caplog.at_level(logging.WARNING, logger="promptserve.models.precision_gate"):
+        served = load_classifier(store / "zs" / "1", precision="int8", gate=GATE)
+    gate = served.precision_gate
+    assert gate is not None
+    assert gate.served == "fp32"
+    assert gate.error == "quantizer failed"
+    assert "int8 engine could not open (quantizer failed); serving float32" in caplog.text
+
+
 def test_the_gate_counts_agreement_and_the_accuracy_change() -> None:
     classes = torch.eye(4)  # [C=4, D=4]
     pixels = torch.arange(8).remainder(4)  # stands in for images: the engine reads the label
