@@ -4,6 +4,7 @@ the service. The eager learner (`models.labels.load_learner`) encodes labels a c
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,17 +17,19 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
-from promptserve.models.artifact import graph_ref, verify_artifact
+from promptserve.models.artifact import verify_artifact
 from promptserve.models.backbone import PreprocessConfig
+from promptserve.models.classifier_engine import classifier_engine, preprocess_from_manifest
 from promptserve.models.engine_pool import EnginePool
-from promptserve.models.engines import EngineKind, OnnxOptions, VisualEngine, open_engine
+from promptserve.models.engines import EngineKind, OnnxOptions, VisualEngine
 from promptserve.models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from promptserve.models.export import CLASSES_FILE
-from promptserve.models.graphs import INPUTS_FILE, graph_dir, input_names, verify_graph
-from promptserve.models.input_engines import BoundInputs, open_input_engine
+from promptserve.models.input_engines import BoundInputs
 from promptserve.models.labels import LabelEncoder, shared_label_encoder
 from promptserve.models.methods import Learner
 from promptserve.models.names import check_distinct, check_name_text, name_key
+from promptserve.models.precision import Precision
+from promptserve.models.precision_gate import GateResult, GateThresholds, gated_engine
 from promptserve.models.preprocess import FastEvalTransform
 
 SHOWN_LABELS = 5  # labels named in an error message
@@ -46,6 +49,7 @@ class Classifier:
     engine: VisualEngine
     device: torch.device
     path: Path | None = None  # the artifact directory; needed to encode new labels
+    precision_gate: GateResult | None = None  # a reduced precision's gate (None: float32)
 
     def __post_init__(self) -> None:
         self.transform = FastEvalTransform(self.preprocess)  # eval_transform, cheaper
@@ -251,6 +255,8 @@ def load_classifier(
     threads: int | None = None,
     options: OnnxOptions | None = None,
     engines: EnginePool | None = None,
+    precision: Precision = "fp32",
+    gate: GateThresholds | None = None,
 ) -> Classifier:
     """Verify the artifact at `path` and load it for inference on `device` (`threads`: the
     engine's CPU threads; `options`: ONNX Runtime's; see `open_engine`).
@@ -258,7 +264,8 @@ def load_classifier(
     A format-2 artifact runs on its store's shared graph: through `engines` when given (the
     pool's kind, device and threads apply, and classifiers on one graph share one engine),
     else on an engine opened for this classifier alone. Either way only the classifier's own
-    small tensors are read per load."""
+    small tensors are read per load. At a reduced `precision` the engine must pass its
+    accuracy `gate` against float32 first, else float32 serves (`models.precision_gate`)."""
     path = Path(path)
     target = torch.device(device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -270,6 +277,14 @@ def load_classifier(
             f"{path}: {classes.shape[0]} class embeddings for "
             f"{len(manifest['class_names'])} class names"
         )
+    preprocess = preprocess_from_manifest(manifest)
+    open_at = functools.partial(
+        classifier_engine, path, manifest, engine, device, threads, options, engines
+    )
+    thresholds = gate or GateThresholds()
+    visual, result = gated_engine(
+        manifest["name"], precision, open_at, classes, preprocess, thresholds
+    )
     return Classifier(
         name=manifest["name"],
         version=str(manifest["version"]),
@@ -277,41 +292,9 @@ def load_classifier(
         class_names=list(manifest["class_names"]),
         class_embeddings=classes,
         logit_scale=float(manifest["logit_scale"]),
-        preprocess=preprocess_from_manifest(manifest),
-        engine=_visual_engine(path, manifest, engine, device, threads, options, engines),
+        preprocess=preprocess,
+        engine=visual,
         device=target,
         path=path,
+        precision_gate=result,
     )
-
-
-def _visual_engine(
-    path: Path,
-    manifest: dict[str, Any],
-    engine: EngineKind,
-    device: str,
-    threads: int | None,
-    options: OnnxOptions | None,
-    engines: EnginePool | None,
-) -> VisualEngine:
-    ref = graph_ref(manifest)
-    if ref is None:  # self-contained: its own graph files
-        return open_engine(path, engine, device, threads, options)
-    store = path.parent.parent  # <store>/<name>/<version>
-    if (path / INPUTS_FILE).is_file() and INPUTS_FILE in manifest["files"]:
-        inputs = load_file(str(path / INPUTS_FILE))  # verified with the artifact's files
-        if engines is not None:
-            return BoundInputs(engines.get_input_engine(store, ref), inputs)
-        directory = graph_dir(store, ref)
-        names = input_names(verify_graph(directory))
-        shared = open_input_engine(directory, names, engine, device, threads, options)
-        return BoundInputs(shared, inputs)
-    if engines is not None:
-        return engines.get(store, ref)
-    directory = graph_dir(store, ref)
-    verify_graph(directory)
-    return open_engine(directory, engine, device, threads, options)
-
-
-def preprocess_from_manifest(manifest: dict[str, Any]) -> PreprocessConfig:
-    cfg = dict(manifest["preprocessing"])
-    return PreprocessConfig(**{**cfg, "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])})

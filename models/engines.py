@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol
@@ -57,6 +57,7 @@ class OnnxEngine:
         device: str = "cpu",
         threads: int | None = None,
         options: OnnxOptions | None = None,
+        model: Callable[[Path], bytes] | None = None,
     ) -> None:
         self.options = options or OnnxOptions()
         self.device = torch.device(device)
@@ -77,8 +78,9 @@ class OnnxEngine:
             full = open_session(str(path), session_options, providers)
             self.fp16_cosine = check_fp16(full, self.session)
             del full
-        else:
-            self.session = open_session(str(path), session_options, providers)
+        else:  # `model`: the graph rewritten first (`models.precision.int8_graph`)
+            graph = str(path) if model is None else model(path)
+            self.session = open_session(graph, session_options, providers)
         self.providers: list[str] = self.session.get_providers()  # what it really runs on
         width = self.session.get_outputs()[0].shape[-1]
         self.width = width if isinstance(width, int) else None  # D, when the graph fixes it

@@ -66,3 +66,8 @@ class ProviderError(PromptserveError):
 
 class Fp16AccuracyError(ArtifactError):
     """A float16 graph strays from its float32 graph beyond tolerance when it opens."""
+
+
+class PrecisionError(PromptserveError, ValueError):
+    """A reduced engine precision this host or device cannot run (bf16 without bf16 CPU flags,
+    int8 or bf16 on CUDA)."""

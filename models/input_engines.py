@@ -9,6 +9,7 @@ batch, so images of different classifiers run in one call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from promptserve.models.engines import (
     OnnxOptions,
     TorchScriptEngine,
 )
+from promptserve.models.precision import Bf16Engine, Precision, check_precision, int8_graph
 
 
 class InputEngine(Protocol):
@@ -43,8 +45,9 @@ class InputOnnxEngine:
         device: str = "cpu",
         threads: int | None = None,
         options: OnnxOptions | None = None,
+        model: Callable[[Path], bytes] | None = None,
     ) -> None:
-        self.onnx = OnnxEngine(path, device, threads, options)
+        self.onnx = OnnxEngine(path, device, threads, options, model)
         self.names = list(names)
 
     def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor:
@@ -63,6 +66,17 @@ class InputTorchScriptEngine:
             return self.script.module(pixels.to(device, torch.float32), *args)  # type: ignore[no-any-return]
 
 
+class InputBf16Engine:
+    """A shared prompt graph's TorchScript file under bf16 autocast (`models.precision`)."""
+
+    def __init__(self, path: Path, names: list[str]) -> None:
+        self.bf16 = Bf16Engine(path)
+        self.names = list(names)
+
+    def __call__(self, pixels: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        return self.bf16(pixels, *(inputs[name] for name in self.names))
+
+
 def open_input_engine(
     directory: Path,
     names: list[str],
@@ -70,9 +84,17 @@ def open_input_engine(
     device: str = "cpu",
     threads: int | None = None,
     options: OnnxOptions | None = None,
+    precision: Precision = "fp32",
 ) -> InputEngine:
     """The shared prompt graph in `directory` (inputs `names`, in order) as an engine
-    (`options`: ONNX Runtime's, see `models.engines.OnnxOptions`)."""
+    (`options`: ONNX Runtime's, see `models.engines.OnnxOptions`), at `precision` (int8 is
+    dynamically quantized: see `models.precision`)."""
+    if precision != "fp32":
+        check_precision(precision, device)
+        if precision == "bf16":
+            return InputBf16Engine(directory / TORCHSCRIPT_FILE, names)
+        onnx = directory / ONNX_FILE
+        return InputOnnxEngine(onnx, names, "cpu", threads, options, model=int8_graph)
     if engine == "onnx":
         return InputOnnxEngine(directory / ONNX_FILE, names, device, threads, options)
     if engine == "torchscript":

@@ -13,7 +13,8 @@ template (``/classifiers/{name}``), never by the raw path, so label cardinality 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import (
@@ -32,6 +33,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from promptserve.models.devices import DeviceChoice
+    from promptserve.models.precision_gate import GateResult
 
 # a `_created` timestamp means nothing for a series summed over processes, and costs a line a series
 disable_created_metrics()
@@ -234,6 +236,46 @@ def add_store_gauges(metrics: Metrics, store: EngineHolder) -> None:
         "Bytes of the loaded classifiers' own tensors (class embeddings), engines excluded.",
         lambda: float(store.loaded_bytes()),
     )
+
+
+class GateHolder(Protocol):
+    """What the precision gate metrics read (`ClassifierCache` is one)."""
+
+    @property
+    def gate_runs(self) -> Mapping[tuple[str, str], int]: ...  # (precision, outcome) -> runs
+
+    def precision_gates(self) -> list[tuple[str, str, GateResult]]: ...
+
+
+def add_precision_metrics(metrics: Metrics, store: GateHolder) -> None:
+    """The accuracy gates of reduced engine precisions: runs by outcome, and each loaded
+    classifier's figures (labelled with the precision that serves it)."""
+    metrics.read_at_scrape.add(
+        "promptserve_precision_gate_total",
+        "Accuracy gates run by precision and outcome (passed, or fallback to float32).",
+        "counter",
+        lambda: [({"precision": p, "outcome": o}, n) for (p, o), n in store.gate_runs.items()],
+    )
+    for field, help in (
+        ("agreement", "Top-1 agreement with float32 on the calibration set"),
+        ("min_cosine", "Smallest embedding cosine to float32 on the calibration set"),
+    ):
+        metrics.read_at_scrape.add(
+            f"promptserve_precision_gate_{field}",
+            f"{help}, per loaded classifier on a reduced precision.",
+            "gauge",
+            functools.partial(_gate_series, store, field),
+        )
+
+
+def _gate_series(store: GateHolder, field: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (
+            {"classifier": name, "version": version, "precision": r.precision, "served": r.served},
+            getattr(r, field),
+        )
+        for name, version, r in store.precision_gates()
+    ]
 
 
 def add_device_metrics(metrics: Metrics, choice: DeviceChoice) -> None:

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from promptserve.models.artifact import check_name
 from promptserve.models.engines import OnnxOptions
 from promptserve.models.errors import ArtifactError
+from promptserve.models.precision_gate import GateThresholds
 
 MiB = 1024 * 1024
 ENGINES_KEPT = 2  # engines the pool keeps open beyond the loaded classifiers' (EnginePool.keep)
@@ -74,6 +75,28 @@ class Settings(BaseSettings):
     )
     onnx_threads: int | None = Field(
         default=None, ge=1, description="ONNX Runtime intra-op threads; None: min(4, CPU count)"
+    )
+    # --- reduced precision on the CPU (models.precision), each engine gated against float32 ---
+    engine_precision: Literal["fp32", "bf16", "int8"] = Field(
+        default="fp32",
+        description="Visual engine precision on the CPU: fp32, int8 (ONNX Runtime quantization) "
+        "or bf16 (TorchScript under bf16 autocast; needs avx512_bf16 or amx_bf16); a reduced "
+        "one serves a classifier only after its accuracy gate, else float32 does",
+    )
+    precision_min_agreement: float = Field(
+        default=0.99,
+        ge=0,
+        le=1,
+        description="The gate: share of calibration images whose top-1 class matches float32's",
+    )
+    precision_min_cosine: float = Field(
+        default=0.99,
+        ge=-1,
+        le=1,
+        description="The gate: smallest embedding cosine to float32 on the calibration images",
+    )
+    precision_gate_images: int = Field(
+        default=32, ge=1, le=1024, description="The gate: images in the fixed calibration set"
     )
     # --- the GPU path (each is ignored on the CPU but onnx_fp16, which needs CUDA) ---
     onnx_fp16: bool = Field(
@@ -364,6 +387,30 @@ class Settings(BaseSettings):
         if self.onnx_fp16 and self.device == "cpu":
             raise ValueError("onnx_fp16 needs device cuda (or auto on a CUDA host)")
         return self
+
+    @model_validator(mode="after")
+    def _precision_runs_here(self) -> Settings:
+        if self.engine_precision == "fp32":
+            return self
+        if self.onnx_fp16 or self.device == "cuda":
+            raise ValueError(
+                f"engine_precision {self.engine_precision} is for the CPU; on CUDA use onnx_fp16"
+            )
+        if self.engine_precision == "bf16":
+            from promptserve.models.precision import bf16_problem  # reads /proc/cpuinfo
+
+            problem = bf16_problem()
+            if problem is not None:
+                raise ValueError(f"engine_precision bf16 cannot run here: {problem}")
+        return self
+
+    def gate_thresholds(self) -> GateThresholds:
+        """The accuracy gate a reduced engine precision must pass (`models.precision_gate`)."""
+        return GateThresholds(
+            min_agreement=self.precision_min_agreement,
+            min_cosine=self.precision_min_cosine,
+            images=self.precision_gate_images,
+        )
 
     @field_validator("api_key", "api_keys_file", mode="before")
     @classmethod

@@ -6,19 +6,22 @@ reloaded, never served stale. Format-2 versions run on their store's shared grap
 `EnginePool`: classifiers on the same backbone graph share one engine, and loading one reads
 only its own small tensors. `max_loaded` bounds loaded classifiers; engines live while a loaded
 classifier uses them. Requests already holding a loaded version finish with it when it is
-deleted.
+deleted. At a reduced `precision` each load runs the accuracy gate (`models.precision_gate`);
+its outcomes are counted here for ``/metrics``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from promptserve.models.classifier import Classifier, load_classifier
 from promptserve.models.engine_pool import EnginePool
 from promptserve.models.engines import EngineKind, OnnxOptions
+from promptserve.models.precision import Precision
+from promptserve.models.precision_gate import GateResult, GateThresholds
 from promptserve.service.catalog import Catalog, Stamp
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class ClassifierCache:
         onnx_threads: int | None = None,
         max_loaded: int = 8,
         onnx_options: OnnxOptions | None = None,
+        precision: Precision = "fp32",
+        gate: GateThresholds | None = None,
     ) -> None:
         self.catalog = catalog
         self.engine_kind: EngineKind = engine_kind
@@ -51,6 +56,9 @@ class ClassifierCache:
         self.onnx_threads = onnx_threads
         self.onnx_options = onnx_options  # fp16, IO binding, TensorRT (models.engines)
         self.max_loaded = max_loaded
+        self.precision: Precision = precision
+        self.gate = gate or GateThresholds()
+        self.gate_runs: Counter[tuple[str, str]] = Counter()  # (precision, outcome) -> runs
         self.engines = EnginePool(engine_kind, device, onnx_threads, options=onnx_options)
         self._cache: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache
@@ -110,6 +118,15 @@ class ClassifierCache:
         with self._lock:
             return len({entry.classifier.engine_key for entry in self._cache.values()})
 
+    def precision_gates(self) -> list[tuple[str, str, GateResult]]:
+        """(name, version, gate result) of each loaded classifier on a reduced precision."""
+        with self._lock:
+            return [
+                (*key, entry.classifier.precision_gate)
+                for key, entry in self._cache.items()
+                if entry.classifier.precision_gate is not None
+            ]
+
     def _load(self, name: str, version: str) -> Classifier:
         classifier = load_classifier(
             self.catalog.root / name / version,
@@ -118,13 +135,20 @@ class ClassifierCache:
             threads=self.onnx_threads,
             options=self.onnx_options,
             engines=self.engines,
+            precision=self.precision,
+            gate=self.gate,
         )
+        if classifier.precision_gate is not None:
+            outcome = "passed" if classifier.precision_gate.passed else "fallback"
+            with self._lock:
+                self.gate_runs[(self.precision, outcome)] += 1
         log.info(
-            "loaded classifier %s version %s (%d classes, %s on %s)",
+            "loaded classifier %s version %s (%d classes, %s %s on %s)",
             classifier.name,
             classifier.version,
             len(classifier.class_names),
             self.engine_kind,
+            classifier.precision_gate.served if classifier.precision_gate else "fp32",
             self.device,
         )
         return classifier

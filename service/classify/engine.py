@@ -45,7 +45,12 @@ from promptserve.service.classify.labels import AsyncLabelEncoder
 from promptserve.service.classify.scoring import ClassifyResult, EmbedRequest, ScoreRequest
 from promptserve.service.errors import InvalidRequestError, NotReadyError, public_error
 from promptserve.service.gpu_metrics import add_gpu_metrics
-from promptserve.service.metrics import Metrics, add_device_metrics, add_store_gauges
+from promptserve.service.metrics import (
+    Metrics,
+    add_device_metrics,
+    add_precision_metrics,
+    add_store_gauges,
+)
 from promptserve.service.settings import Settings
 from promptserve.service.tracing import Attributes, span
 from promptserve.service.tracing import enabled as tracing_enabled
@@ -71,6 +76,8 @@ class LocalEngine:
             onnx_threads=settings.onnx_threads,
             max_loaded=settings.max_loaded_classifiers,
             onnx_options=settings.onnx_options(),
+            precision=settings.engine_precision,
+            gate=settings.gate_thresholds(),
         )
         self.device = self.cache.device
         self.labels = AsyncLabelEncoder(
@@ -100,6 +107,7 @@ class LocalEngine:
             lambda: len(self.cache.loaded()),
         )
         add_store_gauges(metrics, self.cache)
+        add_precision_metrics(metrics, self.cache)
         metrics.add_gauge(
             "promptserve_ready",
             "1 when the default classifier is loaded and warm.",

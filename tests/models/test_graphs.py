@@ -107,8 +107,8 @@ def test_shared_engine_gives_each_classifier_its_eager_embeddings(
 
 
 def test_engines_are_released_with_their_classifiers(store: Path) -> None:
-    plain = GraphRef.from_json(read_manifest(store / "coop-a" / "1")["graph"]).key
-    shared = GraphRef.from_json(read_manifest(store / "provp" / "1")["graph"]).key
+    plain = (*GraphRef.from_json(read_manifest(store / "coop-a" / "1")["graph"]).key, "fp32")
+    shared = (*GraphRef.from_json(read_manifest(store / "provp" / "1")["graph"]).key, "fp32")
     pool = EnginePool(keep=1)
     coop = load_classifier(store / "coop-a" / "1", engines=pool)
     provp = load_classifier(store / "provp" / "1", engines=pool)  # used last: the one kept
