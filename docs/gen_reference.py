@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import re
 import sys
 import tempfile
@@ -302,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail when a page is out of date")
     args = parser.parse_args(argv)
+    # the pages document the defaults: none of the caller's PROMPTSERVE_* settings may reach them
+    for name in [name for name in os.environ if name.startswith("PROMPTSERVE_")]:
+        del os.environ[name]
     if args.check:
         stale = stale_pages()
         for name in stale:

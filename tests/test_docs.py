@@ -42,6 +42,18 @@ def test_reference_pages_match_the_code(generator: ModuleType) -> None:
     assert not stale, f"out of date: {stale}; run .venv/bin/python docs/gen_reference.py"
 
 
+def test_the_check_ignores_the_callers_settings(
+    generator: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make docs` under a shell with settings of its own (a key, a CUDA device the machine
+    lacks, a reduced precision) still checks the pages against the defaults."""
+    monkeypatch.setenv("PROMPTSERVE_API_KEY", "x")
+    monkeypatch.setenv("PROMPTSERVE_MAX_INFLIGHT_REQUESTS", "1")
+    monkeypatch.setenv("PROMPTSERVE_DEVICE", "cuda")
+    monkeypatch.setenv("PROMPTSERVE_ENGINE_PRECISION", "int8")
+    assert generator.main(["--check"]) == 0, capsys.readouterr().out
+
+
 def test_every_setting_has_a_description() -> None:
     from promptserve.service.settings import Settings
 
