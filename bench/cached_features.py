@@ -10,7 +10,8 @@ recipe; the report then also projects the full recipe from the measured seconds 
 epoch, per cached view encoded and per cached epoch (both paths are linear in those).
 
 Accuracy: base-to-novel on the quick suite's data sets (`bench/suite.py --quick`: Hue25, Sepia,
-Synonyms, seed 1) for coop and pre with their `mini` presets, uncached and cached.
+Synonyms, seed 1; `--sets`, `--seeds` choose others) for coop and pre with their `mini`
+presets, uncached and cached.
 
     python bench/cached_features.py --backbones mini --suite        # a few minutes
     python bench/cached_features.py --backbones ViT-B-16 --epochs 1  # random weights, ~5 min
@@ -39,6 +40,7 @@ from promptserve.training.recipe import config_for  # noqa: E402
 
 CLASSES, SHOTS = 10, 16
 QUICK_SETS = ("Hue25", "Sepia", "Synonyms")
+SUITE_NAMES = [s.name for s in SUITE]
 
 
 def training_images() -> Any:
@@ -84,14 +86,16 @@ def timing(backbone: str, epochs: int | None) -> dict[str, Any]:
         "speedup": round(before["seconds"] / after["seconds"], 2),
     }
     if after["epochs"] < recipe.epochs:
-        row["projected"] = project(before, after, recipe.epochs, recipe.feature_views)
+        views = sorted({1, 4, recipe.feature_views})
+        row["projected"] = {v: project(before, after, recipe.epochs, v) for v in views}
     return row
 
 
 def project(
     before: dict[str, Any], after: dict[str, Any], epochs: int, views: int
 ) -> dict[str, float]:
-    """The full recipe's seconds from the shortened runs' per-epoch and per-view costs."""
+    """The full recipe's seconds at `views` from the shortened runs' per-epoch and per-view
+    costs."""
     per_epoch = before["seconds"] / before["epochs"]
     per_view = after["encode_seconds"] / after["views"]
     per_cached_epoch = (after["seconds"] - after["encode_seconds"]) / after["epochs"]
@@ -104,9 +108,11 @@ def project(
     }
 
 
-def suite_accuracy(methods: list[str], work: Path) -> dict[str, Any]:
+def suite_accuracy(
+    methods: list[str], names: list[str], seeds: tuple[int, ...], work: Path
+) -> dict[str, Any]:
     """Quick-suite base / novel / HM per method, uncached and cached (default views)."""
-    sets = [s for s in SUITE if s.name in QUICK_SETS]
+    sets = [s for s in SUITE if s.name in names]
     out: dict[str, Any] = {}
     for method in methods:
         preset = "mini" if "mini" in get_method(method).presets else None
@@ -114,14 +120,15 @@ def suite_accuracy(methods: list[str], work: Path) -> dict[str, Any]:
             rows = []
             for dataset in sets:
                 request = ProtocolRequest(
-                    protocol="base2novel", method=method, shots=16, seeds=(1,),
+                    protocol="base2novel", method=method, shots=16, seeds=seeds,
                     data=str(make_root(dataset, QUICK, work)), preset=preset,
                     overrides=overrides,
                 )  # fmt: skip
                 report = run_protocol(request)
-                rows.append({k: report[k] for k in ("base", "novel", "hm")})
+                rows.append({k: report[k] for k in ("base", "novel", "hm", "per_seed")})
                 print(f"{method} {label} {dataset.name}: {rows[-1]}", flush=True)
-            mean = {k: round(statistics.fmean(r[k] for r in rows), 2) for k in rows[0]}
+            keys = ("base", "novel", "hm")
+            mean = {k: round(statistics.fmean(r[k] for r in rows), 2) for k in keys}
             out.setdefault(method, {})[label] = {"mean": mean, "per_set": rows}
     return out
 
@@ -132,6 +139,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="shorten the recipe")
     parser.add_argument("--suite", action="store_true", help="also the quick suite's accuracy")
     parser.add_argument("--methods", nargs="+", default=["coop", "pre"])
+    parser.add_argument("--sets", nargs="+", default=list(QUICK_SETS), choices=SUITE_NAMES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("bench-out/suite-data"))
     parser.add_argument("--out", type=Path, default=Path("bench-out/cached_features.json"))
@@ -143,7 +152,8 @@ def main() -> None:
         report["timing"].append(row)
         print(json.dumps(row), flush=True)
     if args.suite:
-        report["suite"] = suite_accuracy(args.methods, args.work)
+        seeds = tuple(args.seeds)
+        report["suite"] = suite_accuracy(args.methods, args.sets, seeds, args.work)
         print(json.dumps(report["suite"], indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -131,7 +131,11 @@ def fit(
     )
     result = FitResult(steps=0, epochs=0, seconds=0.0)
     start = time.perf_counter()
-    batches = _epoch_batches(learner, loader, class_names, device, options, result)
+    try:
+        batches = _epoch_batches(learner, loader, class_names, device, options, result)
+    except TrainingCancelled:  # while caching features
+        learner.eval()
+        raise
     for epoch in range(1, config.epochs + 1):
         epoch_losses = []
         for batch in batches():
