@@ -205,6 +205,7 @@ def train_classifier(
         "seconds": round(result.seconds, 2),
         "final_loss": result.final_loss,
         "epoch_losses": [round(x, 5) for x in result.losses],
+        "feature_cache": result.feature_cache,  # None: a fresh augmentation every epoch
         "recipe": recipe_of(fitted.learner.config),
         "template": template_of(fitted.learner.config),
         **fitted.learner.describe(),

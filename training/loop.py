@@ -6,16 +6,18 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.optim import SGD, Adam, AdamW, Optimizer
+from torch.utils.data import DataLoader
 
 from promptserve.models.methods import Batch, Learner, MethodConfig
 from promptserve.training.errors import TrainingCancelled
+from promptserve.training.features import EmbeddingBatch, cached_views, encode_views
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ class FitResult:
     epochs: int
     seconds: float
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    feature_cache: dict[str, Any] | None = None  # the cache trained from (`FeatureCache`)
 
     @property
     def final_loss(self) -> float | None:
@@ -106,7 +109,9 @@ def fit(
 
     The schedule follows `config.lr_schedule`: per epoch as in Dassl (`epoch_learning_rate`),
     or per step (`learning_rate`); both start with `warmup_epochs` at a constant low rate.
-    Methods with nothing to learn (zeroshot) return at once.
+    Methods with nothing to learn (zeroshot) return at once. A method whose visual side is the
+    frozen encoder trains on cached embeddings (`training.features`) when `loader` is a
+    DataLoader and its `feature_views` is above 0; `seconds` then includes the encoding.
     """
     options = options or FitOptions()
     config = learner.config
@@ -126,9 +131,14 @@ def fit(
     )
     result = FitResult(steps=0, epochs=0, seconds=0.0)
     start = time.perf_counter()
+    try:
+        batches = _epoch_batches(learner, loader, class_names, device, options, result)
+    except TrainingCancelled:  # while caching features
+        learner.eval()
+        raise
     for epoch in range(1, config.epochs + 1):
         epoch_losses = []
-        for pixels, labels in loader:
+        for batch in batches():
             lr = (
                 epoch_learning_rate(epoch - 1, config)
                 if config.lr_schedule == "epoch"
@@ -139,9 +149,8 @@ def fit(
             if options.should_stop is not None and options.should_stop():
                 learner.eval()
                 raise TrainingCancelled(f"cancelled at step {result.steps} of {total}")
-            batch = Batch(pixels.to(device), labels.to(device), class_names)
             with autocast_for(device, options.precision):
-                loss = learner.loss(batch)
+                loss = _loss(learner, batch)
             if not torch.isfinite(loss):
                 learner.eval()
                 raise FloatingPointError(f"loss became {loss.item()} at step {result.steps}")
@@ -158,6 +167,48 @@ def fit(
     result.seconds = time.perf_counter() - start
     learner.eval()
     return result
+
+
+StepInput = Batch | EmbeddingBatch
+
+
+def _epoch_batches(
+    learner: Learner,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    class_names: list[str],
+    device: torch.device,
+    options: FitOptions,
+    result: FitResult,
+) -> Callable[[], Iterator[StepInput]]:
+    """What each epoch iterates: the loader's pixels, or for a method with a frozen visual
+    side, cached embeddings encoded here (recorded in `result.feature_cache`)."""
+    views = cached_views(learner, loader)
+    if not views:
+
+        def pixel_epoch() -> Iterator[StepInput]:
+            for pixels, labels in loader:
+                yield Batch(pixels.to(device), labels.to(device), class_names)
+
+        return pixel_epoch
+    assert isinstance(loader, DataLoader)  # cached_views checked it
+    cache = encode_views(
+        learner,
+        loader,
+        views,
+        device,
+        lambda: autocast_for(device, options.precision),
+        options.should_stop,
+    )
+    result.feature_cache = cache.describe()
+    log.info("cached %d views of %d images (%d bytes)", views, cache.images, cache.nbytes)
+    view_rng = torch.Generator().manual_seed(options.seed)
+    return lambda: cache.epoch(class_names, view_rng, device)
+
+
+def _loss(learner: Learner, batch: StepInput) -> Tensor:
+    if isinstance(batch, EmbeddingBatch):
+        return learner.loss_from_embeddings(batch.embeds, batch.labels, batch.class_names)
+    return learner.loss(batch)
 
 
 def _report(

@@ -49,6 +49,10 @@ class Learner(nn.Module):
     """
 
     method_name: ClassVar[str] = ""
+    # True when the image path depends on no learned parameter (the plain frozen tower and the
+    # base loss): training may then encode each image once per augmented view and train on the
+    # cached embeddings (`training.features`); the registry checks the claim
+    frozen_visual: ClassVar[bool] = False
 
     def __init__(self, backbone: Backbone, config: MethodConfig) -> None:
         super().__init__()
@@ -80,10 +84,17 @@ class Learner(nn.Module):
 
     def loss(self, batch: Batch) -> Tensor:
         """Cross-entropy on ``s * cos``; methods with regularisers extend it."""
-        logits = self.logits(
-            self.encode_images(batch.pixels), self.encode_classes(batch.class_names)
+        return self.loss_from_embeddings(
+            self.encode_images(batch.pixels), batch.labels, batch.class_names
         )
-        return F.cross_entropy(logits, batch.labels)
+
+    def loss_from_embeddings(
+        self, image_embeds: Tensor, labels: Tensor, class_names: list[str]
+    ) -> Tensor:
+        """The base loss from image embeddings [B, D] already encoded: what a `frozen_visual`
+        method trains on when its embeddings come from the feature cache."""
+        logits = self.logits(image_embeds, self.encode_classes(class_names))
+        return F.cross_entropy(logits, labels)
 
     def prepare_training(
         self, class_names: list[str], batches: Iterable[tuple[Tensor, Tensor]] | None

@@ -43,6 +43,11 @@ class MethodConfig:
     lr_schedule: Literal["epoch", "step"] = "epoch"
     drop_last: bool = True  # drop the last partial training batch (when there is a full one)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (Dassl's)
+    # methods with a frozen visual side (coop, pre): augmented views per training image encoded
+    # once and trained on from a cache, at most one per epoch; 0 (the default) encodes a fresh
+    # view in every epoch, as the papers do. Off by default: 8 views cost coop 2.5 points of
+    # harmonic mean on the quick suite (docs/performance.md). Other methods ignore it.
+    feature_views: int = 0
 
 
 def config_fields(config_cls: type[MethodConfig]) -> list[str]:

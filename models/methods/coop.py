@@ -51,6 +51,7 @@ class CoOpConfig(MethodConfig):
 )
 class CoOpLearner(Learner):
     config: CoOpConfig
+    frozen_visual = True  # the plain tower: training may use cached features
 
     def __init__(self, backbone: Backbone, config: CoOpConfig) -> None:
         super().__init__(backbone, config)

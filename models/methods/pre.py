@@ -87,6 +87,7 @@ class ReparameterizationEncoder(nn.Module):
 )
 class PRELearner(Learner):
     config: PREConfig
+    frozen_visual = True  # the plain tower: training may use cached features
 
     def __init__(self, backbone: Backbone, config: PREConfig) -> None:
         super().__init__(backbone, config)

@@ -39,6 +39,7 @@ def register_method(
     def decorate(learner_cls: L) -> L:
         if name in _REGISTRY:
             raise DuplicateMethodError(f"method {name!r} is already registered")
+        _check_frozen_visual(name, learner_cls)
         _REGISTRY[name] = MethodSpec(
             name, config_cls, learner_cls, dict(presets or {}), trainable=trainable
         )
@@ -46,6 +47,23 @@ def register_method(
         return learner_cls
 
     return decorate
+
+
+def _check_frozen_visual(name: str, learner_cls: type[Learner]) -> None:
+    """A method that claims a frozen visual side must keep the base image path and loss, which
+    the cached-feature training path replaces by `Learner.loss_from_embeddings`."""
+    if not learner_cls.frozen_visual:
+        return
+    changed = [
+        attr
+        for attr in ("encode_images", "loss", "visual_graph", "shared_visual")
+        if getattr(learner_cls, attr) is not getattr(Learner, attr)
+    ]
+    if changed:
+        raise ConfigError(
+            f"method {name!r} declares frozen_visual but overrides {', '.join(changed)}: "
+            "its image path or loss would differ between cached and uncached training"
+        )
 
 
 def unregister_method(name: str) -> None:

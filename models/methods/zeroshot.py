@@ -26,6 +26,7 @@ class ZeroShotConfig(MethodConfig):
 @register_method("zeroshot", ZeroShotConfig, trainable=False)
 class ZeroShotLearner(Learner):
     config: ZeroShotConfig
+    frozen_visual = True  # the plain tower: training may use cached features
 
     def __init__(self, backbone: Backbone, config: ZeroShotConfig) -> None:
         super().__init__(backbone, config)
