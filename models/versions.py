@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,4 +125,19 @@ def remove_if_orphaned(staging: Path) -> bool:
         shutil.rmtree(staging, ignore_errors=True)
     finally:
         os.close(fd)
+    return True
+
+
+# a staging file is written and renamed within milliseconds; one this old lost its writer
+STALE_STAGING_FILE_S = 600.0
+
+
+def remove_if_stale(path: Path) -> bool:
+    """Remove the staging file `path` if it is STALE_STAGING_FILE_S old; whether it was."""
+    try:
+        if not path.is_file() or time.time() - path.stat().st_mtime < STALE_STAGING_FILE_S:
+            return False
+        path.unlink()
+    except FileNotFoundError:  # renamed into place or removed meanwhile
+        return False
     return True

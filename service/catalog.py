@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,7 +51,7 @@ from promptserve.models.classifier import preprocess_from_manifest
 from promptserve.models.errors import ArtifactError, UnknownClassifierError, UnknownVersionError
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR
 from promptserve.models.preprocess import FastEvalTransform
-from promptserve.models.versions import remove_if_orphaned
+from promptserve.models.versions import remove_if_orphaned, remove_if_stale
 from promptserve.service import aliases as alias_store
 from promptserve.service.alias_index import AliasIndex
 from promptserve.service.aliases import LATEST, combine, is_candidate_manifest
@@ -252,7 +251,7 @@ class Catalog:
         no live process holds: left by exports, downloads or deletes that were killed, however
         young; one an export of another process is still writing is held (`owned_staging`) and
         stays. Staging files (an alias file or a backbone record written beside its place, a
-        one-file download) are not held: one is removed once STALE_STAGING_FILE_S old. Returns
+        one-file download) are not held: one is removed once `STALE_STAGING_FILE_S` old. Returns
         what was removed."""
         patterns = (
             f"*/{TEMP_PREFIX}*",
@@ -260,7 +259,7 @@ class Catalog:
             f"{BACKBONES_DIR}/*/{GRAPHS_DIR}/{TEMP_PREFIX}*",
         )
         found = [p for pattern in patterns for p in self.root.glob(pattern)]
-        removed = [p for p in found if (remove_if_orphaned if p.is_dir() else _stale_removed)(p)]
+        removed = [p for p in found if (remove_if_orphaned if p.is_dir() else remove_if_stale)(p)]
         if removed:
             log.warning("removed %d staging item(s) left by interrupted writes", len(removed))
         return removed
@@ -275,21 +274,6 @@ class Catalog:
         log.info("store %s has no %r classifier: creating it on %s", self.root, name, backbone)
         create_default_classifier(self.root, name, backbone)
         return True
-
-
-# a staging file is written and renamed within milliseconds; one this old lost its writer
-STALE_STAGING_FILE_S = 600.0
-
-
-def _stale_removed(path: Path) -> bool:
-    """Remove the staging file `path` if it is STALE_STAGING_FILE_S old; whether it was."""
-    try:
-        if not path.is_file() or time.time() - path.stat().st_mtime < STALE_STAGING_FILE_S:
-            return False
-        path.unlink()
-    except FileNotFoundError:  # renamed into place or removed meanwhile
-        return False
-    return True
 
 
 def create_default_classifier(root: Path, name: str, backbone: str) -> Path:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from promptserve.service.catalog import STALE_STAGING_FILE_S, Catalog
+from promptserve.models.versions import STALE_STAGING_FILE_S
+from promptserve.service.catalog import Catalog
 from tests.service.helpers import ClientFactory
 
 PUBLISHER = """
 import sys
-import time
 from pathlib import Path
 from promptserve.models.versions import owned_staging
 with owned_staging(Path(sys.argv[1]), ".tmp-") as staging:
