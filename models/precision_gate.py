@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +103,32 @@ def embed_all(engine: VisualEngine, pixels: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+# Classifiers on one shared graph are gated on the same images through the same two engines:
+# each reduced engine embeds the calibration set once (with its float32 peer) while it lives.
+EmbeddedKey = tuple[int, PreprocessConfig, int]  # (id of the float32 engine, preprocessing, N)
+_embedded: weakref.WeakKeyDictionary[Any, dict[EmbeddedKey, tuple[Tensor, Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+_embedded_lock = threading.Lock()
+
+
+def gate_embeddings(
+    reduced: VisualEngine, full: VisualEngine, preprocess: PreprocessConfig, count: int
+) -> tuple[Tensor, Tensor]:
+    """The calibration set's [N, D] embeddings through `reduced` and `full`, computed once per
+    pair (an engine bound to one classifier's inputs is its own pair, so never shared)."""
+    key = (id(full), preprocess, count)
+    with _embedded_lock:
+        hit = _embedded.get(reduced, {}).get(key)
+    if hit is not None:
+        return hit
+    pixels = calibration_pixels(FastEvalTransform(preprocess), preprocess.size, count)
+    pair = embed_all(reduced, pixels), embed_all(full, pixels)
+    with _embedded_lock:
+        _embedded.setdefault(reduced, {})[key] = pair
+    return pair
+
+
 def run_gate(
     precision: str,
     reduced: VisualEngine,
@@ -114,6 +142,19 @@ def run_gate(
     `class_embeddings` [C, D]; `labels` [N] (class indices), when known, give the accuracy
     change. A NaN anywhere counts as total disagreement."""
     ours, reference = embed_all(reduced, pixels), embed_all(full, pixels)  # [N, D]
+    return judge(precision, ours, reference, class_embeddings, thresholds, labels)
+
+
+def judge(
+    precision: str,
+    ours: Tensor,
+    reference: Tensor,
+    class_embeddings: Tensor,
+    thresholds: GateThresholds,
+    labels: Tensor | None = None,
+) -> GateResult:
+    """The gate's figures from the reduced engine's embeddings `ours` and float32's
+    `reference` (both [N, D]); see `run_gate`."""
     cosine = F.cosine_similarity(ours, reference, dim=1).nan_to_num(nan=-1.0)  # [N]
     classes = class_embeddings.detach().float().cpu()
     top_ours = (ours.nan_to_num(nan=0.0) @ classes.t()).argmax(1)  # [N]
@@ -124,7 +165,7 @@ def run_gate(
         change = float((top_ours == labels).float().mean() - (top_full == labels).float().mean())
     worst = float(cosine.min())
     passed = agreement >= thresholds.min_agreement and worst >= thresholds.min_cosine
-    return GateResult(precision, int(pixels.shape[0]), agreement, change, worst, passed)
+    return GateResult(precision, int(ours.shape[0]), agreement, change, worst, passed)
 
 
 def gated_engine(
@@ -155,8 +196,8 @@ def gated_engine(
             exc,
         )
         return full, GateResult(precision, 0, 0.0, None, -1.0, False, error=str(exc))
-    pixels = calibration_pixels(FastEvalTransform(preprocess), preprocess.size, thresholds.images)
-    result = run_gate(precision, reduced, full, class_embeddings, pixels, thresholds)
+    ours, reference = gate_embeddings(reduced, full, preprocess, thresholds.images)
+    result = judge(precision, ours, reference, class_embeddings, thresholds)
     figures = (name, precision, result.agreement, result.min_cosine, result.images)
     if result.passed:
         log.info(

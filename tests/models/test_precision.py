@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from promptserve.models import precision
+from promptserve.models import precision, precision_gate
 from promptserve.models.artifact import publish_classifier
 from promptserve.models.backbone import load_backbone
 from promptserve.models.classifier import load_classifier
@@ -67,6 +67,29 @@ def test_each_precision_serves_after_passing_its_gate(store: Path, kind: str) ->
     ours, reference = _embeddings(reduced.embed, size), _embeddings(full.embed, size)
     assert not torch.equal(ours, reference)  # really another arithmetic
     assert float(F.cosine_similarity(ours, reference).min()) > 0.99
+
+
+def test_classifiers_on_one_shared_engine_embed_the_gate_images_once(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a classifier at a reduced precision again (or another on the same graph) reuses
+    the gate's embeddings of that engine pair: the engines run for the gate only on the first
+    load, and the second gets the same figures."""
+    calls: list[int] = []
+    real = precision_gate.embed_all
+
+    def counted(engine: object, pixels: torch.Tensor) -> torch.Tensor:
+        calls.append(int(pixels.shape[0]))
+        return real(engine, pixels)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(precision_gate, "embed_all", counted)
+    pool = EnginePool()
+    first = load_classifier(store / "zs" / "1", engines=pool, precision="int8", gate=GATE)
+    assert calls == [GATE.images, GATE.images]  # the int8 engine, then float32
+    second = load_classifier(store / "zs" / "1", engines=pool, precision="int8", gate=GATE)
+    assert calls == [GATE.images, GATE.images]
+    assert second.engine is first.engine
+    assert second.precision_gate == first.precision_gate
 
 
 def _tampered(real: object) -> object:
