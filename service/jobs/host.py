@@ -6,6 +6,8 @@ each in its own job process. On a GPU host the slots go one per GPU (``cuda:0``,
 SIGTERM or SIGINT stops it (`docker stop`, a rolling update): its running jobs go back to the
 queue at once, for another worker to run from the start (their job processes are stopped and
 write nothing); the run a stop cut short is not counted as an attempt. Queued ones wait.
+At start-up it removes the staging leftovers of writes killed on this host from its local store,
+as `serve` does (`Catalog.remove_orphaned_staging`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import signal
 
+from promptserve.service.catalog import Catalog
 from promptserve.service.jobs.runner import JobRunner
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
@@ -38,6 +41,7 @@ def slot_devices(device: str, slots: int | None) -> list[str]:
 
 async def work(settings: Settings, devices: list[str]) -> None:
     """Run jobs on `devices` (one slot each) until SIGTERM or SIGINT."""
+    await asyncio.to_thread(Catalog(settings.store).remove_orphaned_staging)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,6 @@
 """Real infrastructure for the cluster tests, started on 127.0.0.1 with random ports: a
-throwaway Postgres cluster (the Debian packages' initdb and pg_ctl) and moto's S3 server.
+throwaway Postgres cluster (the Debian packages' initdb and pg_ctl), moto's S3 server, and
+`promptserve worker` processes.
 
 Each is skipped with a clear message only where its binaries or package are absent; `.ci/run`
 installs Postgres and `make setup` installs moto (the dev extra).
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.servers import free_port
+from tests.service.servers import REPO, free_port
 
 
 def _postgres_bin() -> Path | None:
@@ -158,3 +159,21 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+def start_worker(root: Path, index: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "promptserve.service.cli", "worker", "--slots", "2"]
+    command += ["--store", str(root / f"worker{index}-store")]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
+    environment |= {"HF_HUB_OFFLINE": "1", **env}
+    with (root / f"worker{index}.log").open("wb") as sink:
+        # its own session: killing the group takes the worker and its job processes, as a
+        # host that dies would
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env=environment,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,9 +26,9 @@ import httpx
 import pytest
 
 from promptserve.service.jobs.store import JobStore
-from tests.cluster.servers import S3_ENV, Postgres, S3Server, fresh_database
+from tests.cluster.servers import S3_ENV, Postgres, S3Server, fresh_database, start_worker
 from tests.service.jobs.helpers import AUTH, KEY, shapes, submit, wait_for
-from tests.service.servers import REPO, Server, copy_store, start_server, stop_server
+from tests.service.servers import Server, copy_store, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -44,24 +43,6 @@ class Cluster:
     database: str
     env: dict[str, str]
     root: Path
-
-
-def start_worker(root: Path, index: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "promptserve.service.cli", "worker", "--slots", "2"]
-    command += ["--store", str(root / f"worker{index}-store")]
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTSERVE_")}
-    environment |= {"HF_HUB_OFFLINE": "1", **env}
-    with (root / f"worker{index}.log").open("wb") as sink:
-        # its own session: killing the group takes the worker and its job processes, as a
-        # host that dies would
-        return subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=environment,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 @pytest.fixture(scope="module")
