@@ -29,6 +29,7 @@ from promptserve.training.benchmarks import BASE_TO_NOVEL, VARIANTS, benchmark_p
 from promptserve.training.data import sample_few_shot
 from promptserve.training.protocols import ProtocolRequest, harmonic_mean, make_plan, run_protocol
 from promptserve.training.recipe import recipe_of, resolve_config, template_of
+from promptserve.training.templates import method_template
 
 BACKBONE = "ViT-B-16:openai"
 PROTOCOLS = ("base2novel", "transfer")  # transfer: cross-data-set and domain generalisation
@@ -109,9 +110,10 @@ def describe_plan(args: argparse.Namespace, protocol: str, method: str, dataset:
         f"  recipe: {json.dumps(recipe_of(config)) if steps else '- (nothing is trained)'}",
     ]
     for name, source in plan.tests:
+        scored_with = method_template(method, source.dataset, source.template)
         shown = ", ".join(source.class_names[:4]) + (", ..." if len(source.class_names) > 4 else "")
         lines.append(f"  test {name}: {len(source.class_names)} classes [{shown}], "
-                     f"{len(source)} images, template {source.template!r}")  # fmt: skip
+                     f"{len(source)} images, template {scored_with!r}")  # fmt: skip
     return "\n".join(lines)
 
 

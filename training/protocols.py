@@ -100,7 +100,7 @@ def run_protocol(
         for name, source in plan.tests:
             dataset = ImageDataset(source, transform)
             loader = make_loader(dataset, 128, shuffle=False, seed=0, num_workers=request.workers)
-            own = source.template is not None and source.template != plan.train.template
+            own = source.template is not None and _prompted_as(source) != _prompted_as(plan.train)
             with evaluated_with(fitted.learner, source) if own else contextlib.nullcontext():
                 templates[name] = template_of(fitted.learner.config)
                 scores[name] = evaluate(fitted.learner, loader, source.class_names, request.device)
@@ -183,6 +183,12 @@ def _dataset_plan(request: ProtocolRequest) -> Plan:
             source = open_dataset(target, split="test")
             tests.append((source.dataset or Path(target).name or target, source))
     return Plan(train, tests)
+
+
+def _prompted_as(source: ImageSource) -> tuple[str | None, str | None]:
+    """What decides a source's template: its data set (a method may have its own template for
+    it) and the data set's template."""
+    return source.dataset, source.template
 
 
 def harmonic_mean(base: float, novel: float) -> float:
