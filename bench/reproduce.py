@@ -26,9 +26,9 @@ from typing import Any
 
 from promptserve.models.methods import get_method, list_methods
 from promptserve.training.benchmarks import BASE_TO_NOVEL, VARIANTS, benchmark_path, get_benchmark
-from promptserve.training.data import sample_few_shot
 from promptserve.training.protocols import ProtocolRequest, harmonic_mean, make_plan, run_protocol
 from promptserve.training.recipe import recipe_of, resolve_config, template_of
+from promptserve.training.templates import method_template
 
 BACKBONE = "ViT-B-16:openai"
 PROTOCOLS = ("base2novel", "transfer")  # transfer: cross-data-set and domain generalisation
@@ -95,7 +95,7 @@ def describe_plan(args: argparse.Namespace, protocol: str, method: str, dataset:
     request = request_for(args, method, protocol, dataset)
     plan = make_plan(request, seed=args.seeds[0])
     config = resolve_config(method, plan.train, {}, request.preset)
-    images = len(sample_few_shot(plan.train, args.shots, args.seeds[0], quiet=True))
+    images = len(plan.train)  # a plan on real data holds the few-shot draw
     batch = config.batch_size
     full = config.drop_last and images >= batch
     steps = (images // batch if full else math.ceil(images / batch)) * config.epochs
@@ -109,9 +109,10 @@ def describe_plan(args: argparse.Namespace, protocol: str, method: str, dataset:
         f"  recipe: {json.dumps(recipe_of(config)) if steps else '- (nothing is trained)'}",
     ]
     for name, source in plan.tests:
+        scored_with = method_template(method, source.dataset, source.template)
         shown = ", ".join(source.class_names[:4]) + (", ..." if len(source.class_names) > 4 else "")
         lines.append(f"  test {name}: {len(source.class_names)} classes [{shown}], "
-                     f"{len(source)} images, template {source.template!r}")  # fmt: skip
+                     f"{len(source)} images, template {scored_with!r}")  # fmt: skip
     return "\n".join(lines)
 
 

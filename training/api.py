@@ -144,7 +144,10 @@ def _fit(
 def _left_out(source: ImageSource, sampled: ImageSource, seed: int) -> ImageSource | None:
     """The images of `source` not in `sampled`, at most HELDOUT_PER_CLASS per class."""
     chosen = {item.key for item in sampled.items}
-    rest = replace(source, items=[item for item in source.items if item.key not in chosen])
+    # our own sample, not Dassl's: no image is repeated when a class has fewer than asked for
+    rest = replace(
+        source, items=[item for item in source.items if item.key not in chosen], dassl_order=False
+    )
     if not rest.items:
         return None
     return sample_few_shot(rest, HELDOUT_PER_CLASS, seed, quiet=True)

@@ -104,28 +104,47 @@ def _open_directory(path: Path, split: str) -> ImageSource:
 def sample_few_shot(
     source: ImageSource, shots: int, seed: int, *, quiet: bool = False
 ) -> ImageSource:
-    """`shots` images per class, chosen by `random.Random(seed)` from each class's sorted images.
+    """`shots` images per class, drawn by one `random.Random(seed)` class after class.
 
-    A class with fewer images keeps all of them (with a warning unless `quiet`), as CoOp does.
+    A source read from a CoOp/Dassl list file (`ImageSource.dassl_order`) is drawn as Dassl's
+    ``generate_fewshot_dataset`` does after ``set_random_seed(seed)``: the classes in the order
+    they first occur in the file, each class's images in file order, ``random.sample`` per class,
+    and a class with fewer images filled up by ``random.choices`` (so repeating some). The images
+    are then those of CoOp's ``split_fewshot/shot_<shots>-seed_<seed>.pkl``; CoOp draws its val
+    shots after these, so they do not change them. Any other source is drawn in label order from
+    each class's images sorted by `LabeledImage.key` (independent of the order files were listed
+    in), and a class with fewer images keeps all of them. Either warns about such a class unless
+    `quiet`.
     """
     if shots <= 0:
         raise DataError(f"shots must be a positive number of images per class, got {shots}")
     rng = random.Random(seed)
+    groups = _in_file_order(source) if source.dassl_order else source.by_class()
     chosen: list[LabeledImage] = []
-    for name, items in source.by_class().items():
-        if len(items) < shots:
-            if not quiet:
-                log.warning(
-                    "class %r has %d images, fewer than %d shots: using all",
-                    name,
-                    len(items),
-                    shots,
-                )
-            chosen.extend(items)
-        else:
+    for name, items in groups.items():
+        if len(items) >= shots:
             chosen.extend(rng.sample(items, shots))
+            continue
+        if not quiet:
+            log.warning(
+                "class %r has %d images, fewer than %d shots: %s",
+                name,
+                len(items),
+                shots,
+                "repeating some, as Dassl does" if source.dassl_order else "using all",
+            )
+        chosen.extend(rng.choices(items, k=shots) if source.dassl_order else items)
     description = f"{source.description}, {shots} shots (seed {seed})"
     return replace(source, items=chosen, description=description)
+
+
+def _in_file_order(source: ImageSource) -> dict[str, list[LabeledImage]]:
+    """Items grouped by class as Dassl's ``split_dataset_by_label``: classes in the order they
+    first occur, items in source order; classes without images are absent."""
+    groups: dict[str, list[LabeledImage]] = {}
+    for item in source.items:
+        groups.setdefault(item.label, []).append(item)
+    return groups
 
 
 def split_base_novel(class_names: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -82,7 +82,8 @@ def read_dassl_split(split_file: Path, split: str, image_dir: Path | None = None
         LabeledImage(label=readable_name(name), path=image_dir / rel) for rel, _, name in entries
     ]
     require_files([item.path for item in items if item.path is not None], str(split_file))
-    return ImageSource(class_names, items, description=f"{split_file.name} [{split}]")
+    description = f"{split_file.name} [{split}]"
+    return ImageSource(class_names, items, description=description, dassl_order=True)
 
 
 def _dassl_entry(entry: Any, split_file: Path) -> tuple[str, int, str]:
@@ -212,4 +213,4 @@ def read_aircraft(folder: Path, split: str) -> ImageSource:
         name = names[label_of[variant.strip()]]
         items.append(LabeledImage(label=name, path=folder / "images" / f"{image_id}.jpg"))
     require_files([item.path for item in items if item.path is not None], str(list_file))
-    return ImageSource(names, items)
+    return ImageSource(names, items, dassl_order=True)  # CoOp reads the list in file order

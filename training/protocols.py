@@ -2,7 +2,8 @@
 
 * ``fewshot``    train with K shots per class, test on every class;
 * ``base2novel`` train on the base half (classes in label order, the first ceil(n/2), as Dassl's
-  ``subsample_classes``) with K shots; test the base classes against a base-only label set and
+  ``subsample_classes``) with K shots (on real data drawn over every class first, as CoOp's
+  data sets do); test the base classes against a base-only label set and
   the novel ones against a novel-only label set; HM = 2BN / (B + N) of the mean base and novel
   accuracies;
 * ``domain``     train on the source domain, test on shifted ones (synthetic: outline style,
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from promptserve.models.backbone import DEFAULT_BACKBONE
+from promptserve.models.methods import method_needs_training
 from promptserve.models.preprocess import eval_transform
 from promptserve.training.api import TrainRequest, fit_learner
 from promptserve.training.data import (
@@ -34,6 +36,7 @@ from promptserve.training.data import (
     make_loader,
     open_dataset,
     restrict_classes,
+    sample_few_shot,
     split_base_novel,
 )
 from promptserve.training.errors import DataError
@@ -71,6 +74,7 @@ class Plan:
 
     train: ImageSource
     tests: list[tuple[str, ImageSource]]
+    drawn: bool = False  # `train` already holds the few-shot draw (real data, as Dassl)
 
 
 def run_protocol(
@@ -89,7 +93,8 @@ def run_protocol(
         plan = make_plan(request, seed)
         train = TrainRequest(
             method=request.method, data=request.data, store=Path("."), name="protocol",
-            backbone=request.backbone, shots=request.shots, seed=seed, epochs=request.epochs,
+            backbone=request.backbone, shots=None if plan.drawn else request.shots, seed=seed,
+            epochs=request.epochs,
             overrides=request.overrides, preset=request.preset, device=request.device,
             workers=request.workers,
         )  # fmt: skip
@@ -100,7 +105,7 @@ def run_protocol(
         for name, source in plan.tests:
             dataset = ImageDataset(source, transform)
             loader = make_loader(dataset, 128, shuffle=False, seed=0, num_workers=request.workers)
-            own = source.template is not None and source.template != plan.train.template
+            own = source.template is not None and _prompted_as(source) != _prompted_as(plan.train)
             with evaluated_with(fitted.learner, source) if own else contextlib.nullcontext():
                 templates[name] = template_of(fitted.learner.config)
                 scores[name] = evaluate(fitted.learner, loader, source.class_names, request.device)
@@ -127,7 +132,7 @@ def describe_run(plan: Plan, config: Any, templates: dict[str, Any]) -> dict[str
 def make_plan(request: ProtocolRequest, seed: int) -> Plan:
     if request.data == SYNTHETIC:
         return _synthetic_plan(request.protocol, request.shots, seed)
-    return _dataset_plan(request)
+    return _dataset_plan(request, seed)
 
 
 def _synthetic_plan(protocol: ProtocolName, shots: int, seed: int) -> Plan:
@@ -166,14 +171,20 @@ def _synthetic_plan(protocol: ProtocolName, shots: int, seed: int) -> Plan:
     )
 
 
-def _dataset_plan(request: ProtocolRequest) -> Plan:
+def _dataset_plan(request: ProtocolRequest, seed: int) -> Plan:
+    """As CoOp's data sets: the shots are drawn over every class of the training split, and
+    only then does base-to-novel keep the base half (so the base images are the base classes'
+    part of the all-class draw, which a draw over the base classes alone would not give)."""
     train = open_dataset(request.data, split="train")
+    quiet = not method_needs_training(request.method)  # the images only name the classes
+    train = sample_few_shot(train, request.shots, seed, quiet=quiet)
     test = open_dataset(request.data, split="test")
     if request.protocol == "base2novel":
         base, novel = split_base_novel(train.class_names)
         return Plan(
             restrict_classes(train, base),
             [("base", restrict_classes(test, base)), ("novel", restrict_classes(test, novel))],
+            drawn=True,
         )
     tests = [("accuracy" if request.protocol == "fewshot" else "source", test)]
     if request.protocol in ("domain", "cross"):
@@ -182,7 +193,13 @@ def _dataset_plan(request: ProtocolRequest) -> Plan:
         for target in request.targets:
             source = open_dataset(target, split="test")
             tests.append((source.dataset or Path(target).name or target, source))
-    return Plan(train, tests)
+    return Plan(train, tests, drawn=True)
+
+
+def _prompted_as(source: ImageSource) -> tuple[str | None, str | None]:
+    """What decides a source's template: its data set (a method may have its own template for
+    it) and the data set's template."""
+    return source.dataset, source.template
 
 
 def harmonic_mean(base: float, novel: float) -> float:

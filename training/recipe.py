@@ -2,9 +2,10 @@
 
 Layers, weakest first: the method config's defaults (the papers' recipes, Dassl's crop, schedule
 and batching), what the data calls for (`ImageSource.template` for every method whose text side
-holds a fixed template, `ImageSource.recipe` for the synthetic world), then a named preset, then
-explicit overrides. So ``--dataset OxfordPets`` gives ProVP "a photo of a {}, a type of pet." and
-``--set template=...`` still wins.
+holds a fixed template, `ImageSource.recipe` for the synthetic world), the method's own template
+for that data set where its release has one (`training.templates`), then a named preset, then
+explicit overrides. So ``--dataset OxfordPets`` gives zeroshot "a photo of a {}, a type of pet.",
+ProVP "a type of pet, a photo of a {}.", and ``--set template=...`` still wins.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from promptserve.models.methods import (
 from promptserve.models.methods.config import config_fields
 from promptserve.training.request import TrainRequest
 from promptserve.training.sources import ImageSource
+from promptserve.training.templates import method_template
 
 TEMPLATE_FIELDS = ("template", "templates")  # a fixed prompt (provp, sep, pmpo) / ensemble
 RECIPE_FIELDS = (
@@ -46,8 +48,9 @@ RECIPE_FIELDS = (
 def data_defaults(method: str, source: ImageSource) -> dict[str, Any]:
     """The config values `source` calls for, limited to the fields `method` has."""
     values: dict[str, Any] = dict(source.recipe)
-    if source.template is not None:
-        values |= {"template": source.template, "templates": (source.template,)}
+    template = method_template(method, source.dataset, source.template)
+    if template is not None:
+        values |= {"template": template, "templates": (template,)}
     known = set(config_fields(get_method(method).config_cls))
     return {key: value for key, value in values.items() if key in known}
 

@@ -79,6 +79,9 @@ class ImageSource:
     # method-config fields this data calls for unless a preset or override sets them
     # (the synthetic world keeps the recipe its `mini` presets were tuned with)
     recipe: Mapping[str, Any] = field(default_factory=dict)
+    # the items are in the order of a CoOp/Dassl list file, so a few-shot draw follows Dassl's
+    # (`training.data.sample_few_shot`) and gives CoOp's shots
+    dassl_order: bool = False
 
     def __post_init__(self) -> None:
         if len(set(self.class_names)) != len(self.class_names):

@@ -26,6 +26,7 @@ from promptserve.training.errors import DataError
 from promptserve.training.loop import epoch_learning_rate
 from promptserve.training.protocols import ProtocolRequest, make_plan
 from promptserve.training.recipe import resolve_config
+from promptserve.training.templates import METHOD_TEMPLATES
 from tests.benchmark_roots import (
     AIRCRAFT,
     IMAGENET,
@@ -117,7 +118,7 @@ def test_point_3_each_data_set_gets_its_template(
         source = open_dataset(str(root / expected[name].folder), split="train")
         config = resolve_config(method, source)
         field = "templates" if method == "zeroshot" else "template"
-        want = expected[name].template
+        want = METHOD_TEMPLATES.get((method, name), expected[name].template)
         assert getattr(config, field) == ((want,) if method == "zeroshot" else want)
     # an explicit override still wins over the data set's template
     dtd = open_dataset(str(root / "dtd"), split="train")
@@ -208,20 +209,25 @@ def test_protocol_report_by_name_names_classes_template_and_recipe(
     assert (other["classes"], other["recipe"]) == (report["classes"], report["recipe"])
 
 
+@pytest.mark.parametrize("method", ["provp", "sep"])
 def test_cross_data_set_targets_use_their_own_template(
-    benchmark_root: tuple[Path, dict[str, Expected]], tmp_path: Path
+    method: str, benchmark_root: tuple[Path, dict[str, Expected]], tmp_path: Path
 ) -> None:
     root, expected = benchmark_root
     out = tmp_path / "cross.json"
-    args = ["eval", "--protocol", "cross", "--method", "provp", "--backbone", "tiny"]
+    args = ["eval", "--protocol", "cross", "--method", method, "--backbone", "tiny"]
     args += ["--dataset", "ImageNet", "--data-root", str(root), "--target", "DTD"]
-    args += ["--target", "EuroSAT", "--shots", "1", "--seeds", "1", "--epochs", "1"]
-    args += ["--set", "batch_size=4", "--set", "n_prompts=2", "--json", str(out)]
+    args += ["--target", "EuroSAT", "--target", "StanfordCars", "--shots", "1", "--seeds", "1"]
+    args += ["--epochs", "1", "--set", "batch_size=4", "--json", str(out)]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["template"]["train"] == report["template"]["source"] == "a photo of a {}."
-    assert report["template"]["DescribableTextures"] == expected["DescribableTextures"].template
-    assert report["template"]["EuroSAT"] == expected["EuroSAT"].template
+    for target in ("DescribableTextures", "EuroSAT", "StanfordCars"):
+        # the method's own template where its release has one (SEP on Cars, whose CoOp
+        # template is ImageNet's), else the target's
+        want = METHOD_TEMPLATES.get((method, target), expected[target].template)
+        assert report["template"][target] == want
+    assert report["template"]["DescribableTextures"] != expected["DescribableTextures"].template
     assert report["classes"]["EuroSAT"] == expected["EuroSAT"].names
 
 
@@ -249,7 +255,8 @@ def test_reproduce_script_plans_on_the_miniature_roots(
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "base2novel · provp · DescribableTextures · preset base2novel" in out
-    assert "template: {} texture." in out
+    assert "template: a texture of {}." in out  # ProVP's own template for DTD
+    assert "template '{} texture.'" in out  # what coop's test sets name
     assert "base2novel · coop · ImageNet · preset cocoop_base2novel_imagenet" in out
     assert "test novel: 4 classes [electric ray, stingray, rooster, hen]" in out
     assert "transfer · provp · ImageNet" in out
