@@ -5,7 +5,7 @@ backbone's weights hash and by the graph's identity::
 
     <store>/.backbones/<weights sha256>/
       backbone.json                  the backbone id (spec, architecture, tag, hash)
-      graphs/plain/                  the unmodified vision tower (zeroshot, coop, pre)
+      graphs/plain/                  the unmodified vision tower (zeroshot, coop, pre, linear_probe)
         graph.json                   kind, sha256 of each file, opset, parity when exported
         visual.onnx  visual.torchscript.pt
       graphs/<sha256 of its structure>/  a method's shared prompt graph: the classifier's

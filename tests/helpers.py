@@ -13,11 +13,34 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from promptserve.models.backbone import PreprocessConfig
-from promptserve.models.methods import Learner
+from promptserve.models.backbone import Backbone, PreprocessConfig
+from promptserve.models.methods import Learner, create_method, get_method, list_methods
+from promptserve.models.methods.config import config_fields
 from promptserve.models.towers import VisionTower
 
 NAMES = ["red star", "blue circle", "green square", "yellow heart"]  # a label set for learners
+# options that change what a method learns, held to the method contract as cases of their own
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {"coop-csc": ("coop", {"csc": True})}
+
+
+def method_cases() -> list[str]:
+    """Every registered method and every variant in `VARIANTS`."""
+    return [*list_methods(), *VARIANTS]
+
+
+def create_learner(
+    case: str,
+    backbone: Backbone,
+    names: list[str] = NAMES,
+    config: dict[str, object] | None = None,
+) -> Learner:
+    """A fresh learner of a method or variant; one whose config holds its training classes
+    (``classnames``) is given `names`, as training gives it the data's class names."""
+    method, options = VARIANTS.get(case, (case, {}))
+    values = {**options, **(config or {})}
+    if "classnames" in config_fields(get_method(method).config_cls):
+        values.setdefault("classnames", tuple(names))
+    return create_method(method, backbone, values)
 
 
 def pixels(batch: int, size: int = 32, seed: int = 0) -> Tensor:

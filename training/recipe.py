@@ -6,6 +6,10 @@ holds a fixed template, `ImageSource.recipe` for the synthetic world), the metho
 for that data set where its release has one (`training.templates`), then a named preset, then
 explicit overrides. So ``--dataset OxfordPets`` gives zeroshot "a photo of a {}, a type of pet.",
 ProVP "a type of pet, a photo of a {}.", and ``--set template=...`` still wins.
+
+A method whose config has ``classnames`` (learned state per training class: coop's ``csc``, the
+linear probe) gets the training data's class names there, always: it is no recipe choice, so
+neither a preset nor an override may set it, and `evaluated_with` never replaces it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from promptserve.models.backbone import parse_backbone_spec
+from promptserve.models.errors import ConfigError
 from promptserve.models.methods import (
     Learner,
     MethodConfig,
@@ -28,6 +33,7 @@ from promptserve.training.request import TrainRequest
 from promptserve.training.sources import ImageSource
 from promptserve.training.templates import method_template
 
+CLASSNAMES_FIELD = "classnames"  # the training classes of a class-specific learner
 TEMPLATE_FIELDS = ("template", "templates")  # a fixed prompt (provp, sep, pmpo) / ensemble
 RECIPE_FIELDS = (
     "optimizer",
@@ -69,10 +75,18 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     preset: str | None = None,
 ) -> MethodConfig:
-    """Defaults < the data's values < `preset` < `overrides`."""
+    """Defaults < the data's values < `preset` < `overrides`, then the training classes."""
+    overrides = dict(overrides or {})
     preset_values = get_method(method).presets.get(preset, {}) if preset is not None else {}
     from_data = {k: v for k, v in data_defaults(method, source).items() if k not in preset_values}
-    return make_config(method, {**from_data, **(overrides or {})}, preset=preset)
+    if CLASSNAMES_FIELD in config_fields(get_method(method).config_cls):
+        if CLASSNAMES_FIELD in overrides:
+            raise ConfigError(
+                f"{CLASSNAMES_FIELD} is taken from the training data's class names; "
+                "it cannot be set (restrict the data's classes instead)"
+            )
+        overrides[CLASSNAMES_FIELD] = tuple(source.class_names)
+    return make_config(method, {**from_data, **overrides}, preset=preset)
 
 
 def config_for(request: TrainRequest, source: ImageSource) -> MethodConfig:

@@ -1,7 +1,16 @@
 """Prompt-learning methods. Each module registers itself; importing them here is the only
 registration path, so `list_methods()` is complete as soon as this package is imported."""
 
-from promptserve.models.methods import coop, dcp, pmpo, pre, provp, sep, zeroshot  # noqa: F401  (registration)
+from promptserve.models.methods import (  # noqa: F401  (registration)
+    coop,
+    dcp,
+    linear_probe,
+    pmpo,
+    pre,
+    provp,
+    sep,
+    zeroshot,
+)
 from promptserve.models.methods.base import Batch, Learner
 from promptserve.models.methods.config import MethodConfig, build_config, parse_overrides
 from promptserve.models.methods.registry import (

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from promptserve.models.backbone import Backbone
 from promptserve.models.errors import ConfigError
 from promptserve.models.methods.base import Batch, Learner
+from promptserve.models.methods.class_specific import class_mean_features
 from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
 from promptserve.models.methods.layers import quick_gelu_mlp
 from promptserve.models.methods.registry import register_method
@@ -214,16 +215,9 @@ class SEPLearner(Learner):
         feature of each class (one pass over `batches`). Without batches, or for a class with
         no image, it falls back to that class's normalised zero-shot template embedding."""
         with torch.no_grad():
-            weight = self.text.encode_templates(class_names, (self.config.template,))  # [C, D]
-            sums = torch.zeros_like(weight)
-            counts = weight.new_zeros(len(class_names), 1)  # [C, 1] images per class
-            for pixels, labels in batches or ():
-                labels = labels.to(weight.device)
-                frozen = F.normalize(self.vision(pixels.to(weight.device)), dim=-1)  # [B, D]
-                sums.index_add_(0, labels, frozen.to(sums.dtype))
-                counts.index_add_(0, labels, counts.new_ones(len(labels), 1))
-            weight = torch.where(counts > 0, sums / counts.clamp(min=1), weight)
-        self.head = nn.Parameter(F.normalize(weight, dim=-1))
+            templates = self.text.encode_templates(class_names, (self.config.template,))  # [C, D]
+        weight = class_mean_features(self.vision, templates, batches)
+        self.head = nn.Parameter(weight)
         self.head_classes = tuple(class_names)
 
     def learned_state_dict(self) -> dict[str, Tensor]:

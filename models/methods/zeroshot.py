@@ -17,6 +17,12 @@ from promptserve.models.methods.config import MethodConfig
 from promptserve.models.methods.registry import register_method
 
 
+def check_templates(templates: tuple[str, ...]) -> None:
+    """ConfigError unless there is a template and each has a '{}' for the class name."""
+    if not templates or any("{}" not in t for t in templates):
+        raise ConfigError("every zeroshot template needs a '{}' for the class name")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ZeroShotConfig(MethodConfig):
     templates: tuple[str, ...] = ("a photo of a {}.",)  # one template, or an ensemble
@@ -30,8 +36,7 @@ class ZeroShotLearner(Learner):
 
     def __init__(self, backbone: Backbone, config: ZeroShotConfig) -> None:
         super().__init__(backbone, config)
-        if not config.templates or any("{}" not in t for t in config.templates):
-            raise ConfigError("every zeroshot template needs a '{}' for the class name")
+        check_templates(config.templates)
 
     def encode_classes(self, names: list[str]) -> Tensor:
         return self.text.encode_templates(names, self.config.templates)

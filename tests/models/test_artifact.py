@@ -34,7 +34,7 @@ from promptserve.models.classifier import load_classifier
 from promptserve.models.errors import ArtifactError, ExportParityError
 from promptserve.models.export import export_visual_graph
 from promptserve.models.labels import load_learner
-from promptserve.models.methods import Learner, create_method, list_methods
+from promptserve.models.methods import Learner, create_method
 from tests import helpers
 
 CLASS_NAMES = ["red circle", "blue square", "green star", "yellow heart"]
@@ -54,9 +54,9 @@ class Exported:
     was_training_after: bool
 
 
-@pytest.fixture(scope="module", params=list_methods())
+@pytest.fixture(scope="module", params=helpers.method_cases())
 def exported(request, tiny_backbone, tmp_path_factory) -> Exported:  # type: ignore[no-untyped-def]
-    learner = create_method(request.param, tiny_backbone)
+    learner = helpers.create_learner(request.param, tiny_backbone, CLASS_NAMES)
     helpers.perturb(learner, seed=0, scale=0.1)
     learner.train()
     store = tmp_path_factory.mktemp(f"store-{request.param}")

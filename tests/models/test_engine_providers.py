@@ -31,6 +31,7 @@ from promptserve.models.providers import (
     open_session,
     tensorrt_cache_key,
 )
+from tests.helpers import create_learner
 
 NO_CUDA = providers.cuda_problem(0) is not None
 needs_no_cuda = pytest.mark.skipif(not NO_CUDA, reason="this host has a working CUDA provider")
@@ -175,7 +176,7 @@ def test_the_fp16_gate_passes_a_good_graph_and_refuses_another(
 
 @pytest.mark.parametrize("method", list_methods())
 def test_traced_graphs_hold_no_device_constants(tiny_backbone: Any, method: str) -> None:
-    learner = create_method(method, tiny_backbone).eval()
+    learner = create_learner(method, tiny_backbone).eval()
     size = tiny_backbone.preprocess.size
     pixels = torch.randn(2, 3, size, size)
     shared = learner.shared_visual()

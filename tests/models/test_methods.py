@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from promptserve.models.backbone import Backbone, hash_state_dict
-from promptserve.models.methods import Batch, Learner, create_method, list_methods
-from tests.helpers import NAMES, perturb, pixels
+from promptserve.models.methods import Batch, Learner
+from tests.helpers import NAMES, create_learner, method_cases, perturb, pixels
 from tests.numerics import assert_close
 
 LEARNS_NOTHING = {"zeroshot"}  # the baseline: class names only, no learned tensors
@@ -16,10 +16,10 @@ MORE_NAMES = ["purple ring", "orange cross", *NAMES, "pink hexagon"]
 
 def make(name: str, backbone: Backbone, seed: int = 0) -> Learner:
     torch.manual_seed(seed)
-    return create_method(name, backbone).eval()
+    return create_learner(name, backbone).eval()
 
 
-@pytest.fixture(params=list_methods())
+@pytest.fixture(params=method_cases())
 def method(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

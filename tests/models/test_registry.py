@@ -15,6 +15,7 @@ from promptserve.models.methods import (
 from promptserve.models.methods.base import Learner
 from promptserve.models.methods.config import MethodConfig, parse_overrides
 from promptserve.models.methods.registry import method_needs_training, unregister_method
+from tests.helpers import create_learner
 
 
 def test_core_methods_are_registered() -> None:
@@ -62,7 +63,7 @@ def test_registering_a_new_method_makes_it_creatable(tiny_backbone) -> None:  # 
 def test_the_registry_knows_which_methods_need_training(tiny_backbone) -> None:  # type: ignore[no-untyped-def]
     assert not method_needs_training("zeroshot")
     for name in list_methods():  # the fact matches what a fresh learner has to train
-        has_parameters = bool(create_method(name, tiny_backbone).trainable_parameters())
+        has_parameters = bool(create_learner(name, tiny_backbone).trainable_parameters())
         assert method_needs_training(name) == has_parameters, name
     with pytest.raises(UnknownMethodError, match="registered methods"):
         method_needs_training("nope")

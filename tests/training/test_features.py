@@ -20,7 +20,7 @@ from promptserve.models.preprocess import eval_transform, train_transform
 from promptserve.training.cli import main
 from promptserve.training.data import ImageDataset, make_loader, open_dataset
 from promptserve.training.loop import FitOptions, fit
-from tests.helpers import make_image_folder
+from tests.helpers import create_learner, make_image_folder
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 PER_CLASS = 6
@@ -117,7 +117,12 @@ def test_augmented_views_are_seeded(folder: Path, mini: Backbone) -> None:
     assert runs[0] == pytest.approx(runs[1], rel=1e-4)
 
 
-FROZEN_VISUAL = {"zeroshot", "coop", "pre"}  # the plain tower; every other method prompts it
+FROZEN_VISUAL = {
+    "zeroshot",
+    "coop",
+    "pre",
+    "linear_probe",
+}  # the plain tower; every other method prompts it
 
 
 @pytest.mark.parametrize("method", list_methods())
@@ -125,9 +130,9 @@ def test_only_plain_tower_methods_take_the_cached_path(
     folder: Path, tiny_backbone: Backbone, method: str
 ) -> None:
     backbone = copy.deepcopy(tiny_backbone)
-    learner = create_method(method, backbone, {"epochs": 1, "feature_views": 4})
-    assert learner.frozen_visual == (method in FROZEN_VISUAL)
     loader, names = loader_for(folder, backbone)
+    learner = create_learner(method, backbone, names, {"epochs": 1, "feature_views": 4})
+    assert learner.frozen_visual == (method in FROZEN_VISUAL)
     learner.prepare_training(names, loader)
     result = fit(learner, loader, names)
     if method == "zeroshot":
