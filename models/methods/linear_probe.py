@@ -50,7 +50,11 @@ class LinearProbeConfig(MethodConfig):
     "linear_probe",
     LinearProbeConfig,
     presets={
-        "mini": {**MINI_RECIPE, "lr": 0.001, "epochs": 20, "batch_size": 16},
+        # mini on CPU: Adam at 0.001 for 20 epochs of batch 16 from the class means, on one
+        # cached view per image (the paper's probe sees no augmentation either). Validation split
+        # of synthetic:color-shape?names=catalogue&classes=16, 16 shots, seed 1: 94.5 against
+        # zero-shot 0.8; all 64 classes: 83.6 against 1.4 (bench/class_specific.py)
+        "mini": {**MINI_RECIPE, "lr": 0.001, "epochs": 20, "batch_size": 16, "feature_views": 1},
     },
 )
 class LinearProbeLearner(Learner):
