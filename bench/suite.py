@@ -11,21 +11,22 @@ and ``suite.png`` (the averages) under ``--out``.
     python bench/suite.py                      # the full suite (see the README for its time)
     python bench/suite.py --quick              # 3 data sets, seed 1: a few minutes
     python bench/suite.py --methods coop provp --datasets Hue25 Sepia --seeds 1
+    python bench/suite.py --suite paper        # the papers' regime (bench/paper_suite.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from suite_report import average, chart, markdown
 from torch import Tensor
 
 from promptserve.models.backbone import load_backbone
@@ -61,6 +62,15 @@ SUITE = (  # ordered by the zero-shot-vs-probe gap measured on them, small to la
     SuiteSet("Invert", "shift=invert", "the negative image"),
 )
 NO_HEADROOM = SuiteSet("Unshifted", "", "the pretraining world itself")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the tables: a method with its mini preset and what the run overrides."""
+
+    label: str
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,121 +162,51 @@ def method_cost(method: str) -> int:
     return {"coop": 2, "pre": 2, "provp": 3, "dcp": 3, "sep": 4, "pmpo": 3}.get(method, 3)
 
 
-def run_suite(args: argparse.Namespace, sizing: Sizing) -> dict[str, Any]:
-    datasets = [d for d in (*SUITE, NO_HEADROOM) if d.name in args.datasets]
-    methods = [m for m in args.methods if m != "zeroshot"]
-    per_set = 1 + sum(method_cost(m) * len(args.seeds) for m in methods)
+def run_suite(
+    args: argparse.Namespace, sizing: Sizing, datasets: list[SuiteSet], rows: list[Row]
+) -> dict[str, Any]:
+    per_set = 1 + sum(method_cost(row.method) * len(args.seeds) for row in rows)
     clock = Clock(len(datasets) * per_set)
     results: dict[str, Any] = {}
     for dataset in datasets:
         root = make_root(dataset, sizing, args.work)
-        scores = headroom(root, args.shots)
-        rows: dict[str, Any] = {
-            "zeroshot": {k: round(v, 2) for k, v in scores.items() if k != "probe"}
+        zero = headroom(root, args.shots)
+        scores: dict[str, Any] = {
+            "zeroshot": {k: round(v, 2) for k, v in zero.items() if k != "probe"}
         }
-        rows["zeroshot"]["std"] = {"base": 0.0, "novel": 0.0, "hm": 0.0}
-        results[dataset.name] = {"spec": spec_of(dataset, sizing), "probe": scores["probe"]}
+        scores["zeroshot"]["std"] = {"base": 0.0, "novel": 0.0, "hm": 0.0}
+        results[dataset.name] = {"spec": spec_of(dataset, sizing), "probe": zero["probe"]}
         clock.step(
-            f"{dataset.name}: zero-shot base {scores['base']:.1f} novel {scores['novel']:.1f}, "
-            f"{args.shots}-shot probe {scores['probe']:.1f}"
+            f"{dataset.name}: zero-shot base {zero['base']:.1f} novel {zero['novel']:.1f}, "
+            f"{args.shots}-shot probe {zero['probe']:.1f}"
         )
-        for method in methods:
-            preset = "mini" if "mini" in get_method(method).presets else None
+        for row in rows:
+            preset = "mini" if "mini" in get_method(row.method).presets else None
             request = ProtocolRequest(
-                protocol="base2novel", method=method, shots=args.shots,
-                seeds=tuple(args.seeds), data=str(root), preset=preset,
+                protocol="base2novel", method=row.method, shots=args.shots,
+                seeds=tuple(args.seeds), data=str(root), preset=preset, overrides=row.overrides,
             )  # fmt: skip
-            cost = method_cost(method)
-            label = f"{dataset.name} {method}"
+            cost = method_cost(row.method)
+            label = f"{dataset.name} {row.label}"
             report = run_protocol(
                 request, lambda line, label=label, cost=cost: clock.step(f"{label} {line}", cost)
             )
-            rows[method] = {k: report[k] for k in ("base", "novel", "hm", "std", "per_seed")}
-        results[dataset.name]["methods"] = rows
+            scores[row.label] = {k: report[k] for k in ("base", "novel", "hm", "std", "per_seed")}
+            scores[row.label]["recipe"] = report["recipe"]
+        results[dataset.name]["methods"] = scores
         args.out.mkdir(parents=True, exist_ok=True)  # what is done survives an interrupted run
-        (args.out / "suite-partial.json").write_text(json.dumps(results, indent=2))
+        (args.out / f"{args.suite}-partial.json").write_text(json.dumps(results, indent=2))
     return results
 
 
-def average(results: dict[str, Any], names: list[str]) -> dict[str, dict[str, float]]:
-    """Per method: the mean over data sets of base and novel, HM of those means (as the papers
-    average), and the std over seeds of the per-seed suite averages."""
-    methods = list(results[names[0]]["methods"])
-    out: dict[str, dict[str, float]] = {}
-    for method in methods:
-        rows = [results[n]["methods"][method] for n in names]
-        mean = {k: statistics.fmean(r[k] for r in rows) for k in ("base", "novel")}
-        mean["hm"] = harmonic_mean(mean["base"], mean["novel"])  # as the papers average
-        seeds = rows[0].get("per_seed") or []
-        keys = ("base", "novel", "hm")
-        per_seed = [
-            {k: statistics.fmean(r["per_seed"][i][k] for r in rows) for k in keys}
-            for i in range(len(seeds))
-        ]
-        for seed_row in per_seed:
-            seed_row["hm"] = harmonic_mean(seed_row["base"], seed_row["novel"])
-        std = {
-            k: statistics.pstdev(s[k] for s in per_seed) if per_seed else 0.0
-            for k in ("base", "novel", "hm")
-        }
-        out[method] = {**mean, **{f"{k}_std": v for k, v in std.items()}}
-    return out
-
-
-def markdown(results: dict[str, Any], suite_names: list[str]) -> str:
-    def cell(row: dict[str, Any], key: str) -> str:
-        return f"{row[key]:.1f} ± {row['std'][key]:.1f}"
-
-    methods = list(results[next(iter(results))]["methods"])
-    lines = ["| method | " + " | ".join(suite_names + ["**average**"]) + " |"]
-    lines.append("|---" * (len(suite_names) + 2) + "|")
-    probe = [f"{results[n]['probe']:.1f}" for n in suite_names]
-    mean_probe = statistics.fmean(results[n]["probe"] for n in suite_names)
-    lines.append("| linear probe (base) | " + " | ".join([*probe, f"{mean_probe:.1f}"]) + " |")
-    avg = average(results, suite_names)
-    for method in methods:
-        for key, label in (("base", "base"), ("novel", "novel"), ("hm", "HM")):
-            cells = [cell(results[n]["methods"][method], key) for n in suite_names]
-            a = avg[method]
-            cells.append(f"**{a[key]:.1f}** ± {a[key + '_std']:.1f}")
-            lines.append(f"| `{method}` {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def chart(results: dict[str, Any], suite_names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    avg = average(results, suite_names)
-    methods = list(avg)
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
-    width = 0.27
-    for i, (key, label) in enumerate((("base", "base"), ("novel", "novel"), ("hm", "HM"))):
-        xs = [m + (i - 1) * width for m in range(len(methods))]
-        ax.bar(xs, [avg[m][key] for m in methods], width, label=label,
-               yerr=[avg[m][key + "_std"] for m in methods], capsize=2)  # fmt: skip
-    ax.axhline(avg["zeroshot"]["hm"], color="grey", lw=0.8, ls="--", label="zero-shot HM")
-    ax.set_xticks(range(len(methods)), methods)
-    ax.set_ylabel("top-1 % (suite average)")
-    low = min(min(avg[m][k] for k in ("base", "novel", "hm")) for m in methods)
-    ax.set_ylim(max(0, low - 10), 100)
-    ax.legend(ncol=4, fontsize=8, loc="upper left")
-    ax.set_title(f"mini, base-to-novel over {len(suite_names)} shifted data sets, 16 shots")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def write_strips(directory: Path, sizing: Sizing, per_strip: int = 8) -> None:
+def write_strips(directory: Path, sizing: Sizing, sets: list[SuiteSet], per_strip: int = 8) -> None:
     """One PNG per data set: `per_strip` test images of different classes, side by side."""
     from PIL import Image
 
     from promptserve.training.synthetic.tasks import build_task
 
     directory.mkdir(parents=True, exist_ok=True)
-    for dataset in (NO_HEADROOM, *SUITE):
+    for dataset in sets:
         task = build_task(f"{spec_of(dataset, sizing)}&n=1", "test")
         step = max(1, len(task.images) // per_strip)
         images = task.images[::step][:per_strip]
@@ -280,10 +220,12 @@ def write_strips(directory: Path, sizing: Sizing, per_strip: int = 8) -> None:
 
 
 def main() -> None:
+    import paper_suite  # imports this module for SuiteSet and Row
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    names = [d.name for d in (*SUITE, NO_HEADROOM)]
-    suite = [d.name for d in SUITE]  # the unshifted world only when asked for
-    parser.add_argument("--datasets", nargs="+", default=suite, choices=names)
+    every = [*SUITE, NO_HEADROOM, *paper_suite.PAPER_SETS]
+    parser.add_argument("--suite", choices=("suite", "paper"), default="suite")
+    parser.add_argument("--datasets", nargs="+", default=None, choices=[d.name for d in every])
     parser.add_argument("--methods", nargs="+", default=list_methods(), choices=list_methods())
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -292,34 +234,48 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-out/suite-data"))
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--strips", type=Path, default=None, help="only write sample strips here")
+    parser.add_argument("--choose-lr", action="store_true", help="paper: the validation runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sizing = QUICK if args.quick else FULL
+    paper = args.suite == "paper"
+    sizing = paper_suite.SIZING if paper else QUICK if args.quick else FULL
+    own = list(paper_suite.PAPER_SETS) if paper else [*SUITE]  # unshifted only when asked for
+    if args.quick and args.datasets is None and not paper:
+        args.datasets = ["Hue25", "Sepia", "Synonyms"]
+    datasets = [d for d in every if d.name in (args.datasets or [d.name for d in own])]
     if args.strips is not None:
-        write_strips(args.strips, sizing)
+        write_strips(args.strips, sizing, [NO_HEADROOM, *own] if not paper else own)
         return
     if args.quick:
         args.seeds = args.seeds[:1]
-        if args.datasets == suite:
-            args.datasets = ["Hue25", "Sepia", "Synonyms"]
+    if args.choose_lr:
+        roots = {d.name: make_root(d, sizing, args.work) for d in datasets}
+        paper_suite.choose_lr(roots, args.methods, args.shots, args.out / "paper-lr.json")
+        return
+    rows = (
+        paper_suite.paper_rows(args.methods)
+        if paper
+        else [Row(m, m) for m in args.methods if m != "zeroshot"]
+    )
     started = time.perf_counter()
-    results = run_suite(args, sizing)
+    results = run_suite(args, sizing, datasets, rows)
     minutes = (time.perf_counter() - started) / 60
     suite_names = [n for n in results if n != NO_HEADROOM.name]
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"sizing": sizing.__dict__, "seeds": args.seeds, "shots": args.shots,
-            "minutes": round(minutes, 1), "threads": args.threads}  # fmt: skip
+    meta = {"suite": args.suite, "sizing": sizing.__dict__, "seeds": args.seeds,
+            "shots": args.shots, "minutes": round(minutes, 1), "threads": args.threads}  # fmt: skip
     if suite_names:
         meta["average"] = average(results, suite_names)
-    (args.out / "suite.json").write_text(json.dumps({**meta, "datasets": results}, indent=2))
+    stem = args.out / args.suite
+    stem.with_suffix(".json").write_text(json.dumps({**meta, "datasets": results}, indent=2))
     table = markdown(results, suite_names) if suite_names else ""
     if NO_HEADROOM.name in results:
         table += "\n\nno headroom (unshifted):\n\n" + markdown(results, [NO_HEADROOM.name])
-    (args.out / "suite.md").write_text(table + "\n")
+    stem.with_suffix(".md").write_text(table + "\n")
     if suite_names:
-        chart(results, suite_names, args.out / "suite.png")
+        chart(results, suite_names, stem.with_suffix(".png"), args.shots)
     print(table)
-    print(f"\n{minutes:.1f} minutes; wrote {args.out}/suite.json, suite.md, suite.png")
+    print(f"\n{minutes:.1f} minutes; wrote {stem}.json, .md, .png")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 The root holds ``split_zhou_<Name>.json`` (``{"train": [[path, label, class], ...], "val": ...,
 "test": ...}``, paths relative to ``images/``) and the images as PNG files. Labels are indices
-into the sorted class names, so a reader that splits base and novel by integer label and one
-that splits by sorted name agree.
+into the spec's classes in label order: the sorted names, so a reader that splits base and novel
+by integer label and one that splits by sorted name agree, except where the spec fixes its own
+halves (``pick=disjoint``: the base half first), which the integer labels keep.
 """
 
 from __future__ import annotations

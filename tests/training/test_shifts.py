@@ -13,6 +13,7 @@ from promptserve.training.cli import main
 from promptserve.training.data import open_dataset, split_base_novel
 from promptserve.training.dataset_writer import dataset_name, write_dassl_root
 from promptserve.training.errors import DataError
+from promptserve.training.synthetic.halves import class_shifts
 from promptserve.training.synthetic.shifts import KINDS, Shift, apply_shifts, parse_shifts, rename
 from promptserve.training.synthetic.tasks import build_task, parse_synthetic_spec
 
@@ -149,3 +150,46 @@ def test_make_dataset_refuses_a_non_empty_target_and_bad_specs(tmp_path: Path) -
 def test_dataset_names() -> None:
     assert dataset_name("synthetic:color-shape?shift=hue25") == "ColorShapeHue25"
     assert dataset_name("synthetic:shape?n=4&seed=2&shift=sepia") == "ShapeSepia"
+
+
+PAPER = "synthetic:color-shape?pick=disjoint&classes=16&seed=7&n=3"
+
+
+def test_class_shift_scales_the_amount_by_a_factor_per_class() -> None:
+    names = ["red circle", "red cross", "yellow square", "cyan star", "blue ring"]
+    amounts = [class_shifts("hue40+sepia80", name) for name in names]
+    assert amounts == [class_shifts("hue40+sepia80", name) for name in names]  # deterministic
+    hues = [shifts[0].amount for shifts in amounts]
+    assert all(20 <= abs(a) <= 40 for a in hues)
+    assert len(set(hues)) == len(hues)
+    assert {a > 0 for a in hues} == {True, False}  # hue turns both ways
+    assert all(40 <= shifts[1].amount <= 80 for shifts in amounts)  # sepia only one way
+    assert class_shifts("", "red circle") == ()
+
+
+def test_class_shift_differs_per_class_on_the_same_scene() -> None:
+    plain, shifted = (build_task(f"{PAPER}{extra}", "test") for extra in ("", "&class_shift=hue60"))
+    turns = []
+    for label in range(len(plain.classnames)):
+        at = plain.labels.index(label)
+        before, after = (
+            np.asarray(t.images[at].convert("HSV"), np.int32) for t in (plain, shifted)
+        )
+        colourful = before[..., 1] > 100
+        turn = (after[..., 0] - before[..., 0])[colourful] % 256
+        turns.append(int(np.median(turn)))
+    assert len(set(turns)) >= 6, turns  # 8 classes, 8 amounts (a few px of rounding apart)
+
+
+def test_base_only_shift_leaves_novel_images_untouched() -> None:
+    plain, shifted = (build_task(f"{PAPER}{x}", "test") for x in ("", "&shift=hue50&shift_on=base"))
+    base, novel = split_base_novel(plain.classnames)
+    for i, label in enumerate(plain.labels):
+        same = np.array_equal(np.asarray(plain.images[i]), np.asarray(shifted.images[i]))
+        assert same == (plain.classnames[label] in novel)
+    everywhere = build_task(f"{PAPER}&shift=hue50", "test")
+    assert not any(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(plain.images, everywhere.images, strict=True)
+    )
+    assert base  # the split has both halves

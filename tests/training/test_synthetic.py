@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from promptserve.models.backbone import load_backbone
-from promptserve.training.data import open_dataset
+from promptserve.training.data import open_dataset, split_base_novel
 from promptserve.training.errors import DataError
 from promptserve.training.synthetic.captions import caption_for, fill_template
 from promptserve.training.synthetic.pretrain import (
@@ -21,6 +21,7 @@ from promptserve.training.synthetic.pretrain import (
     pretrain_mini,
     run,
 )
+from promptserve.training.synthetic.shifts import rename
 from promptserve.training.synthetic.tasks import (
     TASKS,
     base_novel_split,
@@ -243,3 +244,65 @@ def test_open_dataset_reads_synthetic_specs_lazily_and_picklably() -> None:
 def test_open_dataset_reports_bad_synthetic_specs() -> None:
     with pytest.raises(DataError, match="unknown synthetic task"):
         open_dataset("synthetic:animals")
+
+
+PAPER = "synthetic:color-shape?pick=disjoint&classes=16&seed=7"
+
+
+def test_paper_options_parse_with_defaults() -> None:
+    default = parse_synthetic_spec("synthetic:color-shape").halves
+    assert (default.pick, default.class_shift, default.shift_on, default.names_on) == (
+        "random", "", "all", "all",
+    )  # fmt: skip
+    spec = parse_synthetic_spec(f"{PAPER}&class_shift=hue40&shift_on=base&names_on=base")
+    assert (spec.halves.pick, spec.halves.class_shift) == ("disjoint", "hue40")
+    assert (spec.halves.shift_on, spec.halves.names_on) == ("base", "base")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("synthetic:color-shape?pick=spread", "pick must be one of"),
+        ("synthetic:shape?pick=disjoint", "applies to the color-shape task"),
+        ("synthetic:color-shape?pick=disjoint&classes=15", "even number"),
+        ("synthetic:color-shape?pick=disjoint&classes=34", "classes must be in|even number"),
+        ("synthetic:color-shape?shift_on=base", "needs pick=disjoint"),
+        ("synthetic:color-shape?pick=disjoint&names_on=novel", "names_on must be one of"),
+        ("synthetic:color-shape?class_shift=swirl3", "unknown shift"),
+    ],
+)
+def test_paper_option_errors(spec: str, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        parse_synthetic_spec(spec)
+
+
+def test_disjoint_halves_share_no_word_and_lead_the_label_order() -> None:
+    source = open_dataset(f"{PAPER}&n=1", split="train")
+    base, novel = split_base_novel(source.class_names)
+    assert len(base) == len(novel) == 8
+    base_words = {word for name in base for word in name.split(" ")}
+    novel_words = {word for name in novel for word in name.split(" ")}
+    assert not base_words & novel_words
+    assert len(base_words) == len(novel_words) == 8  # four colours and four shapes a half
+    every = open_dataset("synthetic:color-shape?pick=disjoint&n=1", split="train").class_names
+    assert len(every) == 32
+    assert set(base) < set(every[:16])  # a smaller pick keeps part of each half
+    assert set(novel) < set(every[16:])
+
+
+def test_base_only_renaming_keeps_the_halves_and_novel_names() -> None:
+    plain = split_base_novel(open_dataset(f"{PAPER}&n=1", split="train").class_names)
+    renamed = open_dataset(f"{PAPER}&n=1&names=synonym&names_on=base", split="train")
+    base, novel = split_base_novel(renamed.class_names)
+    assert novel == plain[1]
+    assert sorted(rename(name, "synonym") for name in plain[0]) == base
+    everywhere = open_dataset(f"{PAPER}&n=1&names=synonym", split="train").class_names
+    assert split_base_novel(everywhere)[1] == sorted(rename(n, "synonym") for n in plain[1])
+
+
+def test_paper_splits_are_deterministic_and_disjoint() -> None:
+    spec = f"{PAPER}&n=4&class_shift=hue40"
+    splits = {split: build_task(spec, split).images for split in ("train", "val", "test")}
+    assert all(same_images(splits["val"], build_task(spec, "val").images))
+    for first, second in (("train", "val"), ("val", "test"), ("train", "test")):
+        assert not any(same_images(splits[first], splits[second]))

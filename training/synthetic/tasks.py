@@ -19,6 +19,11 @@ options
   ``shift``       an appearance shift, e.g. ``hue25`` or ``sepia+lowres24`` (training/shifts.py)
   ``names``       ``plain`` (default), ``synonym`` or ``catalogue``: class names mini never read
   ``classes``     keep this many of the task's classes (a fixed pick per task and count)
+  ``pick``        ``random`` (default: that fixed pick) or ``disjoint``: base and novel halves
+                  that share no colour or shape word (training/synthetic/halves.py)
+  ``class_shift`` a shift whose amount each class scales by its own factor, e.g. ``hue40``
+  ``shift_on``    ``all`` (default) or ``base``: the classes ``shift`` and ``class_shift`` touch
+  ``names_on``    ``all`` (default) or ``base``: the classes ``names`` renames
 
 Domain-shift test sets are the same task with another style or background, e.g.
 ``synthetic:color-shape?style=outline`` or ``synthetic:color-shape?background=noise``.
@@ -38,6 +43,13 @@ from PIL import Image
 
 from promptserve.training.errors import DataError
 from promptserve.training.sources import ImageSource, LabeledImage
+from promptserve.training.synthetic.halves import (
+    OPTION_KEYS,
+    HalfOptions,
+    class_shifts,
+    disjoint_halves,
+    parse_half_options,
+)
 from promptserve.training.synthetic.shifts import NAMINGS, apply_shifts, parse_shifts, rename
 from promptserve.training.synthetic.world import (
     BACKGROUNDS,
@@ -72,6 +84,7 @@ class SyntheticSpec:
     shift: str = ""  # see training/shifts.py; "" leaves the images as drawn
     names: str = "plain"  # one of training.synthetic.shifts.NAMINGS
     classes: int | None = None  # keep this many classes; None keeps all
+    halves: HalfOptions = HalfOptions()  # the pick, per-class and base-only options
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,7 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
         if key in options:
             raise DataError(f"option {key!r} given twice in {text!r}")
         options[key] = value
-    known = ("n", "seed", "style", "background", "size", "shift", "names", "classes")
+    known = ("n", "seed", "style", "background", "size", "shift", "names", "classes", *OPTION_KEYS)
     unknown = set(options) - set(known)
     if unknown:
         raise DataError(
@@ -158,6 +171,7 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
         shift=options.get("shift", ""),
         names=options.get("names", "plain"),
         classes=classes,
+        halves=parse_half_options(options, task, classes),
     )
 
 
@@ -192,6 +206,12 @@ def build_task(spec: SyntheticSpec | str, split: str = "train") -> SyntheticTask
 
 def spec_classes(spec: SyntheticSpec) -> list[tuple[str, str]]:
     """(class name as the data set shows it, world name it is drawn from), sorted by the first."""
+    if spec.halves.pick == "disjoint":  # label order: the base half, then the novel half
+        base, novel = disjoint_halves(spec.classes)
+        renamed = spec.names if spec.halves.names_on == "all" else "plain"
+        return sorted((rename(n, spec.names), n) for n in base) + sorted(
+            (rename(n, renamed), n) for n in novel
+        )
     names = task_classes(spec.task)
     if spec.classes is not None:
         pick = np.random.default_rng([spec.classes, _name_key(spec.task)])
@@ -227,7 +247,11 @@ def render_item(spec: SyntheticSpec, split: str, name: str, index: int) -> Image
     background = cast(Background, _pick(rng, spec.background, BACKGROUNDS))
     scene = sample_scene(rng, **constraints, style=style, background=background)
     # the shift draws after the scene, so a shifted image shows the unshifted one's scene
-    return apply_shifts(parse_shifts(spec.shift), render(scene, spec.size), rng)
+    image = render(scene, spec.size)
+    if spec.halves.shift_on == "base" and name not in disjoint_halves(spec.classes)[0]:
+        return image
+    shifts = parse_shifts(spec.shift) + class_shifts(spec.halves.class_shift, name)
+    return apply_shifts(shifts, image, rng)
 
 
 def _check_split(split: str) -> None:
