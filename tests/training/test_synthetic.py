@@ -168,6 +168,8 @@ def test_spec_options() -> None:
         ("synthetic:shape?background=sky", "background must be one of"),
         ("synthetic:shape?colour=red", "unknown option"),
         ("synthetic:shape?n=1&n=2", "twice"),
+        ("synthetic:shape?n=4&", "malformed options"),
+        ("synthetic:shape?seed", "malformed options"),
     ],
 )
 def test_spec_errors(spec: str, message: str) -> None:

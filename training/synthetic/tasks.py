@@ -139,7 +139,13 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
     task, _, query = text[len(SPEC_PREFIX) :].partition("?")
     task_classes(task)  # validates the name
     options: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise DataError(
+            f"malformed options in {text!r}: expected key=value pairs joined by '&'"
+        ) from None
+    for key, value in pairs:
         if key in options:
             raise DataError(f"option {key!r} given twice in {text!r}")
         options[key] = value
