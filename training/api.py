@@ -13,28 +13,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from promptserve.models.artifact import publish_classifier
-from promptserve.models.backbone import Backbone, load_backbone
-from promptserve.models.methods import Learner, create_method, method_needs_training
-from promptserve.models.preprocess import eval_transform, train_transform
-from promptserve.training.data import (
-    ImageDataset,
-    ImageSource,
-    from_memory,
-    make_loader,
-    open_dataset,
-    sample_few_shot,
-)
+from promptserve.models.methods import create_method
+from promptserve.training.auto import AUTO, check_method, choose_method, is_auto, needs_training
+from promptserve.training.data import ImageSource, from_memory, open_dataset, sample_few_shot
 from promptserve.training.errors import DataError, TrainingCancelled, paths_in
-from promptserve.training.loop import FitOptions, FitResult, Progress, evaluate, fit
+from promptserve.training.fitting import FittedLearner, accuracy_on, fit_source
+from promptserve.training.loop import Progress
 from promptserve.training.recipe import config_for, default_preset, recipe_of, template_of
 from promptserve.training.request import TrainRequest
 from promptserve.training.stored_eval import EvalResult, evaluate_classifier
 from promptserve.training.synthetic.tasks import color_shape_classes
 
 __all__ = [
+    "AUTO",
     "DatasetSummary",
     "EvalResult",
     "ImageSource",
@@ -42,6 +34,7 @@ __all__ = [
     "default_preset",
     "from_memory",
     "TrainRequest",
+    "check_method",
     "evaluate_classifier",
     "fit_learner",
     "open_within",
@@ -56,7 +49,6 @@ log = logging.getLogger(__name__)
 # service's job process opens a trace span per stage with it
 Phase = Callable[[str], AbstractContextManager[object]]
 HELDOUT_PER_CLASS = 50  # held-out images scored per class, at most (a sample, seeded)
-EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -67,17 +59,6 @@ class TrainOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)  # accuracies (see score_fitted)
 
 
-@dataclass
-class FittedLearner:
-    learner: Learner
-    class_names: list[str]
-    result: FitResult
-    images: int  # training images seen per epoch
-    train: ImageSource  # the images trained on
-    heldout: ImageSource | None = None  # images of the same classes left out of training
-    backbone: Backbone | None = None  # the frozen backbone under the learner
-
-
 def fit_learner(
     request: TrainRequest,
     progress: Callable[[Progress], None] | None = None,
@@ -86,11 +67,17 @@ def fit_learner(
     source: ImageSource | None = None,
     phase: Phase = nullcontext,
 ) -> FittedLearner:
-    """Load data (or use `source`) and the backbone, build the method and fit it."""
+    """Load data (or use `source`) and the backbone, build the method and fit it; for method
+    auto, the method `training.auto.choose_method` picks, with its leaderboard."""
     with phase("load_data"):
         source, heldout = _training_images(request, source)
     with phase("train"):
-        return _fit(request, source, heldout, progress, should_stop)
+        board = None
+        if is_auto(request.method):  # the winner on validation folds of `source`, trained on all
+            request, board = choose_method(request, source, should_stop)
+        fitted = fit_source(request, source, heldout, progress, should_stop)
+        fitted.auto = board
+        return fitted
 
 
 def _training_images(
@@ -100,45 +87,12 @@ def _training_images(
     if source is None:
         source = open_within(request.data, request.within, split="train")
     heldout = None
-    if request.shots is not None and method_needs_training(request.method):
+    if request.shots is not None and needs_training(request.method):
         sampled = sample_few_shot(source, request.shots, request.seed)
         if request.heldout:
             heldout = _left_out(source, sampled, request.seed)
         source = sampled
     return source, heldout
-
-
-def _fit(
-    request: TrainRequest,
-    source: ImageSource,
-    heldout: ImageSource | None,
-    progress: Callable[[Progress], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> FittedLearner:
-    class_names = list(source.class_names)
-    if len(class_names) < 2:
-        raise DataError(f"need at least 2 classes to train a classifier, found {class_names}")
-    config = config_for(request, source)
-
-    backbone = load_backbone(request.backbone, device=request.device)
-    torch.manual_seed(request.seed)
-    learner = create_method(request.method, backbone, config).to(request.device)
-    transform = train_transform(backbone.preprocess, scale=config.crop_scale)
-    dataset = ImageDataset(source, transform, class_names)
-    loader = make_loader(
-        dataset,
-        config.batch_size,
-        shuffle=True,
-        seed=request.seed,
-        num_workers=request.workers,
-        drop_last=config.drop_last,
-    )
-    learner.prepare_training(class_names, loader)
-    options = FitOptions(
-        device=request.device, seed=request.seed, progress=progress, should_stop=should_stop
-    )
-    result = fit(learner, loader, class_names, options)
-    return FittedLearner(learner, class_names, result, len(dataset), source, heldout, backbone)
 
 
 def _left_out(source: ImageSource, sampled: ImageSource, seed: int) -> ImageSource | None:
@@ -157,21 +111,13 @@ def score_fitted(fitted: FittedLearner, device: str = "cpu") -> dict[str, Any]:
     """Top-1 accuracy (percent) of the tuned learner on its training images and, when there
     are held-out images, on those next to the zero-shot classifier of the same backbone."""
     learner, names = fitted.learner, fitted.class_names
-    transform = eval_transform(learner.preprocess)
-
-    def accuracy(model: Learner, source: ImageSource) -> float:
-        loader = make_loader(
-            ImageDataset(source, transform, names), EVAL_BATCH, shuffle=False, seed=0
-        )
-        return round(evaluate(model, loader, names, device), 2)
-
-    metrics: dict[str, Any] = {"train_accuracy": accuracy(learner, fitted.train)}
+    metrics: dict[str, Any] = {"train_accuracy": accuracy_on(learner, fitted.train, names, device)}
     if fitted.heldout is not None and fitted.backbone is not None:
         zeroshot = create_method("zeroshot", fitted.backbone).to(device)
         metrics |= {
             "heldout_images": len(fitted.heldout),
-            "heldout_accuracy": accuracy(learner, fitted.heldout),
-            "heldout_zeroshot_accuracy": accuracy(zeroshot, fitted.heldout),
+            "heldout_accuracy": accuracy_on(learner, fitted.heldout, names, device),
+            "heldout_zeroshot_accuracy": accuracy_on(zeroshot, fitted.heldout, names, device),
         }
     return metrics
 
@@ -213,6 +159,8 @@ def train_classifier(
         "template": template_of(fitted.learner.config),
         **fitted.learner.describe(),
     }
+    if fitted.auto is not None:
+        summary["auto"] = fitted.auto  # the leaderboard method=auto chose by
     if publish is not None:
         summary["publish"] = publish
     with phase("export"):

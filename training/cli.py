@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 from promptserve.models.backbone import DEFAULT_BACKBONE
 from promptserve.models.errors import ConfigError, PromptserveError
-from promptserve.models.methods import list_methods, parse_overrides
+from promptserve.models.methods import parse_overrides
 from promptserve.training.api import TrainRequest, evaluate_classifier, train_classifier
+from promptserve.training.auto import method_choices
 from promptserve.training.benchmarks import benchmark_path, list_benchmarks
 from promptserve.training.cli_store import (
     add_export_command,
@@ -33,6 +34,7 @@ from promptserve.training.protocols import (
     format_table,
     run_protocol,
 )
+from promptserve.training.request import AUTO_BUDGET_S
 from promptserve.training.synthetic.pretrain import add_arguments as add_pretrain_arguments
 from promptserve.training.synthetic.pretrain import run as run_pretrain
 
@@ -53,7 +55,10 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
         add_commands(commands)
 
     train = commands.add_parser("train", help="learn prompts and publish a classifier version")
-    train.add_argument("--method", required=True, choices=list_methods(), help="the method")
+    train.add_argument(
+        "--method", required=True, choices=method_choices(),
+        help="the method, or auto: choose one on the training images (docs/guides/training.md)",
+    )  # fmt: skip
     train.add_argument("--data", default=None, help="image folder, CSV/JSONL manifest, ...")
     add_dataset_arguments(train)
     train.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
@@ -69,6 +74,7 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     add_overrides_argument(train)
     train.add_argument("--preset", default=None, help="a named recipe preset of the method")
     train.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_budget_argument(train)
     train.add_argument(
         "--heldout",
         action="store_true",
@@ -94,8 +100,9 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
         "--protocol", choices=PROTOCOLS, default=None, help="run this protocol end to end"
     )
     evaluate.add_argument(
-        "--method", choices=list_methods(), default=None, help="the method a protocol trains"
-    )
+        "--method", choices=method_choices(), default=None,
+        help="the method a protocol trains (auto: chosen per seed)",
+    )  # fmt: skip
     evaluate.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
     evaluate.add_argument(
         "--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed (default 1 2 3)"
@@ -116,6 +123,7 @@ def build_parser(add_commands: Callable[[Any], None] | None = None) -> argparse.
     )
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
     evaluate.add_argument("--workers", type=int, default=0, help="data-loader processes")
+    add_budget_argument(evaluate)
     pretrain = commands.add_parser(
         "pretrain-mini",
         help="pretrain the embedded mini CLIP on the synthetic world (deterministic)",
@@ -135,6 +143,17 @@ def add_overrides_argument(command: argparse.ArgumentParser) -> None:
         default=[],
         metavar="FIELD=VALUE",
         help="override a field of the method's config (repeatable)",
+    )
+
+
+def add_budget_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--auto-budget",
+        dest="auto_budget_s",
+        type=float,
+        default=AUTO_BUDGET_S,
+        metavar="SECONDS",
+        help=f"--method auto: no candidate starts after this (default {AUTO_BUDGET_S:g})",
     )
 
 
@@ -236,7 +255,24 @@ def run_train(args: argparse.Namespace) -> int:
         f"steps {outcome.summary['steps']}, final loss {loss_text}, {outcome.summary['seconds']}s"
     )
     print(", ".join(f"{key} {value}" for key, value in outcome.metrics.items()))
+    if "auto" in outcome.summary:
+        print(format_leaderboard(outcome.summary["auto"]))
     return 0
+
+
+def format_leaderboard(auto: dict[str, Any]) -> str:
+    """method=auto's choice: one line per candidate, then the winner and why."""
+    lines = [f"auto: {auto['validation']['scheme']} validation on {auto['validation']['images']} "
+             "images"]  # fmt: skip
+    for entry in auto["candidates"]:
+        if "skipped" in entry:
+            lines.append(f"  {entry['label']:<14} skipped ({entry['skipped']})")
+        else:
+            lines.append(
+                f"  {entry['label']:<14} {entry['val_accuracy']:6.2f} %  {entry['seconds']:.1f} s"
+            )
+    lines.append(f"auto: chose {auto['winner']}, {auto['reason']}")
+    return "\n".join(lines)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@
   only; real data: the test splits of ``targets``, each with its own classes).
 
 Every seed trains a fresh learner; the final weights are evaluated (no selection on test data).
+With method ``auto`` each seed chooses its method on folds of its own training images
+(`training.auto`); the report's ``auto`` holds every seed's leaderboard.
 Each test set is scored with its own data set's template (cross-data-set targets as in the
 releases). The report names the classes of every set in label order, the template and the recipe.
 """
@@ -42,6 +44,7 @@ from promptserve.training.data import (
 from promptserve.training.errors import DataError
 from promptserve.training.loop import Progress, evaluate
 from promptserve.training.recipe import evaluated_with, recipe_of, template_of
+from promptserve.training.request import AUTO_BUDGET_S
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class ProtocolRequest:
     preset: str | None = None
     device: str = "cpu"
     workers: int = 0  # data-loader processes for training and testing
+    auto_budget_s: float = AUTO_BUDGET_S  # method=auto: seconds after which no candidate starts
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ def run_protocol(
     if request.protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol {request.protocol!r}; known: {', '.join(PROTOCOLS)}")
     per_seed: list[dict[str, float]] = []
+    chosen: list[dict[str, Any]] = []  # method=auto: each seed's leaderboard
     used: dict[str, Any] = {}
     for seed in request.seeds:
         plan = make_plan(request, seed)
@@ -96,9 +101,11 @@ def run_protocol(
             backbone=request.backbone, shots=None if plan.drawn else request.shots, seed=seed,
             epochs=request.epochs,
             overrides=request.overrides, preset=request.preset, device=request.device,
-            workers=request.workers,
+            workers=request.workers, auto_budget_s=request.auto_budget_s,
         )  # fmt: skip
         fitted = fit_learner(train, steps, source=plan.train)
+        if fitted.auto is not None:
+            chosen.append({"seed": seed} | fitted.auto)
         transform = eval_transform(fitted.learner.preprocess)
         scores: dict[str, float] = {}
         templates: dict[str, Any] = {"train": template_of(fitted.learner.config)}
@@ -115,7 +122,7 @@ def run_protocol(
         used = describe_run(plan, fitted.learner.config, templates)
         if progress is not None:
             progress(f"seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    return summarise(request, per_seed) | used
+    return summarise(request, per_seed) | used | ({"auto": chosen} if chosen else {})
 
 
 def describe_run(plan: Plan, config: Any, templates: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKBONE = "mini"  # models.backbone.DEFAULT_BACKBONE; equal by a test
+AUTO_BUDGET_S = 900.0  # method=auto: no candidate starts after this many seconds (training.auto)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,3 +32,4 @@ class TrainRequest:
     heldout: bool = False
     within: str | None = None  # every file of `data` must lie under this folder (see open_within)
     workers: int = 0  # data-loader processes (decoding full-size images is the GPU bottleneck)
+    auto_budget_s: float = AUTO_BUDGET_S  # method=auto: seconds after which no candidate starts

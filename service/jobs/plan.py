@@ -21,7 +21,6 @@ from pathlib import Path
 from promptserve.models.artifact import check_name, list_versions, read_manifest
 from promptserve.models.backbone import list_architectures
 from promptserve.models.errors import ArtifactError, BackboneError
-from promptserve.models.methods import get_method
 from promptserve.service.aliases import LATEST, check_alias
 from promptserve.service.api.schemas.jobs import AdaptCreate
 from promptserve.service.classify.decoding import decode_image
@@ -40,12 +39,15 @@ from promptserve.service.settings import Settings, resolve_device
 from promptserve.training.api import (
     ImageSource,
     TrainRequest,
+    check_method,
     config_for,
     default_preset,
     from_memory,
     open_within,
 )
+from promptserve.training.auto import candidate_requests, fold_count, is_auto
 from promptserve.training.errors import DataError
+from promptserve.training.request import AUTO_BUDGET_S
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +84,14 @@ def plan_job(
             "of it unless the service allows it (PROMPTSERVE_ALLOW_ADAPT_DEFAULT=true); "
             "choose another name"
         )
-    get_method(create.method)  # unknown -> 422 listing the registered ones
+    check_method(create.method)  # unknown -> 422 listing the registered ones (and auto)
     backbone = create.backbone or default_backbone(settings)
     if create.backbone is not None:
         check_backbone_name(create.backbone)
     if (uploads is None) == (create.dataset is None):
         raise InvalidRequestError("send either images with labels, or a dataset reference")
     preset = create.preset
-    if preset is None:  # the backbone's own recipe (`mini` on mini), as `promptserve train`
+    if preset is None and not is_auto(create.method):  # the backbone's own recipe, as `train`
         preset = default_preset(create.method, backbone)
     train = TrainRequest(
         method=create.method,
@@ -104,6 +106,7 @@ def plan_job(
         preset=preset,
         device=resolve_device(settings.job_device),
         heldout=True,
+        auto_budget_s=create.auto_budget_s or AUTO_BUDGET_S,
     )
     publish = create.publish or "gated"
     alias = check_alias(create.alias or LATEST)
@@ -120,12 +123,23 @@ def plan_job(
 
 def _check_config(train: TrainRequest, source: ImageSource, settings: Settings) -> None:
     """Resolve the method config as training will (the data's layer included): unknown fields
-    or bad values are a ConfigError (422), and the epochs it trains must be within the cap."""
-    config = config_for(train, source)
-    if config.epochs > settings.max_job_epochs:
-        raise InvalidRequestError(
-            f"epochs must be at most {settings.max_job_epochs}, the config asks for {config.epochs}"
-        )
+    or bad values are a ConfigError (422), and the epochs it trains must be within the cap.
+    For method auto, every candidate's config, and the images must allow validation folds."""
+    trains = [train]
+    if is_auto(train.method):
+        trains = [request for _, request in candidate_requests(train)]
+        per_class = source.counts().values()
+        try:
+            fold_count(n if train.shots is None else min(n, train.shots) for n in per_class)
+        except DataError as exc:
+            raise InvalidRequestError(str(exc)) from None
+    for request in trains:
+        config = config_for(request, source)
+        if config.epochs > settings.max_job_epochs:
+            raise InvalidRequestError(
+                f"epochs must be at most {settings.max_job_epochs}, "
+                f"the {request.method} config asks for {config.epochs}"
+            )
 
 
 def check_backbone_name(spec: str) -> None:

@@ -158,6 +158,8 @@ def _run(launch: JobLaunch, jobs: JobStore, job: Job, device: str) -> None:
         "alias": job.spec.alias,
         "gate": publish.get("gate"),
     }
+    if "auto" in outcome.summary:  # method auto: the leaderboard it chose the method by
+        result["auto"] = outcome.summary["auto"]
     message = f"published {name} version {version}"
     if result["published"] == "candidate":
         message += f" as a candidate ({result['gate']['reason']})"

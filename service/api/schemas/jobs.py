@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from promptserve.training.request import AUTO_BUDGET_S
+
 
 class AdaptImageCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -21,7 +23,11 @@ class AdaptCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the classifier to create, or to add a version to")
-    method: str = Field(default="coop", description="a registered method; a 422 lists them")
+    method: str = Field(
+        default="coop",
+        description="a registered method (a 422 lists them), or auto: the best of a fixed set "
+        "of candidates on validation folds of the training images",
+    )
     backbone: str | None = Field(
         default=None, description="ARCH or ARCH:TAG; default: the default classifier's"
     )
@@ -31,6 +37,13 @@ class AdaptCreate(BaseModel):
     shots: int = Field(default=16, ge=1, le=1024, description="training images per class")
     epochs: int | None = Field(default=None, ge=1, description="default: the method's")
     seed: int = Field(default=1, ge=0, le=2**31 - 1)
+    auto_budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=86400,
+        description="method auto: no candidate starts after this many seconds "
+        f"(default {AUTO_BUDGET_S:g})",
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="overrides of the method's config fields"
     )
@@ -78,7 +91,7 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None = Field(
         description="classifier, version, accuracies (train, held-out, zero-shot held-out); "
         "published (alias or candidate), alias, gate {passed, reason, heldout {new, zeroshot, "
-        "current}}"
+        "current}}; method auto: auto {winner, reason, validation, candidates}"
     )
     error: JobErrorPublic | None
     cancel_requested: bool

@@ -1,0 +1,224 @@
+"""``method=auto``: choose the method from the training images alone, then train it on them.
+
+The training images (the few-shot sample, never a test split) are cut into stratified folds:
+with at least `HOLDOUT_MIN_PER_CLASS` images in every class a quarter of each class is held out
+once; with fewer, every fold takes its turn (k-fold cross-validation, k = min(`FOLDS`, the
+fewest images of a class)). Each candidate of `CANDIDATES` (listed cheapest first, each with its
+own config: the backbone's preset when it has one) trains on the rest and is scored on the held
+out part. The best pooled validation accuracy wins, a tie going to the cheaper candidate; the
+winner is then trained again on every training image and is what gets published. A candidate
+that would start once `TrainRequest.auto_budget_s` has passed is skipped; zero-shot trains
+nothing and always runs, so there is always a winner. The leaderboard (each candidate's
+validation accuracy and seconds, or why it was skipped) comes back with the winner's request.
+
+``auto`` is not a method of the registry: it learns nothing of its own. Overrides and presets
+belong to one method's config, so a request for ``auto`` that names any is refused; ``epochs``
+applies to every candidate that trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from promptserve.models.errors import ConfigError, UnknownMethodError
+from promptserve.models.methods import get_method, list_methods, method_needs_training
+from promptserve.models.methods.config import config_fields
+from promptserve.training.data import ImageSource
+from promptserve.training.errors import DataError
+from promptserve.training.fitting import accuracy_on, fit_source
+from promptserve.training.request import TrainRequest
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+FOLDS = 4  # a held-out quarter, or up to 4-fold cross-validation
+HOLDOUT_MIN_PER_CLASS = 8  # with fewer images in some class, cross-validate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One method and config that auto tries."""
+
+    label: str  # its name on the leaderboard
+    method: str
+    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# cheapest first (a tie goes to the earlier one); the visual-prompt method is the one of provp,
+# sep, pmpo and dcp whose `mini` recipe costs the least CPU time
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("zeroshot", "zeroshot"),
+    Candidate("linear_probe", "linear_probe"),
+    Candidate("coop", "coop"),
+    Candidate("coop_csc", "coop", MappingProxyType({"csc": True})),
+    Candidate("pmpo", "pmpo"),
+)
+
+
+def is_auto(method: str) -> bool:
+    return method == AUTO
+
+
+def check_method(name: str) -> None:
+    """`name` is ``auto`` or a registered method; anything else raises UnknownMethodError
+    listing both, as `get_method` lists the methods."""
+    if not is_auto(name) and name not in list_methods():
+        raise UnknownMethodError(
+            f"unknown method {name!r}; registered methods: {', '.join(list_methods())}; "
+            f"or {AUTO} to choose one"
+        )
+
+
+def method_choices() -> list[str]:
+    """What a request may name as its method: the registered methods and ``auto``."""
+    return [*list_methods(), AUTO]
+
+
+def needs_training(method: str) -> bool:
+    """Whether a run of `method` trains (auto's candidates do), so it takes a few-shot sample."""
+    return is_auto(method) or method_needs_training(method)
+
+
+def check_request(request: TrainRequest) -> None:
+    """Refuse what an auto request cannot mean: config overrides or a preset, which belong to
+    one method, and a budget that is not a positive number of seconds."""
+    if request.overrides:
+        fields = ", ".join(sorted(request.overrides))
+        raise ConfigError(
+            f"method auto takes no config overrides ({fields}): each candidate trains with its "
+            "own config; name one method to set its fields"
+        )
+    if request.preset is not None:
+        raise ConfigError(
+            f"method auto takes no preset ({request.preset!r}): each candidate uses its own"
+        )
+    if not request.auto_budget_s > 0:
+        raise ConfigError(f"auto_budget_s must be a positive number, got {request.auto_budget_s}")
+
+
+def unavailable(candidate: Candidate) -> str | None:
+    """Why `candidate` cannot run here (its method or a config field is missing), or None."""
+    if candidate.method not in list_methods():
+        return f"method {candidate.method!r} is not registered"
+    known = config_fields(get_method(candidate.method).config_cls)
+    missing = sorted(set(candidate.overrides) - set(known))
+    if missing:
+        return f"{candidate.method} has no config field {', '.join(missing)}"
+    return None
+
+
+def candidate_requests(request: TrainRequest) -> list[tuple[Candidate, TrainRequest]]:
+    """The request of every available candidate: its method and overrides, its own preset."""
+    check_request(request)
+    return [
+        (c, replace(request, method=c.method, overrides=dict(c.overrides), preset=None))
+        for c in CANDIDATES
+        if unavailable(c) is None
+    ]
+
+
+def fold_count(per_class: Iterable[int]) -> int:
+    """How many folds `per_class` images per class allow (1: one held-out quarter)."""
+    counts = list(per_class)
+    fewest = min(counts, default=0)
+    if fewest < 2:
+        raise DataError(
+            f"method auto needs at least 2 training images in every class to validate on, "
+            f"one class has {fewest}"
+        )
+    return 1 if fewest >= HOLDOUT_MIN_PER_CLASS else min(FOLDS, fewest)
+
+
+def validation_folds(source: ImageSource, seed: int) -> list[tuple[ImageSource, ImageSource]]:
+    """(train, validation) pairs from `source`, stratified: every class in every part."""
+    groups = source.by_class()
+    used = fold_count(len(items) for items in groups.values())
+    parts = FOLDS if used == 1 else used
+    rng = random.Random(seed)
+    fold_of: dict[str, int] = {}
+    for items in groups.values():
+        order = list(items)
+        rng.shuffle(order)
+        fold_of |= {item.key: i % parts for i, item in enumerate(order)}
+    return [
+        (
+            replace(source, items=[it for it in source.items if fold_of[it.key] != f]),
+            replace(source, items=[it for it in source.items if fold_of[it.key] == f]),
+        )
+        for f in range(used)
+    ]
+
+
+def choose_method(
+    request: TrainRequest, source: ImageSource, should_stop: Callable[[], bool] | None = None
+) -> tuple[TrainRequest, dict[str, Any]]:
+    """Score the candidates on validation folds of `source`: the winner's request (to be
+    trained on all of `source`) and the leaderboard."""
+    requests = {c.label: r for c, r in candidate_requests(request)}
+    folds = validation_folds(source, request.seed)
+    started = time.monotonic()
+    board: list[dict[str, Any]] = []
+    for candidate in CANDIDATES:
+        entry: dict[str, Any] = {"label": candidate.label, "method": candidate.method}
+        entry["overrides"] = dict(candidate.overrides)
+        elapsed = time.monotonic() - started
+        reason = unavailable(candidate)
+        if reason is None and elapsed >= request.auto_budget_s and needs_training(candidate.method):
+            reason = f"budget: {elapsed:.0f} s of {request.auto_budget_s:g} s spent before it"
+        if reason is None:
+            entry |= _validate(requests[candidate.label], folds, should_stop)
+            log.info("auto: %s validation accuracy %.2f", candidate.label, entry["val_accuracy"])
+        else:
+            entry["skipped"] = reason
+        board.append(entry)
+    winner, why = choose(board)
+    leaderboard = {
+        "winner": winner["label"],
+        "reason": why,
+        "validation": {
+            "folds": len(folds),
+            "images": sum(len(val) for _, val in folds),
+            "scheme": "holdout" if len(folds) == 1 else f"{len(folds)}-fold",
+        },
+        "budget_s": request.auto_budget_s,
+        "seconds": round(time.monotonic() - started, 2),  # the search, not the final training
+        "candidates": board,
+    }
+    return requests[winner["label"]], leaderboard
+
+
+def _validate(
+    request: TrainRequest,
+    folds: list[tuple[ImageSource, ImageSource]],
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, Any]:
+    """Pooled accuracy over the folds' validation images, and the seconds it took."""
+    started = time.monotonic()
+    correct = seen = 0.0
+    for train, val in folds:
+        fitted = fit_source(request, train, should_stop=should_stop)
+        accuracy = accuracy_on(fitted.learner, val, fitted.class_names, request.device)
+        correct += accuracy * len(val)
+        seen += len(val)
+    return {
+        "val_accuracy": round(correct / seen, 2),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def choose(board: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The entry with the best validation accuracy (the first of a tie: the cheaper), and why."""
+    ran = [entry for entry in board if "val_accuracy" in entry]
+    assert ran, "zeroshot always runs"
+    best = max(entry["val_accuracy"] for entry in ran)
+    tied = [entry for entry in ran if entry["val_accuracy"] == best]
+    why = f"best validation accuracy ({best:.2f} %)"
+    if len(tied) > 1:
+        why += ", tied with " + ", ".join(e["label"] for e in tied[1:]) + ": the cheaper"
+    return tied[0], why
