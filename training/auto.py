@@ -26,12 +26,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from promptserve.models.backbone import parse_backbone_spec
 from promptserve.models.errors import ConfigError, UnknownMethodError
 from promptserve.models.methods import get_method, list_methods, method_needs_training
 from promptserve.models.methods.config import config_fields
 from promptserve.training.data import ImageSource
 from promptserve.training.errors import DataError
 from promptserve.training.fitting import accuracy_on, fit_source
+from promptserve.training.recipe import default_preset
 from promptserve.training.request import TrainRequest
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class Candidate:
     label: str  # its name on the leaderboard
     method: str
     overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # its recipe is the method's preset `<backbone architecture>_<variant>` (mini_csc) where
+    # there is one, else the backbone's own preset (`recipe.default_preset`), as for a method
+    variant: str | None = None
 
 
 # cheapest first (a tie goes to the earlier one). CPU seconds per epoch of 8 classes x 16 shots
@@ -59,7 +64,7 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("linear_probe", "linear_probe"),
     Candidate("provp", "provp"),
     Candidate("coop", "coop"),
-    Candidate("coop_csc", "coop", MappingProxyType({"csc": True})),
+    Candidate("coop_csc", "coop", MappingProxyType({"csc": True}), variant="csc"),
 )
 
 
@@ -119,10 +124,23 @@ def candidate_requests(request: TrainRequest) -> list[tuple[Candidate, TrainRequ
     """The request of every available candidate: its method and overrides, its own preset."""
     check_request(request)
     return [
-        (c, replace(request, method=c.method, overrides=dict(c.overrides), preset=None))
+        (
+            c,
+            replace(
+                request, method=c.method, overrides=dict(c.overrides), preset=_preset(c, request)
+            ),
+        )
         for c in CANDIDATES
         if unavailable(c) is None
     ]
+
+
+def _preset(candidate: Candidate, request: TrainRequest) -> str | None:
+    presets = get_method(candidate.method).presets
+    variant = f"{parse_backbone_spec(request.backbone)[0]}_{candidate.variant}"
+    if candidate.variant is not None and variant in presets:
+        return variant
+    return default_preset(candidate.method, request.backbone)
 
 
 def fold_count(per_class: Iterable[int]) -> int:
@@ -174,6 +192,7 @@ def choose_method(
         if reason is None and elapsed >= request.auto_budget_s and needs_training(candidate.method):
             reason = f"budget: {elapsed:.0f} s of {request.auto_budget_s:g} s spent before it"
         if reason is None:
+            entry["preset"] = requests[candidate.label].preset
             entry |= _validate(requests[candidate.label], folds, should_stop)
             log.info("auto: %s validation accuracy %.2f", candidate.label, entry["val_accuracy"])
         else:

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from promptserve.models.backbone import DEFAULT_BACKBONE
-from promptserve.models.methods import method_needs_training
 from promptserve.models.preprocess import eval_transform
 from promptserve.training.api import TrainRequest, fit_learner
+from promptserve.training.auto import needs_training
 from promptserve.training.data import (
     ImageDataset,
     ImageSource,
@@ -183,7 +183,7 @@ def _dataset_plan(request: ProtocolRequest, seed: int) -> Plan:
     only then does base-to-novel keep the base half (so the base images are the base classes'
     part of the all-class draw, which a draw over the base classes alone would not give)."""
     train = open_dataset(request.data, split="train")
-    quiet = not method_needs_training(request.method)  # the images only name the classes
+    quiet = not needs_training(request.method)  # the images only name the classes
     train = sample_few_shot(train, request.shots, seed, quiet=quiet)
     test = open_dataset(request.data, split="test")
     if request.protocol == "base2novel":

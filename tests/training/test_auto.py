@@ -114,6 +114,33 @@ def test_the_best_on_validation_wins_and_the_leaderboard_says_why(
     assert all(entry["seconds"] > 0 for entry in (wrecked, zeroshot))
 
 
+def test_on_names_mini_cannot_read_the_linear_probe_beats_zeroshot(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    probe = Candidate("linear_probe", "linear_probe", {"epochs": 5})
+    candidates(monkeypatch, ZEROSHOT, probe)
+    fitted = fit_learner(request("synthetic:color-shape?names=catalogue&classes=8&n=8", tmp_path))
+    assert fitted.auto is not None
+    zeroshot, linear = fitted.auto["candidates"]
+    assert zeroshot["val_accuracy"] <= 40  # near chance (12.5 %): "item r7" means nothing
+    assert linear["val_accuracy"] >= zeroshot["val_accuracy"] + 30
+    assert fitted.auto["winner"] == "linear_probe"
+    assert fitted.learner.method_name == "linear_probe"
+
+
+def test_each_candidate_takes_its_own_preset(tmp_path: Path) -> None:
+    presets = {c.label: r.preset for c, r in auto.candidate_requests(request(PLAIN, tmp_path))}
+    assert presets == {
+        "zeroshot": None,
+        "linear_probe": "mini",
+        "provp": "mini",
+        "coop": "mini",
+        "coop_csc": "mini_csc",
+    }
+    other = request(PLAIN, tmp_path, backbone="tiny")
+    assert {r.preset for _, r in auto.candidate_requests(other)} == {None}
+
+
 def test_a_tie_goes_to_the_cheaper_candidate() -> None:
     board = [
         {"label": "a", "val_accuracy": 50.0},
