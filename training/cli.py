@@ -311,6 +311,8 @@ def run_protocol_eval(args: argparse.Namespace) -> int:
             request, progress=lambda line: print(line, file=sys.stderr), steps=steps
         )
     print(format_table(report))
+    for chosen in report.get("auto", []):  # method auto: each seed's leaderboard
+        print(f"seed {chosen['seed']} " + format_leaderboard(chosen))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -22,7 +22,6 @@ from promptserve.training.auto import Candidate, check_method, validation_folds
 from promptserve.training.cli import main
 from promptserve.training.data import open_dataset
 from promptserve.training.errors import DataError
-from promptserve.training.protocols import ProtocolRequest, run_protocol
 from tests.helpers import make_image_folder
 
 PLAIN = "synthetic:color-shape?classes=8&n=8"  # names mini reads: zero-shot is near perfect
@@ -205,19 +204,19 @@ def test_the_cli_publishes_the_winner_with_its_leaderboard(
 
 
 def test_the_fewshot_protocol_records_each_seeds_choice(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     make_image_folder(tmp_path / "train", COLOURS, per_class=3, seed=1)
     make_image_folder(tmp_path / "test", COLOURS, per_class=2, seed=2)
     candidates(monkeypatch, ZEROSHOT, QUICK_COOP)
-    protocol = ProtocolRequest(
-        protocol="fewshot", method="auto", data=str(tmp_path), shots=2, seeds=(1, 2)
-    )
-    report = run_protocol(protocol)
+    out = tmp_path / "report.json"
+    args = ["eval", "--protocol", "fewshot", "--method", "auto", "--data", str(tmp_path)]
+    assert main([*args, "--shots", "2", "--seeds", "1", "2", "--json", str(out)]) == 0
+    assert "seed 2 auto: 2-fold validation on 6 images" in capsys.readouterr().out
+    report = json.loads(out.read_text())
     assert report["method"] == "auto"
     assert [chosen["seed"] for chosen in report["auto"]] == [1, 2]
     for chosen in report["auto"]:
         assert chosen["validation"] == {"folds": 2, "images": 3 * 2, "scheme": "2-fold"}
         assert [entry["label"] for entry in chosen["candidates"]] == ["zeroshot", "coop"]
     assert 0 <= report["accuracy"] <= 100
-    json.dumps(report)  # JSON-ready
