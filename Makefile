@@ -29,8 +29,13 @@ format: setup
 	$(BIN)/ruff format $(SOURCES)
 	$(BIN)/ruff check --fix $(SOURCES)
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist; default: the cores, at most 4), each
+# module on one worker, so a module's server starts once; TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope)
+
 test: setup lint docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PARALLEL)
 
 # The docs site (mkdocs.yml, docs/): the generated reference pages must match the code, and
 # the strict build fails on a broken link, a missing page or a page left out of the nav.
@@ -41,7 +46,7 @@ docs: setup
 # The quick local loop: everything in process; not the slow tests (every test that starts a real
 # server process, the jobs, the docs' examples, real learning) nor the image. make test runs them.
 test-quick: setup
-	$(BIN)/python -m pytest -q -m "not slow and not docker"
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow and not docker"
 
 # The image built from the Dockerfile and run with compose (tests/deploy). Without a Docker
 # daemon it says so loudly and exits 0; .ci/run installs and starts one.

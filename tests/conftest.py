@@ -12,6 +12,7 @@ import pytest
 import torch
 
 # the session's mini template store for the end-to-end servers, and a test's copy of it
+from tests.scheduling import slow_modules_first
 from tests.service.servers import mini_store, mini_template_store  # noqa: F401 (fixtures)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: no test may reach a hub
@@ -19,8 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: no test may rea
 # monkeypatch.setenv, a subprocess's env), so none may come from the shell that runs pytest.
 for _name in [name for name in os.environ if name.startswith("PROMPTSERVE_")]:
     del os.environ[_name]
-# OMP_NUM_THREADS, when set, picks the kernels' thread count (the tolerances must hold for any)
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
+# OMP_NUM_THREADS, when set, picks the kernels' thread count (the tolerances must hold for any);
+# under pytest-xdist the workers share the cores out rather than each taking two
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or _THREADS))
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +87,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if not any(word in reason for word in MAY_SKIP):
             report.outcome = "failed"
             report.longrepr = f"skipped under STRICT_SKIPS=1: {reason}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the modules holding slow tests are handed out first
+    (tests/scheduling.py); this runs after pytest-randomly's shuffle."""
+    if hasattr(config, "workerinput"):  # set in an xdist worker only
+        items[:] = slow_modules_first(items)
 
 
 def pytest_terminal_summary(

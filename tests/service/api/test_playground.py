@@ -118,20 +118,26 @@ def browser() -> Iterator[object]:
 def test_classify_add_a_label_and_tune_in_the_browser(
     server: Server, images: dict[str, list[Path]], browser: object, tmp_path: Path
 ) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.remote.webdriver import WebDriver
     from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(browser, WebDriver)
-    wait = WebDriverWait(browser, WAIT_S)
+    wait = WebDriverWait(browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
 
     def text(element_id: str) -> str:
         return str(browser.find_element(By.ID, element_id).text)
 
+    def texts(selector: str) -> list[str]:
+        # read in one script: the page may re-render between a lookup and a read, and an
+        # element looked up before that is stale
+        script = "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)"
+        return [str(found) for found in browser.execute_script(script, selector)]
+
     def labels() -> list[str]:
-        rows = browser.find_elements(By.CSS_SELECTOR, "#results .scores .name")
-        return [str(row.text) for row in rows]
+        return texts("#results .scores .name")
 
     browser.get(server.url + "/")
     # without the key the page says what is missing; with it, the classifiers appear
@@ -152,8 +158,7 @@ def test_classify_add_a_label_and_tune_in_the_browser(
     browser.find_element(By.ID, "only-extra").click()  # change: classify over these two only
     wait.until(lambda _: sorted(labels()) == ["crimson kite", "red star"])
     assert labels()[0] == "red star"
-    new = browser.find_elements(By.CSS_SELECTOR, "#results .scores li.new .name")
-    assert [str(n.text) for n in new] == ["crimson kite"]
+    assert texts("#results .scores li.new .name") == ["crimson kite"]
 
     name = browser.find_element(By.ID, "job-name")
     name.clear()
@@ -179,9 +184,11 @@ def test_classify_add_a_label_and_tune_in_the_browser(
 
     # the new version is listed with its accuracies, selected, and classifies the star
     wait.until(lambda _: "parts" in text("classifiers"))
-    rows = browser.find_elements(By.CSS_SELECTOR, "#classifiers tbody tr")
-    row = next(r for r in rows if "parts" in r.text)
-    cells = [str(c.text) for c in row.find_elements(By.TAG_NAME, "td")]
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#classifiers tbody tr')]"
+        ".map(r => [...r.querySelectorAll('td')].map(c => c.innerText))"
+    )
+    cells = next([str(c) for c in row] for row in rows if row and row[0] == "parts")
     assert cells[:3] == ["parts", "1", "coop"], cells
     assert cells[4] == "2", cells
     assert cells[5].endswith("%"), cells  # held-out, tuned
