@@ -119,8 +119,23 @@ def stage(group: Group) -> Path:
         "source_paths": [f"src/promptserve/{package}" for package in packages],
         "only_mutate": [f"src/promptserve/{path}" for path in group.mutate],
         "pytest_add_cli_args_test_selection": list(group.tests),
-        # stop at the first failure (a kill); no random order, no cache in the linked tests
-        "pytest_add_cli_args": ["-x", "-p", "no:randomly", "-p", "no:cacheprovider", "-q"],
+        # stop at the first failure (a kill); no random order, no cache in the linked tests; a
+        # mutant that deadlocks (uses no CPU, so mutmut's CPU limit never comes) fails its test
+        # after 60 s rather than the suite's 600
+        "pytest_add_cli_args": [
+            "-x",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--timeout=60",
+        ],
+        # a mutant that spins is stopped after 6x its tests' CPU time (mutmut's default, 30x,
+        # spent most of a group's budget on a few busy loops)
+        "timeout_multiplier": 3.0,
         "use_git_change_detection": False,
         # fork each mutant's test run from a process that has imported the tests but run none:
         # one forked from a process that ran them (the default) inherits the threads of ONNX
