@@ -149,6 +149,7 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         415,
         "unsupported_media_type",
     ),
+    ("text-as-image", lambda: {"data": {"images": "not a file"}}, 422, "invalid_request"),
     ("unknown-route", lambda: {"url": "/nope"}, 404, "not_found"),
     ("wrong-method", lambda: {"method": "GET"}, 405, "method_not_allowed"),
 ]

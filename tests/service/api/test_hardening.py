@@ -239,10 +239,16 @@ async def test_the_app_admits_at_most_its_limit_and_never_refuses_health(
         assert (await running).status_code == 200
         after = await client.post("/classify", json=body)
     assert refused.status_code == 429, refused.text
-    assert refused.json()["error"]["code"] == "overloaded"
+    error = refused.json()["error"]
+    assert error["code"] == "overloaded"
+    assert "limit of 1 requests" in error["message"], error  # what was full, and when to retry
+    assert "retry after 7 s" in error["message"], error
+    assert error["request_id"] == refused.headers["X-Request-ID"]  # the body names the request
     assert refused.headers["Retry-After"] == "7"
     assert [r.status_code for r in exempt] == [200, 200]
     assert 'status="429"' in exempt[1].text
+    # the refusal is counted under its reason, the error code the client saw
+    assert 'promptserve_rejected_requests_total{reason="overloaded"} 1.0' in exempt[1].text
     assert after.status_code == 200  # the slot came back
 
 
@@ -261,8 +267,17 @@ async def test_admission_refuses_before_the_body_limit_reads_anything(
             refused = await client.post("/classify", content=b"x" * 5000)
         assert (await running).status_code == 200
         too_big = await client.post("/classify", content=b"x" * 5000)
+        metrics = (await client.get("/metrics")).text
     assert refused.status_code == 429
     assert too_big.status_code == 413
+    error = too_big.json()["error"]
+    assert error["code"] == "body_too_large"
+    assert "the limit is 1000 bytes" in error["message"], error
+    assert error["request_id"] == too_big.headers["X-Request-ID"]
+    # the body was not read: the connection must not be reused to parse it as a request
+    assert too_big.headers["Connection"] == "close"
+    for reason in ("overloaded", "body_too_large"):
+        assert f'promptserve_rejected_requests_total{{reason="{reason}"}} 1.0' in metrics
 
 
 # --- metrics, docs, the default classifier, jobs ---------------------------------------------
