@@ -182,3 +182,46 @@ def test_the_store_setting_may_name_an_object_store(value: str | Path) -> None:
     assert cached.store == Path("/var/cache/ps")
     plain = Settings(store=Path("/srv/store"))
     assert (plain.store, plain.store_url) == (Path("/srv/store"), None)
+
+
+def test_a_catalog_delete_by_alias_goes_everywhere_and_keeps_the_aliases_rules(
+    bucket_url: str, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """`Catalog.delete` with a mirror: the alias resolves before anything changes, a version an
+    alias holds (or the protected name's only one) is refused with the object store untouched,
+    and a delete removes the version remotely, here and, on their next pull, on other replicas,
+    with a pinned ``latest`` dropped and the aliases file uploaded."""
+    from promptserve.service.catalog import Catalog
+    from promptserve.service.errors import DeleteRefusedError
+
+    publisher = mirror(bucket_url, tmp_path / "publisher", s3_server)
+    for version in ("1", "2", "3"):
+        write_version(tmp_path / "publisher", "cats", version, version.encode())
+        publisher.push("cats", version)
+    write_version(tmp_path / "publisher", "solo", "1", b"solo")
+    publisher.push("solo", "1")
+    here = Catalog(tmp_path / "here", mirror(bucket_url, tmp_path / "here", s3_server))
+    other = mirror(bucket_url, tmp_path / "other", s3_server)
+    assert here.mirror is not None
+    here.mirror.pull()
+    other.pull()
+    here.aliases.set("cats", "prod", "2")
+    here.aliases.set("cats", "latest", "3")  # pinned
+
+    with pytest.raises(DeleteRefusedError, match="prod"):
+        here.delete("cats", "prod")  # prod -> 2, which prod holds
+    with pytest.raises(DeleteRefusedError, match="only version"):
+        here.delete("solo", "1", protected="solo")
+    everything = {("cats", "1"), ("cats", "2"), ("cats", "3"), ("solo", "1")}
+    assert here.mirror.remote_versions() == everything  # nothing refused was deleted
+    assert here.versions("cats") == ["1", "2", "3"]
+
+    here.delete("cats", "latest")  # the pinned latest: version 3
+    assert here.mirror.remote_versions() == everything - {("cats", "3")}
+    assert here.versions("cats") == ["1", "2"]
+    assert here.aliases.explicit("cats") == {"prod": "2"}  # latest follows the newest again
+    assert here.resolve("cats") == "2"
+    assert other.pull().removed == [("cats", "3")]
+    aliases = json.loads((tmp_path / "other" / "cats" / "aliases.json").read_text())
+    assert "latest" not in json.dumps(aliases)  # the aliases file went up with the delete
+    assert "prod" in json.dumps(aliases)
