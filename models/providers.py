@@ -37,6 +37,7 @@ class OnnxOptions:
 
     fp16: bool = False  # float16 graph (I/O and the block list stay float32); CUDA only
     io_binding: bool = True  # bind torch tensors in place (on CUDA: no host round trip)
+    spinning: bool = False  # CPU: the intra-op threads spin-wait between operators and runs
     tensorrt: bool = False  # TensorRT provider first (an error when libnvinfer does not load)
     trt_cache_dir: Path | None = None  # TensorRT caches, one folder per graph and profile
     max_batch_size: int = 32  # TensorRT's optimisation profile: batch 1..max

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     onnx_threads: int | None = Field(
         default=None, ge=1, description="ONNX Runtime intra-op threads; None: min(4, CPU count)"
     )
+    onnx_spinning: bool = Field(
+        default=False,
+        description="ONNX Runtime's CPU threads spin-wait for work between operators and "
+        "runs: a little lower latency on a dedicated host, a core burnt between batches",
+    )
     # --- reduced precision on the CPU (models.precision), each engine gated against float32 ---
     engine_precision: Literal["fp32", "bf16", "int8"] = Field(
         default="fp32",
@@ -331,6 +336,7 @@ class Settings(BaseSettings):
         return OnnxOptions(
             fp16=self.onnx_fp16,
             io_binding=self.onnx_io_binding,
+            spinning=self.onnx_spinning,
             tensorrt=self.onnx_tensorrt,
             trt_cache_dir=cache if self.onnx_tensorrt else None,
             max_batch_size=self.max_batch_size,

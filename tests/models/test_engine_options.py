@@ -98,3 +98,25 @@ def test_warm_up_covers_the_batch_sizes_in_use_on_cuda() -> None:
     assert warm_batch_sizes("cpu", 32) == [1]
     assert warm_batch_sizes("cuda", 32) == [1, 2, 4, 8, 16, 32]
     assert warm_batch_sizes("cuda:1", 12) == [1, 2, 4, 8, 12]
+
+
+def _spinning(engine: OnnxEngine) -> str:
+    options = engine.session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+    except RuntimeError:  # no entry: ONNX Runtime's default
+        return "unset"
+
+
+def test_cpu_threads_do_not_spin_between_runs_unless_asked(artifact: Path) -> None:
+    # a spinning pool burns a core after every small batch (docs/performance.md)
+    assert _spinning(OnnxEngine(artifact / ONNX_FILE, "cpu", 2)) == "0"
+    spinning = OnnxEngine(artifact / ONNX_FILE, "cpu", 2, OnnxOptions(spinning=True))
+    assert _spinning(spinning) == "unset"  # ONNX Runtime's own default: spin
+
+
+def test_the_spinning_setting_reaches_the_engine_options(tmp_path: Path) -> None:
+    from promptserve.service.settings import Settings
+
+    assert Settings(store=tmp_path).onnx_options().spinning is False
+    assert Settings(store=tmp_path, onnx_spinning=True).onnx_options().spinning is True

@@ -44,6 +44,32 @@ async def test_multipart_files_and_fields(client_factory: ClientFactory) -> None
         check_ranked(row, CLASS_NAMES, 2)
 
 
+async def test_a_file_part_over_a_mebibyte_is_read_whole(client_factory: ClientFactory) -> None:
+    # parts stay in memory (service.api.bodies): a photo-sized part, over the size where
+    # Starlette would spool it to disk, scores as the same image sent as JSON does
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(3).integers(0, 256, (700, 700, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    photo = buffer.getvalue()
+    assert len(photo) > 1_300_000
+    async with client_factory(max_body_bytes=4_000_000) as (client, _):
+        files = [("images", ("big.png", photo, "image/png"))] * 2
+        as_form = await client.post("/classify", files=files, data={"top_k": "3"})
+        as_json = await client.post("/classify", json={"images": [b64(photo)], "top_k": 3})
+    assert as_form.status_code == 200, as_form.text
+    assert as_json.status_code == 200, as_json.text
+    first, second = as_form.json()["predictions"]
+    assert first == second
+    expected = as_json.json()["predictions"][0]
+    assert [p["label"] for p in first] == [p["label"] for p in expected]
+    assert_close([p["score"] for p in first], [p["score"] for p in expected], rtol=RTOL_SCORES)
+
+
 async def test_json_base64_with_defaults(client_factory: ClientFactory) -> None:
     async with client_factory(default_top_k=3) as (client, _):
         response = await client.post("/classify", json={"images": [b64(png_bytes())]})

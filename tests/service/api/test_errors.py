@@ -149,6 +149,12 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], int, str]] = [
         415,
         "unsupported_media_type",
     ),
+    (
+        "multipart-without-boundary",
+        lambda: {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}},
+        400,
+        "bad_request",
+    ),
     ("text-as-image", lambda: {"data": {"images": "not a file"}}, 422, "invalid_request"),
     ("unknown-route", lambda: {"url": "/nope"}, 404, "not_found"),
     ("wrong-method", lambda: {"method": "GET"}, 405, "method_not_allowed"),
