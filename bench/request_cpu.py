@@ -35,7 +35,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,10 +45,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from processes import cpu_seconds, descendants, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 LUA = REPO / "bench" / "wrk" / "classify.lua"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -100,42 +99,6 @@ class Row:
         if self.workers == 1:
             return 1000 / self.api_ms
         return min(self.workers * 1000 / self.api_ms, 1000 / self.holder_loop_ms)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` (their own threads; children reaped are not counted)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
 
 
 def split_cpu(pids: list[int], root: int, workers: int) -> tuple[float, float]:
@@ -199,18 +162,8 @@ def start(
         command, cwd=checkout, env=env, stdout=log, stderr=log and subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the server exited during start-up")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError("the server was not ready in 600 s")
+    wait_ready(process, url, "the server", log and getattr(log, "name", None))
+    return process, url
 
 
 def run_wrk(url: str, image: Path, shape: str, args: argparse.Namespace) -> int:

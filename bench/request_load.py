@@ -34,9 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 from preprocess import MAX_PIXELS, encoded, ms_per_call
-from request_cpu import LUA, REPO, cpu_seconds, descendants, free_port, small_png
+from processes import cpu_seconds, descendants, free_port, wait_ready
+from request_cpu import LUA, REPO, small_png
 
 from promptserve.models.backbone import load_backbone
 from promptserve.models.preprocess import FastEvalTransform
@@ -59,18 +59,8 @@ def start(store: Path, spinning: str, log: Path) -> tuple[subprocess.Popen[bytes
         command + ["--port", str(port)], cwd=REPO, env=env, stdout=sink, stderr=sink
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited during start-up; see {log}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise SystemExit(f"the server was not ready in 600 s; see {log}")
+    wait_ready(process, url, "the server", log)
+    return process, url
 
 
 def wrk(url: str, image: Path, connections: int, seconds: int) -> int:

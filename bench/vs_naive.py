@@ -29,8 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-from request_cpu import LUA, cpu_seconds, descendants, free_port, small_png
+from processes import cpu_seconds, descendants, free_port, wait_ready
+from request_cpu import LUA, small_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,18 +55,8 @@ def launch(name: str, command: list[str], port: int, env: dict[str, str], log: P
     sink = log.open("wb")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited during start-up; see {log}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                return Server(name, process, url)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise SystemExit(f"{name} was not ready in 600 s; see {log}")
+    wait_ready(process, url, name, log)
+    return Server(name, process, url)
 
 
 def server_env() -> dict[str, str]:
