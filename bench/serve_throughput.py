@@ -127,6 +127,7 @@ class Server:
             "PROMPTSERVE_MAX_BATCH_SIZE": str(max_batch),
             "PROMPTSERVE_MAX_WAIT_MS": "5",
             "PROMPTSERVE_LOG_LEVEL": "warning",
+            "PROMPTSERVE_MAX_INFLIGHT_REQUESTS": "4096",  # the clients are the load, not a flood
         } | (extra_env or {})
         command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
         command += ["--port", str(self.port), "--workers", str(workers)]
@@ -246,7 +247,8 @@ def measure(backbone: str, store: Path, args: argparse.Namespace) -> Row:
     raw = raw_throughput(store, small, args.threads, args.batch, args.seconds)
     size = load_backbone(backbone).preprocess.size
     images = jpeg_images(64, size)
-    with Server(store, small, args.threads, args.batch, workers=args.workers) as server:
+    precision = {"PROMPTSERVE_ENGINE_PRECISION": args.precision}  # the server's; (a): fp32
+    with Server(store, small, args.threads, args.batch, precision, args.workers) as server:
         http = end_to_end(server.url, small, images, args)
         http_1000 = end_to_end(server.url, large, images, args)
         times = asyncio.run(latencies(server.url, small, images, args.latency_requests))
@@ -262,12 +264,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX threads")
     parser.add_argument("--latency-requests", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1, help="API worker processes")
-    parser.add_argument(
-        "--load",
-        choices=["wrk", "httpx"],
-        default="wrk" if shutil.which("wrk") else "httpx",
-        help="load generator for (b) (default: wrk when installed)",
-    )
+    parser.add_argument("--precision", choices=["fp32", "int8", "bf16"], default="fp32")
+    wrk = "wrk" if shutil.which("wrk") else "httpx"
+    parser.add_argument("--load", choices=["wrk", "httpx"], default=wrk, help="(b)'s load")
     args = parser.parse_args()
 
     rows = []
@@ -278,7 +277,8 @@ def main() -> None:
 
     print(
         f"\ncpu threads {args.threads}, batch {args.batch}, {args.clients} clients ({args.load}), "
-        f"{args.workers} API worker(s), {args.seconds:.0f} s per phase, device cpu"
+        f"{args.workers} API worker(s), {args.seconds:.0f} s per phase, device cpu, server "
+        f"precision {args.precision} (raw: fp32)"
     )
     header = (
         f"{'backbone':<10} {'raw img/s':>10} {'http img/s':>11} {'b/a':>6} "
