@@ -28,65 +28,44 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the decode is measured on one t
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from preprocess import MAX_PIXELS, encoded, ms_per_call
-from processes import cpu_seconds, descendants, free_port, wait_ready
-from request_cpu import LUA, REPO, small_png
+from processes import cpu_seconds, descendants, free_port
+from request_cpu import small_png
+from vs_naive import Server, launch, server_env, wrk
 
 from promptserve.models.backbone import load_backbone
 from promptserve.models.preprocess import FastEvalTransform
 from promptserve.service.classify.decoding import prepare_image
 
 
-def start(store: Path, spinning: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start(store: Path, spinning: str, log: Path) -> Server:
+    """`promptserve serve` as `bench/vs_naive.py` starts it (its defaults), with the spinning
+    setting and without this process's OMP_* (set here for the decode only)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTSERVE_", "OMP_"))}
-    env |= {
-        "HF_HUB_OFFLINE": "1",
-        "PROMPTSERVE_DEVICE": "cpu",
-        "PROMPTSERVE_LOG_LEVEL": "warning",
-        "PROMPTSERVE_MAX_INFLIGHT_REQUESTS": "4096",
-        "PROMPTSERVE_ONNX_SPINNING": spinning,
-    }
+    env = {k: v for k, v in server_env().items() if not k.startswith("OMP_")}
     command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
-    sink = log.open("ab")
-    process = subprocess.Popen(
-        command + ["--port", str(port)], cwd=REPO, env=env, stdout=sink, stderr=sink
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(process, url, "the server", log)
-    return process, url
-
-
-def wrk(url: str, image: Path, connections: int, seconds: int) -> int:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA), url]
-    output = subprocess.run(
-        command + ["--", str(image), "multipart"], capture_output=True, text=True, check=True
-    ).stdout
-    if "Non-2xx" in output or "Socket errors" in output or " requests in" not in output:
-        raise SystemExit(f"wrk failed or saw errors against {url}:\n{output}")
-    return int(output.split(" requests in")[0].split()[-1])
+    command += ["--port", str(port)]
+    env["PROMPTSERVE_ONNX_SPINNING"] = spinning
+    return launch(f"promptserve (spinning {spinning})", command, port, env, log)
 
 
 def cpu_ms_per_request(
-    process: subprocess.Popen[bytes], url: str, image: Path, connections: int, seconds: int
+    server: Server, image: Path, connections: int, seconds: int
 ) -> tuple[float, float]:
     """(server CPU ms per request, requests per second) of one run after 2 s of warm-up."""
-    wrk(url, image, connections, 2)
-    pids = descendants(process.pid)
-    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
-    requests = wrk(url, image, connections, seconds)
-    elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
-    return 1000 * cpu / requests, requests / elapsed
+    wrk(server.url, image, connections, 2)
+    pids = descendants(server.process.pid)
+    cpu0 = cpu_seconds(pids)
+    requests, elapsed, _ = wrk(server.url, image, connections, seconds)
+    return 1000 * (cpu_seconds(pids) - cpu0) / requests, requests / elapsed
 
 
 def measure(spinning: str, store: Path, files: dict[str, Path], args) -> dict[str, float]:
-    process, url = start(store, spinning, store.parent / f"server-{spinning}.log")
+    server = start(store, spinning, store.parent / f"server-{spinning}.log")
     try:
         row = {}
         for name, connections, image in (
@@ -95,13 +74,13 @@ def measure(spinning: str, store: Path, files: dict[str, Path], args) -> dict[st
             ("jpeg12mp_c2", 2, files["jpeg"]),
         ):
             row[f"{name}_ms"], row[f"{name}_rps"] = cpu_ms_per_request(
-                process, url, image, connections, args.seconds
+                server, image, connections, args.seconds
             )
             print(f"spinning={spinning} {name}: {row[f'{name}_ms']:.2f} ms", file=sys.stderr)
         return row
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        server.process.terminate()
+        server.process.wait(timeout=60)
 
 
 def main() -> None:
