@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from safetensors.torch import save_file
 
@@ -246,6 +245,8 @@ def _manifest(
     parity: dict[str, Any],
     format_version: int,
 ) -> dict[str, Any]:
+    import open_clip  # loaded already: the learner was built on it (models.backbone)
+
     return {
         "format_version": format_version,
         "name": name,

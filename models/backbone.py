@@ -2,7 +2,9 @@
 
 With `models.towers` (the `TextTower` / `VisionTower` adapters the prompting code uses), this is
 the only module that touches open_clip internals, so an open_clip upgrade is absorbed here (the
-version is pinned in pyproject.toml).
+version is pinned in pyproject.toml). open_clip is imported where it is first used, never with
+the module: it brings torchvision, timm and torch's compiler with it (seconds of start-up and
+about 100 MB), and a process that only serves exported classifiers needs none of them.
 
 A backbone spec is one of:
   ``mini``                     the embedded backbone shipped with the package (default)
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import open_clip
 import torch
 from torch import Tensor, nn
 
@@ -86,6 +87,8 @@ class Backbone:
 
 def register_project_configs() -> list[str]:
     """Make the project's own architectures (``mini``, test configs) known to open_clip."""
+    import open_clip  # on first use (the module docstring says why)
+
     names = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
     if names and names[0] not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_DIR)
@@ -118,6 +121,8 @@ def load_backbone(
     spec: str = DEFAULT_BACKBONE, *, device: str | torch.device = "cpu", allow_download: bool = True
 ) -> Backbone:
     """Load a frozen backbone from a spec (see the module docstring)."""
+    import open_clip  # on first use (the module docstring says why)
+
     register_project_configs()
     arch, tag, checkpoint = parse_backbone_spec(spec)
     if arch not in open_clip.list_models():
@@ -174,6 +179,8 @@ def _without_random_init_warning() -> Iterator[None]:
 
 
 def _load_weights(model: nn.Module, checkpoint: Path) -> None:
+    import open_clip  # on first use (the module docstring says why)
+
     if checkpoint.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -190,6 +197,8 @@ def _load_weights(model: nn.Module, checkpoint: Path) -> None:
 
 
 def _preprocess_config(model: Any) -> PreprocessConfig:
+    import open_clip  # on first use (the module docstring says why)
+
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = model.visual.image_size
     return PreprocessConfig(
@@ -206,12 +215,16 @@ def _embedded_weights() -> dict[str, Path]:
 
 
 def list_architectures() -> list[str]:
+    import open_clip  # on first use (the module docstring says why)
+
     register_project_configs()
     return list(open_clip.list_models())
 
 
 def _resolve_pretrained(arch: str, tag: str, *, allow_download: bool) -> Path:
     """Find pretrained weights in the local caches; download only if the hub is reachable."""
+    import open_clip  # on first use (the module docstring says why)
+
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)

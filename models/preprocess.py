@@ -11,6 +11,10 @@ rounding. It keeps uint8 until the last step and normalises a whole batch in one
 multiply-add. A JPEG decoded in draft mode (DCT-domain downscale, see
 `service.classify.images`) is passed with its draft scale; that is the one approximation.
 
+torchvision is imported only where the reference and the training transforms are built: with
+it comes torch's compiler (seconds of start-up), and the serving path (the fast path) needs
+neither.
+
 Normalisation is not moved into the exported graph: the artifact's visual graph takes
 normalised float pixels (docs/reference/artifact.md), and artifacts already published would
 need re-exporting.
@@ -21,38 +25,44 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import v2 as T
-from torchvision.transforms.v2 import functional as TF
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.errors import ConfigError
 
-_INTERPOLATION = {
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "nearest": T.InterpolationMode.NEAREST,
-}
-_PIL_FILTER = {
-    T.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
-    T.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR,
-    T.InterpolationMode.NEAREST: Image.Resampling.NEAREST,
+if TYPE_CHECKING:
+    from torchvision.transforms import v2 as T
+
+_PIL_FILTER = {  # the resize filters torchvision and Pillow both have, by torchvision's names
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
 }
 RESIZE_MODES = ("shortest", "longest", "squash")  # open_clip's; see `eval_transform`
 
 ImageTransform = Callable[[Image.Image], Tensor]
 
 
-def interpolation_mode(cfg: PreprocessConfig) -> T.InterpolationMode:
+def _filter_name(cfg: PreprocessConfig) -> str:
     """The resize filter of `cfg` (bicubic for names torchvision lacks, as open_clip does)."""
-    return _INTERPOLATION.get(cfg.interpolation, T.InterpolationMode.BICUBIC)
+    return cfg.interpolation if cfg.interpolation in _PIL_FILTER else "bicubic"
+
+
+def interpolation_mode(cfg: PreprocessConfig) -> T.InterpolationMode:
+    """`cfg`'s resize filter as torchvision's mode."""
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(_filter_name(cfg))
 
 
 def _to_normalised_tensor(cfg: PreprocessConfig) -> list[T.Transform]:
+    from torchvision.transforms import v2 as T
+
     return [
         T.ToImage(),
         T.ToDtype(torch.float32, scale=True),
@@ -65,6 +75,8 @@ def eval_transform(cfg: PreprocessConfig) -> ImageTransform:
     normalise. Modes as open_clip's: "shortest" resizes the short side to `size` and
     centre-crops; "longest" resizes the long side to `size` and pads with black; "squash"
     resizes to `size` x `size` ignoring the aspect ratio."""
+    from torchvision.transforms import v2 as T
+
     check_resize_mode(cfg)
     return T.Compose(
         [
@@ -84,6 +96,8 @@ def check_resize_mode(cfg: PreprocessConfig) -> None:
 
 
 def _reference_resize(image: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    from torchvision.transforms.v2 import functional as TF
+
     interpolation = interpolation_mode(cfg)
     if cfg.resize_mode == "shortest":
         return TF.resize(image, [cfg.size], interpolation=interpolation)  # type: ignore[return-value]
@@ -149,7 +163,7 @@ def fast_pixels(
     scale = max(1, round(full_w / image.width))  # the draft divisor
     where = placement(full_w, full_h, cfg)
     left, top, right, bottom = (v / scale for v in where.box)
-    resample = _PIL_FILTER[interpolation_mode(cfg)]
+    resample = _PIL_FILTER[_filter_name(cfg)]
     out_w, out_h = where.size
     if resample != Image.Resampling.NEAREST and right - left > out_w and bottom - top > out_h:
         # downscaling: resample only the box (Pillow's box resize is exact only then)
@@ -216,6 +230,8 @@ def train_transform(
     cfg: PreprocessConfig, scale: tuple[float, float] = DASSL_CROP_SCALE
 ) -> ImageTransform:
     """CoOp's few-shot augmentation: random resized crop (area `scale`) and horizontal flip."""
+    from torchvision.transforms import v2 as T
+
     low, high = scale
     if not 0 < low <= high <= 1:
         raise ConfigError(f"crop scale must satisfy 0 < low <= high <= 1, got {scale}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-import open_clip
 import torch
 from torch import Tensor, nn
 
@@ -80,8 +79,10 @@ class VisionTower(nn.Module):
     """The ViT of a CLIP, seen as pixels -> tokens -> blocks -> pooled feature."""
 
     def __init__(self, visual: Any) -> None:
+        from open_clip.transformer import VisionTransformer  # on first use, as models.backbone
+
         super().__init__()
-        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        if not isinstance(visual, VisionTransformer):
             raise BackboneError(
                 f"prompt learning needs a ViT vision tower, got {type(visual).__name__}"
             )

@@ -17,6 +17,8 @@ recorded on the caller's stream, so its block is not reused while the caller sti
 Every fallback to the CPU path is logged and counted (`decode_fallbacks`, a metric).
 
 The same code runs on the CPU (`device="cpu"`), which is how it is tested without a GPU.
+torchvision is imported on the first decode, not with the module: a service that decodes on the
+CPU never loads it (nor torch's compiler, which it brings).
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.preprocess import check_resize_mode, interpolation_mode, resized_size
@@ -67,6 +67,8 @@ def upright(pixels: Tensor, orientation: int) -> Tensor:
 
 def resize_on_device(pixels: Tensor, cfg: PreprocessConfig) -> Tensor:
     """An upright uint8 [3, H, W] -> the reference's uint8 [3, S, S], on its own device."""
+    from torchvision.transforms.v2 import functional as TF
+
     height, width = pixels.shape[-2:]
     new_w, new_h = resized_size(width, height, cfg)
     if (new_w, new_h) != (width, height):
@@ -115,6 +117,8 @@ def decode_on_device(encoded: list[Tensor], device: str) -> list[Tensor]:
     """Encoded JPEGs -> uint8 [3, H, W] each on `device`; on CUDA ordered with the caller's
     stream (see the module's docstring). `device` goes to torchvision as given: it keeps one
     decoder per device string."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     where = torch.device(device)
     if where.type != "cuda":
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # type: ignore[no-any-return]

@@ -15,8 +15,6 @@ import functools
 from collections import Counter
 from collections.abc import Sequence
 
-import open_clip
-
 from promptserve.models.backbone import parse_backbone_spec, register_project_configs
 from promptserve.models.errors import InvalidLabelError
 from promptserve.models.labels import bound_tokenizer_cache, label_token_count
@@ -30,6 +28,8 @@ TOKENIZER_CACHE_WORDS = 2_000
 @functools.cache
 def _tokenizer(arch: str) -> object:
     register_project_configs()
+    import open_clip  # on first use: it loads torchvision, timm and torch's compiler
+
     tokenizer = open_clip.get_tokenizer(arch)
     bound_tokenizer_cache(tokenizer, TOKENIZER_CACHE_WORDS)
     return tokenizer

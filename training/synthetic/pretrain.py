@@ -23,13 +23,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -43,6 +41,9 @@ from promptserve.training.synthetic.pretrain_eval import (
     quality_bar,
 )
 from promptserve.training.synthetic.world import COLOURS, SHAPES, Scene, render, sample_scene
+
+if TYPE_CHECKING:  # open_clip itself is imported on first use, as in models.backbone
+    from open_clip.model import CLIP
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,10 @@ def pretrain_mini(
 def _pretrain(
     out: Path, config: PretrainConfig, progress: Callable[[Progress], None] | None
 ) -> dict[str, object]:
+    import open_clip  # on first use, as in models.backbone
+
     register_project_configs()
-    model = cast(CLIP, open_clip.create_model(config.architecture, pretrained=None))
+    model = cast("CLIP", open_clip.create_model(config.architecture, pretrained=None))
     if config.init:
         state = load_file(config.init)
         model.load_state_dict({k: v.float() for k, v in state.items()})
@@ -271,6 +274,8 @@ def _write(
     train_seconds: float,
     curve: list[dict[str, float]],
 ) -> dict[str, object]:
+    import open_clip  # loaded already: the model is one of its
+
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out))

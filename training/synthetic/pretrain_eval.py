@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 from PIL import Image
 from torch import Tensor
 
@@ -30,16 +29,28 @@ from promptserve.training.synthetic.tasks import (
     color_shape_classes,
 )
 
+if TYPE_CHECKING:  # open_clip itself is imported on first use, as in models.backbone
+    from open_clip.model import CLIP
+
 TEMPLATE = "a photo of a {}."
-MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+@lru_cache(maxsize=1)
+def _mean_std() -> tuple[Tensor, Tensor]:
+    import open_clip
+
+    def column(values: tuple[float, ...]) -> Tensor:
+        return torch.tensor(values).view(1, 3, 1, 1)
+
+    return column(open_clip.OPENAI_DATASET_MEAN), column(open_clip.OPENAI_DATASET_STD)
 
 
 def images_to_tensor(images: list[Image.Image]) -> Tensor:
     """RGB images already at the model's size -> [N, 3, S, S] normalised like open_clip."""
     array = np.stack([np.asarray(image, dtype=np.uint8) for image in images])  # [N, S, S, 3]
     pixels = torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255.0
-    return (pixels - MEAN) / STD
+    mean, std = _mean_std()
+    return (pixels - mean) / std
 
 
 @lru_cache(maxsize=4)
