@@ -179,7 +179,7 @@ def test_a_deleted_version_stops_being_served_by_both_replicas(cluster: Cluster)
             assert http.get(f"/classifiers/doomed/{kept}").status_code == 200
 
 
-JOBS = 8  # more than the 2 x 2 job slots: both workers must take some
+JOBS = 5  # more than the 2 x 2 job slots: both workers must take some
 
 
 def test_concurrent_jobs_to_both_replicas_each_publish_exactly_once(cluster: Cluster) -> None:
