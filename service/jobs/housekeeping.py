@@ -30,6 +30,9 @@ UPLOADS_DIR = "images"
 PRUNE_EVERY_S = 600.0  # ended jobs past their retention are looked for this often
 
 
+SUBMITTING_S = 600.0  # a job folder this young without a job row may still be being submitted
+
+
 def new_runner_id() -> str:
     """``host:pid:nonce``: unique per runner; names the host so that a runner restarted on it
     can tell its predecessor's jobs from live ones."""
@@ -155,7 +158,9 @@ class Housekeeping:
 
         A folder of a job this database never knew, older than the database itself, belongs to
         an earlier database (lost, emptied, or moved aside as damaged): it is kept, with a
-        warning, never taken for an orphan."""
+        warning, never taken for an orphan. One made in the last SUBMITTING_S is a submission
+        in progress (`plan.submit_job` writes the files before the job's row), here or on a
+        replica sharing this job root: it is kept too, for a later start to judge."""
         if not self.files.root.is_dir():
             return
         live = {job.id for state in ("queued", "running") for job in self.jobs.in_state(state)}
@@ -169,6 +174,8 @@ class Housekeeping:
                 self.files.drop_uploads(folder.name)
             elif folder.stat().st_mtime < born:
                 earlier.append(folder.name)
+            elif folder.stat().st_mtime > time.time() - SUBMITTING_S:
+                continue
             else:
                 self.files.remove(folder.name)
         if earlier:

@@ -344,23 +344,33 @@ async def test_start_up_removes_leftovers(client_factory: ClientFactory, store: 
     stale = store / "shapes" / ".tmp-killed-export"
     stale.mkdir()
     (stale / "visual.onnx").write_bytes(b"half")
-    old = time.time() - 7200
+    now = time.time()
+    from promptserve.service.jobs.housekeeping import SUBMITTING_S
     from promptserve.service.jobs.store import JobStore
 
-    JobStore(store / ".jobs" / "jobs.db")  # the job database, then a folder none of its jobs own
-    orphan = store / ".jobs" / "job-unknown" / "images"
-    orphan.mkdir(parents=True)
-    (orphan / "0.png").write_bytes(png_bytes())
+    jobs = JobStore(store / ".jobs" / "jobs.db")  # made two hours ago
+    with jobs.db.connect() as db:
+        db.execute("UPDATE schema_migrations SET applied_at = ?", (now - 7200,))
+
+    def job_folder(name: str, modified: float) -> Path:
+        images = store / ".jobs" / name / "images"
+        images.mkdir(parents=True)
+        (images / "0.png").write_bytes(png_bytes())
+        os.utime(images.parent, (modified, modified))
+        return images
+
+    # newer than the database, none of its jobs', past a submission's time: an orphan
+    orphan = job_folder("job-unknown", now - SUBMITTING_S - 60)
     # older than the database: an earlier (lost) database's job, whose uploads are kept
-    earlier = store / ".jobs" / "job-earlier" / "images"
-    earlier.mkdir(parents=True)
-    (earlier / "0.png").write_bytes(png_bytes())
-    os.utime(earlier.parent, (old, old))
+    earlier = job_folder("job-earlier", now - 10_000)
+    # just made: a submission in progress on a replica sharing the job root (no row yet)
+    submitting = job_folder("job-submitting", now)
     async with client_factory() as (client, _):
         assert (await client.get("/health/live")).status_code == 200
     assert not stale.exists()  # held by no process (tests/service/test_staging_cleanup.py)
     assert not orphan.parent.exists()
     assert (earlier / "0.png").is_file()
+    assert (submitting / "0.png").is_file()
 
 
 def test_ended_jobs_are_pruned_with_their_events(tmp_path: Path) -> None:
