@@ -69,12 +69,15 @@ def server_env() -> dict[str, str]:
     }
 
 
-def promptserve(store: Path, workers: int, scratch: Path) -> Server:
+def promptserve(
+    store: Path, workers: int, scratch: Path, env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "promptserve.service.cli", "serve", "--store", str(store)]
     command += ["--port", str(port)] + (["--workers", str(workers)] if workers > 1 else [])
     name = f"promptserve ({workers} worker{'s' if workers > 1 else ''})"
-    return launch(name, command, port, server_env(), scratch / f"promptserve-{workers}.log")
+    log = scratch / f"promptserve-{workers}.log"
+    return launch(name, command, port, server_env() | (env or {}), log)
 
 
 def peer(store: Path, scratch: Path) -> Server:

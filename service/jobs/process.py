@@ -1,7 +1,8 @@
 """The job process: what runs inside the separate process of one tuning job.
 
-`run_job` is the process's target (started with ``spawn``: CUDA does not survive ``fork``, and
-a fresh interpreter holds none of the service's threads or sockets), given one `JobLaunch`. It
+`run_job` is the process's target (started as `service.jobs.starting` says: on the CPU forked
+from a server that imported torch and open_clip once, on CUDA spawned; neither holds any of the
+service's threads or sockets), given one `JobLaunch`. It
 lowers its own priority and bounds its threads first, so classification in the service stays
 responsive, then runs the same entry point as ``promptserve train``
 (`training.api.train_classifier`) and ends the job in the job store itself: ``succeeded`` with
@@ -9,8 +10,9 @@ the published version and its accuracies, ``failed`` with the error, or ``cancel
 
 It stops (between two training steps, or before export) when the job's cancel flag is set, when
 its runner no longer holds the job (the lease ran out and another runner took it over: it then
-writes nothing), or when the runner's process is gone (its parent process changed: a crashed
-service must not leave a job process publishing behind the back of its successor). Every write
+writes nothing), or when the runner's process is gone (its parent process changed, or the
+runner's pid is no longer alive: a crashed service must not leave a job process publishing
+behind the back of its successor). Every write
 that ends the job names the runner's id, so a late one changes nothing. SIGTERM raises
 SystemExit, so an export in progress removes its staging directory on the way out; a job
 stopped that way, or orphaned, is not ended here: its runner (or the next one) queues it again.
@@ -34,6 +36,7 @@ from promptserve.models.devices import pin_gpu  # torch-free
 from promptserve.service import tracing
 from promptserve.service.jobs.object_store import mirror_of, pull_uploads, upload_version
 from promptserve.service.jobs.spec import UPLOAD, JobSpec
+from promptserve.service.jobs.starting import runner_alive
 from promptserve.service.jobs.store import Job, JobStore
 from promptserve.service.logs import LOG_CONTEXT, LogContext, LogFormat, configure_logging
 from promptserve.service.object_calls import CallLimits
@@ -50,7 +53,7 @@ PROGRESS_EVERY_S = 0.5  # progress writes and cancel checks, at most this often
 
 @dataclass(frozen=True, kw_only=True)
 class JobLaunch:
-    """What a runner tells the job process it starts (picklable: it crosses ``spawn``)."""
+    """What a runner tells the job process it starts (picklable: it crosses to the process)."""
 
     database: str  # the job store's locator (`JobStore.locator`)
     job_id: str
@@ -65,6 +68,7 @@ class JobLaunch:
     store_url: str | None = None  # an object store the published version is uploaded to
     s3_endpoint_url: str | None = None
     s3_limits: CallLimits = CallLimits()  # timeouts and attempts of each object-store call
+    environ: dict[str, str] | None = None  # the runner's, taken first (`service.jobs.starting`)
 
     @classmethod
     def of(cls, settings: Settings, database: str, job_id: str, device: str, runner: str) -> Self:
@@ -83,11 +87,15 @@ class JobLaunch:
             store_url=settings.store_url,
             s3_endpoint_url=settings.s3_endpoint_url,
             s3_limits=CallLimits.of(settings),
+            environ=dict(os.environ),
         )
 
 
 def run_job(launch: JobLaunch) -> None:
     """Run the launched job to the end; every outcome is written to the job store."""
+    if launch.environ is not None:  # a forked process has its server's, not its runner's
+        os.environ.clear()
+        os.environ.update(launch.environ)
     configure_logging(launch.log_level, launch.log_format)
     try:
         tracing.configure("job")
@@ -216,6 +224,7 @@ class Monitor:
         self.jobs = jobs
         self.job_id = job_id
         self.runner_pid = runner_pid
+        self.parent = os.getppid()  # the runner, or the server that forked this process
         self.runner_id = runner_id
         self.orphaned = False
         self.lost = False  # another runner took the job over: write nothing more
@@ -259,7 +268,7 @@ class Monitor:
         if self._cancel or now - self._last_check < PROGRESS_EVERY_S:
             return self._cancel
         self._last_check = now
-        if os.getppid() != self.runner_pid:
+        if os.getppid() != self.parent or not runner_alive(self.runner_pid):
             self.orphaned = self._cancel = True
         elif not self.jobs.holds(self.job_id, self.runner_id):
             self.lost = self._cancel = True

@@ -23,7 +23,8 @@ cancel request) and, in a thread, does in order:
    job process checks the flag between steps, so only one stuck in one long operation gets
    here) is ended ``cancelled`` and its process terminated;
 5. start: claim queued jobs, oldest first, while this runner has free slots, each in its own
-   ``spawn``-ed job process (`service.jobs.process.run_job`, told what to run by a `JobLaunch`);
+   job process (`service.jobs.process.run_job`, told what to run by a `JobLaunch`, started as
+   `service.jobs.starting.job_context` says);
 
 and, every PRUNE_EVERY_S, forgets ended jobs past their retention (`Housekeeping.prune`).
 
@@ -42,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import threading
 import time
 from multiprocessing.process import BaseProcess
@@ -52,6 +52,7 @@ from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.failures import FailureLog
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
 from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
+from promptserve.service.jobs.starting import job_context
 from promptserve.service.jobs.stopping import stop_all, terminate
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
@@ -107,7 +108,6 @@ class JobRunner:
         self._stopping = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._context = multiprocessing.get_context("spawn")
 
     @property
     def running(self) -> int:
@@ -255,7 +255,7 @@ class JobRunner:
             about = {"request_id": job.spec.request_id}
             try:
                 launch = JobLaunch.of(self.settings, self.jobs.locator, job.id, device, self.id)
-                process = self._context.Process(
+                process = job_context(device).Process(
                     target=run_job, args=(launch,), name=f"promptserve-{job.id}"
                 )
                 process.start()

@@ -4,7 +4,6 @@ is missing, `auto` says what it chose, a spawned job process sees its GPU before
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from promptserve.models import devices
 from promptserve.models.devices import choose_device, pin_gpu
 from promptserve.models.errors import ProviderError
+from promptserve.service.jobs.starting import job_context
 from tests.models.job_probe import report_job_environment
 
 HAS_CUDA = devices.cuda_device_problem("cuda") is None
@@ -83,7 +83,7 @@ def test_a_spawned_job_process_is_pinned_to_its_gpu_before_torch_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    context = multiprocessing.get_context("spawn")  # as the job runner starts them
+    context = job_context("cuda:1")  # as the job runner starts a CUDA job's process
     queue = context.Queue()
     args = (queue, str(tmp_path / "jobs.db"), str(tmp_path), "cuda:1")
     process = context.Process(target=report_job_environment, args=args)

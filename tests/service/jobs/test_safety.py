@@ -151,6 +151,21 @@ def test_a_job_process_whose_runner_is_gone_stops_and_leaves_the_job_to_be_queue
     assert (now.state, now.runner, now.error) == ("running", job.runner, None)
 
 
+def test_a_job_process_whose_parent_changes_stops_though_the_runners_pid_lives(
+    jobs: JobStore, tmp_path: Path, training: Training, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # forked from the job server: the server exited with its runner, and the pid was reused
+    job = running_job(jobs)
+    parent = os.getppid()
+    training.at_step[1] = lambda: monkeypatch.setattr(os, "getppid", lambda: parent + 1)
+    run_job(job_launch(jobs, job, tmp_path, runner_pid=os.getpid()))
+    assert training.published == []
+    assert training.steps == 2  # it stopped at the first check after the change
+    now = jobs.get(job.id)
+    assert now is not None
+    assert (now.state, now.runner, now.error) == ("running", job.runner, None)
+
+
 def test_a_job_process_stops_when_its_job_is_cancelled(
     jobs: JobStore, tmp_path: Path, training: Training
 ) -> None:
