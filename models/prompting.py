@@ -65,13 +65,22 @@ def run_blocks(
     return x
 
 
+def used_length(eot_index: Tensor) -> int:
+    """How many leading tokens of a batch of sequences reach their pooled features."""
+    return int(eot_index.max()) + 1
+
+
 @dataclass(frozen=True)
 class ClassTokens:
     """Tokenised class prompts ``[SOS, X * n_ctx, name tokens, '.', EOT, pad]`` split around the
-    context slots, so a method builds its input as ``cat([prefix, context, suffix])``."""
+    context slots, so a method builds its input as ``cat([prefix, context, suffix])``.
+
+    The sequence ends at the last class's EOT (`TextPrompter.class_tokens`), not at the
+    backbone's full context: under the causal mask no later position reaches a pooled feature,
+    and on a 77-token CLIP that is most of the text tower's work."""
 
     prefix: Tensor  # [C, 1, Dt] the SOS embedding
-    suffix: Tensor  # [C, T - 1 - n_ctx, Dt] name, '.', EOT, padding embeddings
+    suffix: Tensor  # [C, T' - 1 - n_ctx, Dt] name, '.', EOT, padding embeddings
     eot_index: Tensor  # [C] where the EOT token sits in the full sequence
     n_ctx: int
 
@@ -111,17 +120,20 @@ class PromptedTextEncoder(_PromptedTower):
         """[N] texts -> [N, T] token ids, by the backbone's tokenizer (the tower owns it)."""
         return self.tower.tokenize(texts)
 
-    def class_tokens(self, names: list[str], n_ctx: int) -> ClassTokens:
-        """Tokenise ``"X X .. X {name}."`` for each name and embed it (CoOp's layout)."""
+    def class_tokens(self, names: list[str], n_ctx: int, min_length: int = 0) -> ClassTokens:
+        """Tokenise ``"X X .. X {name}."`` for each name and embed it (CoOp's layout), up to
+        the last EOT, or `min_length` tokens for a method whose hooks read positions past it."""
         placeholder = " ".join([PLACEHOLDER] * n_ctx)
         texts = [f"{placeholder} {name}." if n_ctx else f"{name}." for name in names]
         ids = self.tokenize(texts)  # [C, T]
+        eot_index = self.tower.eot_index(ids)
+        ids = ids[:, : max(used_length(eot_index), min_length)]  # [C, T']
         with torch.no_grad():
-            embeds = self.tower.embed_tokens(ids)  # [C, T, Dt]
+            embeds = self.tower.embed_tokens(ids)  # [C, T', Dt]
         return ClassTokens(
             prefix=embeds[:, :1],
             suffix=embeds[:, 1 + n_ctx :],
-            eot_index=self.tower.eot_index(ids),
+            eot_index=eot_index,
             n_ctx=n_ctx,
         )
 
@@ -164,8 +176,10 @@ class PromptedTextEncoder(_PromptedTower):
         )
 
     def encode_ids(self, ids: Tensor) -> Tensor:
-        """[C, T] token ids -> [C, D] features, exactly open_clip's `encode_text`."""
-        return self(self.tower.embed_tokens(ids), self.tower.eot_index(ids))
+        """[C, T] token ids -> [C, D] features: open_clip's `encode_text`, run up to the last
+        EOT only (the positions after it reach no pooled feature)."""
+        eot_index = self.tower.eot_index(ids)
+        return self(self.tower.embed_tokens(ids[:, : used_length(eot_index)]), eot_index)
 
     def encode_templates(self, names: list[str], templates: tuple[str, ...]) -> Tensor:
         """[C] names -> [C, D]: the normalised mean of the normalised features of every

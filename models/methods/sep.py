@@ -40,7 +40,7 @@ from promptserve.models.methods.class_specific import class_mean_features
 from promptserve.models.methods.config import MINI_RECIPE, MethodConfig
 from promptserve.models.methods.layers import quick_gelu_mlp
 from promptserve.models.methods.registry import register_method
-from promptserve.models.prompting import VisionPrompts
+from promptserve.models.prompting import ClassTokens, VisionPrompts
 
 HEAD = "head"  # the training-only cosine classifier W_fc; never part of the learned state
 
@@ -159,10 +159,16 @@ class SEPLearner(Learner):
         reps = select_salient(x[:, : slots.start], slots.stop - slots.start)  # [B, k_v, Dv]
         return self.tfm_vision[index - 1](x[:, slots], reps)
 
+    def class_tokens(self, names: list[str]) -> ClassTokens:
+        """The prompted class sequences, long enough for the fusion to read the n_ctx_text
+        tokens after the context even where a name ends sooner."""
+        n = self.config.n_ctx_text
+        return self.text.class_tokens(names, n, min_length=1 + 2 * n)
+
     def class_features(self, names: list[str]) -> tuple[Tensor, Tensor]:
         """[C] names -> (fused t, frozen template t_0), both [C, D] and normalised."""
-        tokens = self.text.class_tokens(names, self.config.n_ctx_text)
-        embeds = tokens.with_context(self.ctx_text)  # [C, T, Dt]
+        tokens = self.class_tokens(names)
+        embeds = tokens.with_context(self.ctx_text)  # [C, T', Dt]
         prompted = self.text(
             embeds, tokens.eot_index, hook=self._fuse_text, slots=tokens.context_slots
         )

@@ -9,6 +9,7 @@ import torch
 
 from promptserve.models.backbone import Backbone, load_backbone
 from promptserve.models.prompting import (
+    PLACEHOLDER,
     PromptedTextEncoder,
     PromptedVisionEncoder,
     VisionPrompts,
@@ -127,8 +128,30 @@ def test_class_tokens_shift_the_eot_index(tiny_backbone: Backbone) -> None:
     text, _ = encoders(tiny_backbone)
     plain = tiny_backbone.tokenize(["red star."])
     tokens = text.class_tokens(["red star"], 6)
-    assert int(tokens.eot_index[0]) == int(plain.argmax(-1)[0]) + 6
-    assert tokens.with_context(torch.zeros(6, text.width)).shape == (1, plain.shape[1], text.width)
+    eot = int(plain.argmax(-1)[0]) + 6
+    assert int(tokens.eot_index[0]) == eot
+    # the sequence ends at the EOT, or where a method's hooks still read
+    assert tokens.with_context(torch.zeros(6, text.width)).shape == (1, eot + 1, text.width)
+    longer = text.class_tokens(["red star"], 6, min_length=eot + 4)
+    assert longer.with_context(torch.zeros(6, text.width)).shape == (1, eot + 4, text.width)
+
+
+def test_prompts_cut_at_the_last_eot_give_the_whole_contexts_features(
+    tiny_backbone: Backbone,
+) -> None:
+    backbone = copy.deepcopy(tiny_backbone)
+    backbone.model.double()  # the same function over fewer positions: compared in float64
+    text, _ = encoders(backbone)
+    names = ["red star", "a large and very dark blue square on a grey ground"]
+    tokens = text.class_tokens(names, 4)
+    context = torch.randn(4, text.width, dtype=torch.float64)
+    whole = text.tokenize([f"{' '.join([PLACEHOLDER] * 4)} {name}." for name in names])
+    cut = tokens.with_context(context)
+    assert cut.shape[1] == int(tokens.eot_index.max()) + 1 < whole.shape[1]
+    with torch.no_grad():
+        suffix = text.tower.embed_tokens(whole)[:, 5:]
+        uncut = torch.cat([tokens.prefix, context.expand(2, -1, -1), suffix], dim=1)
+        assert_close(text(cut, tokens.eot_index), text(uncut, tokens.eot_index), RTOL_FLOAT64)
 
 
 def test_text_hook_rewrites_the_context_slots(tiny_backbone: Backbone) -> None:

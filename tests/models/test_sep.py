@@ -150,7 +150,7 @@ def test_text_fusion_reads_the_tokens_after_the_context(tiny_backbone: Backbone)
     learner.tfm_text[0].register_forward_hook(
         lambda module, args, out: seen.append((args[0], args[1], out))
     )
-    tokens = learner.text.class_tokens(NAMES, 6)
+    tokens = learner.class_tokens(NAMES)
     record: list[Tensor] = []
     with torch.no_grad():
         learner.text.run(
