@@ -33,10 +33,10 @@ def report_job_environment(queue: Any, database: str, store: str, device: str) -
 
 def report_launch_context(queue: Any, launch: Any) -> None:
     """Run `run_job` with `launch` (for a job that does not exist), then report whether torch was
-    loaded before it, and the ``PROMPTSERVE_PROBE`` variable and working directory it ended
+    loaded before it, and the ``JOB_PROBE_MARK`` variable and working directory it ended
     with."""
     torch_before = "torch" in sys.modules
     from promptserve.service.jobs.process import run_job
 
     run_job(launch)
-    queue.put((torch_before, os.environ.get("PROMPTSERVE_PROBE"), os.getcwd()))
+    queue.put((torch_before, os.environ.get("JOB_PROBE_MARK"), os.getcwd()))

@@ -40,13 +40,13 @@ def launch_probe(tmp_path: Path) -> tuple[bool, str | None, str]:
 def test_a_forked_job_process_takes_its_runners_environment_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PROMPTSERVE_PROBE", "first")
+    monkeypatch.setenv("JOB_PROBE_MARK", "first")
     torch_loaded, probe, cwd = launch_probe(tmp_path)  # the server runs from here on
     assert torch_loaded  # imported by the server, not by the job
     assert (probe, cwd) == ("first", os.getcwd())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    monkeypatch.setenv("PROMPTSERVE_PROBE", "second")
+    monkeypatch.setenv("JOB_PROBE_MARK", "second")
     monkeypatch.chdir(elsewhere)
     torch_loaded, probe, cwd = launch_probe(tmp_path)
     assert torch_loaded
