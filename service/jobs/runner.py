@@ -251,6 +251,9 @@ class JobRunner:
             if job is None:
                 return
             self.queued = max(0, self.queued - 1)
+            if job.id in self._procs:  # queued again while this poll was slow, and taken back
+                log.warning("job %s: queued again while its process here goes on", job.id)
+                continue
             device = self._free_device()
             about = {"request_id": job.spec.request_id}
             try:

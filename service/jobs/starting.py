@@ -17,6 +17,10 @@ The server keeps the environment it was started with, so a launch carries the ru
 the server, not the runner: a job process knows its runner is gone when its parent changes (the
 server exits when the runner's process does) or the runner's pid is no longer a live process
 (`runner_alive`).
+
+The first CPU job of a process waits while the server imports (seconds), and the runner's poll
+that starts it renews no lease meanwhile: a job queued again in that gap and taken back by the
+same runner keeps the process it has (`JobRunner._start_queued`).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from promptserve.service.jobs import process as process_module
+from promptserve.service.jobs import runner as runner_module
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles
 from promptserve.service.jobs.process import run_job
 from promptserve.service.jobs.runner import JobRunner
@@ -271,6 +272,29 @@ def test_a_heartbeat_that_got_through_restarts_the_half_lease_clock(
     with pytest.raises(sqlite3.OperationalError):
         runner.poll()
     assert not processes[job_id].terminated
+
+
+def test_a_job_queued_again_while_its_runner_still_runs_it_gets_no_second_process(
+    jobs: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the runner's poll is busy starting a process (the first CPU job starts the job server)
+    # past the lease; another runner queues the job again, and this poll claims it back
+    runner = JobRunner(jobs, Settings(store=tmp_path / "store", max_concurrent_jobs=2))
+    job = running_job(jobs, runner.id, runner.lease_s)
+    process = StandIn()
+    runner._procs[job.id] = process  # type: ignore[assignment]
+    with jobs.db.connect() as db:
+        db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (time.time() - 1, job.id))
+    assert [j.id for j in jobs.expire_leases(max_attempts=3)] == [job.id]
+    started: list[str] = []
+    monkeypatch.setattr(runner_module, "job_context", lambda device: started.append(device))
+    runner._start_queued()
+    assert started == []  # no second process for the job
+    assert runner._procs == {job.id: process}
+    assert not process.terminated
+    now = jobs.get(job.id)
+    assert now is not None
+    assert (now.state, now.runner) == ("running", runner.id)
 
 
 def test_a_runner_stops_at_once_the_process_of_a_job_taken_over(
