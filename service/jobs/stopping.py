@@ -45,7 +45,14 @@ def stop_all(
 
 
 def terminate(process: BaseProcess, wait_s: float) -> None:
-    """SIGTERM one process, SIGKILL after `wait_s`."""
+    """SIGTERM one process, SIGKILL after `wait_s`.
+
+    Only one still alive: `is_alive` reads an exit first. A job process forked from the job
+    server (`service.jobs.starting`) is reaped by that server the moment it exits, so its pid
+    may already belong to another process, which a signal sent on the strength of an exit not
+    yet read would reach (`Process.terminate` sends without looking)."""
+    if not process.is_alive():
+        return
     process.terminate()
     process.join(wait_s)
     if process.is_alive():

@@ -11,8 +11,10 @@ import pytest
 
 from promptserve.service.jobs.process import JobLaunch
 from promptserve.service.jobs.starting import job_context
+from promptserve.service.jobs.stopping import terminate
 from tests.models.job_probe import report_launch_context
 from tests.service.helpers import make_settings
+from tests.waiting import wait_until
 
 
 def test_cpu_jobs_are_forked_from_a_server_and_cuda_jobs_spawned() -> None:
@@ -51,3 +53,19 @@ def test_a_forked_job_process_takes_its_runners_environment_and_directory(
     torch_loaded, probe, cwd = launch_probe(tmp_path)
     assert torch_loaded
     assert (probe, cwd) == ("second", str(elsewhere))
+
+
+def test_stopping_a_forked_job_process_that_ended_sends_no_signal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the job server reaps it at once: its pid may be another process's by now
+    process = job_context("cpu").Process(target=int)
+    process.start()
+    pid = process.pid
+    assert pid is not None
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=120, what="the process gone")
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    terminate(process, 5.0)
+    assert sent == []
+    assert process.exitcode == 0
