@@ -52,7 +52,7 @@ from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.failures import FailureLog
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
 from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
-from promptserve.service.jobs.starting import job_context
+from promptserve.service.jobs.starting import job_context, job_server_ready
 from promptserve.service.jobs.stopping import stop_all, terminate
 from promptserve.service.jobs.store import JobStore
 from promptserve.service.settings import Settings, resolve_device
@@ -247,6 +247,8 @@ class JobRunner:
     def _start_queued(self) -> None:
         self.queued = self.jobs.count("queued")
         while len(self._procs) < self.max_concurrent and not self._stopping:
+            if not job_server_ready(self._free_device()):  # claimed meanwhile, a job's lease
+                return  # would run out while the poll waited for the server's imports
             job = self.jobs.claim_next(self.id, self.lease_s)
             if job is None:
                 return

@@ -18,15 +18,18 @@ the server, not the runner: a job process knows its runner is gone when its pare
 server exits when the runner's process does) or the runner's pid is no longer a live process
 (`runner_alive`).
 
-The first CPU job of a process waits while the server imports (seconds), and the runner's poll
-that starts it renews no lease meanwhile: a job queued again in that gap and taken back by the
-same runner keeps the process it has (`JobRunner._start_queued`).
+The server imports for seconds when it starts (tens of seconds on a busy host), and a process
+start waits for that; a runner's poll blocked there renews no lease, so its jobs would be taken
+over. So a runner claims no CPU job until its process's server is ready (`job_server_ready`):
+the first call starts the server and its imports in a thread (a trivial process started and
+joined), and jobs wait in the queue, unleased, meanwhile (or another runner takes them).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from multiprocessing.context import ForkServerContext, SpawnContext
 
 # what a CPU job's process would otherwise import at its start, imported once by the server
@@ -59,3 +62,25 @@ def runner_alive(pid: int) -> bool:
     except PermissionError:
         return False
     return True
+
+
+_server_ready = threading.Event()
+_server_warming = threading.Lock()
+
+
+def job_server_ready(device: str) -> bool:
+    """Whether a job on `device` can start now without waiting for the job server's imports;
+    if not, they are started (once, in a thread) and a later call says so."""
+    context = job_context(device)
+    if context.get_start_method() != "forkserver" or _server_ready.is_set():
+        return True
+    if _server_warming.acquire(blocking=False):  # released never: one warm-up per process
+        threading.Thread(target=_warm, args=(context,), name="job-server", daemon=True).start()
+    return False
+
+
+def _warm(context: ForkServerContext) -> None:
+    process = context.Process(target=int)  # returns at once: the server has imported by then
+    process.start()
+    process.join()
+    _server_ready.set()

@@ -287,6 +287,7 @@ def test_a_job_queued_again_while_its_runner_still_runs_it_gets_no_second_proces
         db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (time.time() - 1, job.id))
     assert [j.id for j in jobs.expire_leases(max_attempts=3)] == [job.id]
     started: list[str] = []
+    monkeypatch.setattr(runner_module, "job_server_ready", lambda device: True)
     monkeypatch.setattr(runner_module, "job_context", lambda device: started.append(device))
     runner._start_queued()
     assert started == []  # no second process for the job
@@ -295,6 +296,17 @@ def test_a_job_queued_again_while_its_runner_still_runs_it_gets_no_second_proces
     now = jobs.get(job.id)
     assert now is not None
     assert (now.state, now.runner) == ("running", runner.id)
+
+
+def test_a_runner_claims_no_cpu_job_until_its_job_server_is_ready(
+    jobs: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = JobRunner(jobs, Settings(store=tmp_path / "store"))
+    jobs.create(SPEC, fingerprint="waits")
+    monkeypatch.setattr(runner_module, "job_server_ready", lambda device: False)
+    runner._start_queued()
+    assert runner._procs == {}
+    assert [job.state for job in jobs.in_state("queued")] == ["queued"]  # unleased, waiting
 
 
 def test_a_runner_stops_at_once_the_process_of_a_job_taken_over(

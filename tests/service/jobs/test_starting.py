@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from promptserve.service.jobs.process import JobLaunch
-from promptserve.service.jobs.starting import job_context
+from promptserve.service.jobs.starting import job_context, job_server_ready
 from promptserve.service.jobs.stopping import terminate
 from tests.models.job_probe import report_launch_context
 from tests.service.helpers import make_settings
@@ -69,3 +69,8 @@ def test_stopping_a_forked_job_process_that_ended_sends_no_signal(
     terminate(process, 5.0)
     assert sent == []
     assert process.exitcode == 0
+
+
+def test_the_job_server_gets_ready_in_the_background() -> None:
+    assert job_server_ready("cuda:0")  # spawned: nothing to wait for
+    wait_until(lambda: job_server_ready("cpu"), timeout=300, what="the job server ready")
