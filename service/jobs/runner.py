@@ -247,8 +247,8 @@ class JobRunner:
     def _start_queued(self) -> None:
         self.queued = self.jobs.count("queued")
         while len(self._procs) < self.max_concurrent and not self._stopping:
-            if not job_server_ready(self._free_device()):  # claimed meanwhile, a job's lease
-                return  # would run out while the poll waited for the server's imports
+            if self.queued == 0 or not job_server_ready(self._free_device()):
+                return  # a job claimed before the server is ready would wait on its imports
             job = self.jobs.claim_next(self.id, self.lease_s)
             if job is None:
                 return
