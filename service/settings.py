@@ -150,7 +150,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=32, ge=1, description="Images per engine call")
     max_wait_ms: float = Field(
-        default=5.0, ge=0, le=10_000, description="How long a batch waits to fill (ms)"
+        default=0.0,
+        ge=0,
+        le=10_000,
+        description="How long a batch waits to fill (ms); 0: a batch is what queued while "
+        "the engine was busy",
     )
     queue_size: int = Field(
         default=512, ge=1, description="Images waiting for the engine; beyond, a 429 queue_full"

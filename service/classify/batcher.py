@@ -5,9 +5,12 @@ below) and the engine to run. One worker task takes the first waiting request, t
 collecting until `max_batch_size` images are gathered or `max_wait_ms` has passed, groups
 what it collected by key, and runs each group as one engine call in a single worker thread (so
 the event loop keeps accepting and decoding while the engine works, and the engine sees one
-call at a time). While a
-batch runs, new requests queue up and form the next batch at once: under load the batches fill
-without waiting. A request larger than `max_batch_size` runs in chunks.
+call at a time). While a batch runs, new requests queue up and form the next batch at once:
+under load the batches fill without waiting. So the default wait is 0 (Triton's dynamic
+batcher's default too): a batch is what queued while the engine was busy, and an idle engine
+starts on a lone request at once; a window of a few ms only held the engine idle while the
+event loop was still answering the previous batch (docs/performance.md, "Against the naive
+server"). A request larger than `max_batch_size` runs in chunks.
 
 A key names an engine, not a classifier: requests of different classifiers that run on one
 shared engine form one call. A request may bring per-sample `inputs` ({name: [n, ...]}, its
@@ -67,7 +70,7 @@ class MicroBatcher:
         self,
         *,
         max_batch_size: int = 32,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         queue_size: int = 512,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:

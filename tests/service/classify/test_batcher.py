@@ -76,6 +76,28 @@ async def test_two_concurrent_requests_run_as_one_batch() -> None:
     assert second.flatten().tolist() == [24.0, 24.0]
 
 
+async def test_by_default_a_batch_is_what_queued_while_the_engine_was_busy() -> None:
+    engine = FakeEngine()
+    engine.release.clear()
+    sizes: list[int] = []
+    batcher = MicroBatcher(max_batch_size=8, on_batch=sizes.append)  # the default: no wait
+    await batcher.start()
+    try:
+        # an idle engine takes a lone request at once: no window for others to join
+        first = asyncio.create_task(batcher.submit("clf", pixels(1, 1.0), engine))
+        for _ in range(5):
+            await asyncio.sleep(0)  # turns of the loop, no time: a window would still be open
+        # these queue while the engine is busy, and run together when it is free
+        later = [asyncio.create_task(batcher.submit("clf", pixels(1, 2.0), engine)) for _ in "abc"]
+        await eventually(lambda: batcher.queue_depth == 3)
+        engine.release.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *later), timeout=5)
+    finally:
+        await batcher.stop()
+    assert sizes == [1, 3]
+    assert [r.item() for r in results] == [12.0, 24.0, 24.0, 24.0]
+
+
 async def test_full_batch_does_not_wait_and_big_requests_are_chunked() -> None:
     engine = FakeEngine()
     batcher = MicroBatcher(max_batch_size=4, max_wait_ms=5_000)
