@@ -1,7 +1,8 @@
 """The classifier catalog: names, versions, manifests and deletes of the store, no weights.
 
-The directory is the source of truth and is read again on every lookup (a directory listing
-per request, microseconds), so a version published by a training job or another process is
+The directory is the source of truth and is looked at again on every lookup (a stat of the
+classifier's directory per request; it is listed again when that changed,
+`service.version_listing`), so a version published by a training job or another process is
 seen by the next request without a restart. Every API process holds a catalog; loaded
 classifiers and their engines are the engine's (`service.classify.cache`).
 
@@ -57,6 +58,7 @@ from promptserve.service.alias_index import AliasIndex
 from promptserve.service.aliases import LATEST, combine, is_candidate_manifest
 from promptserve.service.errors import DeleteRefusedError
 from promptserve.service.objectstore import STARTUP_CREATOR
+from promptserve.service.version_listing import VersionListing
 
 if TYPE_CHECKING:
     from promptserve.service.objectstore import StoreMirror
@@ -103,6 +105,7 @@ class Catalog:
         self._lock = threading.Lock()  # guards `_described`
         self.write_lock = threading.Lock()  # one delete or alias change at a time here
         self.aliases = AliasIndex(self)
+        self._listing = VersionListing(self.root)
 
     # --- listing -------------------------------------------------------------------------
 
@@ -119,7 +122,7 @@ class Catalog:
 
     def versions(self, name: str) -> list[str]:
         """Published versions of `name`, oldest first; UnknownClassifierError when none."""
-        versions = list_versions(self.root, name)
+        versions = self._listing.versions(name)
         if not versions:
             raise UnknownClassifierError(f"no classifier named {name!r}")
         return versions

@@ -165,7 +165,7 @@ async def classify_hf(
     return await _classify_hf(payload, runtime, defaults, key)
 
 
-def query_defaults(
+async def query_defaults(
     classifier: Annotated[
         str | None, Query(description="name, name@alias or name@<version>; default if omitted")
     ] = None,

@@ -3,6 +3,7 @@ may call, classifier prefixes, a tune key's own jobs, revocation, the audit line
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -114,6 +115,24 @@ def test_every_route_has_one_scope_decision(store: Path, keys_file: Path) -> Non
         decision = found.pop()
         decisions |= {(method, route.path): decision for method in route.methods}
     assert decisions == ROUTE_SCOPES
+
+
+def _calls(dependant: Any) -> list[Any]:
+    """Every dependency's callable in a route's dependency tree."""
+    calls = []
+    for sub in dependant.dependencies:
+        calls += [sub.call, *_calls(sub)]
+    return calls
+
+
+def test_no_route_dependency_runs_on_the_thread_pool(store: Path) -> None:
+    # FastAPI runs a plain `def` dependency in a worker thread: two hand-offs per request
+    app = create_app(make_settings(store))
+    for route in _served(app.routes):
+        dependant = getattr(route, "dependant", None)  # None: a plain Starlette route
+        for call in _calls(dependant) if dependant is not None else []:
+            target = call if inspect.isfunction(call) else type(call).__call__
+            assert inspect.iscoroutinefunction(target), f"{route.path}: {call} is not async"
 
 
 def png_json(**extra: Any) -> dict[str, Any]:
