@@ -147,9 +147,27 @@ def test_a_tie_goes_to_the_cheaper_candidate() -> None:
         {"label": "c", "val_accuracy": 75.0},
         {"label": "d", "val_accuracy": 75.0},
     ]
-    winner, why = auto.choose(board)
+    winner, why = auto.choose(board, images=10_000)
     assert winner["label"] == "c"
     assert why == "best validation accuracy (75.00 %), tied with d: the cheaper"
+
+
+def test_a_costlier_candidate_must_win_by_more_than_one_standard_error() -> None:
+    board = [
+        {"label": "zeroshot", "val_accuracy": 6.25},
+        {"label": "linear_probe", "val_accuracy": 95.31},  # one image of 64 fewer
+        {"label": "coop_csc", "val_accuracy": 96.88},
+    ]
+    winner, why = auto.choose(board, images=64)  # one standard error: about 2.3 points
+    assert winner["label"] == "linear_probe"
+    assert "within one standard error" in why and "coop_csc at 96.88 %" in why
+    # on ten times the images the same gap is several errors: the better one wins
+    winner, why = auto.choose(board, images=6400)
+    assert winner["label"] == "coop_csc"
+    assert why == "best validation accuracy (96.88 %)"
+    # a perfect score still has an error: one image of 64 short of it is within it
+    perfect = [{"label": "probe", "val_accuracy": 98.44}, {"label": "csc", "val_accuracy": 100.0}]
+    assert auto.choose(perfect, images=64)[0]["label"] == "probe"
 
 
 def test_candidates_past_the_budget_are_skipped_but_zeroshot_runs(
