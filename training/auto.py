@@ -58,9 +58,9 @@ class Candidate:
 
 
 # cheapest first (within one standard error of the best, the earlier one wins). CPU seconds
-# per epoch of 8 classes x 16 shots on `mini` (batch 16, second of two runs): provp 7.7, pmpo 9.1, sep 15.2, dcp 17.9, coop 4.6;
-# their `mini` presets train 8 epochs (provp: 62 s, the cheapest visual-prompt method) against
-# coop's 20 (92 s)
+# per epoch of 8 classes x 16 shots on `mini` (batch 16, second of two runs): provp 7.7,
+# pmpo 9.1, sep 15.2, dcp 17.9, coop 4.6; their `mini` presets train 8 epochs (provp: 62 s,
+# the cheapest visual-prompt method) against coop's 20 (92 s)
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("zeroshot", "zeroshot"),
     Candidate("linear_probe", "linear_probe"),
