@@ -68,7 +68,12 @@ GROUPS = (
     Group(
         "store",
         "the classifier store and its versions",
-        ("service/catalog.py", "service/alias_index.py", "models/artifact.py"),
+        (
+            "service/catalog.py",
+            "service/alias_index.py",
+            "models/artifact.py",
+            "models/integrity.py",
+        ),
         (
             "tests/models/test_artifact.py",
             "tests/service/api/test_classifiers.py",
