@@ -44,7 +44,8 @@ from promptserve.models.export import (
     write_files,
     write_tensors,
 )
-from promptserve.models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
+from promptserve.models.graph_publishing import publish_visual_graph
+from promptserve.models.graphs import INPUTS_FILE, GraphRef
 from promptserve.models.hashing import sha256_file
 from promptserve.models.methods import Learner
 from promptserve.models.versions import VERSION_PATTERN, owned_staging, version_counter
