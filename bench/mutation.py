@@ -84,7 +84,7 @@ GROUPS = (
     Group(
         "jobs",
         "the job runner and the job process",
-        ("service/jobs/runner.py", "service/jobs/process.py"),
+        ("service/jobs/runner.py", "service/jobs/job_processes.py", "service/jobs/process.py"),
         ("tests/service/jobs/test_runner_stop.py", "tests/service/jobs/test_safety.py"),
     ),
     Group(
