@@ -68,7 +68,12 @@ GROUPS = (
     Group(
         "store",
         "the classifier store and its versions",
-        ("service/catalog.py", "service/alias_index.py", "models/artifact.py"),
+        (
+            "service/catalog.py",
+            "service/alias_index.py",
+            "models/artifact.py",
+            "models/integrity.py",
+        ),
         (
             "tests/models/test_artifact.py",
             "tests/service/api/test_classifiers.py",
@@ -79,7 +84,7 @@ GROUPS = (
     Group(
         "jobs",
         "the job runner and the job process",
-        ("service/jobs/runner.py", "service/jobs/process.py"),
+        ("service/jobs/runner.py", "service/jobs/job_processes.py", "service/jobs/process.py"),
         ("tests/service/jobs/test_runner_stop.py", "tests/service/jobs/test_safety.py"),
     ),
     Group(

@@ -43,6 +43,7 @@ STAGES = (
     ("classify route and pipeline", "service/api/routes/classify.py"),
     ("classify route and pipeline", "pipeline.py"),
     ("metrics, admission, body limit", "service/api/middleware.py"),
+    ("metrics, admission, body limit", "service/api/request_metrics.py"),
     ("metrics, admission, body limit", "service/metrics.py"),
     ("FastAPI: dependencies, params", "fastapi/"),
     ("Starlette: routing, requests", "starlette/"),

@@ -1,11 +1,11 @@
-"""The classifier artifact: publish, list, verify and load ``<store>/<name>/<version>/``.
+"""The classifier artifact: publish, list and read ``<store>/<name>/<version>/``.
 
 An artifact is written into a hidden temporary directory beside its versions, checked (the
 exported graphs must match eager PyTorch), hashed, and only then renamed into place, so a
 reader never sees a half-written version. Layout, manifest fields and both formats:
 docs/reference/artifact.md (tested against what `publish_classifier` below writes). The ONNX /
 TorchScript half lives in `models.export` (writing and checking the graphs) and
-`models.engines` (running them).
+`models.engines` (running them); `models.integrity` checks a version's files.
 
 Two formats are read. Format 1 is self-contained: the version holds its visual graph as
 ``visual.onnx`` and ``visual.torchscript.pt``. Format 2 (written by default) holds only the
@@ -44,7 +44,8 @@ from promptserve.models.export import (
     write_files,
     write_tensors,
 )
-from promptserve.models.graphs import INPUTS_FILE, GraphRef, publish_visual_graph
+from promptserve.models.graph_publishing import publish_visual_graph
+from promptserve.models.graphs import INPUTS_FILE, GraphRef
 from promptserve.models.hashing import sha256_file
 from promptserve.models.methods import Learner
 from promptserve.models.versions import VERSION_PATTERN, owned_staging, version_counter
@@ -103,7 +104,7 @@ def resolve_version(store: Path, name: str, version: str | None = None) -> Path:
     return Path(store) / name / version
 
 
-# --- reading and verifying ------------------------------------------------------------------
+# --- reading --------------------------------------------------------------------------------
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -131,30 +132,6 @@ def graph_ref(manifest: dict[str, Any]) -> GraphRef | None:
     if manifest["format_version"] == SELF_CONTAINED:
         return None
     return GraphRef.from_json(manifest.get("graph"))
-
-
-def verify_artifact(path: Path) -> dict[str, Any]:
-    """Check every file the manifest lists against its sha256; returns the manifest.
-
-    Raises:
-        ArtifactError: naming the first file that is missing, unlisted, or altered.
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    files: dict[str, str] = manifest.get("files") or {}
-    graph_ref(manifest)  # a format-2 manifest must name its graph properly
-    required_files = ARTIFACT_FILES if manifest["format_version"] == SELF_CONTAINED else OWN_FILES
-    for required in required_files:
-        if required not in files:
-            raise ArtifactError(f"{path}: the manifest does not list {required}")
-    for filename, expected in files.items():
-        if Path(filename).name != filename:  # a tampered manifest must not point elsewhere
-            raise ArtifactError(f"{path}: manifest lists a path, not a file name: {filename!r}")
-        if not (path / filename).is_file():
-            raise ArtifactError(f"{path}: {filename} is missing")
-        if sha256_file(path / filename) != expected:
-            raise ArtifactError(f"{path}: {filename} does not match its sha256 in the manifest")
-    return manifest
 
 
 # --- publishing -----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import Tensor
 
-from promptserve.models.artifact import verify_artifact
 from promptserve.models.backbone import PreprocessConfig
 from promptserve.models.classifier_engine import classifier_engine, preprocess_from_manifest
 from promptserve.models.engine_pool import EnginePool
@@ -25,6 +24,7 @@ from promptserve.models.engines import EngineKind, OnnxOptions, VisualEngine
 from promptserve.models.errors import ArtifactError, InvalidLabelError, UnknownLabelError
 from promptserve.models.export import CLASSES_FILE
 from promptserve.models.input_engines import BoundInputs
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.labels import LabelEncoder, shared_label_encoder
 from promptserve.models.methods import Learner
 from promptserve.models.names import check_distinct, check_name_text, name_key

@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from promptserve.models.artifact import verify_artifact
 from promptserve.models.backbone import Backbone, load_backbone
 from promptserve.models.errors import ArtifactError, InvalidLabelError
 from promptserve.models.export import LEARNER_FILE
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.methods import Learner, create_method
 
 if TYPE_CHECKING:

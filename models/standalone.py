@@ -23,12 +23,12 @@ from promptserve.models.artifact import (
     OWN_FILES,
     SELF_CONTAINED,
     graph_ref,
-    verify_artifact,
 )
 from promptserve.models.errors import ArtifactError
 from promptserve.models.export import eager_visual_graph, export_visual_graph
 from promptserve.models.graphs import INPUTS_FILE, copy_graph_files, graph_dir
 from promptserve.models.hashing import sha256_file
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.labels import load_learner
 
 

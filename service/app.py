@@ -16,9 +16,9 @@ from promptserve.service.api.handlers import install_error_handlers
 from promptserve.service.api.middleware import (
     AdmissionMiddleware,
     BodyLimitMiddleware,
-    MetricsMiddleware,
     RequestIdMiddleware,
 )
+from promptserve.service.api.request_metrics import MetricsMiddleware
 from promptserve.service.api.routes import (
     classifiers,
     classify,

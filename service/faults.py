@@ -4,7 +4,7 @@ A full disk, a read-only store, a job database that is locked by another process
 (Postgres) unreachable is not a bug of the request or of the service: the answer is a 503 (507
 for a full disk or quota) with ``Retry-After``, and the log gets one line, not a traceback.
 `classify` is the one place that tells these faults from other errors, by exception type and
-errno / SQLite result code; `service.errors.public_error` answers through it, and the job
+errno / SQLite result code; `service.public_errors.public_error` answers through it, and the job
 database (`service.jobs.opening`) raises its errors already mapped. Imports no web framework
 and no database driver (psycopg is looked up only once something imported it).
 """

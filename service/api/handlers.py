@@ -4,7 +4,7 @@ Every error response has the body ``{"error": {"code": ..., "message": ..., "req
 (a 422 adds ``fields``: the path of each problem) and the ``X-Request-ID`` header
 (`service.api.middleware.RequestIdMiddleware` chooses the id). The service's
 own exceptions, the model and training packages' and anything unexpected are answered through
-`service.errors.public_error` (the mapping the engine socket uses too); FastAPI's request
+`service.public_errors.public_error` (the mapping the engine socket uses too); FastAPI's request
 validation, Starlette's 404 / 405 and a client gone mid-body are the web framework's own. A 404
 for a path that is a route with (or without) a final ``/`` is a redirect instead, with a relative
 ``Location`` (Starlette's own redirect, turned off in `create_app`, copies the client's Host
@@ -27,15 +27,10 @@ from starlette.types import Scope
 
 from promptserve.models.errors import PromptserveError
 from promptserve.service.api.auth import unknown_caller
-from promptserve.service.errors import (
-    ServiceError,
-    log_failure,
-    public_error,
-    validation_fields,
-    validation_message,
-)
+from promptserve.service.errors import ServiceError, validation_fields, validation_message
 from promptserve.service.faults import fault_types
 from promptserve.service.logs import bound, current_request_id
+from promptserve.service.public_errors import log_failure, public_error
 
 log = logging.getLogger(__name__)
 

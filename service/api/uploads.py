@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptserve.service.api.handlers import error_response, request_id_of
-from promptserve.service.errors import BodyTimeoutError, OverloadedError, public_error
+from promptserve.service.errors import BodyTimeoutError, OverloadedError
+from promptserve.service.public_errors import public_error
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from promptserve.service.classify.batcher import MicroBatcher
 from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.labels import AsyncLabelEncoder
 from promptserve.service.classify.scoring import ClassifyResult, EmbedRequest, ScoreRequest
-from promptserve.service.errors import InvalidRequestError, NotReadyError, public_error
+from promptserve.service.errors import InvalidRequestError, NotReadyError
 from promptserve.service.gpu_metrics import add_gpu_metrics
 from promptserve.service.metrics import (
     Metrics,
@@ -51,6 +51,7 @@ from promptserve.service.metrics import (
     add_precision_metrics,
     add_store_gauges,
 )
+from promptserve.service.public_errors import public_error
 from promptserve.service.settings import Settings
 from promptserve.service.tracing import Attributes, span
 from promptserve.service.tracing import enabled as tracing_enabled

@@ -51,6 +51,7 @@ from promptserve.service.errors import ServiceError
 from promptserve.service.job_uploads import UploadStore
 from promptserve.service.jobs.failures import FailureLog
 from promptserve.service.jobs.housekeeping import Housekeeping, JobFiles, new_runner_id
+from promptserve.service.jobs.job_processes import JobProcesses
 from promptserve.service.jobs.process import JobLaunch, describe_exit, run_job
 from promptserve.service.jobs.starting import job_context, job_server_ready
 from promptserve.service.jobs.stopping import stop_all, terminate
@@ -99,11 +100,8 @@ class JobRunner:
         self.failures = FailureLog(log, "job runner poll")
         self._recovered = False  # start-up's recovery ran (it waits for the job store)
         self._last_heartbeat = time.monotonic()  # of the last one the job store answered
-        self._device_of: dict[str, str] = {}
-        self._request_of: dict[str, str | None] = {}  # job id -> the request that made it
+        self.processes = JobProcesses(self.devices)
         self.queued = 0  # as of the last poll, for the metrics
-        self._procs: dict[str, BaseProcess] = {}
-        self._cancel_seen: dict[str, float] = {}  # job id -> when its cancel flag was first seen
         self._lock = threading.Lock()  # one poll at a time; stop() waits for it
         self._stopping = False
         self._wake = asyncio.Event()
@@ -111,7 +109,7 @@ class JobRunner:
 
     @property
     def running(self) -> int:
-        return len(self._procs)
+        return len(self.processes)
 
     async def start(self) -> None:
         self._stopping = False
@@ -175,12 +173,12 @@ class JobRunner:
     # --- the five steps of a poll --------------------------------------------------------
 
     def _reap(self) -> None:
-        for job_id, process in list(self._procs.items()):
+        for job_id, process in list(self.processes.procs.items()):
             if process.exitcode is None:
                 continue
             process.join()
-            about = self._about(job_id)
-            self._forget(job_id)
+            about = self.processes.about(job_id)
+            self.processes.forget(job_id)
             lost = f"the job process ended before the job did ({describe_exit(process.exitcode)})"
             job = self.jobs.retry(job_id, self.id, lost, self.max_attempts, "worker_died")
             if job is None:
@@ -192,71 +190,61 @@ class JobRunner:
             if not again:
                 self.files.drop_uploads(job_id)
 
-    def _forget(self, job_id: str) -> None:
-        del self._procs[job_id]
-        self._cancel_seen.pop(job_id, None)
-        self._device_of.pop(job_id, None)
-        self._request_of.pop(job_id, None)
-
-    def _about(self, job_id: str) -> dict[str, str | None]:
-        """A log line's ``extra`` for a line about one job: its request id."""
-        return {"request_id": self._request_of.get(job_id)}
-
     def _heartbeat(self) -> None:
-        if not self._procs:
+        if not self.processes:
             self._last_heartbeat = time.monotonic()
             return
         try:
-            held = self.jobs.heartbeat(self.id, list(self._procs), self.lease_s)
+            held = self.jobs.heartbeat(self.id, list(self.processes), self.lease_s)
         except Exception:
             if time.monotonic() - self._last_heartbeat > self.lease_s / 2:
                 # another runner may take these jobs over once their leases run out: stop first
                 log.error("job store unreachable for half a lease: stopping every job")
-                for job_id in list(self._procs):
-                    self._terminate(self._procs[job_id])
-                    self._forget(job_id)
+                for job_id in list(self.processes):
+                    self._terminate(self.processes[job_id])
+                    self.processes.forget(job_id)
             raise
         self._last_heartbeat = time.monotonic()
-        for job_id in set(self._procs) - held:
+        for job_id in set(self.processes) - held:
             job = self.jobs.get(job_id)
             if job is not None and job.finished:
                 continue  # ended by its job process: reaped once that exits
             log.warning(
                 "job %s is no longer held by this runner: stopping its process",
                 job_id,
-                extra=self._about(job_id),
+                extra=self.processes.about(job_id),
             )
-            self._terminate(self._procs[job_id])
-            self._forget(job_id)
+            self._terminate(self.processes[job_id])
+            self.processes.forget(job_id)
 
     def _enforce_cancels(self) -> None:
-        if not self._procs:
+        if not self.processes:
             return
         now = time.monotonic()
         for job in self.jobs.in_state("running"):
-            if not job.cancel_requested or job.id not in self._procs:
+            if not job.cancel_requested or job.id not in self.processes:
                 continue
-            first = self._cancel_seen.setdefault(job.id, now)
+            first = self.processes.cancel_seen.setdefault(job.id, now)
             if now - first < self.cancel_grace_s:
                 continue
             message = "job cancelled: its process did not stop in time and was terminated"
             if self.jobs.finish(job.id, "cancelled", message=message, runner=self.id):
-                log.warning("job %s: %s", job.id, message, extra=self._about(job.id))
-            self._terminate(self._procs[job.id])
+                log.warning("job %s: %s", job.id, message, extra=self.processes.about(job.id))
+            self._terminate(self.processes[job.id])
 
     def _start_queued(self) -> None:
         self.queued = self.jobs.count("queued")
-        while len(self._procs) < self.max_concurrent and not self._stopping:
-            if self.queued == 0 or not job_server_ready(self._free_device()):
+        while len(self.processes) < self.max_concurrent and not self._stopping:
+            if self.queued == 0 or not job_server_ready(self.processes.free_device()):
                 return  # a job claimed before the server is ready would wait on its imports
             job = self.jobs.claim_next(self.id, self.lease_s)
             if job is None:
                 return
             self.queued = max(0, self.queued - 1)
-            if job.id in self._procs:  # queued again while this poll was slow, and taken back
+            if job.id in self.processes:  # queued again while this poll was slow, and taken back
                 log.warning("job %s: queued again while its process here goes on", job.id)
                 continue
-            device = self._free_device()
+            device = self.processes.free_device()
             about = {"request_id": job.spec.request_id}
             try:
                 launch = JobLaunch.of(self.settings, self.jobs.locator, job.id, device, self.id)
@@ -271,15 +259,8 @@ class JobRunner:
                 continue
             assert process.pid is not None  # started
             self.jobs.set_pid(job.id, process.pid)
-            self._procs[job.id] = process
-            self._device_of[job.id] = device
-            self._request_of[job.id] = job.spec.request_id
+            self.processes.add(job.id, process, device, job.spec.request_id)
             log.info("job %s started in process %d on %s", job.id, process.pid, device, extra=about)
-
-    def _free_device(self) -> str:
-        """The least used of this runner's devices."""
-        used = list(self._device_of.values())
-        return min(self.devices, key=used.count)
 
     # --- stopping ------------------------------------------------------------------------
 
@@ -287,17 +268,17 @@ class JobRunner:
         with self._lock:
             self._stopping = True
             try:  # before the signal: the job's writes then name a lost runner
-                for job in self.jobs.hand_back(self.id, list(self._procs)):
+                for job in self.jobs.hand_back(self.id, list(self.processes)):
                     log.warning(
                         "job %s handed back to the queue: this runner stops",
                         job.id,
-                        extra=self._about(job.id),
+                        extra=self.processes.about(job.id),
                     )
             except ServiceError as exc:  # left running: requeued by its lease or next start
                 log.error("could not hand the running jobs back: %s", exc)
-            stop_all(self._procs, STOP_WAIT_S, self._about)
-            self._procs.clear()
-            self._device_of.clear()
+            stop_all(self.processes.procs, STOP_WAIT_S, self.processes.about)
+            self.processes.procs.clear()
+            self.processes.device_of.clear()
 
     def _terminate(self, process: BaseProcess) -> None:
         terminate(process, STOP_WAIT_S)

@@ -31,9 +31,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from promptserve.service.errors import NotReadyError, log_failure, public_error
+from promptserve.service.errors import NotReadyError
 from promptserve.service.logs import bound, configure_logging, note_served
 from promptserve.service.metrics import State
+from promptserve.service.public_errors import log_failure, public_error
 from promptserve.service.remote.protocol import (
     Header,
     decode_embed,

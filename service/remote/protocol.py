@@ -7,7 +7,7 @@ pixels ``[n, 3, S, S]`` as uint8 in C order in the payload: a 224 px image costs
 copy and no encoding; the engine normalises them. Every request header carries an ``id`` the
 reply repeats, so one connection carries many requests at once (the engine answers them as
 its batches finish, in any order). An error travels as its public answer
-(`service.errors.public_error`) and is raised again in the worker as a `ForwardedError` with
+(`service.public_errors.public_error`) and is raised again in the worker as a `ForwardedError` with
 that status, code and message: the client reads the same body in both process modes.
 """
 
@@ -29,7 +29,7 @@ from promptserve.service.classify.scoring import (
     ScoreRequest,
     ScoreTarget,
 )
-from promptserve.service.errors import ForwardedError, PublicError, public_error
+from promptserve.service.public_errors import ForwardedError, PublicError, public_error
 
 LENGTHS = struct.Struct("!II")
 MAX_HEADER_BYTES = 16 * 1024 * 1024

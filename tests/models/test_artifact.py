@@ -28,11 +28,11 @@ from promptserve.models.artifact import (
     publish_classifier,
     read_manifest,
     resolve_version,
-    verify_artifact,
 )
 from promptserve.models.classifier import load_classifier
 from promptserve.models.errors import ArtifactError, ExportParityError
 from promptserve.models.export import export_visual_graph
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.labels import load_learner
 from promptserve.models.methods import Learner, create_method
 from tests import helpers

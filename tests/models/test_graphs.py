@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptserve.models.artifact import publish_classifier, read_manifest, verify_artifact
+from promptserve.models.artifact import publish_classifier, read_manifest
 from promptserve.models.backbone import Backbone
 from promptserve.models.classifier import load_classifier
 from promptserve.models.engine_pool import EnginePool
 from promptserve.models.errors import ArtifactError
 from promptserve.models.graphs import BACKBONES_DIR, GRAPHS_DIR, PLAIN, GraphRef, graph_dir
 from promptserve.models.input_engines import BoundInputs
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.labels import load_learner
 from promptserve.models.methods import create_method
 from promptserve.models.standalone import export_standalone

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from promptserve.models.artifact import verify_artifact
 from promptserve.models.errors import ConfigError, UnknownMethodError
+from promptserve.models.integrity import verify_artifact
 from promptserve.training import api, auto
 from promptserve.training.api import TrainRequest, fit_learner
 from promptserve.training.auto import Candidate, check_method, validation_folds

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from promptserve.models.artifact import verify_artifact
 from promptserve.models.classifier import load_classifier
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.versions import COUNTER_FILE
 from promptserve.training.cli import main
 from tests.helpers import make_image_folder

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from promptserve.models.artifact import verify_artifact
 from promptserve.models.backbone import Backbone, load_backbone
 from promptserve.models.errors import ConfigError
+from promptserve.models.integrity import verify_artifact
 from promptserve.models.methods import Learner, create_method, list_methods
 from promptserve.models.methods.coop import CoOpConfig
 from promptserve.models.methods.registry import register_method, unregister_method

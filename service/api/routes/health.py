@@ -24,7 +24,8 @@ from promptserve.service.api.schemas.common import (
     error_responses,
 )
 from promptserve.service.catalog import Catalog
-from promptserve.service.errors import NotReadyError, public_error
+from promptserve.service.errors import NotReadyError
+from promptserve.service.public_errors import public_error
 
 AVAILABLE = JobsHealthPublic(status="available")
 router = APIRouter(prefix="/health", tags=["health"], dependencies=[Depends(PUBLIC)])

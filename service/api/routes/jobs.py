@@ -5,24 +5,22 @@ events)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
+from promptserve.service.api.adapt_body import ADAPT_REQUEST_BODY, read_adapt_form, read_adapt_json
 from promptserve.service.api.auth import TuneKey, audit, check_classifier, sees_every_job
-from promptserve.service.api.bodies import is_json, media_type, read_form, read_json, validate_body
+from promptserve.service.api.bodies import is_json, media_type
 from promptserve.service.api.deps import JobClientDep, JobStoreDep, RuntimeDep
-from promptserve.service.api.schemas.common import error_responses, inline_schema
+from promptserve.service.api.schemas.common import error_responses
 from promptserve.service.api.schemas.jobs import (
-    AdaptCreate,
     JobEventListPublic,
     JobEventPublic,
     JobListPublic,
     JobPublic,
 )
-from promptserve.service.classify.decoding import decode_all
 from promptserve.service.errors import (
     IdempotencyConflictError,
     InvalidRequestError,
@@ -35,10 +33,8 @@ from promptserve.service.jobs.plan import plan_job, submit_job
 from promptserve.service.jobs.store import Event, Job, QueueFullError
 from promptserve.service.keys import Key
 from promptserve.service.logs import current_request_id, run_in
-from promptserve.service.runtime import Runtime
 from promptserve.service.tracing import current_traceparent
 
-FORM_FIELDS = tuple(name for name in AdaptCreate.model_fields if name != "images") + ("labels",)
 # the job's public fields that are its training request's own
 TRAIN_FIELDS = ("name", "method", "backbone", "preset", "shots", "epochs", "seed")
 CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job to stop
@@ -47,42 +43,13 @@ CANCEL_WAIT_S = 5.0  # how long POST /jobs/{id}/cancel waits for a running job t
 # it started: another's job is a 404, as if it did not exist
 router = APIRouter(tags=["jobs"], responses=error_responses(403))
 
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "labels": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "one per image, in the same order",
-        },
-        **{
-            key: value
-            for key, value in inline_schema(AdaptCreate)["properties"].items()
-            if key not in ("config", "images")
-        },
-        "config": {"type": "string", "description": "a JSON object of method config overrides"},
-    },
-}
-_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-            "application/json": {"schema": inline_schema(AdaptCreate)},
-        },
-    }
-}
-
-
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"  # visible ASCII, spaces inside
 
 
 @router.post(
     "/adapt",
     status_code=202,
-    openapi_extra=_REQUEST_BODY,
+    openapi_extra=ADAPT_REQUEST_BODY,
     responses=error_responses(400, 401, 413, 415, 422),
 )
 async def adapt(
@@ -112,9 +79,9 @@ async def adapt(
         raise _too_many_jobs(queued, settings.retry_after_s)
     media = media_type(request)
     if media == "multipart/form-data":
-        create, uploads = await _from_form(request, runtime)
+        create, uploads = await read_adapt_form(request, runtime)
     elif is_json(media):
-        create, uploads = await _from_json(request, runtime)
+        create, uploads = await read_adapt_json(request, runtime)
     else:
         raise UnsupportedMediaTypeError(
             f"unsupported Content-Type {media or '(none)'!r}: send multipart/form-data or "
@@ -261,43 +228,3 @@ def _iso(timestamp: float | None) -> Any:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
-
-
-async def _from_json(
-    request: Request, runtime: Runtime
-) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
-    create = validate_body(AdaptCreate, await read_json(request, runtime.intake))
-    if create.images is None:
-        return create, None
-    texts = [item.data for item in create.images]
-    images = await run_in(runtime.intake, decode_all, texts)
-    return create, [(data, item.label) for data, item in zip(images, create.images, strict=True)]
-
-
-async def _from_form(
-    request: Request, runtime: Runtime
-) -> tuple[AdaptCreate, list[tuple[bytes, str]] | None]:
-    limit = runtime.settings.max_job_images
-    form = await read_form(request, fields=FORM_FIELDS, max_files=limit + 1)
-    labels = form.fields.pop("labels", [])
-    data: dict[str, Any] = {name: values[0] for name, values in form.fields.items() if values[0]}
-    if "config" in data:
-        data["config"] = _json_object(str(data["config"]))
-    create = validate_body(AdaptCreate, data)
-    if not form.files and not labels:
-        return create, None
-    if len(form.files) != len(labels):
-        raise InvalidRequestError(
-            f"{len(form.files)} images and {len(labels)} labels: send one labels field per image"
-        )
-    return create, list(zip(form.files, labels, strict=True))
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequestError(f"config must be a JSON object: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidRequestError("config must be a JSON object")
-    return value

@@ -36,7 +36,7 @@ def test_stop_kills_deaf_job_processes_after_one_shared_wait(
         process = context.Process(target=deaf, args=(ready,), daemon=True)
         process.start()
         assert ready.wait(120)
-        runner._procs[name] = process
+        runner.processes.procs[name] = process
         processes.append(process)
     start = time.monotonic()
     runner._stop_processes()

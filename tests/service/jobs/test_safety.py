@@ -224,7 +224,7 @@ def runner_with(jobs: JobStore, tmp_path: Path, count: int) -> tuple[JobRunner, 
     for _ in range(count):
         job = running_job(jobs, runner.id, runner.lease_s)
         processes[job.id] = StandIn()
-        runner._procs[job.id] = processes[job.id]  # type: ignore[assignment]
+        runner.processes.procs[job.id] = processes[job.id]  # type: ignore[assignment]
     return runner, processes
 
 
@@ -242,7 +242,7 @@ def test_a_runner_keeps_its_jobs_while_the_store_is_unreachable_for_less_than_ha
     with pytest.raises(sqlite3.OperationalError):  # the loop logs it and polls again
         runner.poll()
     assert not any(p.terminated for p in processes.values())
-    assert set(runner._procs) == set(processes)
+    assert set(runner.processes.procs) == set(processes)
 
 
 def test_a_runner_stops_every_job_once_the_store_is_unreachable_for_half_a_lease(
@@ -254,7 +254,7 @@ def test_a_runner_stops_every_job_once_the_store_is_unreachable_for_half_a_lease
     with pytest.raises(sqlite3.OperationalError):
         runner.poll()
     assert all(p.terminated for p in processes.values())
-    assert runner._procs == {}  # forgotten: not reaped as "died" later, and slots free
+    assert runner.processes.procs == {}  # forgotten: not reaped as "died" later, and slots free
 
 
 def test_a_heartbeat_that_got_through_restarts_the_half_lease_clock(
@@ -282,7 +282,7 @@ def test_a_job_queued_again_while_its_runner_still_runs_it_gets_no_second_proces
     runner = JobRunner(jobs, Settings(store=tmp_path / "store", max_concurrent_jobs=2))
     job = running_job(jobs, runner.id, runner.lease_s)
     process = StandIn()
-    runner._procs[job.id] = process  # type: ignore[assignment]
+    runner.processes.procs[job.id] = process  # type: ignore[assignment]
     with jobs.db.connect() as db:
         db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (time.time() - 1, job.id))
     assert [j.id for j in jobs.expire_leases(max_attempts=3)] == [job.id]
@@ -291,7 +291,7 @@ def test_a_job_queued_again_while_its_runner_still_runs_it_gets_no_second_proces
     monkeypatch.setattr(runner_module, "job_context", lambda device: started.append(device))
     runner._start_queued()
     assert started == []  # no second process for the job
-    assert runner._procs == {job.id: process}
+    assert runner.processes.procs == {job.id: process}
     assert not process.terminated
     now = jobs.get(job.id)
     assert now is not None
@@ -305,7 +305,7 @@ def test_a_runner_claims_no_cpu_job_until_its_job_server_is_ready(
     jobs.create(SPEC, fingerprint="waits")
     monkeypatch.setattr(runner_module, "job_server_ready", lambda device: False)
     runner._start_queued()
-    assert runner._procs == {}
+    assert runner.processes.procs == {}
     assert [job.state for job in jobs.in_state("queued")] == ["queued"]  # unleased, waiting
 
 
@@ -318,7 +318,7 @@ def test_a_runner_stops_at_once_the_process_of_a_job_taken_over(
     runner.poll()
     assert processes[lost].terminated
     assert not processes[kept].terminated
-    assert set(runner._procs) == {kept}
+    assert set(runner.processes.procs) == {kept}
     now = jobs.get(lost)
     assert now is not None
     assert (now.state, now.runner) == ("running", OTHER)  # the other runner's, untouched
@@ -330,10 +330,10 @@ def test_a_job_its_process_ended_is_not_stopped_but_reaped(jobs: JobStore, tmp_p
     assert jobs.finish(job_id, "succeeded", result={"version": "1"}, runner=runner.id)
     runner.poll()  # not held any more (ended), the process not yet exited: left alone
     assert not processes[job_id].terminated
-    assert set(runner._procs) == {job_id}
+    assert set(runner.processes.procs) == {job_id}
     processes[job_id].exitcode = 0
     runner.poll()
-    assert runner._procs == {}
+    assert runner.processes.procs == {}
     done = jobs.get(job_id)
     assert done is not None
     assert done.state == "succeeded"  # reaping does not touch an ended job
@@ -347,7 +347,7 @@ def test_a_job_process_that_died_queues_its_job_again_until_its_last_attempt(
     processes[died].exitcode = -signal.SIGKILL  # the OOM killer, say
     runner._start_queued = lambda: None  # type: ignore[method-assign]  # leave it queued
     runner.poll()
-    assert set(runner._procs) == {alive}
+    assert set(runner.processes.procs) == {alive}
     job = jobs.get(died)
     assert job is not None
     assert (job.state, job.attempts, job.error) == ("queued", 1, None)
@@ -360,7 +360,7 @@ def test_a_job_process_that_died_queues_its_job_again_until_its_last_attempt(
     assert again.id == died
     processes[died] = StandIn()
     processes[died].exitcode = -signal.SIGKILL
-    runner._procs[died] = processes[died]  # type: ignore[assignment]
+    runner.processes.procs[died] = processes[died]  # type: ignore[assignment]
     runner.poll()
     job = jobs.get(died)
     assert job is not None

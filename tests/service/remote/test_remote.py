@@ -22,12 +22,8 @@ from promptserve.models.errors import ArtifactError, InvalidLabelError
 from promptserve.service.classify.cache import ClassifierCache
 from promptserve.service.classify.pipeline import ClassifyQuery
 from promptserve.service.classify.scoring import ScoreRequest, ScoreTarget
-from promptserve.service.errors import (
-    NotReadyError,
-    ServiceError,
-    TooManyImagesError,
-    public_error,
-)
+from promptserve.service.errors import NotReadyError, ServiceError, TooManyImagesError
+from promptserve.service.public_errors import public_error
 from promptserve.service.remote.engine import EngineServer
 from promptserve.service.remote.protocol import (
     decode_score,
