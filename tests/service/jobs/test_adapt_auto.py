@@ -77,9 +77,9 @@ async def test_an_auto_job_publishes_the_winner_and_records_the_leaderboard(
     board = done["result"]["auto"]
     assert [entry["label"] for entry in board["candidates"]] == ["zeroshot", "coop"]
     assert board["validation"] == {"folds": 2, "images": 4 * 2, "scheme": "2-fold"}
-    best = max(entry["val_accuracy"] for entry in board["candidates"])
     winner = next(e for e in board["candidates"] if e["label"] == board["winner"])
-    assert winner["val_accuracy"] == best
+    chosen, why = auto.choose(board["candidates"], board["validation"]["images"])
+    assert (winner, board["reason"]) == (chosen, why)  # the one-standard-error choice
     manifest = read_manifest(tmp_path / "store" / "parts" / done["result"]["version"])
     assert manifest["training"]["auto"] == board
     assert manifest["method"] == winner["method"]
