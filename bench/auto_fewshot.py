@@ -30,11 +30,11 @@ SINGLES = [(m, m, "mini" if "mini" in get_method(m).presets else None) for m in 
 SINGLES.append(("coop_csc", "coop", "mini_csc"))
 
 
-def accuracy(method: str, preset: str | None, root: Path, seeds: tuple[int, ...]) -> float:
+def run(method: str, preset: str | None, root: Path, seeds: tuple[int, ...]) -> dict[str, Any]:
     request = ProtocolRequest(
         protocol="fewshot", method=method, shots=16, seeds=seeds, data=str(root), preset=preset
     )
-    return float(run_protocol(request)["accuracy"])
+    return run_protocol(request)
 
 
 def main() -> None:
@@ -48,20 +48,30 @@ def main() -> None:
     rows: dict[str, Any] = {}
     for dataset in [s for s in SUITE if s.name in args.sets]:
         root = make_root(dataset, QUICK, args.work)
-        singles = {label: accuracy(m, p, root, seeds) for label, m, p in SINGLES}
-        auto = accuracy("auto", None, root, seeds)
+        singles = {label: float(run(m, p, root, seeds)["accuracy"]) for label, m, p in SINGLES}
+        report = run("auto", None, root, seeds)
         best = max(singles, key=lambda label: singles[label])
-        rows[dataset.name] = {"singles": singles, "auto": auto, "best": best}
+        rows[dataset.name] = {
+            "singles": singles,
+            "auto": float(report["accuracy"]),
+            "best": best,
+            "chosen": [seed["winner"] for seed in report["auto"]],
+            "leaderboards": report["auto"],
+        }
         print(f"{dataset.name}: {rows[dataset.name]}", file=sys.stderr, flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"seeds": seeds, "sets": rows}, indent=1))
     print(f"\nfew-shot, 16 shots, all classes, seeds {' '.join(map(str, seeds))}, test top-1\n")
-    print("| set | best single method | auto | auto - best | every method |")
+    print("| set | best single method | auto (its choice per seed) | auto - best | every method |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
         best, auto = row["singles"][row["best"]], row["auto"]
         every = ", ".join(f"{k} {v:.1f}" for k, v in row["singles"].items())
-        print(f"| {name} | {row['best']} {best:.1f} | {auto:.1f} | {auto - best:+.1f} | {every} |")
+        chosen = ", ".join(row["chosen"])
+        print(
+            f"| {name} | {row['best']} {best:.1f} | {auto:.1f} ({chosen}) | {auto - best:+.1f} "
+            f"| {every} |"
+        )
     gaps = [row["auto"] - row["singles"][row["best"]] for row in rows.values()]
     print(f"\nmean gap {statistics.fmean(gaps):+.2f}, worst {min(gaps):+.2f}")
 
