@@ -100,59 +100,14 @@ async def read_form(
     return FormBody(files, values)
 
 
-class _PartChunks:
-    """A file part's bytes as the chunks they arrived in, joined once when read. It stands in
-    for `UploadFile`'s spooled file: `_rolled` False tells `UploadFile` it is in memory, so it
-    writes and reads it without a thread."""
-
-    _rolled = False
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._position = 0
-
-    def write(self, data: bytes) -> int:
-        self._chunks.append(data)
-        self._size += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int) -> int:
-        self._position = max(0, min(offset, self._size))
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        if len(self._chunks) > 1:
-            self._chunks = [b"".join(self._chunks)]
-        data = self._chunks[0] if self._chunks else b""
-        end = self._size if size < 0 else min(self._size, self._position + size)
-        out = data if (self._position, end) == (0, self._size) else data[self._position : end]
-        self._position = end
-        return out
-
-    def close(self) -> None:
-        self._chunks, self._size, self._position = [], 0, 0
-
-
 class _InMemoryParts(MultiPartParser):
-    """Starlette's multipart parser with file parts kept in memory, as chunks (`_PartChunks`):
-    its default spools a part over 1 MiB to a temporary file and then writes, seeks and reads
-    it through the thread pool, chunk by chunk (about a quarter of the server's non-decode CPU
-    for a 2 MB photo), and even in memory a part is copied into a growing buffer and out again.
-    The body limit and the in-flight body budget (`service.api.uploads`) already bound what a
-    request may hold in memory."""
+    """Starlette's multipart parser with file parts kept in memory: its default spools a part
+    over 1 MiB to a temporary file and then writes, seeks and reads it through the thread pool,
+    chunk by chunk (about a quarter of the server's non-decode CPU for a 2 MB photo). The body
+    limit and the in-flight body budget (`service.api.uploads`) already bound what a request
+    may hold in memory."""
 
-    spool_max_size = 0  # SpooledTemporaryFile: 0 never rolls over (it is replaced at once)
-
-    def on_headers_finished(self) -> None:
-        super().on_headers_finished()
-        upload = self._current_part.file
-        if upload is not None:  # a file part
-            upload.file.close()
-            upload.file = _PartChunks()  # type: ignore[assignment]
+    spool_max_size = 0  # SpooledTemporaryFile: 0 never rolls over
 
 
 async def _read_multipart(request: Request, *, max_files: int, max_fields: int) -> FormData:
